@@ -1,0 +1,56 @@
+-- Shared helpers, prepended to every script by src/scripts.rs (Lua has no
+-- include). Money is integer minor units; numbers pass through int() before
+-- reaching Redis so large values never turn into "1e+15".
+
+local function int(n)
+  return string.format('%d', n)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Event ids: the caller passes one unique base per call; the n-th event of
+-- the call gets "<base>.<n>".
+local event_seq = 0
+local function next_event_id(base)
+  event_seq = event_seq + 1
+  return base .. '.' .. event_seq
+end
+
+-- Balance of a credits hash as {total, reserved, spent}.
+local function balance(credits_key)
+  local v = redis.call('HMGET', credits_key, 'total', 'reserved', 'spent')
+  return tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+end
+
+-- Appends a ledger event (one credit movement) to the tenant's outbox.
+local function ledger(outbox, event_base, ts, tenant, job, op, skill, amount, ctx)
+  redis.call('XADD', outbox, '*',
+    'type', 'ledger', 'id', next_event_id(event_base), 'ts', ts,
+    'tenant', tenant, 'job', job, 'op', op, 'skill', skill,
+    'amount', int(amount), 'ctx', cmsgpack.pack(ctx))
+end
+
+-- Moves `amount` between the buckets of a credits hash and records it.
+-- Operations: grant (total+), reserve (reserved+), spend (reserved- spent+),
+-- refund (reserved-), charge (spent+). Callers check preconditions first.
+local function move_credits(credits_key, outbox, event_base, ts, tenant, job, op, skill, amount, ctx)
+  if amount == 0 then return end
+  if op == 'grant' then
+    redis.call('HINCRBY', credits_key, 'total', int(amount))
+  elseif op == 'reserve' then
+    redis.call('HINCRBY', credits_key, 'reserved', int(amount))
+  elseif op == 'spend' then
+    redis.call('HINCRBY', credits_key, 'reserved', int(-amount))
+    redis.call('HINCRBY', credits_key, 'spent', int(amount))
+  elseif op == 'refund' then
+    redis.call('HINCRBY', credits_key, 'reserved', int(-amount))
+  elseif op == 'charge' then
+    redis.call('HINCRBY', credits_key, 'spent', int(amount))
+  else
+    return redis.error_reply('ERR unknown credit operation ' .. tostring(op))
+  end
+  ledger(outbox, event_base, ts, tenant, job, op, skill, amount, ctx)
+end

@@ -1,0 +1,108 @@
+-- Shared by the job scripts (prepended after common.lua). Every job script
+-- takes the same KEYS and the same first four ARGV:
+--   KEYS[1] credits hash        KEYS[6] results stream
+--   KEYS[2] outbox stream       KEYS[7] active-jobs set
+--   KEYS[3] job hash            KEYS[8] dead-letter stream
+--   KEYS[4] items stream        KEYS[9] jobs-by-creation zset
+--   KEYS[5] done bitmap
+--   ARGV[1] event id base, ARGV[2] tenant, ARGV[3] job id,
+--   ARGV[4] retention of a finished job's keys (seconds)
+-- Item entry ids are "<gen>-<idx>": the item index is the sequence part, so
+-- an id names its item without a lookup, and a retry (new gen) sorts last.
+
+local K_CREDITS, K_OUTBOX, K_JOB, K_ITEMS, K_DONE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_RESULTS, K_ACTIVE, K_DLQ, K_JOBS = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local EVENT_BASE, TENANT, JOB_ID, RETENTION = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local GROUP = 'workers'
+
+local function item_index(entry_id)
+  local idx = string.match(entry_id, '^%d+%-(%d+)$')
+  return idx and tonumber(idx)
+end
+
+-- Fields of a stream entry as a table, or nil when it no longer exists.
+local function entry_fields(entry_id)
+  local r = redis.call('XRANGE', K_ITEMS, entry_id, entry_id)
+  if #r == 0 then return nil end
+  local f = {}
+  local kv = r[1][2]
+  for i = 1, #kv, 2 do f[kv[i]] = kv[i + 1] end
+  return f
+end
+
+local function is_pending(entry_id)
+  local p = redis.call('XPENDING', K_ITEMS, GROUP, entry_id, entry_id, 1)
+  return p[1] ~= nil, p[1] and tonumber(p[1][3]) or 0
+end
+
+-- Per-task history for simulation: a log-scale histogram of item durations
+-- (4 buckets per doubling) plus outcome counters. The key shares the job's
+-- hash tag: the tenant prefix of KEYS[3] with "stats:<task>".
+local function stats_key(task)
+  return (string.gsub(K_JOB, 'job:[^:]+$', 'stats:' .. task))
+end
+
+local function record_duration(task, ms)
+  local key = stats_key(task)
+  local bucket = math.floor(4 * math.log(ms + 1) / math.log(2))
+  redis.call('HINCRBY', key, 'b' .. bucket, 1)
+  redis.call('HINCRBY', key, 'completed', 1)
+  redis.call('HINCRBY', key, 'sum_ms', int(ms))
+end
+
+local function record_outcome(task, field)
+  redis.call('HINCRBY', stats_key(task), field, 1)
+end
+
+-- A job-summary event with every field of the job hash.
+local function job_summary(ts)
+  local args = {'XADD', K_OUTBOX, '*', 'type', 'job', 'id', next_event_id(EVENT_BASE),
+    'ts', ts, 'tenant', TENANT, 'job', JOB_ID}
+  local fields = redis.call('HGETALL', K_JOB)
+  for i = 1, #fields do args[#args + 1] = fields[i] end
+  redis.call(unpack(args))
+end
+
+-- Ends the job: final status, no more reclaiming, keys expire after retention.
+local function end_job(status, ts)
+  redis.call('HSET', K_JOB, 'status', status, 'completed_at', ts)
+  redis.call('SREM', K_ACTIVE, JOB_ID)
+  for _, key in ipairs({K_JOB, K_ITEMS, K_DONE, K_RESULTS}) do
+    redis.call('EXPIRE', key, RETENTION)
+  end
+  job_summary(ts)
+end
+
+-- Completed when every item is done; failed when some failed for good.
+local function finish_if_done(ts)
+  local v = redis.call('HMGET', K_JOB, 'total', 'completed', 'failed')
+  local total, completed, failed = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
+  if completed + failed < total then return false end
+  end_job(failed > 0 and 'failed' or 'completed', ts)
+  return true
+end
+
+-- Puts an item back as a new entry (attempt + 1) and drops the old one.
+local function requeue(entry_id, idx, f, reason, ts, task)
+  local gen = redis.call('HINCRBY', K_JOB, 'gen', 1)
+  redis.call('XADD', K_ITEMS, gen .. '-' .. idx, 'idx', idx, 'attempt', tonumber(f.attempt) + 1,
+    'ts', ts, 'input', f.input, 'last_error', reason)
+  redis.call('XACK', K_ITEMS, GROUP, entry_id)
+  redis.call('XDEL', K_ITEMS, entry_id)
+  redis.call('HINCRBY', K_JOB, 'retried', 1)
+  record_outcome(task, 'retried')
+end
+
+-- Ends an item as failed for good: dead letter, and its reservation released.
+local function fail_item(entry_id, idx, f, reason, ts, cost, task)
+  redis.call('SETBIT', K_DONE, idx, 1)
+  redis.call('HINCRBY', K_JOB, 'failed', 1)
+  redis.call('XADD', K_DLQ, '*', 'type', 'item', 'job', JOB_ID, 'idx', idx,
+    'attempt', f.attempt, 'reason', reason, 'ts', ts, 'input', f.input)
+  move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'refund', 'job_item', cost,
+    {idx = idx, reason = 'item_failed'})
+  redis.call('HINCRBY', K_JOB, 'refunded', int(cost))
+  redis.call('XACK', K_ITEMS, GROUP, entry_id)
+  redis.call('XDEL', K_ITEMS, entry_id)
+  record_outcome(task, 'failed')
+end

@@ -1,0 +1,30 @@
+-- job_cancel: stop a running job at once and refund every uncompleted item.
+-- After this call no item is delivered (the group points past the end and the
+-- entries are gone) and late completions are refused by the status check.
+-- KEYS: the job layout (see include/job.lua).
+-- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
+-- ARGV[5] cancelled by   ARGV[6] reason
+-- Returns {'ok', completed_items, cancelled_items, refunded}
+--       | {'missing'} | {'not_running', status}
+
+local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'completed', 'failed')
+local status, cost = v[1], tonumber(v[2])
+if not status then return {'missing'} end
+if status ~= 'running' then return {'not_running', status} end
+
+local total, completed, failed = tonumber(v[3]), tonumber(v[4]), tonumber(v[5])
+local cancelled = total - completed - failed
+local refund = cancelled * cost
+local ts = now_ms()
+
+redis.call('XGROUP', 'SETID', K_ITEMS, GROUP, '$')
+redis.call('XTRIM', K_ITEMS, 'MAXLEN', 0)
+redis.call('HSET', K_JOB, 'cancelled', cancelled, 'cancelled_by', ARGV[5], 'cancel_reason', ARGV[6])
+redis.call('HINCRBY', K_JOB, 'refunded', int(refund))
+move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'refund', 'job_item', refund,
+  {reason = 'job_cancelled', items = cancelled})
+redis.call('XADD', K_OUTBOX, '*', 'type', 'cancel', 'id', next_event_id(EVENT_BASE), 'ts', ts,
+  'tenant', TENANT, 'job', JOB_ID, 'cancelled_by', ARGV[5], 'reason', ARGV[6],
+  'items_completed', completed, 'items_cancelled', cancelled, 'refunded', int(refund))
+end_job('cancelled', ts)
+return {'ok', completed, cancelled, int(refund)}

@@ -1,0 +1,54 @@
+-- job_complete: complete delivered items, charge each exactly once.
+-- An item is completed only while its entry is pending (delivered, not yet
+-- acked or reclaimed); a second completion is a duplicate and costs nothing.
+-- KEYS: the job layout (see include/job.lua).
+-- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
+-- ARGV[5..]: pairs of (entry id, MessagePack output)
+-- Returns {'ok', outcome...} with one outcome per pair:
+--   'completed' | 'duplicate' | 'stale' (no longer pending) | 'invalid'
+--       | {'missing'} | {'not_running', status}
+
+local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'task', 'total')
+local status, cost, task, total = v[1], tonumber(v[2]), v[3], tonumber(v[4])
+if not status then return {'missing'} end
+if status ~= 'running' then return {'not_running', status} end
+
+local ts = now_ms()
+local out = {'ok'}
+local completed = 0
+for i = 5, #ARGV - 1, 2 do
+  local entry_id, output = ARGV[i], ARGV[i + 1]
+  local idx = item_index(entry_id)
+  local outcome
+  if not idx or idx >= total then
+    outcome = 'invalid'
+  elseif redis.call('GETBIT', K_DONE, idx) == 1 then
+    redis.call('XACK', K_ITEMS, GROUP, entry_id)
+    redis.call('XDEL', K_ITEMS, entry_id)
+    outcome = 'duplicate'
+  else
+    local pending, idle_ms = is_pending(entry_id)
+    if not pending then
+      outcome = 'stale'
+    else
+      redis.call('SETBIT', K_DONE, idx, 1)
+      redis.call('XADD', K_RESULTS, '*', 'idx', idx, 'ts', ts, 'output', output)
+      redis.call('XACK', K_ITEMS, GROUP, entry_id)
+      redis.call('XDEL', K_ITEMS, entry_id)
+      record_duration(task, idle_ms)
+      completed = completed + 1
+      outcome = 'completed'
+    end
+  end
+  out[#out + 1] = outcome
+end
+
+if completed > 0 then
+  local amount = completed * cost
+  redis.call('HINCRBY', K_JOB, 'completed', completed)
+  redis.call('HINCRBY', K_JOB, 'spent', int(amount))
+  move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'spend', 'job_item', amount,
+    {items = completed})
+  finish_if_done(ts)
+end
+return out

@@ -1,0 +1,30 @@
+-- job_fail: a worker reports an item failed. With retry and attempts left the
+-- item is re-queued; otherwise it fails for good (dead letter, credits released).
+-- KEYS: the job layout (see include/job.lua).
+-- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
+-- ARGV[5] entry id   ARGV[6] error message   ARGV[7] retry ('1' or '0')
+-- Returns {'retried', attempt} | {'failed'} | {'duplicate'} | {'stale'} | {'invalid'}
+--       | {'missing'} | {'not_running', status}
+
+local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'task', 'total', 'max_retries')
+local status, cost, task, total, max_retries = v[1], tonumber(v[2]), v[3], tonumber(v[4]), tonumber(v[5])
+if not status then return {'missing'} end
+if status ~= 'running' then return {'not_running', status} end
+
+local entry_id, message, retry = ARGV[5], ARGV[6], ARGV[7] == '1'
+local idx = item_index(entry_id)
+if not idx or idx >= total then return {'invalid'} end
+if redis.call('GETBIT', K_DONE, idx) == 1 then return {'duplicate'} end
+if not is_pending(entry_id) then return {'stale'} end
+local f = entry_fields(entry_id)
+if not f then return {'stale'} end
+
+local ts = now_ms()
+local attempt = tonumber(f.attempt)
+if retry and attempt < max_retries then
+  requeue(entry_id, idx, f, message, ts, task)
+  return {'retried', attempt + 1}
+end
+fail_item(entry_id, idx, f, message, ts, cost, task)
+finish_if_done(ts)
+return {'failed'}

@@ -1,0 +1,41 @@
+-- job_reclaim: re-deliver items whose worker went quiet for longer than the
+-- job's timeout per item (XAUTOCLAIM); past max_retries they fail for good.
+-- KEYS: the job layout (see include/job.lua).
+-- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
+-- ARGV[5] consumer name of the reclaimer   ARGV[6] maximum entries per call
+-- Returns {'ok', requeued, failed} | {'missing'} | {'not_running', status}
+
+local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'task', 'timeout_ms', 'max_retries')
+local status, cost, task, timeout_ms, max_retries = v[1], tonumber(v[2]), v[3], v[4], tonumber(v[5])
+if not status then
+  redis.call('SREM', K_ACTIVE, JOB_ID)
+  return {'missing'}
+end
+if status ~= 'running' then
+  redis.call('SREM', K_ACTIVE, JOB_ID)
+  return {'not_running', status}
+end
+
+local r = redis.call('XAUTOCLAIM', K_ITEMS, GROUP, ARGV[5], timeout_ms, '0-0', 'COUNT', ARGV[6])
+local ts = now_ms()
+local requeued, failed = 0, 0
+for _, entry in ipairs(r[2]) do
+  local entry_id, kv = entry[1], entry[2]
+  local idx = item_index(entry_id)
+  if kv and idx then
+    local f = {}
+    for i = 1, #kv, 2 do f[kv[i]] = kv[i + 1] end
+    if redis.call('GETBIT', K_DONE, idx) == 1 then
+      redis.call('XACK', K_ITEMS, GROUP, entry_id)
+      redis.call('XDEL', K_ITEMS, entry_id)
+    elseif tonumber(f.attempt) < max_retries then
+      requeue(entry_id, idx, f, 'timed out', ts, task)
+      requeued = requeued + 1
+    else
+      fail_item(entry_id, idx, f, 'timed out after ' .. (tonumber(f.attempt) + 1) .. ' attempts', ts, cost, task)
+      failed = failed + 1
+    end
+  end
+end
+if failed > 0 then finish_if_done(ts) end
+return {'ok', requeued, failed}

@@ -1,0 +1,47 @@
+-- job_spawn: reserve the job's credits, create the job and enqueue every item,
+-- all or nothing.
+-- KEYS: the job layout (see include/job.lua).
+-- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
+-- ARGV[5] item cost (minor units)      ARGV[9]  worker agent
+-- ARGV[6] job overhead (minor units)   ARGV[10] parallelism
+-- ARGV[7] task                         ARGV[11] timeout per item (ms)
+-- ARGV[8] orchestrator instance        ARGV[12] max retries
+-- ARGV[13..] one MessagePack input per item
+-- Returns {'ok', reserved, available_after} | {'insufficient', required, available} | {'exists'}
+
+local item_cost, overhead = tonumber(ARGV[5]), tonumber(ARGV[6])
+local task = ARGV[7]
+local n = #ARGV - 12
+local required = overhead + n * item_cost
+
+local total, reserved, spent = balance(K_CREDITS)
+local available = total - reserved - spent
+if required > available then
+  return {'insufficient', int(required), int(available)}
+end
+if redis.call('EXISTS', K_JOB) == 1 then
+  return {'exists'}
+end
+
+local ts = now_ms()
+move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'reserve', 'job', required,
+  {task = task, items = n})
+move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'spend', 'agent_spawn', overhead,
+  {task = task})
+
+redis.call('HSET', K_JOB,
+  'status', 'running', 'task', task, 'orchestrator', ARGV[8], 'worker_agent', ARGV[9],
+  'parallelism', ARGV[10], 'timeout_ms', ARGV[11], 'max_retries', ARGV[12],
+  'total', n, 'completed', 0, 'failed', 0, 'retried', 0, 'gen', 1,
+  'item_cost', int(item_cost), 'overhead', int(overhead),
+  'reserved', int(required), 'spent', int(overhead), 'refunded', 0,
+  'created_at', ts, 'started_at', ts)
+
+redis.call('XGROUP', 'CREATE', K_ITEMS, GROUP, '0', 'MKSTREAM')
+for i = 1, n do
+  redis.call('XADD', K_ITEMS, '1-' .. (i - 1), 'idx', i - 1, 'attempt', 0, 'ts', ts, 'input', ARGV[12 + i])
+end
+redis.call('ZADD', K_JOBS, ts, JOB_ID)
+redis.call('SADD', K_ACTIVE, JOB_ID)
+job_summary(ts)
+return {'ok', int(required), int(available - required)}

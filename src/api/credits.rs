@@ -1,0 +1,40 @@
+//! `/api/v1/credits`: a tenant's balance, and grants by the admin.
+
+use axum::Json;
+use axum::extract::State;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use super::extract::ApiJson;
+use super::{Admin, ApiResult, AppState, Tenant};
+use crate::credits::Balance;
+use crate::keys::TenantId;
+use crate::money;
+
+pub async fn show(State(state): State<AppState>, Tenant(tenant): Tenant) -> ApiResult<Json<Balance>> {
+    Ok(Json(state.bus.balance(&tenant).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantBody {
+    tenant: TenantId,
+    #[serde(with = "money::json")]
+    amount: Decimal,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub async fn grant(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiJson(body): ApiJson<GrantBody>,
+) -> ApiResult<Json<Balance>> {
+    let context = serde_json::json!({ "reason": body.reason.unwrap_or_default(), "by": "admin" });
+    Ok(Json(
+        state
+            .bus
+            .grant_credits(&body.tenant, body.amount, context)
+            .await?,
+    ))
+}

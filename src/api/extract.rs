@@ -1,0 +1,188 @@
+//! Request extractors that reject with JSON errors naming the field:
+//! bodies, query parameters, path ids, and the caller's identity.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::{ApiError, AppState};
+use crate::auth::secure_eq;
+use crate::error::Error;
+use crate::keys::TenantId;
+
+/// A JSON body; errors name the offending field (`items[3]`, `parallelism`).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        if bytes.is_empty() {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "body",
+                "a JSON body is required",
+            ));
+        }
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A JSON body that may be absent (then `T::default()`).
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        parse_json(&bytes).map(OptionalJson)
+    }
+}
+
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::field(
+                status,
+                "body",
+                format!(
+                    "request body larger than {} bytes",
+                    state.config.max_body_bytes
+                ),
+            )
+        } else {
+            ApiError::field(status, "body", rejection.body_text())
+        }
+    })
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let status = if inner.is_syntax() || inner.is_eof() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        let field = if path == "." || path.is_empty() {
+            field_of_message(&inner.to_string()).unwrap_or_else(|| "body".into())
+        } else {
+            path
+        };
+        ApiError::field(status, &field, inner.to_string())
+    })
+}
+
+/// serde reports a missing or unknown top-level field only in its message.
+fn field_of_message(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(message[start..end].to_string())
+}
+
+/// Query parameters, parsed one by one so an error names its parameter.
+pub struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
+        Ok(Params(map))
+    }
+}
+
+impl Params {
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// An optional parameter of type `T`, checked against `lo..=hi`.
+    pub fn number<T>(&self, name: &str, default: T, lo: T, hi: T) -> Result<T, ApiError>
+    where
+        T: FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some(raw) = self.0.get(name) else {
+            return Ok(default);
+        };
+        let value: T = raw.parse().map_err(|_| {
+            ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                name,
+                format!("{raw:?} is not a number"),
+            )
+        })?;
+        if value < lo || value > hi {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                name,
+                format!("must be between {lo} and {hi}"),
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// A UUID from the path; malformed ids are a 422 naming the parameter.
+pub fn path_uuid(name: &str, raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            name,
+            format!("{raw:?} is not a UUID"),
+        )
+    })
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?;
+    let value = value.to_str().ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
+/// The tenant the request's bearer token belongs to.
+pub struct Tenant(pub TenantId);
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(Error::Unauthorized("missing bearer token"))?;
+        Ok(Tenant(state.bus.authenticate(token).await?))
+    }
+}
+
+/// A request made with the admin token.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(Error::Unauthorized("missing bearer token"))?;
+        match &state.config.admin_token {
+            Some(admin) if secure_eq(admin, token) => Ok(Admin),
+            Some(_) => Err(Error::Forbidden("admin token required").into()),
+            None => Err(Error::Forbidden("no admin token is configured").into()),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The HTTP API (axum): routes, shared state, authentication, and the
+//! mapping of library errors to JSON error responses.
+//!
+//! Every rejection is a JSON body `{"error": {"code", "message", "field"?}}`
+//! with a 4xx status for bad input, so clients can tell which field to fix.
+
+mod credits;
+mod extract;
+mod health;
+mod jobs;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sqlx::PgPool;
+
+use crate::bus::AgentBus;
+use crate::error::Error;
+use crate::money;
+
+pub use extract::{Admin, Tenant};
+
+/// Settings of the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Token allowed to grant credits and manage tokens; none disables admin calls.
+    pub admin_token: Option<String>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            admin_token: None,
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub bus: AgentBus,
+    pub db: PgPool,
+    pub config: Arc<ApiConfig>,
+}
+
+/// The whole application: `/healthz`, `/readyz` and `/api/v1/...`.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let v1 = Router::new()
+        .route("/jobs", post(jobs::create).get(jobs::list))
+        .route("/jobs/{job_id}", get(jobs::get_one))
+        .route("/jobs/{job_id}/claim", post(jobs::claim))
+        .route(
+            "/jobs/{job_id}/items/{item_id}/complete",
+            post(jobs::complete),
+        )
+        .route("/jobs/{job_id}/items/{item_id}/fail", post(jobs::fail))
+        .route("/jobs/{job_id}/cancel", post(jobs::cancel))
+        .route("/jobs/{job_id}/results", get(jobs::results))
+        .route("/credits", get(credits::show))
+        .route("/credits/grant", post(credits::grant));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .nest("/api/v1", v1)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Default, Serialize)]
+struct ErrorDetail {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "money::json_opt")]
+    required: Option<Decimal>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "money::json_opt")]
+    available: Option<Decimal>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+    /// The current state of the resource a conflict is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current: Option<Box<RawValue>>,
+}
+
+/// An error response: status plus JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Box<ErrorBody>,
+}
+
+impl ApiError {
+    fn with(status: StatusCode, error: ErrorDetail) -> Self {
+        Self {
+            status,
+            body: Box::new(ErrorBody {
+                error,
+                current: None,
+            }),
+        }
+    }
+
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self::with(
+            status,
+            ErrorDetail {
+                code,
+                message: message.into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Bad input in `field`.
+    pub fn field(status: StatusCode, field: &str, message: impl Into<String>) -> Self {
+        Self::with(
+            status,
+            ErrorDetail {
+                code: "invalid",
+                message: message.into(),
+                field: Some(field.to_string()),
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Invalid { field, reason } => {
+                ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, &field, reason)
+            }
+            Error::NotFound(what) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+            }
+            Error::InsufficientCredits {
+                required,
+                available,
+            } => ApiError::with(
+                StatusCode::PAYMENT_REQUIRED,
+                ErrorDetail {
+                    code: "insufficient_credits",
+                    message: format!(
+                        "insufficient credits: required {required}, available {available}"
+                    ),
+                    required: Some(required),
+                    available: Some(available),
+                    ..Default::default()
+                },
+            ),
+            Error::Conflict { message, state } => ApiError {
+                status: StatusCode::CONFLICT,
+                body: Box::new(ErrorBody {
+                    error: ErrorDetail {
+                        code: "conflict",
+                        message,
+                        ..Default::default()
+                    },
+                    current: state,
+                }),
+            },
+            Error::Unauthorized(why) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why),
+            Error::Forbidden(why) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", why),
+            e @ (Error::Redis(_) | Error::Pool(_) | Error::Postgres(_) | Error::Timeout(_)) => {
+                tracing::warn!(error = %e, "backing service unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "a backing service is unavailable; retry later",
+                )
+            }
+            e => {
+                tracing::error!(error = %e, "internal error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

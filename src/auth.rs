@@ -1,0 +1,154 @@
+//! API tokens: each belongs to one tenant; only a hash of its secret is kept.
+//!
+//! A token reads `abt_<id>_<secret>`. The id names the record in the hash
+//! `ab:tokens` (so a token can be listed and revoked without its secret); the
+//! secret is checked against its SHA-256 in constant time.
+
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::bus::AgentBus;
+use crate::error::{Error, Result};
+use crate::keys::TenantId;
+
+const TOKEN_PREFIX: &str = "abt_";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub tenant: TenantId,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A freshly created token: the only moment its secret is known.
+#[derive(Clone, Debug, Serialize)]
+pub struct NewToken {
+    pub id: String,
+    pub tenant: TenantId,
+    pub token: String,
+}
+
+fn sha256_hex(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Constant-time equality of two strings.
+pub fn secure_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+fn parse(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix(TOKEN_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let hex_ok = |s: &str, len: usize| s.len() == len && s.bytes().all(|c| c.is_ascii_hexdigit());
+    (hex_ok(id, 12) && hex_ok(secret, 64)).then_some((id, secret))
+}
+
+impl AgentBus {
+    /// Creates a token for `tenant`; the returned secret is not stored.
+    pub async fn create_token(&self, tenant: &TenantId) -> Result<NewToken> {
+        let mut rng = rand::rng();
+        let id = hex::encode(rng.random::<[u8; 6]>());
+        let secret = hex::encode(rng.random::<[u8; 32]>());
+        let record = TokenRecord {
+            id: id.clone(),
+            tenant: tenant.clone(),
+            hash: sha256_hex(&secret),
+            created_at: chrono::Utc::now(),
+        };
+        let json = serde_json::to_string(&record).map_err(|e| Error::Codec(e.to_string()))?;
+        let mut conn = self.redis().conn().await?;
+        let created: bool = redis::cmd("HSETNX")
+            .arg(self.keyspace().tokens())
+            .arg(&id)
+            .arg(json)
+            .query_async(&mut conn)
+            .await?;
+        if !created {
+            return Err(Error::conflict("token id collision; try again"));
+        }
+        drop(conn);
+        self.register_tenant(tenant).await?;
+        Ok(NewToken {
+            token: format!("{TOKEN_PREFIX}{id}_{secret}"),
+            id,
+            tenant: tenant.clone(),
+        })
+    }
+
+    /// The tenant a token belongs to; `Unauthorized` for anything else.
+    pub async fn authenticate(&self, token: &str) -> Result<TenantId> {
+        let (id, secret) = parse(token).ok_or(Error::Unauthorized("malformed token"))?;
+        let mut conn = self.redis().conn().await?;
+        let json: Option<String> = redis::cmd("HGET")
+            .arg(self.keyspace().tokens())
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        let record: TokenRecord = json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .ok_or(Error::Unauthorized("unknown token"))?;
+        if secure_eq(&record.hash, &sha256_hex(secret)) {
+            Ok(record.tenant)
+        } else {
+            Err(Error::Unauthorized("unknown token"))
+        }
+    }
+
+    /// Every token record (secrets are never stored), optionally of one tenant.
+    pub async fn list_tokens(&self, tenant: Option<&TenantId>) -> Result<Vec<TokenRecord>> {
+        let mut conn = self.redis().conn().await?;
+        let all: Vec<String> = redis::cmd("HVALS")
+            .arg(self.keyspace().tokens())
+            .query_async(&mut conn)
+            .await?;
+        let mut records: Vec<TokenRecord> = all
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .filter(|r: &TokenRecord| tenant.is_none_or(|t| &r.tenant == t))
+            .collect();
+        records.sort_by_key(|r| r.created_at);
+        Ok(records)
+    }
+
+    /// Revokes a token by id; effective on the next request.
+    pub async fn revoke_token(&self, id: &str) -> Result<()> {
+        let mut conn = self.redis().conn().await?;
+        let removed: i64 = redis::cmd("HDEL")
+            .arg(self.keyspace().tokens())
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        if removed == 0 {
+            return Err(Error::not_found(format!("token {id}")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_tokens_parse() {
+        let good = format!("abt_{}_{}", "a".repeat(12), "0".repeat(64));
+        assert!(parse(&good).is_some());
+        for bad in [
+            "",
+            "abt_",
+            "abt_x_y",
+            &format!("abt_{}_{}", "g".repeat(12), "0".repeat(64)),
+            &format!("xyz_{}_{}", "a".repeat(12), "0".repeat(64)),
+        ] {
+            assert!(parse(bad).is_none(), "{bad}");
+        }
+        assert!(secure_eq("abc", "abc"));
+        assert!(!secure_eq("abc", "abd"));
+        assert!(!secure_eq("abc", "abcd"));
+    }
+}

@@ -1,0 +1,139 @@
+//! Configuration from flags and environment variables, and the building of
+//! the handles (Redis, Postgres, the bus) it describes.
+
+use std::time::Duration;
+
+use clap::Args;
+use sqlx::PgPool;
+
+use crate::api::ApiConfig;
+use crate::bus::{AgentBus, Limits};
+use crate::conn::{Redis, RedisOptions};
+use crate::db;
+use crate::error::{Error, Result};
+use crate::keys::Keyspace;
+use crate::prices::Prices;
+
+/// Settings shared by every subcommand.
+#[derive(Args, Clone, Debug)]
+pub struct Config {
+    /// Redis to use.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    pub redis_url: String,
+
+    /// Postgres to mirror into.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Prefix of every Redis key.
+    #[arg(long, env = "AGENTBUS_PREFIX", default_value = "ab", global = true)]
+    pub prefix: String,
+
+    /// Price overrides, e.g. `job_item=2.5,agent_invoke=10`.
+    #[arg(long, env = "AGENTBUS_PRICES", default_value = "", global = true)]
+    pub prices: String,
+
+    /// Seconds a finished job's keys stay in Redis.
+    #[arg(long, env = "AGENTBUS_JOB_RETENTION_SECS", default_value_t = 86_400, global = true)]
+    pub job_retention_secs: u64,
+
+    /// Most items one job may have.
+    #[arg(long, env = "AGENTBUS_MAX_ITEMS", default_value_t = 100_000, global = true)]
+    pub max_items: usize,
+
+    /// Size of the Redis connection pool.
+    #[arg(long, env = "AGENTBUS_REDIS_POOL", default_value_t = 16, global = true)]
+    pub redis_pool: u32,
+
+    /// Size of the Postgres connection pool.
+    #[arg(long, env = "AGENTBUS_PG_POOL", default_value_t = 8, global = true)]
+    pub pg_pool: u32,
+}
+
+impl Config {
+    /// Settings with every default, as if no flag or variable were given.
+    pub fn defaults() -> Self {
+        Self {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            database_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            prefix: "ab".into(),
+            prices: String::new(),
+            job_retention_secs: 86_400,
+            max_items: 100_000,
+            redis_pool: 16,
+            pg_pool: 8,
+        }
+    }
+
+    pub fn redis(&self) -> Result<Redis> {
+        Redis::open(
+            &self.redis_url,
+            RedisOptions {
+                pool_size: self.redis_pool,
+                ..RedisOptions::default()
+            },
+        )
+    }
+
+    pub fn postgres(&self) -> Result<PgPool> {
+        db::connect_lazy(&self.database_url, self.pg_pool)
+    }
+
+    pub fn bus(&self) -> Result<AgentBus> {
+        let keys = Keyspace::new(&self.prefix).map_err(|e| Error::Config {
+            var: "AGENTBUS_PREFIX".into(),
+            reason: e.to_string(),
+        })?;
+        if self.max_items == 0 {
+            return Err(Error::Config {
+                var: "AGENTBUS_MAX_ITEMS".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(AgentBus::new(
+            self.redis()?,
+            keys,
+            Prices::parse_overrides(&self.prices)?,
+            Limits {
+                job_retention: Duration::from_secs(self.job_retention_secs.max(1)),
+                max_items: self.max_items,
+                ..Limits::default()
+            },
+        ))
+    }
+}
+
+/// Settings of `agentbus serve`.
+#[derive(Args, Clone, Debug)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "AGENTBUS_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: std::net::SocketAddr,
+
+    /// Token that may grant credits (admin calls are refused without one).
+    #[arg(long, env = "AGENTBUS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Largest request body, in bytes.
+    #[arg(long, env = "AGENTBUS_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Milliseconds between passes of the reclaimer.
+    #[arg(long, env = "AGENTBUS_RECLAIM_INTERVAL_MS", default_value_t = 1000)]
+    pub reclaim_interval_ms: u64,
+}
+
+impl ServeConfig {
+    pub fn api(&self) -> ApiConfig {
+        ApiConfig {
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}

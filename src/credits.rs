@@ -1,0 +1,167 @@
+//! Credit balances per tenant: grant, reserve, spend, refund, charge.
+//!
+//! The balance lives in the hash `ab:{t}:credits` as integer minor units;
+//! every movement is one call of `lua/credits_move.lua`, which checks the
+//! balance, moves the amount and appends the ledger event to the outbox.
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::bus::{AgentBus, event_base};
+use crate::codec::{self, Reply};
+use crate::error::{Error, Result};
+use crate::keys::TenantId;
+use crate::money::{self, from_minor};
+use crate::scripts::scripts;
+
+/// A tenant's credits. `available = total - reserved - spent`, never negative.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Balance {
+    #[serde(with = "money::json")]
+    pub total: Decimal,
+    #[serde(with = "money::json")]
+    pub reserved: Decimal,
+    #[serde(with = "money::json")]
+    pub spent: Decimal,
+    #[serde(with = "money::json")]
+    pub available: Decimal,
+}
+
+impl Balance {
+    pub fn from_minor(total: i64, reserved: i64, spent: i64) -> Self {
+        Self {
+            total: from_minor(total),
+            reserved: from_minor(reserved),
+            spent: from_minor(spent),
+            available: from_minor(total - reserved - spent),
+        }
+    }
+}
+
+/// The kinds of credit movement, as they appear in the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreditOp {
+    /// Adds to `total`.
+    Grant,
+    /// Sets credits aside for work that is about to happen.
+    Reserve,
+    /// Turns reserved credits into spent ones.
+    Spend,
+    /// Releases reserved credits unused.
+    Refund,
+    /// Spends directly, without a reservation.
+    Charge,
+}
+
+impl CreditOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreditOp::Grant => "grant",
+            CreditOp::Reserve => "reserve",
+            CreditOp::Spend => "spend",
+            CreditOp::Refund => "refund",
+            CreditOp::Charge => "charge",
+        }
+    }
+}
+
+impl AgentBus {
+    /// The tenant's current balance (zero for a tenant never granted anything).
+    pub async fn balance(&self, tenant: &TenantId) -> Result<Balance> {
+        let mut conn = self.redis().conn().await?;
+        let (total, reserved, spent): (Option<i64>, Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(self.keys(tenant).credits())
+            .arg("total")
+            .arg("reserved")
+            .arg("spent")
+            .query_async(&mut conn)
+            .await?;
+        Ok(Balance::from_minor(
+            total.unwrap_or(0),
+            reserved.unwrap_or(0),
+            spent.unwrap_or(0),
+        ))
+    }
+
+    /// Adds credits to a tenant (admin operation).
+    pub async fn grant_credits(
+        &self,
+        tenant: &TenantId,
+        amount: Decimal,
+        context: serde_json::Value,
+    ) -> Result<Balance> {
+        let minor = money::to_minor("amount", amount)?;
+        if minor == 0 {
+            return Err(Error::invalid("amount", "must be greater than zero"));
+        }
+        self.register_tenant(tenant).await?;
+        self.move_credits(tenant, CreditOp::Grant, "grant", minor, None, context)
+            .await
+    }
+
+    /// One credit movement of `minor` units with its ledger event. Fails with
+    /// `InsufficientCredits` (and changes nothing) when it does not fit.
+    pub async fn move_credits(
+        &self,
+        tenant: &TenantId,
+        op: CreditOp,
+        skill: &str,
+        minor: i64,
+        job: Option<Uuid>,
+        context: serde_json::Value,
+    ) -> Result<Balance> {
+        if minor <= 0 {
+            return Err(Error::invalid("amount", "must be greater than zero"));
+        }
+        let keys = self.keys(tenant);
+        let context = match context {
+            serde_json::Value::Object(_) => context,
+            serde_json::Value::Null => serde_json::json!({}),
+            other => serde_json::json!({ "value": other }),
+        };
+        let mut conn = self.redis().conn().await?;
+        let reply: redis::Value = scripts()
+            .credits_move
+            .key(keys.credits())
+            .key(keys.outbox())
+            .arg(event_base())
+            .arg(tenant.as_str())
+            .arg(op.as_str())
+            .arg(skill)
+            .arg(minor)
+            .arg(job.map(|j| j.to_string()).unwrap_or_default())
+            .arg(codec::encode(&context)?)
+            .arg(money::MAX_MINOR)
+            .invoke_async(&mut conn)
+            .await?;
+        let reply = Reply::new(reply)?;
+        match reply.tag()?.as_str() {
+            "ok" => Ok(Balance::from_minor(
+                reply.i64(1)?,
+                reply.i64(2)?,
+                reply.i64(3)?,
+            )),
+            "insufficient" => Err(Error::InsufficientCredits {
+                required: from_minor(reply.i64(1)?),
+                available: from_minor(reply.i64(2)?),
+            }),
+            "over_reserved" => Err(Error::conflict(
+                format!(
+                    "cannot {} {}: only {} reserved",
+                    op.as_str(),
+                    from_minor(reply.i64(1)?),
+                    from_minor(reply.i64(2)?)
+                ),
+            )),
+            "over_ceiling" => Err(Error::invalid(
+                "amount",
+                format!(
+                    "balance would exceed the ceiling of {}",
+                    from_minor(money::MAX_MINOR)
+                ),
+            )),
+            other => Err(Error::protocol(format!("credits_move answered {other}"))),
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The library's error type: what went wrong, in terms a caller can act on.
+
+use rust_decimal::Decimal;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input: names the offending field.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+
+    /// The thing asked for does not exist (or belongs to another tenant).
+    #[error("{0} not found")]
+    NotFound(String),
+
+    /// A reservation or charge that does not fit the tenant's balance.
+    #[error("insufficient credits: required {required}, available {available}")]
+    InsufficientCredits {
+        required: Decimal,
+        available: Decimal,
+    },
+
+    /// The operation does not apply to the current state (e.g. cancelling a finished job).
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        /// The resource's current state, as JSON.
+        state: Option<Box<serde_json::value::RawValue>>,
+    },
+
+    /// Missing or unknown credentials.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+
+    /// Authenticated, but not allowed to do this.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+
+    /// A configuration value that cannot be used, naming its variable.
+    #[error("{var}: {reason}")]
+    Config { var: String, reason: String },
+
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+
+    #[error("redis pool: {0}")]
+    Pool(String),
+
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// A payload that cannot be encoded or decoded.
+    #[error("codec: {0}")]
+    Codec(String),
+
+    /// Redis or a script answered something this version does not understand.
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound(what.into())
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Error::Conflict {
+            message: message.into(),
+            state: None,
+        }
+    }
+
+    /// A conflict that shows the resource's current state.
+    pub fn conflict_with<T: serde::Serialize>(message: impl Into<String>, state: &T) -> Self {
+        Error::Conflict {
+            message: message.into(),
+            state: serde_json::value::to_raw_value(state).ok(),
+        }
+    }
+
+    pub fn protocol(what: impl Into<String>) -> Self {
+        Error::Protocol(what.into())
+    }
+
+    /// True for failures of a backing service (worth a retry later), as opposed to bad input.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Redis(_) | Error::Pool(_) | Error::Postgres(_) | Error::Timeout(_)
+        )
+    }
+}
+
+impl From<bb8::RunError<redis::RedisError>> for Error {
+    fn from(err: bb8::RunError<redis::RedisError>) -> Self {
+        match err {
+            bb8::RunError::User(e) => Error::Redis(e),
+            bb8::RunError::TimedOut => Error::Pool("timed out waiting for a connection".into()),
+        }
+    }
+}

@@ -1,0 +1,774 @@
+//! Jobs over Redis Streams: spawn, claim, complete, fail, cancel, results.
+//!
+//! A job is a hash plus an items stream with the consumer group `workers`.
+//! Every state change is one Lua script (`lua/job_*.lua`) that also writes its
+//! ledger and summary events to the tenant's outbox, so an item is charged at
+//! most once and a cancellation refunds exactly the uncompleted items.
+
+pub mod reclaim;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use redis::{Script, ScriptInvocation, Value};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::bus::{AgentBus, event_base};
+use crate::codec::{self, Reply, StreamEntry};
+use crate::error::{Error, Result};
+use crate::keys::{self, TenantId, TenantKeys};
+use crate::money::{self, from_minor};
+use crate::scripts::scripts;
+
+/// Bounds of the original system, kept.
+pub const PARALLELISM: (i64, i64) = (1, 100);
+pub const TIMEOUT_PER_ITEM_SECS: (i64, i64) = (1, 3600);
+pub const MAX_RETRIES: (i64, i64) = (0, 10);
+/// Longest task description accepted.
+pub const MAX_TASK_LEN: usize = 200;
+
+fn default_parallelism() -> i64 {
+    10
+}
+fn default_timeout() -> i64 {
+    60
+}
+fn default_retries() -> i64 {
+    3
+}
+
+/// What a caller asks for: the body of `POST /jobs` (and of simulate).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub orchestrator_agent: String,
+    pub worker_agent: String,
+    pub task: String,
+    pub items: Vec<serde_json::Value>,
+    #[serde(default = "default_parallelism")]
+    pub parallelism: i64,
+    /// Seconds an item may stay with a worker before it is re-delivered.
+    #[serde(default = "default_timeout")]
+    pub timeout_per_item: i64,
+    #[serde(default = "default_retries")]
+    pub max_retries: i64,
+}
+
+impl JobSpec {
+    /// A spec with the original's defaults.
+    pub fn new(
+        orchestrator_agent: &str,
+        worker_agent: &str,
+        task: &str,
+        items: Vec<serde_json::Value>,
+    ) -> Self {
+        Self {
+            orchestrator_agent: orchestrator_agent.into(),
+            worker_agent: worker_agent.into(),
+            task: task.into(),
+            items,
+            parallelism: default_parallelism(),
+            timeout_per_item: default_timeout(),
+            max_retries: default_retries(),
+        }
+    }
+
+    /// Checks every field; the first violation names its field.
+    pub fn validate(&self, max_items: usize) -> Result<()> {
+        keys::validate_id(
+            "orchestrator_agent",
+            &self.orchestrator_agent,
+            keys::MAX_ID_LEN,
+        )?;
+        keys::validate_id("worker_agent", &self.worker_agent, keys::MAX_ID_LEN)?;
+        if self.task.trim().is_empty() {
+            return Err(Error::invalid("task", "must not be empty"));
+        }
+        if self.task.len() > MAX_TASK_LEN || self.task.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "task",
+                format!("at most {MAX_TASK_LEN} characters, no control characters"),
+            ));
+        }
+        if self.items.is_empty() {
+            return Err(Error::invalid("items", "must hold at least one item"));
+        }
+        if self.items.len() > max_items {
+            return Err(Error::invalid(
+                "items",
+                format!("at most {max_items} items per job ({} given)", self.items.len()),
+            ));
+        }
+        in_range("parallelism", self.parallelism, PARALLELISM)?;
+        in_range(
+            "timeout_per_item",
+            self.timeout_per_item,
+            TIMEOUT_PER_ITEM_SECS,
+        )?;
+        in_range("max_retries", self.max_retries, MAX_RETRIES)?;
+        Ok(())
+    }
+}
+
+fn in_range(field: &str, value: i64, (lo, hi): (i64, i64)) -> Result<()> {
+    if value < lo || value > hi {
+        return Err(Error::invalid(
+            field,
+            format!("must be between {lo} and {hi} ({value} given)"),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pending" => JobStatus::Pending,
+            "running" => JobStatus::Running,
+            "completed" => JobStatus::Completed,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            other => return Err(Error::protocol(format!("job status {other:?}"))),
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Progress {
+    pub total: i64,
+    pub completed: i64,
+    pub failed: i64,
+    /// Items not yet in a terminal state (zero once the job has ended).
+    pub pending: i64,
+    /// Items stopped by a cancellation.
+    pub cancelled: i64,
+    /// Re-deliveries after a failure or timeout.
+    pub retried: i64,
+    pub progress_pct: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct JobCredits {
+    #[serde(with = "money::json")]
+    pub reserved: Decimal,
+    #[serde(with = "money::json")]
+    pub spent: Decimal,
+    #[serde(with = "money::json")]
+    pub refunded: Decimal,
+    /// Still held for items not yet finished: `reserved - spent - refunded`.
+    #[serde(with = "money::json")]
+    pub still_reserved: Decimal,
+}
+
+/// A job as `GET /jobs/{id}` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub status: JobStatus,
+    pub task: String,
+    pub orchestrator_agent: String,
+    pub worker_agent: String,
+    pub parallelism: i64,
+    pub timeout_per_item: i64,
+    pub max_retries: i64,
+    pub progress: Progress,
+    pub credits: JobCredits,
+    #[serde(with = "money::json")]
+    pub credits_per_item: Decimal,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+fn millis_to_time(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+impl Job {
+    fn from_hash(id: Uuid, h: &HashMap<String, String>) -> Result<Self> {
+        let int = |name: &str| -> Result<i64> {
+            h.get(name)
+                .ok_or_else(|| Error::protocol(format!("job field {name} missing")))?
+                .parse()
+                .map_err(|_| Error::protocol(format!("job field {name} not an integer")))
+        };
+        let opt_int = |name: &str| h.get(name).and_then(|v| v.parse::<i64>().ok());
+        let text = |name: &str| h.get(name).cloned().unwrap_or_default();
+        let status = JobStatus::parse(h.get("status").map(String::as_str).unwrap_or(""))?;
+        let total = int("total")?;
+        let completed = int("completed")?;
+        let failed = int("failed")?;
+        let cancelled = opt_int("cancelled").unwrap_or(0);
+        let pending = if status.is_finished() {
+            0
+        } else {
+            total - completed - failed
+        };
+        let progress_pct = if total > 0 {
+            ((completed + failed) as f64 * 10000.0 / total as f64).round() / 100.0
+        } else {
+            0.0
+        };
+        let (reserved, spent, refunded) = (int("reserved")?, int("spent")?, int("refunded")?);
+        Ok(Job {
+            id,
+            status,
+            task: text("task"),
+            orchestrator_agent: text("orchestrator"),
+            worker_agent: text("worker_agent"),
+            parallelism: int("parallelism")?,
+            timeout_per_item: int("timeout_ms")? / 1000,
+            max_retries: int("max_retries")?,
+            progress: Progress {
+                total,
+                completed,
+                failed,
+                pending,
+                cancelled,
+                retried: opt_int("retried").unwrap_or(0),
+                progress_pct,
+            },
+            credits: JobCredits {
+                reserved: from_minor(reserved),
+                spent: from_minor(spent),
+                refunded: from_minor(refunded),
+                still_reserved: from_minor(reserved - spent - refunded),
+            },
+            credits_per_item: from_minor(int("item_cost")?),
+            created_at: millis_to_time(int("created_at")?)
+                .ok_or_else(|| Error::protocol("job created_at out of range"))?,
+            started_at: opt_int("started_at").and_then(millis_to_time),
+            completed_at: opt_int("completed_at").and_then(millis_to_time),
+        })
+    }
+}
+
+/// An item handed to a worker.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClaimedItem {
+    /// The stream entry id; names both the item and this delivery.
+    pub item_id: String,
+    pub item_index: i64,
+    pub input: serde_json::Value,
+    /// Earlier attempts of this item (0 on the first delivery).
+    pub retry_count: i64,
+}
+
+impl ClaimedItem {
+    pub(crate) fn from_entry(entry: &StreamEntry) -> Result<Self> {
+        Ok(ClaimedItem {
+            item_id: entry.id.clone(),
+            item_index: entry
+                .int("idx")
+                .ok_or_else(|| Error::protocol("item entry without idx"))?,
+            input: codec::decode_json(entry.get("input").unwrap_or_default())?,
+            retry_count: entry.int("attempt").unwrap_or(0),
+        })
+    }
+}
+
+/// What happened to one completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompleteOutcome {
+    /// Recorded and charged.
+    Completed,
+    /// The item was already in a terminal state: nothing charged.
+    Duplicate,
+    /// This delivery is no longer held (re-delivered after a timeout): refused.
+    Stale,
+    /// Not an item of this job.
+    Invalid,
+}
+
+/// What happened to a failure report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "outcome")]
+pub enum FailOutcome {
+    /// Re-queued for another attempt.
+    Retried { attempt: i64 },
+    /// Failed for good: dead-lettered, its credits released.
+    Failed,
+    Duplicate,
+    Stale,
+    Invalid,
+}
+
+/// The seed's cancel contract.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CancelOutcome {
+    pub job_id: Uuid,
+    pub status: JobStatus,
+    pub completed_items: i64,
+    pub cancelled_items: i64,
+    #[serde(with = "money::json")]
+    pub credits_refunded: Decimal,
+}
+
+/// One output of a finished item.
+#[derive(Clone, Debug, Serialize)]
+pub struct ItemResult {
+    pub result_id: String,
+    pub item_index: i64,
+    pub output: serde_json::Value,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub count: usize,
+    pub total: i64,
+}
+
+/// Prepares a job script call with the shared KEYS layout and first ARGVs.
+fn job_call<'a>(
+    script: &'a Script,
+    keys: &TenantKeys,
+    tenant: &TenantId,
+    job: &Uuid,
+    retention: Duration,
+) -> ScriptInvocation<'a> {
+    let mut call = script.prepare_invoke();
+    call.key(keys.credits())
+        .key(keys.outbox())
+        .key(keys.job(job))
+        .key(keys.job_items(job))
+        .key(keys.job_done(job))
+        .key(keys.job_results(job))
+        .key(keys.active_jobs())
+        .key(keys.dlq())
+        .key(keys.jobs())
+        .arg(event_base())
+        .arg(tenant.as_str())
+        .arg(job.to_string())
+        .arg(retention.as_secs().max(1));
+    call
+}
+
+/// Maps the status replies every job script shares.
+fn job_state_error(reply: &Reply, job: &Uuid) -> Result<Error> {
+    Ok(match reply.tag()?.as_str() {
+        "missing" => Error::not_found(format!("job {job}")),
+        "not_running" => {
+            let status = reply.str(1)?;
+            Error::conflict_with(
+                format!("job {job} is {status}"),
+                &serde_json::json!({ "status": status }),
+            )
+        }
+        other => Error::protocol(format!("job script answered {other}")),
+    })
+}
+
+impl AgentBus {
+    /// Reserves the job's credits and enqueues its items in one step; with
+    /// too little credit nothing is created and the error says how much.
+    pub async fn spawn_job(&self, tenant: &TenantId, spec: &JobSpec) -> Result<Job> {
+        spec.validate(self.limits().max_items)?;
+        let prices = self.prices();
+        let id = Uuid::new_v4();
+        self.register_tenant(tenant).await?;
+        let keys = self.keys(tenant);
+        let mut call = job_call(
+            &scripts().job_spawn,
+            &keys,
+            tenant,
+            &id,
+            self.limits().job_retention,
+        );
+        call.arg(prices.job_item)
+            .arg(prices.agent_spawn)
+            .arg(&spec.task)
+            .arg(&spec.orchestrator_agent)
+            .arg(&spec.worker_agent)
+            .arg(spec.parallelism)
+            .arg(spec.timeout_per_item * 1000)
+            .arg(spec.max_retries);
+        for item in &spec.items {
+            call.arg(codec::encode(item)?);
+        }
+        let mut conn = self.redis().conn().await?;
+        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
+        match reply.tag()?.as_str() {
+            "ok" => self.job(tenant, &id).await,
+            "insufficient" => Err(Error::InsufficientCredits {
+                required: from_minor(reply.i64(1)?),
+                available: from_minor(reply.i64(2)?),
+            }),
+            "exists" => Err(Error::conflict(format!("job {id} already exists"))),
+            other => Err(Error::protocol(format!("job_spawn answered {other}"))),
+        }
+    }
+
+    /// The job's current state; `NotFound` for unknown (or expired, or
+    /// another tenant's) jobs.
+    pub async fn job(&self, tenant: &TenantId, id: &Uuid) -> Result<Job> {
+        let mut conn = self.redis().conn().await?;
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys(tenant).job(id))
+            .query_async(&mut conn)
+            .await?;
+        if h.is_empty() {
+            return Err(Error::not_found(format!("job {id}")));
+        }
+        Job::from_hash(*id, &h)
+    }
+
+    /// Jobs newest first. Entries of jobs whose keys expired are dropped.
+    pub async fn list_jobs(&self, tenant: &TenantId, offset: usize, limit: usize) -> Result<JobPage> {
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let (ids, total): (Vec<String>, i64) = redis::pipe()
+            .cmd("ZREVRANGE")
+            .arg(keys.jobs())
+            .arg(offset)
+            .arg(offset + limit.max(1) - 1)
+            .cmd("ZCARD")
+            .arg(keys.jobs())
+            .query_async(&mut conn)
+            .await?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(keys.job(&parse_uuid(id)?));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        let mut jobs = Vec::new();
+        let mut gone = Vec::new();
+        for (id, h) in ids.iter().zip(hashes) {
+            if h.is_empty() {
+                gone.push(id.clone());
+            } else {
+                jobs.push(Job::from_hash(parse_uuid(id)?, &h)?);
+            }
+        }
+        if !gone.is_empty() {
+            redis::cmd("ZREM")
+                .arg(keys.jobs())
+                .arg(&gone)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        Ok(JobPage {
+            count: jobs.len(),
+            jobs,
+            total: total - gone.len() as i64,
+        })
+    }
+
+    /// Delivers up to `count` new items to `consumer`. With `wait` > 0 and
+    /// nothing available, blocks on a dedicated connection for that long.
+    pub async fn claim_items(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        consumer: &str,
+        count: usize,
+        wait: Duration,
+    ) -> Result<Vec<ClaimedItem>> {
+        keys::validate_id("worker_instance_id", consumer, keys::MAX_ID_LEN)?;
+        let keys = self.keys(tenant);
+        let mut call = job_call(
+            &scripts().job_claim,
+            &keys,
+            tenant,
+            job,
+            self.limits().job_retention,
+        );
+        call.arg(consumer).arg(count.max(1));
+        let mut conn = self.redis().conn().await?;
+        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
+        drop(conn);
+        if reply.tag()? != "ok" {
+            return Err(job_state_error(&reply, job)?);
+        }
+        let mut items = reply.values()[1..]
+            .iter()
+            .map(|v| StreamEntry::from_value(v).and_then(|e| ClaimedItem::from_entry(&e)))
+            .collect::<Result<Vec<_>>>()?;
+        if items.is_empty() && !wait.is_zero() {
+            let mut blocking = self.redis().blocking();
+            let read = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("workers")
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(count.max(1))
+                .arg("BLOCK")
+                .arg(wait.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(keys.job_items(job))
+                .arg(">")
+                .to_owned();
+            let value: Value = blocking.query(&read, wait).await.map_err(|e| match e {
+                Error::Redis(ref r) if r.code() == Some("NOGROUP") => {
+                    Error::not_found(format!("job {job}"))
+                }
+                other => other,
+            })?;
+            items = StreamEntry::from_read_reply(&value)?
+                .iter()
+                .map(ClaimedItem::from_entry)
+                .collect::<Result<_>>()?;
+        }
+        Ok(items)
+    }
+
+    /// Completes delivered items with their outputs, charging each once.
+    pub async fn complete_items(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        outputs: &[(String, serde_json::Value)],
+    ) -> Result<Vec<CompleteOutcome>> {
+        let encoded = outputs
+            .iter()
+            .map(|(id, out)| Ok((id.as_str(), codec::encode(out)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.complete_encoded(tenant, job, &encoded).await
+    }
+
+    pub(crate) async fn complete_encoded(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        outputs: &[(&str, Vec<u8>)],
+    ) -> Result<Vec<CompleteOutcome>> {
+        let keys = self.keys(tenant);
+        let mut call = job_call(
+            &scripts().job_complete,
+            &keys,
+            tenant,
+            job,
+            self.limits().job_retention,
+        );
+        for (id, out) in outputs {
+            call.arg(*id).arg(out.as_slice());
+        }
+        let mut conn = self.redis().conn().await?;
+        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
+        if reply.tag()? != "ok" {
+            return Err(job_state_error(&reply, job)?);
+        }
+        (1..reply.len())
+            .map(|i| {
+                Ok(match reply.str(i)?.as_str() {
+                    "completed" => CompleteOutcome::Completed,
+                    "duplicate" => CompleteOutcome::Duplicate,
+                    "stale" => CompleteOutcome::Stale,
+                    _ => CompleteOutcome::Invalid,
+                })
+            })
+            .collect()
+    }
+
+    /// Reports a delivered item as failed: re-queued while `retry` and
+    /// attempts remain, otherwise failed for good with its credits released.
+    pub async fn fail_item(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        item_id: &str,
+        error_message: &str,
+        retry: bool,
+    ) -> Result<FailOutcome> {
+        let keys = self.keys(tenant);
+        let mut call = job_call(
+            &scripts().job_fail,
+            &keys,
+            tenant,
+            job,
+            self.limits().job_retention,
+        );
+        call.arg(item_id)
+            .arg(error_message)
+            .arg(if retry { "1" } else { "0" });
+        let mut conn = self.redis().conn().await?;
+        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
+        Ok(match reply.tag()?.as_str() {
+            "retried" => FailOutcome::Retried {
+                attempt: reply.i64(1)?,
+            },
+            "failed" => FailOutcome::Failed,
+            "duplicate" => FailOutcome::Duplicate,
+            "stale" => FailOutcome::Stale,
+            "invalid" => FailOutcome::Invalid,
+            _ => return Err(job_state_error(&reply, job)?),
+        })
+    }
+
+    /// Cancels a running job: no item is delivered or charged afterwards, and
+    /// every uncompleted item's credits come back. A job that is not running
+    /// is a `Conflict` carrying its current state.
+    pub async fn cancel_job(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        cancelled_by: &str,
+        reason: &str,
+    ) -> Result<CancelOutcome> {
+        let keys = self.keys(tenant);
+        let mut call = job_call(
+            &scripts().job_cancel,
+            &keys,
+            tenant,
+            job,
+            self.limits().job_retention,
+        );
+        call.arg(cancelled_by).arg(reason);
+        let mut conn = self.redis().conn().await?;
+        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
+        drop(conn);
+        match reply.tag()?.as_str() {
+            "ok" => Ok(CancelOutcome {
+                job_id: *job,
+                status: JobStatus::Cancelled,
+                completed_items: reply.i64(1)?,
+                cancelled_items: reply.i64(2)?,
+                credits_refunded: from_minor(reply.i64(3)?),
+            }),
+            "not_running" => {
+                let current = self.job(tenant, job).await?;
+                Err(Error::conflict_with(
+                    format!("job {job} is already {}", current.status.as_str()),
+                    &current,
+                ))
+            }
+            _ => Err(job_state_error(&reply, job)?),
+        }
+    }
+
+    /// Re-delivers (or fails for good) items idle past the job's timeout.
+    /// Returns (re-queued, failed).
+    pub async fn reclaim_job(&self, tenant: &TenantId, job: &Uuid) -> Result<(i64, i64)> {
+        let keys = self.keys(tenant);
+        let mut call = job_call(
+            &scripts().job_reclaim,
+            &keys,
+            tenant,
+            job,
+            self.limits().job_retention,
+        );
+        call.arg(reclaim::RECLAIMER_CONSUMER)
+            .arg(self.limits().reclaim_batch);
+        let mut conn = self.redis().conn().await?;
+        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
+        match reply.tag()?.as_str() {
+            "ok" => Ok((reply.i64(1)?, reply.i64(2)?)),
+            _ => Ok((0, 0)),
+        }
+    }
+
+    /// Outputs in completion order, after the result id `after` (exclusive).
+    pub async fn job_results(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ItemResult>> {
+        let keys = self.keys(tenant);
+        let start = match after {
+            Some(id) => {
+                validate_stream_id("after", id)?;
+                format!("({id}")
+            }
+            None => "-".into(),
+        };
+        let mut conn = self.redis().conn().await?;
+        let (exists, value): (bool, Value) = redis::pipe()
+            .cmd("EXISTS")
+            .arg(keys.job(job))
+            .cmd("XRANGE")
+            .arg(keys.job_results(job))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await?;
+        if !exists {
+            return Err(Error::not_found(format!("job {job}")));
+        }
+        let Value::Array(entries) = value else {
+            return Ok(Vec::new());
+        };
+        entries
+            .iter()
+            .map(|v| {
+                let e = StreamEntry::from_value(v)?;
+                Ok(ItemResult {
+                    item_index: e.int("idx").unwrap_or(-1),
+                    output: codec::decode_json(e.get("output").unwrap_or_default())?,
+                    completed_at: e.int("ts").and_then(millis_to_time),
+                    result_id: e.id,
+                })
+            })
+            .collect()
+    }
+
+    /// Ids of the tenant's running jobs (what the reclaimer visits).
+    pub async fn active_jobs(&self, tenant: &TenantId) -> Result<Vec<Uuid>> {
+        let mut conn = self.redis().conn().await?;
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys(tenant).active_jobs())
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect())
+    }
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|_| Error::protocol(format!("job id {s:?} in index")))
+}
+
+/// Accepts `<ms>-<seq>` stream ids only.
+pub fn validate_stream_id(field: &str, id: &str) -> Result<()> {
+    let ok = id
+        .split_once('-')
+        .map(|(a, b)| {
+            !a.is_empty()
+                && !b.is_empty()
+                && a.len() <= 20
+                && b.len() <= 20
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
+        })
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(field, format!("{id:?} is not a stream id")))
+    }
+}

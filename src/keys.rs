@@ -1,0 +1,265 @@
+//! The keyspace: the one place that names Redis keys.
+//!
+//! Every key of a tenant carries the hash tag `{tenant}`, so each Lua script
+//! touches a single cluster slot. Ids that end up inside key names are
+//! validated here (`[A-Za-z0-9_.-]`, bounded length), so no input can forge a
+//! key of another tenant or escape its namespace.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::Error;
+
+/// Longest tenant id accepted.
+pub const MAX_TENANT_LEN: usize = 64;
+/// Longest id of any other kind (instance ids, namespaces, tasks, keys).
+pub const MAX_ID_LEN: usize = 128;
+
+/// Checks that `value` is a non-empty `[A-Za-z0-9_.-]` string of at most `max` bytes.
+pub fn validate_id(field: &str, value: &str, max: usize) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(Error::invalid(field, format!("longer than {max} characters")));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(Error::invalid(
+            field,
+            format!("character {bad:?} not allowed (use A-Z a-z 0-9 _ . -)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A validated tenant id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct TenantId(String);
+
+impl TenantId {
+    pub fn new(value: impl Into<String>) -> Result<Self, Error> {
+        let value = value.into();
+        validate_id("tenant", &value, MAX_TENANT_LEN)?;
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        TenantId::new(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A validated id of an agent instance, namespace, task or similar.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Ident(String);
+
+impl Ident {
+    pub fn new(field: &str, value: impl Into<String>) -> Result<Self, Error> {
+        let value = value.into();
+        validate_id(field, &value, MAX_ID_LEN)?;
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ident {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Ident::new("id", raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The key names of one deployment (one prefix).
+#[derive(Clone, Debug)]
+pub struct Keyspace {
+    prefix: Arc<str>,
+}
+
+impl Keyspace {
+    /// `prefix` may contain `[A-Za-z0-9_.:-]`; braces would break the hash tags.
+    pub fn new(prefix: &str) -> Result<Self, Error> {
+        if prefix.is_empty() || prefix.len() > MAX_TENANT_LEN {
+            return Err(Error::invalid("prefix", "must be 1-64 characters"));
+        }
+        if !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+        {
+            return Err(Error::invalid(
+                "prefix",
+                "only A-Z a-z 0-9 _ . : - are allowed",
+            ));
+        }
+        Ok(Self {
+            prefix: prefix.into(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Set of tenants that have an outbox: how the sink and reclaimer find them.
+    pub fn tenants(&self) -> String {
+        format!("{}:tenants", self.prefix)
+    }
+
+    /// Hash of API tokens: token id → record (tenant, hash of the secret).
+    pub fn tokens(&self) -> String {
+        format!("{}:tokens", self.prefix)
+    }
+
+    /// The keys of one tenant.
+    pub fn tenant(&self, tenant: &TenantId) -> TenantKeys {
+        TenantKeys {
+            base: format!("{}:{{{}}}", self.prefix, tenant.as_str()),
+        }
+    }
+}
+
+/// Key names of one tenant, all sharing the `{tenant}` hash tag.
+#[derive(Clone, Debug)]
+pub struct TenantKeys {
+    base: String,
+}
+
+impl TenantKeys {
+    fn key(&self, suffix: &str) -> String {
+        format!("{}:{}", self.base, suffix)
+    }
+
+    /// Hash `total`, `reserved`, `spent` in minor units.
+    pub fn credits(&self) -> String {
+        self.key("credits")
+    }
+
+    /// Stream of ledger, cancellation, audit and job-summary events; group `sink`.
+    pub fn outbox(&self) -> String {
+        self.key("outbox")
+    }
+
+    /// Zset of job ids by creation time (ms).
+    pub fn jobs(&self) -> String {
+        self.key("jobs")
+    }
+
+    /// Set of running job ids, scanned by the reclaimer.
+    pub fn active_jobs(&self) -> String {
+        self.key("jobs:active")
+    }
+
+    pub fn job(&self, job: &Uuid) -> String {
+        self.key(&format!("job:{job}"))
+    }
+
+    /// Stream of items (one entry per attempt); group `workers`.
+    pub fn job_items(&self, job: &Uuid) -> String {
+        self.key(&format!("job:{job}:items"))
+    }
+
+    /// Bitmap of items in a terminal state: makes completion idempotent.
+    pub fn job_done(&self, job: &Uuid) -> String {
+        self.key(&format!("job:{job}:done"))
+    }
+
+    /// Stream of outputs in completion order.
+    pub fn job_results(&self, job: &Uuid) -> String {
+        self.key(&format!("job:{job}:results"))
+    }
+
+    /// Stream of dead letters: messages and items past their retries.
+    pub fn dlq(&self) -> String {
+        self.key("dlq")
+    }
+
+    /// Hash of item-duration histogram buckets and outcomes for one task.
+    pub fn task_stats(&self, task: &str) -> String {
+        self.key(&format!("stats:{task}"))
+    }
+
+    /// Zset of agent instance ids by last heartbeat (ms).
+    pub fn agents(&self) -> String {
+        self.key("agents")
+    }
+
+    pub fn agent(&self, instance: &Ident) -> String {
+        self.key(&format!("agent:{instance}"))
+    }
+
+    /// Stream of messages to one instance; group `inbox`.
+    pub fn inbox(&self, instance: &Ident) -> String {
+        self.key(&format!("inbox:{instance}"))
+    }
+
+    /// Hash of one live invocation.
+    pub fn invoke(&self, invoke_id: &str) -> String {
+        self.key(&format!("invoke:{invoke_id}"))
+    }
+
+    /// Common prefix of the blackboard keys of one namespace.
+    pub fn blackboard(&self, namespace: &Ident) -> String {
+        self.key(&format!("bb:{namespace}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_keys_share_one_hash_tag() {
+        let ks = Keyspace::new("ab").unwrap();
+        let t = TenantId::new("acme").unwrap();
+        let keys = ks.tenant(&t);
+        let job = Uuid::nil();
+        for key in [
+            keys.credits(),
+            keys.outbox(),
+            keys.jobs(),
+            keys.job(&job),
+            keys.job_items(&job),
+            keys.dlq(),
+        ] {
+            assert!(key.starts_with("ab:{acme}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn ids_that_could_forge_keys_are_refused() {
+        for bad in ["", "a}b", "a{b", "a:b", "a b", "ü", "a*", &"x".repeat(65)] {
+            assert!(TenantId::new(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["a", "tenant_1", "A.b-c", &"x".repeat(64)] {
+            assert!(TenantId::new(good).is_ok(), "{good:?} refused");
+        }
+        assert!(Keyspace::new("ab{x}").is_err());
+        assert!(Keyspace::new("test:123").is_ok());
+    }
+}

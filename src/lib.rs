@@ -1,0 +1,27 @@
+//! agentbus: a Redis-centric event-streaming engine for multi-agent work.
+//!
+//! Hot state (jobs, items, credits, inboxes, the blackboard) lives in Redis
+//! and changes only through Lua scripts that also append an event to the
+//! tenant's outbox; a sink mirrors those events into Postgres.
+
+pub mod api;
+pub mod auth;
+pub mod bus;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod conn;
+pub mod credits;
+pub mod db;
+pub mod error;
+pub mod jobs;
+pub mod keys;
+pub mod money;
+pub mod prices;
+pub mod scripts;
+pub mod server;
+pub mod telemetry;
+
+pub use bus::{AgentBus, Limits};
+pub use error::{Error, Result};
+pub use keys::{Keyspace, TenantId};

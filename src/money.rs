@@ -1,0 +1,137 @@
+//! Money: credits are `rust_decimal::Decimal` with two decimal places at the
+//! edges and integer minor units (hundredths) in Redis and Lua.
+//!
+//! JSON carries credits as numbers with their exact decimal text (`12.50`),
+//! written and read through `RawValue`, so no amount ever passes through a float.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serializer};
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Result};
+
+/// Decimal places of a credit amount; minor units are 10^-SCALE credits.
+pub const SCALE: u32 = 2;
+/// Largest balance a tenant may hold, in minor units (10^13 credits): far
+/// inside the range where Lua's doubles count integers exactly.
+pub const MAX_MINOR: i64 = 1_000_000_000_000_000;
+
+/// Converts credits to minor units, refusing more than two decimals,
+/// negative amounts and amounts beyond [`MAX_MINOR`].
+pub fn to_minor(field: &str, credits: Decimal) -> Result<i64> {
+    if credits.is_sign_negative() && !credits.is_zero() {
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    let normalized = credits.normalize();
+    if normalized.scale() > SCALE {
+        return Err(Error::invalid(
+            field,
+            format!("at most {SCALE} decimal places ({credits} given)"),
+        ));
+    }
+    let minor = normalized * Decimal::from(10i64.pow(SCALE));
+    let minor: i64 = minor
+        .trunc()
+        .try_into()
+        .map_err(|_| Error::invalid(field, "too large"))?;
+    if minor > MAX_MINOR {
+        return Err(Error::invalid(field, "too large"));
+    }
+    Ok(minor)
+}
+
+/// Converts minor units back to credits with two decimal places.
+pub fn from_minor(minor: i64) -> Decimal {
+    Decimal::new(minor, SCALE)
+}
+
+/// Serde for credit amounts in JSON: `#[serde(with = "crate::money::json")]`.
+pub mod json {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = *value;
+        if v.scale() < SCALE {
+            v.rescale(SCALE);
+        }
+        let raw = RawValue::from_string(v.to_string()).map_err(serde::ser::Error::custom)?;
+        serde::Serialize::serialize(&raw, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        parse(raw.get()).map_err(serde::de::Error::custom)
+    }
+
+    /// Accepts a JSON number or a JSON string holding a decimal.
+    pub(crate) fn parse(text: &str) -> std::result::Result<Decimal, String> {
+        let text = text.trim();
+        let inner = text
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .unwrap_or(text);
+        inner
+            .parse::<Decimal>()
+            .or_else(|_| Decimal::from_scientific(inner))
+            .map_err(|_| format!("expected a decimal amount, got {text}"))
+    }
+}
+
+/// Like [`json`], for `Option<Decimal>`.
+pub mod json_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => json::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        let raw = Option::<Box<RawValue>>::deserialize(d)?;
+        match raw {
+            None => Ok(None),
+            Some(raw) if raw.get() == "null" => Ok(None),
+            Some(raw) => json::parse(raw.get())
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Amount {
+        #[serde(with = "json")]
+        value: Decimal,
+    }
+
+    #[test]
+    fn minor_units_are_exact() {
+        assert_eq!(to_minor("a", Decimal::from_str("12.34").unwrap()).unwrap(), 1234);
+        assert_eq!(to_minor("a", Decimal::from_str("0.10").unwrap()).unwrap(), 10);
+        assert_eq!(to_minor("a", Decimal::from_str("7").unwrap()).unwrap(), 700);
+        assert_eq!(from_minor(1234).to_string(), "12.34");
+        assert!(to_minor("a", Decimal::from_str("0.001").unwrap()).is_err());
+        assert!(to_minor("a", Decimal::from_str("-1").unwrap()).is_err());
+        assert!(to_minor("a", Decimal::from_str("1e20").unwrap_or(Decimal::MAX)).is_err());
+    }
+
+    #[test]
+    fn json_amounts_keep_their_digits() {
+        let a: Amount = serde_json::from_str(r#"{"value": 0.1}"#).unwrap();
+        assert_eq!(a.value, Decimal::from_str("0.1").unwrap());
+        let a: Amount = serde_json::from_str(r#"{"value": "2.50"}"#).unwrap();
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"value":2.50}"#);
+        let whole = Amount {
+            value: Decimal::from(100),
+        };
+        assert_eq!(serde_json::to_string(&whole).unwrap(), r#"{"value":100.00}"#);
+        assert!(serde_json::from_str::<Amount>(r#"{"value": [1]}"#).is_err());
+    }
+}

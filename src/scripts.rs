@@ -1,0 +1,47 @@
+//! The Lua script registry.
+//!
+//! Each script lives in `lua/<name>.lua` with a header listing its KEYS and
+//! ARGV, and is embedded at compile time together with the shared helpers in
+//! `lua/include/`. `redis::Script` calls it by EVALSHA and loads it again
+//! when Redis answers NOSCRIPT (after a restart or `SCRIPT FLUSH`).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! lua {
+    ($($file:literal),+) => {
+        Script::new(concat!($(include_str!(concat!("../lua/", $file))),+))
+    };
+}
+
+macro_rules! job_script {
+    ($file:literal) => {
+        lua!("include/common.lua", "include/job.lua", $file)
+    };
+}
+
+pub struct Scripts {
+    pub credits_move: Script,
+    pub job_spawn: Script,
+    pub job_claim: Script,
+    pub job_complete: Script,
+    pub job_fail: Script,
+    pub job_reclaim: Script,
+    pub job_cancel: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    credits_move: lua!("include/common.lua", "credits_move.lua"),
+    job_spawn: job_script!("job_spawn.lua"),
+    job_claim: job_script!("job_claim.lua"),
+    job_complete: job_script!("job_complete.lua"),
+    job_fail: job_script!("job_fail.lua"),
+    job_reclaim: job_script!("job_reclaim.lua"),
+    job_cancel: job_script!("job_cancel.lua"),
+});
+
+/// The process-wide registry (scripts and their SHA1s are computed once).
+pub fn scripts() -> &'static Scripts {
+    &SCRIPTS
+}

@@ -1,0 +1,260 @@
+//! Test support: each test gets its own random key prefix and, when it needs
+//! Postgres, its own database; both are removed when the test ends.
+//! Tests run against the real services named by REDIS_URL and DATABASE_URL.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentbus::api::{ApiConfig, AppState};
+use agentbus::bus::{AgentBus, Limits};
+use agentbus::conn::{Redis, RedisOptions};
+use agentbus::keys::{Keyspace, TenantId};
+use agentbus::prices::Prices;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use rand::RngExt;
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn admin_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn random_suffix() -> String {
+    hex::encode(rand::rng().random::<[u8; 6]>())
+}
+
+pub struct TestEnv {
+    pub prefix: String,
+    pub bus: AgentBus,
+    pub redis: Redis,
+    pub db: Option<TestDb>,
+}
+
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestEnv {
+    /// Redis only, default limits.
+    pub async fn new() -> Self {
+        Self::with_limits(Limits::default()).await
+    }
+
+    pub async fn with_limits(limits: Limits) -> Self {
+        let prefix = format!("test:{}", random_suffix());
+        let redis = Redis::open(&redis_url(), RedisOptions::default()).expect("REDIS_URL parses");
+        if let Err(e) = redis.ping().await {
+            panic!(
+                "Redis is not reachable at {} ({e}). Start it (scripts/services.sh) or set REDIS_URL.",
+                redis_url()
+            );
+        }
+        let bus = AgentBus::new(
+            redis.clone(),
+            Keyspace::new(&prefix).expect("test prefix is valid"),
+            Prices::default(),
+            limits,
+        );
+        TestEnv {
+            prefix,
+            bus,
+            redis,
+            db: None,
+        }
+    }
+
+    /// Redis plus a fresh, migrated Postgres database of its own.
+    pub async fn with_db() -> Self {
+        let mut env = Self::new().await;
+        env.db = Some(create_database().await);
+        env
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.db.as_ref().expect("test was created with_db()").pool
+    }
+
+    pub fn tenant(&self, name: &str) -> TenantId {
+        TenantId::new(name).expect("valid tenant")
+    }
+
+    /// Grants whole credits to a tenant.
+    pub async fn grant(&self, tenant: &TenantId, credits: i64) {
+        self.bus
+            .grant_credits(tenant, Decimal::from(credits), serde_json::json!({}))
+            .await
+            .expect("grant");
+    }
+
+    /// The HTTP application over this environment.
+    pub fn app(&self) -> axum::Router {
+        let db = match &self.db {
+            Some(db) => db.pool.clone(),
+            None => agentbus::db::connect_lazy(&admin_database_url(), 2).expect("DATABASE_URL"),
+        };
+        agentbus::api::router(AppState {
+            bus: self.bus.clone(),
+            db,
+            config: Arc::new(ApiConfig {
+                admin_token: Some(ADMIN_TOKEN.into()),
+                max_body_bytes: 1024 * 1024,
+            }),
+        })
+    }
+
+    /// A conn for direct Redis assertions.
+    pub async fn conn(&self) -> agentbus::conn::Conn {
+        self.redis.conn().await.expect("redis conn")
+    }
+
+    /// Every key under this test's prefix.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut conn = self.conn().await;
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let db = self.db.take().map(|d| d.name);
+        // Drop cannot await: clean up on a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(client) = redis::Client::open(redis_url())
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{prefix}:*"))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    for chunk in keys.chunks(500) {
+                        let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+                    }
+                }
+                if let Some(name) = db
+                    && let Ok(admin) = PgPool::connect(&admin_database_url()).await
+                {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Creates and migrates a database of its own for one test.
+pub async fn create_database() -> TestDb {
+    let admin = PgPool::connect(&admin_database_url()).await.unwrap_or_else(|e| {
+        panic!(
+            "Postgres is not reachable at {} ({e}). Start it (scripts/services.sh) or set DATABASE_URL.",
+            admin_database_url()
+        )
+    });
+    let name = format!("agentbus_test_{}", random_suffix());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("CREATE DATABASE");
+    admin.close().await;
+    let url = database_url_for(&name);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&url)
+        .await
+        .expect("connect test database");
+    agentbus::db::migrate_up(&pool).await.expect("migrations apply");
+    TestDb { name, url, pool }
+}
+
+/// DATABASE_URL with its database name replaced.
+pub fn database_url_for(name: &str) -> String {
+    let base = admin_database_url();
+    let (head, _) = base.rsplit_once('/').expect("DATABASE_URL has a database name");
+    format!("{head}/{name}")
+}
+
+/// One HTTP call to the app: returns status and JSON body (Null when empty).
+pub async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some(v) => {
+            req = req.header("content-type", "application/json");
+            Body::from(serde_json::to_vec(&v).expect("json"))
+        }
+        None => Body::empty(),
+    };
+    call_raw(app, req.body(body).expect("request")).await
+}
+
+pub async fn call_raw(app: &axum::Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let json = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        })
+    };
+    (status, json)
+}
+
+/// Credits as an exact decimal from a JSON number (its text).
+pub fn dec(v: &serde_json::Value) -> Decimal {
+    v.to_string().parse().unwrap_or_else(|_| panic!("not a decimal: {v}"))
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

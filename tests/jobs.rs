@@ -1,0 +1,615 @@
+//! Jobs against real Redis: exactly-once charging under concurrency, exact
+//! refunds on cancel, re-delivery after a worker dies, retries and dead letters.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentbus::jobs::worker::{ItemError, Worker};
+use agentbus::jobs::{CompleteOutcome, FailOutcome, JobSpec, JobStatus, reclaim};
+use agentbus::{Error, TenantId};
+use common::{TestEnv, eventually};
+use rust_decimal::Decimal;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn spec(items: usize) -> JobSpec {
+    JobSpec::new(
+        "orchestrator-1",
+        "worker",
+        "test-task",
+        (0..items).map(|i| json!({ "n": i })).collect(),
+    )
+}
+
+fn credits(n: i64) -> Decimal {
+    Decimal::from(n)
+}
+
+/// Sums of the ledger events in the tenant's outbox, by operation (minor units).
+async fn ledger_sums(env: &TestEnv, tenant: &TenantId) -> HashMap<String, i64> {
+    let mut conn = env.conn().await;
+    let entries: redis::Value = redis::cmd("XRANGE")
+        .arg(env.bus.keys(tenant).outbox())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut sums = HashMap::new();
+    let redis::Value::Array(entries) = entries else {
+        return sums;
+    };
+    for e in &entries {
+        let e = agentbus::codec::StreamEntry::from_value(e).unwrap();
+        if e.text("type") == Some("ledger") {
+            *sums.entry(e.text("op").unwrap().to_string()).or_insert(0) += e.int("amount").unwrap();
+        }
+    }
+    sums
+}
+
+/// Invariants 2 and 5 (Redis side): the balance never goes negative, and the
+/// ledger events account for every unit of it.
+async fn assert_balance_matches_ledger(env: &TestEnv, tenant: &TenantId) {
+    let b = env.bus.balance(tenant).await.unwrap();
+    assert!(b.available >= Decimal::ZERO, "negative available: {b:?}");
+    let s = ledger_sums(env, tenant).await;
+    let get = |k: &str| Decimal::new(*s.get(k).unwrap_or(&0), 2);
+    assert_eq!(b.total, get("grant"), "total vs ledger {s:?}");
+    assert_eq!(b.reserved, get("reserve") - get("spend") - get("refund"), "reserved vs ledger {s:?}");
+    assert_eq!(b.spent, get("spend") + get("charge"), "spent vs ledger {s:?}");
+}
+
+/// Invariant 3 for one job.
+fn assert_job_credits(job: &agentbus::jobs::Job) {
+    let c = &job.credits;
+    assert_eq!(c.reserved, c.spent + c.refunded + c.still_reserved, "{job:?}");
+    let p = &job.progress;
+    let expected_still = if job.status == JobStatus::Running {
+        job.credits_per_item * Decimal::from(p.total - p.completed - p.failed)
+    } else {
+        Decimal::ZERO
+    };
+    assert_eq!(c.still_reserved, expected_still, "{job:?}");
+    assert_eq!(
+        c.spent,
+        credits(5) + job.credits_per_item * Decimal::from(p.completed),
+        "each completed item charged exactly once: {job:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_items_fifty_workers_each_item_completed_and_charged_exactly_once() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("load");
+    env.grant(&tenant, 10_000).await;
+    let job = env.bus.spawn_job(&tenant, &spec(1000)).await.unwrap();
+    assert_eq!(job.credits.reserved, credits(5 + 2 * 1000));
+
+    let handled: Arc<Mutex<HashMap<i64, u32>>> = Arc::default();
+    let mut workers = Vec::new();
+    for w in 0..50 {
+        let handled = handled.clone();
+        let worker = Worker::new(env.bus.clone(), tenant.clone(), job.id, &format!("w{w}")).unwrap();
+        workers.push(tokio::spawn(worker.run(move |item| {
+            let handled = handled.clone();
+            async move {
+                *handled.lock().unwrap().entry(item.item_index).or_default() += 1;
+                tokio::task::yield_now().await;
+                Ok(json!({ "doubled": item.input["n"].as_i64().unwrap_or(-1) * 2 }))
+            }
+        })));
+    }
+    let mut completed = 0;
+    let mut duplicates = 0;
+    for w in workers {
+        let report = w.await.unwrap().unwrap();
+        completed += report.completed;
+        duplicates += report.duplicates + report.stale;
+    }
+    assert_eq!(completed, 1000);
+    assert_eq!(duplicates, 0);
+    let handled = handled.lock().unwrap().clone();
+    assert_eq!(handled.len(), 1000, "every item handled");
+    assert!(handled.values().all(|&n| n == 1), "an item was delivered twice");
+
+    let job = env.bus.job(&tenant, &job.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.progress.completed, 1000);
+    assert_job_credits(&job);
+    assert_eq!(job.credits.spent, credits(2005));
+    let results = env.bus.job_results(&tenant, &job.id, None, 2000).await.unwrap();
+    let mut seen: Vec<i64> = results.iter().map(|r| r.item_index).collect();
+    seen.sort();
+    assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+    assert!(results.iter().all(|r| r.output["doubled"] == json!(r.item_index * 2)));
+
+    let balance = env.bus.balance(&tenant).await.unwrap();
+    assert_eq!(balance.reserved, Decimal::ZERO);
+    assert_eq!(balance.spent, credits(2005));
+    assert_balance_matches_ledger(&env, &tenant).await;
+}
+
+#[tokio::test]
+async fn cancel_with_half_completed_refunds_exactly_the_rest() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("cancel");
+    env.grant(&tenant, 1000).await;
+    let job = env.bus.spawn_job(&tenant, &spec(100)).await.unwrap();
+    let claimed = env
+        .bus
+        .claim_items(&tenant, &job.id, "w1", 50, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 50);
+    let outputs: Vec<_> = claimed.iter().map(|c| (c.item_id.clone(), json!("ok"))).collect();
+    let outcomes = env.bus.complete_items(&tenant, &job.id, &outputs).await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == CompleteOutcome::Completed));
+
+    let cancel = env.bus.cancel_job(&tenant, &job.id, "tester", "enough").await.unwrap();
+    assert_eq!(cancel.completed_items, 50);
+    assert_eq!(cancel.cancelled_items, 50);
+    assert_eq!(cancel.credits_refunded, credits(50 * 2));
+    assert_eq!(cancel.status, JobStatus::Cancelled);
+
+    let job = env.bus.job(&tenant, &job.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert_job_credits(&job);
+    assert_eq!(job.credits.refunded, credits(100));
+    let balance = env.bus.balance(&tenant).await.unwrap();
+    assert_eq!(balance.reserved, Decimal::ZERO);
+    assert_eq!(balance.spent, credits(5 + 100));
+    assert_eq!(balance.available, credits(1000 - 105));
+    assert_balance_matches_ledger(&env, &tenant).await;
+
+    // A second cancel is a conflict that shows the current state.
+    match env.bus.cancel_job(&tenant, &job.id, "tester", "again").await {
+        Err(Error::Conflict { state: Some(state), .. }) => {
+            assert!(state.get().contains("\"cancelled\""), "{state}");
+        }
+        other => panic!("expected conflict, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn in_flight_items_at_cancel_are_refused_and_nothing_is_delivered_after() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("inflight");
+    env.grant(&tenant, 1000).await;
+    let job = env.bus.spawn_job(&tenant, &spec(20)).await.unwrap();
+    let done = env
+        .bus
+        .claim_items(&tenant, &job.id, "w1", 5, Duration::ZERO)
+        .await
+        .unwrap();
+    let outputs: Vec<_> = done.iter().map(|c| (c.item_id.clone(), json!(1))).collect();
+    env.bus.complete_items(&tenant, &job.id, &outputs).await.unwrap();
+    let in_flight = env
+        .bus
+        .claim_items(&tenant, &job.id, "w2", 5, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(in_flight.len(), 5);
+
+    let cancel = env.bus.cancel_job(&tenant, &job.id, "tester", "").await.unwrap();
+    assert_eq!(cancel.completed_items, 5);
+    assert_eq!(cancel.cancelled_items, 15, "in-flight items count as cancelled");
+    assert_eq!(cancel.credits_refunded, credits(30));
+    let before = env.bus.balance(&tenant).await.unwrap();
+
+    // Late completions and failures are refused and charge nothing.
+    let late: Vec<_> = in_flight.iter().map(|c| (c.item_id.clone(), json!(1))).collect();
+    assert!(matches!(
+        env.bus.complete_items(&tenant, &job.id, &late).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        env.bus.fail_item(&tenant, &job.id, &in_flight[0].item_id, "x", true).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(env.bus.balance(&tenant).await.unwrap(), before);
+
+    // Nothing is delivered any more, through the API or straight from the stream.
+    assert!(matches!(
+        env.bus.claim_items(&tenant, &job.id, "w3", 10, Duration::ZERO).await,
+        Err(Error::Conflict { .. })
+    ));
+    let mut conn = env.conn().await;
+    let direct: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("w4")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(env.bus.keys(&tenant).job_items(&job.id))
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(direct, redis::Value::Nil);
+    // Nor does the reclaimer bring anything back.
+    assert_eq!(env.bus.reclaim_job(&tenant, &job.id).await.unwrap(), (0, 0));
+    let job = env.bus.job(&tenant, &job.id).await.unwrap();
+    assert_eq!(job.progress.completed, 5);
+    assert_job_credits(&job);
+    assert_balance_matches_ledger(&env, &tenant).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_of_an_aborted_worker_is_redelivered_after_its_timeout_and_completed_once() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("abort");
+    env.grant(&tenant, 1000).await;
+    let mut s = spec(5);
+    s.timeout_per_item = 1;
+    let job = env.bus.spawn_job(&tenant, &s).await.unwrap();
+
+    // Worker A takes one item and hangs on it; then its task is aborted.
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::channel(1);
+    let a = Worker::new(env.bus.clone(), tenant.clone(), job.id, "dies").unwrap();
+    let a = tokio::spawn(a.run(move |item| {
+        let held_tx = held_tx.clone();
+        async move {
+            let _ = held_tx.send(item.item_index).await;
+            std::future::pending::<()>().await;
+            Ok(json!(null))
+        }
+    }));
+    let held = held_rx.recv().await.unwrap();
+    a.abort();
+
+    let shutdown = CancellationToken::new();
+    let reclaimer = tokio::spawn(reclaim::run(
+        env.bus.clone(),
+        Duration::from_millis(100),
+        shutdown.clone(),
+    ));
+    let seen: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
+    let b = Worker::new(env.bus.clone(), tenant.clone(), job.id, "survivor").unwrap();
+    let seen2 = seen.clone();
+    let report = tokio::time::timeout(
+        Duration::from_secs(20),
+        b.run(move |item| {
+            seen2.lock().unwrap().push((item.item_index, item.retry_count));
+            async move { Ok(json!("done")) }
+        }),
+    )
+    .await
+    .expect("job finishes")
+    .unwrap();
+    shutdown.cancel();
+    reclaimer.await.unwrap();
+
+    assert_eq!(report.completed, 5);
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.contains(&(held, 1)), "held item re-delivered as attempt 1: {seen:?}");
+    let job = env.bus.job(&tenant, &job.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.progress.completed, 5);
+    assert_eq!(job.progress.retried, 1);
+    assert_job_credits(&job);
+    assert_eq!(job.credits.spent, credits(5 + 10));
+    assert_balance_matches_ledger(&env, &tenant).await;
+}
+
+#[tokio::test]
+async fn insufficient_credit_creates_nothing_at_all() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("poor");
+    env.grant(&tenant, 10).await;
+    let keys_before = env.keys().await;
+    let outbox_before = ledger_sums(&env, &tenant).await;
+    match env.bus.spawn_job(&tenant, &spec(100)).await {
+        Err(Error::InsufficientCredits { required, available }) => {
+            assert_eq!(required, credits(205));
+            assert_eq!(available, credits(10));
+        }
+        other => panic!("expected insufficient credits, got {other:?}"),
+    }
+    assert_eq!(env.keys().await, keys_before, "no job key, no stream");
+    assert_eq!(ledger_sums(&env, &tenant).await, outbox_before, "no ledger event");
+    let balance = env.bus.balance(&tenant).await.unwrap();
+    assert_eq!(balance.reserved, Decimal::ZERO);
+    assert_eq!(balance.available, credits(10));
+}
+
+#[tokio::test]
+async fn a_second_completion_is_a_duplicate_and_charged_nothing() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("dup");
+    env.grant(&tenant, 100).await;
+    let job = env.bus.spawn_job(&tenant, &spec(2)).await.unwrap();
+    let items = env
+        .bus
+        .claim_items(&tenant, &job.id, "w", 1, Duration::ZERO)
+        .await
+        .unwrap();
+    let out = vec![(items[0].item_id.clone(), json!("a"))];
+    assert_eq!(
+        env.bus.complete_items(&tenant, &job.id, &out).await.unwrap(),
+        vec![CompleteOutcome::Completed]
+    );
+    let after_first = env.bus.balance(&tenant).await.unwrap();
+    assert_eq!(
+        env.bus.complete_items(&tenant, &job.id, &out).await.unwrap(),
+        vec![CompleteOutcome::Duplicate]
+    );
+    assert_eq!(env.bus.balance(&tenant).await.unwrap(), after_first);
+    // An id that was never delivered, or is not an item id at all.
+    let bogus = vec![
+        ("1-1".to_string(), json!(1)),
+        ("1-999".to_string(), json!(1)),
+    ];
+    assert_eq!(
+        env.bus.complete_items(&tenant, &job.id, &bogus).await.unwrap(),
+        vec![CompleteOutcome::Stale, CompleteOutcome::Invalid]
+    );
+    let job = env.bus.job(&tenant, &job.id).await.unwrap();
+    assert_eq!(job.progress.completed, 1);
+    assert_job_credits(&job);
+}
+
+#[tokio::test]
+async fn failures_retry_up_to_max_then_dead_letter_and_release_credits() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("fails");
+    env.grant(&tenant, 100).await;
+    let mut s = spec(1);
+    s.max_retries = 2;
+    let job = env.bus.spawn_job(&tenant, &s).await.unwrap();
+    for attempt in 0..3 {
+        let items = env
+            .bus
+            .claim_items(&tenant, &job.id, "w", 1, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].retry_count, attempt);
+        let outcome = env
+            .bus
+            .fail_item(&tenant, &job.id, &items[0].item_id, "boom", true)
+            .await
+            .unwrap();
+        if attempt < 2 {
+            assert_eq!(outcome, FailOutcome::Retried { attempt: attempt + 1 });
+        } else {
+            assert_eq!(outcome, FailOutcome::Failed);
+        }
+    }
+    let job = env.bus.job(&tenant, &job.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.progress.failed, 1);
+    assert_eq!(job.progress.retried, 2);
+    assert_eq!(job.credits.refunded, credits(2));
+    assert_job_credits(&job);
+    let mut conn = env.conn().await;
+    let dlq: redis::Value = redis::cmd("XRANGE")
+        .arg(env.bus.keys(&tenant).dlq())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let redis::Value::Array(dlq) = dlq else { panic!("dlq") };
+    assert_eq!(dlq.len(), 1);
+    let entry = agentbus::codec::StreamEntry::from_value(&dlq[0]).unwrap();
+    assert_eq!(entry.text("reason"), Some("boom"));
+    assert_eq!(entry.text("job"), Some(job.id.to_string().as_str()));
+    let balance = env.bus.balance(&tenant).await.unwrap();
+    assert_eq!(balance.reserved, Decimal::ZERO);
+    assert_eq!(balance.spent, credits(5));
+    assert_balance_matches_ledger(&env, &tenant).await;
+}
+
+#[tokio::test]
+async fn a_fail_without_retry_ends_the_item_at_once() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("noretry");
+    env.grant(&tenant, 100).await;
+    let job = env.bus.spawn_job(&tenant, &spec(2)).await.unwrap();
+    let items = env
+        .bus
+        .claim_items(&tenant, &job.id, "w", 2, Duration::ZERO)
+        .await
+        .unwrap();
+    let outcome = env
+        .bus
+        .fail_item(&tenant, &job.id, &items[0].item_id, "bad input", false)
+        .await
+        .unwrap();
+    assert_eq!(outcome, FailOutcome::Failed);
+    env.bus
+        .complete_items(&tenant, &job.id, &[(items[1].item_id.clone(), json!(1))])
+        .await
+        .unwrap();
+    let job = env.bus.job(&tenant, &job.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!((job.progress.completed, job.progress.failed), (1, 1));
+    assert_job_credits(&job);
+}
+
+#[tokio::test]
+async fn reclaim_past_max_retries_fails_the_item_for_good() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("timeouts");
+    env.grant(&tenant, 100).await;
+    let mut s = spec(1);
+    s.max_retries = 0;
+    s.timeout_per_item = 1;
+    let job = env.bus.spawn_job(&tenant, &s).await.unwrap();
+    let items = env
+        .bus
+        .claim_items(&tenant, &job.id, "sleepy", 1, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(env.bus.reclaim_job(&tenant, &job.id).await.unwrap(), (0, 0), "not idle yet");
+    let reclaimed = eventually(Duration::from_secs(5), || async {
+        env.bus.reclaim_job(&tenant, &job.id).await.unwrap() == (0, 1)
+    })
+    .await;
+    assert!(reclaimed);
+    let job_now = env.bus.job(&tenant, &job.id).await.unwrap();
+    assert_eq!(job_now.status, JobStatus::Failed);
+    assert_job_credits(&job_now);
+    // The sleepy worker's late completion is refused.
+    assert!(matches!(
+        env.bus
+            .complete_items(&tenant, &job.id, &[(items[0].item_id.clone(), json!(1))])
+            .await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_balance_matches_ledger(&env, &tenant).await;
+}
+
+#[tokio::test]
+async fn finished_jobs_expire_after_the_retention() {
+    let env = TestEnv::with_limits(agentbus::Limits {
+        job_retention: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let tenant = env.tenant("expiry");
+    env.grant(&tenant, 100).await;
+    let job = env.bus.spawn_job(&tenant, &spec(1)).await.unwrap();
+    let items = env
+        .bus
+        .claim_items(&tenant, &job.id, "w", 1, Duration::ZERO)
+        .await
+        .unwrap();
+    env.bus
+        .complete_items(&tenant, &job.id, &[(items[0].item_id.clone(), json!(1))])
+        .await
+        .unwrap();
+    assert_eq!(env.bus.list_jobs(&tenant, 0, 10).await.unwrap().count, 1);
+    let gone = eventually(Duration::from_secs(5), || async {
+        matches!(env.bus.job(&tenant, &job.id).await, Err(Error::NotFound(_)))
+    })
+    .await;
+    assert!(gone, "job keys did not expire");
+    let page = env.bus.list_jobs(&tenant, 0, 10).await.unwrap();
+    assert_eq!((page.count, page.total), (0, 0), "index entry dropped");
+    let job_keys: Vec<String> = env
+        .keys()
+        .await
+        .into_iter()
+        .filter(|k| k.contains(&job.id.to_string()))
+        .collect();
+    assert!(job_keys.is_empty(), "{job_keys:?}");
+}
+
+#[tokio::test]
+async fn a_restarted_worker_resumes_its_own_pending_items_first() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("resume");
+    env.grant(&tenant, 100).await;
+    let job = env.bus.spawn_job(&tenant, &spec(3)).await.unwrap();
+    // "w" claimed two items and died before completing them.
+    let held = env
+        .bus
+        .claim_items(&tenant, &job.id, "w", 2, Duration::ZERO)
+        .await
+        .unwrap();
+    let order: Arc<Mutex<Vec<String>>> = Arc::default();
+    let order2 = order.clone();
+    let report = Worker::new(env.bus.clone(), tenant.clone(), job.id, "w")
+        .unwrap()
+        .run(move |item| {
+            order2.lock().unwrap().push(item.item_id.clone());
+            async move { Ok(json!(1)) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.completed, 3);
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order[..2], [held[0].item_id.clone(), held[1].item_id.clone()]);
+}
+
+#[tokio::test]
+async fn worker_failures_go_through_retry_and_the_report_counts_them() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("flaky");
+    env.grant(&tenant, 100).await;
+    let mut s = spec(10);
+    s.max_retries = 1;
+    let job = env.bus.spawn_job(&tenant, &s).await.unwrap();
+    // Even items fail once then succeed; item 1 always fails.
+    let report = Worker::new(env.bus.clone(), tenant.clone(), job.id, "flaky")
+        .unwrap()
+        .concurrency(4)
+        .run(|item| async move {
+            match (item.item_index, item.retry_count) {
+                (1, _) => Err(ItemError::retry("always")),
+                (i, 0) if i % 2 == 0 => Err(ItemError::retry("first try")),
+                _ => Ok(json!("ok")),
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.completed, 9);
+    assert_eq!(report.failed, 1);
+    assert_eq!(report.retried, 5 + 1);
+    let job = env.bus.job(&tenant, &job.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_job_credits(&job);
+    assert_balance_matches_ledger(&env, &tenant).await;
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field_and_change_nothing() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("valid");
+    env.grant(&tenant, 100).await;
+    let keys_before = env.keys().await;
+    let cases: Vec<(&str, Box<dyn Fn(&mut JobSpec)>)> = vec![
+        ("parallelism", Box::new(|s| s.parallelism = 0)),
+        ("parallelism", Box::new(|s| s.parallelism = 101)),
+        ("timeout_per_item", Box::new(|s| s.timeout_per_item = 3601)),
+        ("max_retries", Box::new(|s| s.max_retries = 11)),
+        ("items", Box::new(|s| s.items.clear())),
+        ("task", Box::new(|s| s.task = " ".into())),
+        ("worker_agent", Box::new(|s| s.worker_agent = "a b".into())),
+    ];
+    for (field, mutate) in cases {
+        let mut s = spec(3);
+        mutate(&mut s);
+        match env.bus.spawn_job(&tenant, &s).await {
+            Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected invalid, got {other:?}"),
+        }
+    }
+    let small = TestEnv::with_limits(agentbus::Limits {
+        max_items: 5,
+        ..Default::default()
+    })
+    .await;
+    match small.bus.spawn_job(&tenant, &spec(6)).await {
+        Err(Error::Invalid { field, .. }) => assert_eq!(field, "items"),
+        other => panic!("expected invalid items, got {other:?}"),
+    }
+    assert_eq!(env.keys().await, keys_before);
+}
+
+#[tokio::test]
+async fn unknown_jobs_are_not_found() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("nobody");
+    let id = Uuid::new_v4();
+    assert!(matches!(env.bus.job(&tenant, &id).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        env.bus.claim_items(&tenant, &id, "w", 1, Duration::ZERO).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        env.bus.cancel_job(&tenant, &id, "x", "y").await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        env.bus.complete_items(&tenant, &id, &[("1-0".into(), json!(1))]).await,
+        Err(Error::NotFound(_))
+    ));
+}
