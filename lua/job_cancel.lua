@@ -1,6 +1,6 @@
 -- job_cancel: stop a running job at once and refund every uncompleted item.
--- After this call no item is delivered (the group points past the end and the
--- entries are gone) and late completions are refused by the status check.
+-- After this call no item is delivered (end_job deletes the items stream and
+-- its group) and late completions are refused by the status check.
 -- KEYS: the job layout (see include/job.lua).
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5] cancelled by   ARGV[6] reason
@@ -17,8 +17,6 @@ local cancelled = total - completed - failed
 local refund = cancelled * cost
 local ts = now_ms()
 
-redis.call('XGROUP', 'SETID', K_ITEMS, GROUP, '$')
-redis.call('XTRIM', K_ITEMS, 'MAXLEN', 0)
 redis.call('HSET', K_JOB, 'cancelled', cancelled, 'cancelled_by', ARGV[5], 'cancel_reason', ARGV[6])
 redis.call('HINCRBY', K_JOB, 'refunded', int(refund))
 move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'refund', 'job_item', refund,

@@ -15,40 +15,43 @@ if status ~= 'running' then return {'not_running', status} end
 
 local ts = now_ms()
 local out = {'ok'}
-local completed = 0
+local completed, acks, durations = 0, {}, {}
 for i = 5, #ARGV - 1, 2 do
   local entry_id, output = ARGV[i], ARGV[i + 1]
   local idx = item_index(entry_id)
   local outcome
   if not idx or idx >= total then
     outcome = 'invalid'
-  elseif redis.call('GETBIT', K_DONE, idx) == 1 then
-    redis.call('XACK', K_ITEMS, GROUP, entry_id)
-    redis.call('XDEL', K_ITEMS, entry_id)
-    outcome = 'duplicate'
   else
     local pending, idle_ms = is_pending(entry_id)
     if not pending then
-      outcome = 'stale'
+      outcome = redis.call('GETBIT', K_DONE, idx) == 1 and 'duplicate' or 'stale'
     else
-      redis.call('SETBIT', K_DONE, idx, 1)
-      redis.call('XADD', K_RESULTS, '*', 'idx', idx, 'ts', ts, 'output', output)
-      redis.call('XACK', K_ITEMS, GROUP, entry_id)
-      redis.call('XDEL', K_ITEMS, entry_id)
-      record_duration(task, idle_ms)
-      completed = completed + 1
-      outcome = 'completed'
+      acks[#acks + 1] = entry_id
+      -- SETBIT answers the old bit: 1 means another delivery completed it first.
+      if redis.call('SETBIT', K_DONE, idx, 1) == 1 then
+        outcome = 'duplicate'
+      else
+        redis.call('XADD', K_RESULTS, '*', 'idx', idx, 'ts', ts, 'output', output)
+        durations[#durations + 1] = idle_ms
+        completed = completed + 1
+        outcome = 'completed'
+      end
     end
   end
   out[#out + 1] = outcome
 end
 
+if #acks > 0 then
+  redis.call('XACK', K_ITEMS, GROUP, unpack(acks))
+end
 if completed > 0 then
   local amount = completed * cost
   redis.call('HINCRBY', K_JOB, 'completed', completed)
   redis.call('HINCRBY', K_JOB, 'spent', int(amount))
   move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'spend', 'job_item', amount,
     {items = completed})
+  record_durations(task, durations)
   finish_if_done(ts)
 end
 return out

@@ -20,7 +20,7 @@ local f = entry_fields(entry_id)
 if not f then return {'stale'} end
 
 local ts = now_ms()
-local attempt = tonumber(f.attempt)
+local attempt = attempt_of(f)
 if retry and attempt < max_retries then
   requeue(entry_id, idx, f, message, ts, task)
   return {'retried', attempt + 1}

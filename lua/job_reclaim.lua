@@ -1,5 +1,6 @@
 -- job_reclaim: re-deliver items whose worker went quiet for longer than the
 -- job's timeout per item (XAUTOCLAIM); past max_retries they fail for good.
+-- Also trims entries that every consumer is done with.
 -- KEYS: the job layout (see include/job.lua).
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5] consumer name of the reclaimer   ARGV[6] maximum entries per call
@@ -28,14 +29,14 @@ for _, entry in ipairs(r[2]) do
     if redis.call('GETBIT', K_DONE, idx) == 1 then
       redis.call('XACK', K_ITEMS, GROUP, entry_id)
       redis.call('XDEL', K_ITEMS, entry_id)
-    elseif tonumber(f.attempt) < max_retries then
+    elseif attempt_of(f) < max_retries then
       requeue(entry_id, idx, f, 'timed out', ts, task)
       requeued = requeued + 1
     else
-      fail_item(entry_id, idx, f, 'timed out after ' .. (tonumber(f.attempt) + 1) .. ' attempts', ts, cost, task)
+      fail_item(entry_id, idx, f, 'timed out after ' .. (attempt_of(f) + 1) .. ' attempts', ts, cost, task)
       failed = failed + 1
     end
   end
 end
-if failed > 0 then finish_if_done(ts) end
+if not (failed > 0 and finish_if_done(ts)) then trim_acked() end
 return {'ok', requeued, failed}

@@ -38,8 +38,10 @@ redis.call('HSET', K_JOB,
   'created_at', ts, 'started_at', ts)
 
 redis.call('XGROUP', 'CREATE', K_ITEMS, GROUP, '0', 'MKSTREAM')
+-- First attempts carry only idx and input (attempt 0 is implied): a large
+-- spawn is one script call, so every field per entry counts.
 for i = 1, n do
-  redis.call('XADD', K_ITEMS, '1-' .. (i - 1), 'idx', i - 1, 'attempt', 0, 'ts', ts, 'input', ARGV[12 + i])
+  redis.call('XADD', K_ITEMS, '1-' .. (i - 1), 'idx', i - 1, 'input', ARGV[12 + i])
 end
 redis.call('ZADD', K_JOBS, ts, JOB_ID)
 redis.call('SADD', K_ACTIVE, JOB_ID)

@@ -1,18 +1,26 @@
 //! The `agentbus` command line: parses arguments and runs one subcommand.
 
+use std::io::IsTerminal;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use rust_decimal::Decimal;
 
 use crate::config::{Config, ServeConfig};
 use crate::db;
 use crate::keys::TenantId;
-use crate::server;
+use crate::{load, server};
 
 #[derive(Parser, Debug)]
-#[command(name = "agentbus", version, about = "Redis-centric event streaming for fleets of agents")]
+#[command(
+    name = "agentbus",
+    version,
+    about = "Redis-centric event streaming for fleets of agents"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub config: Config,
@@ -40,6 +48,42 @@ pub enum Command {
         #[command(subcommand)]
         action: CreditsAction,
     },
+    /// Run a load test: one job, many workers, and a checked report.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    #[arg(long, default_value_t = 1000)]
+    items: usize,
+    #[arg(long, default_value_t = 50)]
+    workers: usize,
+    /// Seconds before the run counts as hung.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Items each worker handles at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Items each worker claims per read.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Simulated work per item in ms, as `min` or `min-max`.
+    #[arg(long, default_value = "0")]
+    work_ms: String,
+    /// Probability that an attempt fails and is retried.
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Cancel the job when this percentage of items is done.
+    #[arg(long)]
+    cancel_at: Option<f64>,
+    #[arg(long, default_value_t = 3)]
+    max_retries: i64,
+    /// Tenant to run as (default: a fresh one per run).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,6 +134,83 @@ pub enum CreditsAction {
     },
 }
 
+fn parse_work_ms(raw: &str) -> anyhow::Result<(Duration, Duration)> {
+    let parse = |s: &str| -> anyhow::Result<Duration> {
+        let ms: u64 = s
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("work-ms: {raw:?} is not `min` or `min-max` in ms"))?;
+        Ok(Duration::from_millis(ms))
+    };
+    match raw.split_once('-') {
+        Some((lo, hi)) => {
+            let (lo, hi) = (parse(lo)?, parse(hi)?);
+            if hi < lo {
+                bail!("work-ms: max below min in {raw:?}");
+            }
+            Ok((lo, hi))
+        }
+        None => {
+            let v = parse(raw)?;
+            Ok((v, v))
+        }
+    }
+}
+
+async fn load(config: &Config, args: LoadArgs) -> anyhow::Result<bool> {
+    if args.items == 0 || args.workers == 0 {
+        bail!("items and workers must be at least 1");
+    }
+    if !(0.0..1.0).contains(&args.fail_rate) {
+        bail!("fail-rate must be in [0, 1)");
+    }
+    if let Some(pct) = args.cancel_at
+        && !(0.0..=100.0).contains(&pct)
+    {
+        bail!("cancel-at must be a percentage between 0 and 100");
+    }
+    let mut config = config.clone();
+    config.max_items = config.max_items.max(args.items);
+    config.redis_pool = config.redis_pool.max(32);
+    let bus = config.bus()?;
+    let tenant = match args.tenant {
+        Some(t) => tenant(&t)?,
+        None => TenantId::new(format!(
+            "load-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ))?,
+    };
+    let (work_min, work_max) = parse_work_ms(&args.work_ms)?;
+    let mut options = load::LoadOptions::new(tenant, args.items, args.workers);
+    options.concurrency = args.concurrency.max(1);
+    options.batch = args.batch.max(1);
+    options.timeout = Duration::from_secs(args.timeout.max(1));
+    options.work_min = work_min;
+    options.work_max = work_max;
+    options.fail_rate = args.fail_rate;
+    options.cancel_at = args.cancel_at;
+    options.max_retries = args.max_retries;
+
+    let bar = if args.json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.items as u64).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} items {per_sec} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+    let progress_bar = bar.clone();
+    let progress: load::Progress = Arc::new(move |done, _| progress_bar.set_position(done));
+    let report = load::run(&bus, &options, Some(progress)).await?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.to_text());
+    }
+    Ok(report.passed())
+}
+
 fn tenant(raw: &str) -> anyhow::Result<TenantId> {
     Ok(TenantId::new(raw)?)
 }
@@ -97,6 +218,11 @@ fn tenant(raw: &str) -> anyhow::Result<TenantId> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
     match cli.command {
+        Command::Load(args) => {
+            if !load(&config, args).await? {
+                bail!("load test found violations");
+            }
+        }
         Command::Serve(serve) => server::serve(&config, &serve).await?,
         Command::Migrate { action } => {
             let pool = config.postgres()?;
@@ -112,7 +238,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     db::migrate_down(&pool, all)
                         .await
                         .with_context(|| format!("DATABASE_URL {target}"))?;
-                    println!("reverted {}", if all { "all migrations" } else { "the latest migration" });
+                    println!(
+                        "reverted {}",
+                        if all {
+                            "all migrations"
+                        } else {
+                            "the latest migration"
+                        }
+                    );
                 }
                 MigrateAction::Status => {
                     for m in db::migrate_status(&pool)
@@ -131,7 +264,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 TokenAction::Create { tenant: t } => {
                     let token = bus.create_token(&tenant(&t)?).await?;
                     println!("{}", token.token);
-                    eprintln!("token {} for tenant {} (store it now: it is not shown again)", token.id, token.tenant);
+                    eprintln!(
+                        "token {} for tenant {} (store it now: it is not shown again)",
+                        token.id, token.tenant
+                    );
                 }
                 TokenAction::List { tenant: t } => {
                     let filter = t.as_deref().map(tenant).transpose()?;

@@ -18,7 +18,12 @@ use crate::prices::Prices;
 #[derive(Args, Clone, Debug)]
 pub struct Config {
     /// Redis to use.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
     pub redis_url: String,
 
     /// Postgres to mirror into.
@@ -40,11 +45,21 @@ pub struct Config {
     pub prices: String,
 
     /// Seconds a finished job's keys stay in Redis.
-    #[arg(long, env = "AGENTBUS_JOB_RETENTION_SECS", default_value_t = 86_400, global = true)]
+    #[arg(
+        long,
+        env = "AGENTBUS_JOB_RETENTION_SECS",
+        default_value_t = 86_400,
+        global = true
+    )]
     pub job_retention_secs: u64,
 
     /// Most items one job may have.
-    #[arg(long, env = "AGENTBUS_MAX_ITEMS", default_value_t = 100_000, global = true)]
+    #[arg(
+        long,
+        env = "AGENTBUS_MAX_ITEMS",
+        default_value_t = 100_000,
+        global = true
+    )]
     pub max_items: usize,
 
     /// Size of the Redis connection pool.

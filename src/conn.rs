@@ -150,7 +150,11 @@ pub struct BlockingConn {
 impl BlockingConn {
     /// Runs a command that blocks up to `block` on the server; the client
     /// waits a margin longer so the server's timeout always fires first.
-    pub async fn query<T: redis::FromRedisValue>(&mut self, cmd: &Cmd, block: Duration) -> Result<T> {
+    pub async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+        block: Duration,
+    ) -> Result<T> {
         if self.conn.is_none() {
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))

@@ -146,14 +146,12 @@ impl AgentBus {
                 required: from_minor(reply.i64(1)?),
                 available: from_minor(reply.i64(2)?),
             }),
-            "over_reserved" => Err(Error::conflict(
-                format!(
-                    "cannot {} {}: only {} reserved",
-                    op.as_str(),
-                    from_minor(reply.i64(1)?),
-                    from_minor(reply.i64(2)?)
-                ),
-            )),
+            "over_reserved" => Err(Error::conflict(format!(
+                "cannot {} {}: only {} reserved",
+                op.as_str(),
+                from_minor(reply.i64(1)?),
+                from_minor(reply.i64(2)?)
+            ))),
             "over_ceiling" => Err(Error::invalid(
                 "amount",
                 format!(

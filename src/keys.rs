@@ -24,7 +24,10 @@ pub fn validate_id(field: &str, value: &str, max: usize) -> Result<(), Error> {
         return Err(Error::invalid(field, "must not be empty"));
     }
     if value.len() > max {
-        return Err(Error::invalid(field, format!("longer than {max} characters")));
+        return Err(Error::invalid(
+            field,
+            format!("longer than {max} characters"),
+        ));
     }
     if let Some(bad) = value
         .chars()

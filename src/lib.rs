@@ -16,6 +16,7 @@ pub mod db;
 pub mod error;
 pub mod jobs;
 pub mod keys;
+pub mod load;
 pub mod money;
 pub mod prices;
 pub mod scripts;

@@ -113,8 +113,14 @@ mod tests {
 
     #[test]
     fn minor_units_are_exact() {
-        assert_eq!(to_minor("a", Decimal::from_str("12.34").unwrap()).unwrap(), 1234);
-        assert_eq!(to_minor("a", Decimal::from_str("0.10").unwrap()).unwrap(), 10);
+        assert_eq!(
+            to_minor("a", Decimal::from_str("12.34").unwrap()).unwrap(),
+            1234
+        );
+        assert_eq!(
+            to_minor("a", Decimal::from_str("0.10").unwrap()).unwrap(),
+            10
+        );
         assert_eq!(to_minor("a", Decimal::from_str("7").unwrap()).unwrap(), 700);
         assert_eq!(from_minor(1234).to_string(), "12.34");
         assert!(to_minor("a", Decimal::from_str("0.001").unwrap()).is_err());
@@ -131,7 +137,10 @@ mod tests {
         let whole = Amount {
             value: Decimal::from(100),
         };
-        assert_eq!(serde_json::to_string(&whole).unwrap(), r#"{"value":100.00}"#);
+        assert_eq!(
+            serde_json::to_string(&whole).unwrap(),
+            r#"{"value":100.00}"#
+        );
         assert!(serde_json::from_str::<Amount>(r#"{"value": [1]}"#).is_err());
     }
 }

@@ -60,11 +60,16 @@ async fn migrations_go_up_down_and_up_again_to_the_same_schema() {
     assert!(!status.is_empty() && status.iter().all(|m| m.applied));
 
     db.pool.close().await;
-    let admin = PgPool::connect(&common::admin_database_url()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", db.name)))
-        .execute(&admin)
+    let admin = PgPool::connect(&common::admin_database_url())
         .await
         .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {} WITH (FORCE)",
+        db.name
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -115,7 +120,10 @@ async fn invoke_audit_matches_the_seed_sql() {
         "invoke_audit_invoke_id_key",
         "invoke_audit_pkey",
     ] {
-        assert!(indexes.iter().any(|i| i == name), "{name} missing in {indexes:?}");
+        assert!(
+            indexes.iter().any(|i| i == name),
+            "{name} missing in {indexes:?}"
+        );
     }
 }
 
@@ -196,7 +204,10 @@ async fn readyz_reports_redis_down_and_recovers_when_it_is_back() {
     });
 
     let ready = || async { call(&app, "GET", "/readyz", None, None).await.0 == StatusCode::OK };
-    assert!(eventually(Duration::from_secs(10), ready).await, "never ready");
+    assert!(
+        eventually(Duration::from_secs(10), ready).await,
+        "never ready"
+    );
 
     server.stop();
     let (status, body) = call(&app, "GET", "/readyz", None, None).await;
@@ -223,19 +234,28 @@ fn agentbus_cmd(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
 
 #[test]
 fn bad_urls_exit_nonzero_with_one_line_naming_the_variable() {
-    let out = agentbus_cmd(&[("REDIS_URL", "nonsense://x")], &["credits", "show", "--tenant", "a"]);
+    let out = agentbus_cmd(
+        &[("REDIS_URL", "nonsense://x")],
+        &["credits", "show", "--tenant", "a"],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("REDIS_URL"), "{err}");
 
-    let out = agentbus_cmd(&[("DATABASE_URL", "postgres://[::1")], &["migrate", "status"]);
+    let out = agentbus_cmd(
+        &[("DATABASE_URL", "postgres://[::1")],
+        &["migrate", "status"],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("DATABASE_URL"), "{err}");
 
-    let out = agentbus_cmd(&[("AGENTBUS_PRICES", "job_item=abc")], &["credits", "show", "--tenant", "a"]);
+    let out = agentbus_cmd(
+        &[("AGENTBUS_PRICES", "job_item=abc")],
+        &["credits", "show", "--tenant", "a"],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("AGENTBUS_PRICES"), "{err}");

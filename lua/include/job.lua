@@ -30,6 +30,11 @@ local function entry_fields(entry_id)
   return f
 end
 
+-- Earlier attempts of an item entry (first attempts carry no field).
+local function attempt_of(f)
+  return tonumber(f.attempt) or 0
+end
+
 local function is_pending(entry_id)
   local p = redis.call('XPENDING', K_ITEMS, GROUP, entry_id, entry_id, 1)
   return p[1] ~= nil, p[1] and tonumber(p[1][3]) or 0
@@ -42,12 +47,19 @@ local function stats_key(task)
   return (string.gsub(K_JOB, 'job:[^:]+$', 'stats:' .. task))
 end
 
-local function record_duration(task, ms)
+-- Adds a batch of item durations (ms) to the task's histogram.
+local function record_durations(task, durations)
+  if #durations == 0 then return end
   local key = stats_key(task)
-  local bucket = math.floor(4 * math.log(ms + 1) / math.log(2))
-  redis.call('HINCRBY', key, 'b' .. bucket, 1)
-  redis.call('HINCRBY', key, 'completed', 1)
-  redis.call('HINCRBY', key, 'sum_ms', int(ms))
+  local buckets, sum = {}, 0
+  for _, ms in ipairs(durations) do
+    local b = 'b' .. math.floor(4 * math.log(ms + 1) / math.log(2))
+    buckets[b] = (buckets[b] or 0) + 1
+    sum = sum + ms
+  end
+  for b, n in pairs(buckets) do redis.call('HINCRBY', key, b, n) end
+  redis.call('HINCRBY', key, 'completed', #durations)
+  redis.call('HINCRBY', key, 'sum_ms', int(sum))
 end
 
 local function record_outcome(task, field)
@@ -63,14 +75,36 @@ local function job_summary(ts)
   redis.call(unpack(args))
 end
 
--- Ends the job: final status, no more reclaiming, keys expire after retention.
+-- Ends the job: final status, no more deliveries (the items stream and its
+-- group are deleted), no more reclaiming; the rest expires after retention.
 local function end_job(status, ts)
   redis.call('HSET', K_JOB, 'status', status, 'completed_at', ts)
   redis.call('SREM', K_ACTIVE, JOB_ID)
-  for _, key in ipairs({K_JOB, K_ITEMS, K_DONE, K_RESULTS}) do
+  redis.call('DEL', K_ITEMS)
+  for _, key in ipairs({K_JOB, K_DONE, K_RESULTS}) do
     redis.call('EXPIRE', key, RETENTION)
   end
   job_summary(ts)
+end
+
+-- Drops entries every consumer is done with: everything below the oldest
+-- pending entry (or up to the last delivered one when none is pending).
+-- Approximate (whole stream nodes), so it stays cheap.
+local function trim_acked()
+  local summary = redis.call('XPENDING', K_ITEMS, GROUP)
+  local min_id = summary[2]
+  if not min_id then
+    local groups = redis.call('XINFO', 'GROUPS', K_ITEMS)
+    for _, g in ipairs(groups) do
+      local info = {}
+      for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+      if info['name'] == GROUP then
+        local ms, seq = string.match(info['last-delivered-id'], '^(%d+)%-(%d+)$')
+        if ms then min_id = ms .. '-' .. (tonumber(seq) + 1) end
+      end
+    end
+  end
+  if min_id then redis.call('XTRIM', K_ITEMS, 'MINID', '~', min_id) end
 end
 
 -- Completed when every item is done; failed when some failed for good.
@@ -85,7 +119,7 @@ end
 -- Puts an item back as a new entry (attempt + 1) and drops the old one.
 local function requeue(entry_id, idx, f, reason, ts, task)
   local gen = redis.call('HINCRBY', K_JOB, 'gen', 1)
-  redis.call('XADD', K_ITEMS, gen .. '-' .. idx, 'idx', idx, 'attempt', tonumber(f.attempt) + 1,
+  redis.call('XADD', K_ITEMS, gen .. '-' .. idx, 'idx', idx, 'attempt', attempt_of(f) + 1,
     'ts', ts, 'input', f.input, 'last_error', reason)
   redis.call('XACK', K_ITEMS, GROUP, entry_id)
   redis.call('XDEL', K_ITEMS, entry_id)
@@ -98,7 +132,7 @@ local function fail_item(entry_id, idx, f, reason, ts, cost, task)
   redis.call('SETBIT', K_DONE, idx, 1)
   redis.call('HINCRBY', K_JOB, 'failed', 1)
   redis.call('XADD', K_DLQ, '*', 'type', 'item', 'job', JOB_ID, 'idx', idx,
-    'attempt', f.attempt, 'reason', reason, 'ts', ts, 'input', f.input)
+    'attempt', attempt_of(f), 'reason', reason, 'ts', ts, 'input', f.input)
   move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'refund', 'job_item', cost,
     {idx = idx, reason = 'item_failed'})
   redis.call('HINCRBY', K_JOB, 'refunded', int(cost))

@@ -11,7 +11,10 @@ use crate::credits::Balance;
 use crate::keys::TenantId;
 use crate::money;
 
-pub async fn show(State(state): State<AppState>, Tenant(tenant): Tenant) -> ApiResult<Json<Balance>> {
+pub async fn show(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+) -> ApiResult<Json<Balance>> {
     Ok(Json(state.bus.balance(&tenant).await?))
 }
 

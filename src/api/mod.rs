@@ -155,9 +155,11 @@ impl From<Error> for ApiError {
             Error::Invalid { field, reason } => {
                 ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, &field, reason)
             }
-            Error::NotFound(what) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
-            }
+            Error::NotFound(what) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
             Error::InsufficientCredits {
                 required,
                 available,
@@ -184,7 +186,9 @@ impl From<Error> for ApiError {
                     current: state,
                 }),
             },
-            Error::Unauthorized(why) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why),
+            Error::Unauthorized(why) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
+            }
             Error::Forbidden(why) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", why),
             e @ (Error::Redis(_) | Error::Pool(_) | Error::Postgres(_) | Error::Timeout(_)) => {
                 tracing::warn!(error = %e, "backing service unavailable");
@@ -196,7 +200,11 @@ impl From<Error> for ApiError {
             }
             e => {
                 tracing::error!(error = %e, "internal error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
         }
     }

@@ -100,7 +100,10 @@ impl JobSpec {
         if self.items.len() > max_items {
             return Err(Error::invalid(
                 "items",
-                format!("at most {max_items} items per job ({} given)", self.items.len()),
+                format!(
+                    "at most {max_items} items per job ({} given)",
+                    self.items.len()
+                ),
             ));
         }
         in_range("parallelism", self.parallelism, PARALLELISM)?;
@@ -317,7 +320,9 @@ pub enum CompleteOutcome {
 #[serde(rename_all = "lowercase", tag = "outcome")]
 pub enum FailOutcome {
     /// Re-queued for another attempt.
-    Retried { attempt: i64 },
+    Retried {
+        attempt: i64,
+    },
     /// Failed for good: dead-lettered, its credits released.
     Failed,
     Duplicate,
@@ -447,7 +452,12 @@ impl AgentBus {
     }
 
     /// Jobs newest first. Entries of jobs whose keys expired are dropped.
-    pub async fn list_jobs(&self, tenant: &TenantId, offset: usize, limit: usize) -> Result<JobPage> {
+    pub async fn list_jobs(
+        &self,
+        tenant: &TenantId,
+        offset: usize,
+        limit: usize,
+    ) -> Result<JobPage> {
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
         let (ids, total): (Vec<String>, i64) = redis::pipe()
@@ -463,7 +473,11 @@ impl AgentBus {
         for id in &ids {
             pipe.cmd("HGETALL").arg(keys.job(&parse_uuid(id)?));
         }
-        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        let hashes: Vec<HashMap<String, String>> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await?
+        };
         let mut jobs = Vec::new();
         let mut gone = Vec::new();
         for (id, h) in ids.iter().zip(hashes) {
@@ -556,14 +570,15 @@ impl AgentBus {
             .iter()
             .map(|(id, out)| Ok((id.as_str(), codec::encode(out)?)))
             .collect::<Result<Vec<_>>>()?;
-        self.complete_encoded(tenant, job, &encoded).await
+        let refs: Vec<(&str, &[u8])> = encoded.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+        self.complete_encoded(tenant, job, &refs).await
     }
 
     pub(crate) async fn complete_encoded(
         &self,
         tenant: &TenantId,
         job: &Uuid,
-        outputs: &[(&str, Vec<u8>)],
+        outputs: &[(&str, &[u8])],
     ) -> Result<Vec<CompleteOutcome>> {
         let keys = self.keys(tenant);
         let mut call = job_call(
@@ -574,7 +589,7 @@ impl AgentBus {
             self.limits().job_retention,
         );
         for (id, out) in outputs {
-            call.arg(*id).arg(out.as_slice());
+            call.arg(*id).arg(*out);
         }
         let mut conn = self.redis().conn().await?;
         let reply = Reply::new(call.invoke_async(&mut conn).await?)?;

@@ -4,7 +4,9 @@
 //!
 //! Each worker is one consumer with a stable name, reading on a connection of
 //! its own. On start it first re-reads its own pending entries, so a worker
-//! restarted under the same name resumes what it held.
+//! restarted under the same name resumes what it held. Outcomes go through a
+//! [`Completer`]; workers of one process may share one, so completions of many
+//! workers travel to Redis in one script call.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use redis::Value;
-use tokio::sync::{Semaphore, mpsc};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -64,17 +69,76 @@ pub struct WorkerReport {
     pub latency_us: Histogram<u64>,
 }
 
-impl WorkerReport {
-    fn new(consumer: &str) -> Self {
+/// Counters of one worker, updated by whichever completer handles its outcomes.
+struct Tally {
+    completed: AtomicU64,
+    duplicates: AtomicU64,
+    stale: AtomicU64,
+    rejected: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+    latency_us: Mutex<Histogram<u64>>,
+    /// Outcomes handed to the completer and not yet answered by Redis.
+    unanswered: AtomicU64,
+    answered: Notify,
+}
+
+impl Tally {
+    fn new() -> Self {
         Self {
+            completed: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            latency_us: Mutex::new(new_latency_histogram()),
+            unanswered: AtomicU64::new(0),
+            answered: Notify::new(),
+        }
+    }
+
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record_latency(&self, since: Instant) {
+        if let Ok(mut h) = self.latency_us.lock() {
+            let _ = h.record(since.elapsed().as_micros() as u64);
+        }
+    }
+
+    fn done(&self) {
+        if self.unanswered.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.answered.notify_waiters();
+        }
+    }
+
+    async fn wait_answered(&self) {
+        loop {
+            let notified = self.answered.notified();
+            if self.unanswered.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn report(&self, consumer: &str) -> WorkerReport {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WorkerReport {
             consumer: consumer.to_string(),
-            completed: 0,
-            duplicates: 0,
-            stale: 0,
-            rejected: 0,
-            retried: 0,
-            failed: 0,
-            latency_us: new_latency_histogram(),
+            completed: get(&self.completed),
+            duplicates: get(&self.duplicates),
+            stale: get(&self.stale),
+            rejected: get(&self.rejected),
+            retried: get(&self.retried),
+            failed: get(&self.failed),
+            latency_us: self
+                .latency_us
+                .lock()
+                .map(|h| h.clone())
+                .unwrap_or_else(|_| new_latency_histogram()),
         }
     }
 }
@@ -88,6 +152,22 @@ struct Outcome {
     item_id: String,
     claimed_at: Instant,
     result: std::result::Result<Vec<u8>, ItemError>,
+    tally: Arc<Tally>,
+}
+
+/// Sends item outcomes of one job to Redis in batches. Cheap to clone; the
+/// background task ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct Completer {
+    tx: mpsc::Sender<Outcome>,
+}
+
+impl Completer {
+    pub fn new(bus: AgentBus, tenant: TenantId, job: Uuid) -> Self {
+        let (tx, rx) = mpsc::channel(MAX_COMPLETE_BATCH * 4);
+        tokio::spawn(complete_loop(bus, tenant, job, rx));
+        Self { tx }
+    }
 }
 
 pub struct Worker {
@@ -99,6 +179,7 @@ pub struct Worker {
     batch: usize,
     block: Duration,
     shutdown: CancellationToken,
+    completer: Option<Completer>,
 }
 
 impl Worker {
@@ -114,6 +195,7 @@ impl Worker {
             batch: 16,
             block: Duration::from_millis(500),
             shutdown: CancellationToken::new(),
+            completer: None,
         })
     }
 
@@ -135,6 +217,13 @@ impl Worker {
         self
     }
 
+    /// Sends outcomes through a completer shared with other workers of the
+    /// same job (default: one of its own).
+    pub fn completer(mut self, completer: Completer) -> Self {
+        self.completer = Some(completer);
+        self
+    }
+
     /// Stops claiming when the token is cancelled; items in hand still finish.
     pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
         self.shutdown = token;
@@ -143,20 +232,17 @@ impl Worker {
 
     /// Runs until the job is no longer running (or shutdown), then returns
     /// what this worker did.
-    pub async fn run<H, F>(self, handler: H) -> Result<WorkerReport>
+    pub async fn run<H, F>(mut self, handler: H) -> Result<WorkerReport>
     where
         H: Fn(ClaimedItem) -> F + Send + Sync + 'static,
         F: Future<Output = std::result::Result<serde_json::Value, ItemError>> + Send + 'static,
     {
         let handler = Arc::new(handler);
-        let (tx, rx) = mpsc::channel::<Outcome>(self.concurrency * 2 + MAX_COMPLETE_BATCH);
-        let completer = tokio::spawn(complete_loop(
-            self.bus.clone(),
-            self.tenant.clone(),
-            self.job,
-            rx,
-            WorkerReport::new(&self.consumer),
-        ));
+        let completer = match self.completer.take() {
+            Some(c) => c,
+            None => Completer::new(self.bus.clone(), self.tenant.clone(), self.job),
+        };
+        let tally = Arc::new(Tally::new());
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let items_key = self.bus.keys(&self.tenant).job_items(&self.job);
         let mut conn = self.bus.redis().blocking();
@@ -215,7 +301,10 @@ impl Worker {
                 pending_after = entries.last().map(|e| e.id.clone());
             }
             // Pending entries whose data was trimmed come back without fields.
-            let entries: Vec<_> = entries.into_iter().filter(|e| !e.fields.is_empty()).collect();
+            let entries: Vec<_> = entries
+                .into_iter()
+                .filter(|e| !e.fields.is_empty())
+                .collect();
             if entries.is_empty() {
                 if pending_after.is_some() {
                     continue;
@@ -229,34 +318,41 @@ impl Worker {
             for (entry, permit) in entries.into_iter().zip(permits.drain(..)) {
                 let item = ClaimedItem::from_entry(&entry)?;
                 let handler = handler.clone();
-                let tx = tx.clone();
+                let tx = completer.tx.clone();
+                let tally = tally.clone();
                 tokio::spawn(async move {
                     let item_id = item.item_id.clone();
                     let result = match handler(item).await {
-                        Ok(output) => codec::encode(&output).map_err(|e| ItemError::fatal(e.to_string())),
+                        Ok(output) => {
+                            codec::encode(&output).map_err(|e| ItemError::fatal(e.to_string()))
+                        }
                         Err(e) => Err(e),
                     };
-                    let _ = tx
-                        .send(Outcome {
-                            item_id,
-                            claimed_at,
-                            result,
-                        })
-                        .await;
+                    tally.unanswered.fetch_add(1, Ordering::AcqRel);
+                    let outcome = Outcome {
+                        item_id,
+                        claimed_at,
+                        result,
+                        tally: tally.clone(),
+                    };
+                    if tx.send(outcome).await.is_err() {
+                        // No completer: the item stays pending and is reclaimed later.
+                        tally.done();
+                    }
                     drop(permit);
                 });
             }
         }
 
-        // Let every handler in flight finish and hand in its outcome.
+        // Let every handler in flight finish, then wait for Redis to answer
+        // every outcome this worker handed in.
         let _all = slots
             .acquire_many(self.concurrency as u32)
             .await
             .map_err(|_| Error::protocol("worker slots closed"))?;
-        drop(tx);
-        completer
-            .await
-            .map_err(|e| Error::protocol(format!("completer task: {e}")))?
+        drop(completer);
+        tally.wait_answered().await;
+        Ok(tally.report(&self.consumer))
     }
 
     async fn job_running(&self) -> Result<bool> {
@@ -269,56 +365,71 @@ impl Worker {
 }
 
 /// Sends outcomes to Redis in batches; retries transient failures, since
-/// completion is idempotent and an outcome must not be lost to a blip.
+/// completion is idempotent and an outcome must not be lost to a blip. An
+/// outcome that still cannot be delivered leaves its item pending, so the
+/// reclaimer re-delivers it after its timeout.
 async fn complete_loop(
     bus: AgentBus,
     tenant: TenantId,
     job: Uuid,
     mut rx: mpsc::Receiver<Outcome>,
-    mut report: WorkerReport,
-) -> Result<WorkerReport> {
+) {
     let mut batch = Vec::with_capacity(MAX_COMPLETE_BATCH);
     while rx.recv_many(&mut batch, MAX_COMPLETE_BATCH).await > 0 {
         let (ok, failed): (Vec<_>, Vec<_>) = batch.drain(..).partition(|o| o.result.is_ok());
         if !ok.is_empty() {
-            let outputs: Vec<(&str, Vec<u8>)> = ok
+            let outputs: Vec<(&str, &[u8])> = ok
                 .iter()
-                .map(|o| (o.item_id.as_str(), o.result.clone().unwrap_or_default()))
+                .map(|o| (o.item_id.as_str(), o.result.as_deref().unwrap_or_default()))
                 .collect();
             match with_retries(|| bus.complete_encoded(&tenant, &job, &outputs)).await {
                 Ok(outcomes) => {
                     for (o, outcome) in ok.iter().zip(outcomes) {
+                        let t = &o.tally;
                         match outcome {
                             CompleteOutcome::Completed => {
-                                report.completed += 1;
-                                let _ = report
-                                    .latency_us
-                                    .record(o.claimed_at.elapsed().as_micros() as u64);
+                                Tally::count(&t.completed);
+                                t.record_latency(o.claimed_at);
                             }
-                            CompleteOutcome::Duplicate => report.duplicates += 1,
-                            CompleteOutcome::Stale | CompleteOutcome::Invalid => report.stale += 1,
+                            CompleteOutcome::Duplicate => Tally::count(&t.duplicates),
+                            CompleteOutcome::Stale | CompleteOutcome::Invalid => {
+                                Tally::count(&t.stale)
+                            }
                         }
                     }
                 }
                 Err(Error::Conflict { .. }) | Err(Error::NotFound(_)) => {
-                    report.rejected += ok.len() as u64
+                    ok.iter().for_each(|o| Tally::count(&o.tally.rejected))
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::error!(error = %e, items = ok.len(), "completions not delivered; items will be reclaimed")
+                }
             }
+            ok.iter().for_each(|o| o.tally.done());
         }
         for o in failed {
-            let Err(err) = &o.result else { continue };
-            match with_retries(|| bus.fail_item(&tenant, &job, &o.item_id, &err.message, err.retry)).await {
-                Ok(FailOutcome::Retried { .. }) => report.retried += 1,
-                Ok(FailOutcome::Failed) => report.failed += 1,
-                Ok(FailOutcome::Duplicate) => report.duplicates += 1,
-                Ok(FailOutcome::Stale | FailOutcome::Invalid) => report.stale += 1,
-                Err(Error::Conflict { .. }) | Err(Error::NotFound(_)) => report.rejected += 1,
-                Err(e) => return Err(e),
+            if let Err(err) = &o.result {
+                let t = &o.tally;
+                match with_retries(|| {
+                    bus.fail_item(&tenant, &job, &o.item_id, &err.message, err.retry)
+                })
+                .await
+                {
+                    Ok(FailOutcome::Retried { .. }) => Tally::count(&t.retried),
+                    Ok(FailOutcome::Failed) => Tally::count(&t.failed),
+                    Ok(FailOutcome::Duplicate) => Tally::count(&t.duplicates),
+                    Ok(FailOutcome::Stale | FailOutcome::Invalid) => Tally::count(&t.stale),
+                    Err(Error::Conflict { .. }) | Err(Error::NotFound(_)) => {
+                        Tally::count(&t.rejected)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "failure report not delivered; item will be reclaimed")
+                    }
+                }
             }
+            o.tally.done();
         }
     }
-    Ok(report)
 }
 
 async fn with_retries<T, F, Fut>(mut op: F) -> Result<T>

@@ -9,6 +9,7 @@ use std::time::Duration;
 use agentbus::api::{ApiConfig, AppState};
 use agentbus::bus::{AgentBus, Limits};
 use agentbus::conn::{Redis, RedisOptions};
+use agentbus::jobs::JobStatus;
 use agentbus::keys::{Keyspace, TenantId};
 use agentbus::prices::Prices;
 use axum::body::Body;
@@ -17,6 +18,7 @@ use http_body_util::BodyExt;
 use rand::RngExt;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
+use std::collections::HashMap;
 use tower::ServiceExt;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -139,7 +141,10 @@ impl Drop for TestEnv {
         let db = self.db.take().map(|d| d.name);
         // Drop cannot await: clean up on a thread with its own runtime.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -152,15 +157,18 @@ impl Drop for TestEnv {
                         .await
                         .unwrap_or_default();
                     for chunk in keys.chunks(500) {
-                        let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+                        let _: Result<(), _> =
+                            redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
                     }
                 }
                 if let Some(name) = db
                     && let Ok(admin) = PgPool::connect(&admin_database_url()).await
                 {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&admin)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&admin)
+                    .await;
                 }
             });
         })
@@ -189,14 +197,18 @@ pub async fn create_database() -> TestDb {
         .connect(&url)
         .await
         .expect("connect test database");
-    agentbus::db::migrate_up(&pool).await.expect("migrations apply");
+    agentbus::db::migrate_up(&pool)
+        .await
+        .expect("migrations apply");
     TestDb { name, url, pool }
 }
 
 /// DATABASE_URL with its database name replaced.
 pub fn database_url_for(name: &str) -> String {
     let base = admin_database_url();
-    let (head, _) = base.rsplit_once('/').expect("DATABASE_URL has a database name");
+    let (head, _) = base
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database name");
     format!("{head}/{name}")
 }
 
@@ -238,7 +250,9 @@ pub async fn call_raw(app: &axum::Router, req: Request<Body>) -> (StatusCode, se
 
 /// Credits as an exact decimal from a JSON number (its text).
 pub fn dec(v: &serde_json::Value) -> Decimal {
-    v.to_string().parse().unwrap_or_else(|_| panic!("not a decimal: {v}"))
+    v.to_string()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a decimal: {v}"))
 }
 
 /// Polls `check` until it holds or `timeout` passes.
@@ -257,4 +271,69 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Sums of the ledger events in the tenant's outbox, by operation (minor units).
+pub async fn ledger_sums(env: &TestEnv, tenant: &TenantId) -> HashMap<String, i64> {
+    let mut conn = env.conn().await;
+    let entries: redis::Value = redis::cmd("XRANGE")
+        .arg(env.bus.keys(tenant).outbox())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut sums = HashMap::new();
+    let redis::Value::Array(entries) = entries else {
+        return sums;
+    };
+    for e in &entries {
+        let e = agentbus::codec::StreamEntry::from_value(e).unwrap();
+        if e.text("type") == Some("ledger") {
+            *sums.entry(e.text("op").unwrap().to_string()).or_insert(0) += e.int("amount").unwrap();
+        }
+    }
+    sums
+}
+
+/// Invariants 2 and 5 (Redis side): the balance never goes negative, and the
+/// ledger events account for every unit of it.
+pub async fn assert_balance_matches_ledger(env: &TestEnv, tenant: &TenantId) {
+    let b = env.bus.balance(tenant).await.unwrap();
+    assert!(b.available >= Decimal::ZERO, "negative available: {b:?}");
+    let s = ledger_sums(env, tenant).await;
+    let get = |k: &str| Decimal::new(*s.get(k).unwrap_or(&0), 2);
+    assert_eq!(b.total, get("grant"), "total vs ledger {s:?}");
+    assert_eq!(
+        b.reserved,
+        get("reserve") - get("spend") - get("refund"),
+        "reserved vs ledger {s:?}"
+    );
+    assert_eq!(
+        b.spent,
+        get("spend") + get("charge"),
+        "spent vs ledger {s:?}"
+    );
+}
+
+/// Invariant 3 for one job.
+pub fn assert_job_credits(job: &agentbus::jobs::Job) {
+    let c = &job.credits;
+    assert_eq!(
+        c.reserved,
+        c.spent + c.refunded + c.still_reserved,
+        "{job:?}"
+    );
+    let p = &job.progress;
+    let expected_still = if job.status == JobStatus::Running {
+        job.credits_per_item * Decimal::from(p.total - p.completed - p.failed)
+    } else {
+        Decimal::ZERO
+    };
+    assert_eq!(c.still_reserved, expected_still, "{job:?}");
+    assert_eq!(
+        c.spent,
+        Decimal::from(5) + job.credits_per_item * Decimal::from(p.completed),
+        "each completed item charged exactly once: {job:?}"
+    );
 }

@@ -1,0 +1,506 @@
+//! The jobs REST API: the original's contract, auth, tenant isolation and
+//! JSON errors that name the field.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{ADMIN_TOKEN, TestEnv, call, call_raw, dec};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+fn job_body(items: usize) -> Value {
+    json!({
+        "orchestrator_agent": "orc",
+        "worker_agent": "scraper",
+        "task": "scrape pages",
+        "items": (0..items).map(|i| json!({"url": format!("https://example.com/{i}")})).collect::<Vec<_>>(),
+        "parallelism": 5,
+        "timeout_per_item": 30,
+        "max_retries": 1
+    })
+}
+
+async fn token_for(env: &TestEnv, tenant: &str) -> String {
+    env.bus
+        .create_token(&env.tenant(tenant))
+        .await
+        .unwrap()
+        .token
+}
+
+#[tokio::test]
+async fn the_job_lifecycle_over_http_keeps_the_original_contract() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    let token = token_for(&env, "acme").await;
+    let t = Some(token.as_str());
+
+    // Credits are granted by the admin only.
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/v1/credits/grant",
+        t,
+        Some(json!({"tenant": "acme", "amount": 100})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, balance) = call(
+        &app,
+        "POST",
+        "/api/v1/credits/grant",
+        Some(ADMIN_TOKEN),
+        Some(json!({"tenant": "acme", "amount": "100.50"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{balance}");
+    assert_eq!(
+        dec(&balance["available"]),
+        "100.50".parse::<Decimal>().unwrap()
+    );
+
+    let (status, job) = call(&app, "POST", "/api/v1/jobs", t, Some(job_body(4))).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    for field in [
+        "id",
+        "status",
+        "task",
+        "progress",
+        "credits",
+        "created_at",
+        "started_at",
+        "completed_at",
+    ] {
+        assert!(job.get(field).is_some(), "{field} missing in {job}");
+    }
+    assert_eq!(job["status"], "running");
+    assert_eq!(job["progress"]["total"], 4);
+    assert_eq!(job["progress"]["pending"], 4);
+    assert_eq!(dec(&job["credits"]["reserved"]), Decimal::from(5 + 2 * 4));
+    let id = job["id"].as_str().unwrap().to_string();
+
+    let (status, claim) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/claim?worker_instance_id=w1"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{claim}");
+    assert_eq!(claim["claimed"], true);
+    for field in ["item_id", "item_index", "input", "retry_count"] {
+        assert!(claim.get(field).is_some(), "{field} missing in {claim}");
+    }
+    let item = claim["item_id"].as_str().unwrap().to_string();
+    let (status, done) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/items/{item}/complete"),
+        t,
+        Some(json!({"output": {"title": "Example"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(
+        done,
+        json!({"completed": true, "item_id": item, "outcome": "completed"})
+    );
+    let (status, again) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/items/{item}/complete"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["outcome"], "duplicate");
+
+    // A failure with retry comes back as the next attempt.
+    let (_, claim) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/claim?worker_instance_id=w1&count=3"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(claim["items"].as_array().unwrap().len(), 3);
+    let failing = claim["items"][0]["item_id"].as_str().unwrap().to_string();
+    let (status, failed) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/items/{failing}/fail"),
+        t,
+        Some(json!({"error_message": "timeout fetching", "retry": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{failed}");
+    assert_eq!(failed["failed"], false);
+    assert_eq!(failed["outcome"], "retried");
+
+    let (status, results) = call(&app, "GET", &format!("/api/v1/jobs/{id}/results"), t, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(results["count"], 1);
+    assert_eq!(results["results"][0]["output"]["title"], "Example");
+
+    let (status, list) = call(&app, "GET", "/api/v1/jobs?limit=10", t, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["count"], 1);
+
+    let (status, cancel) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/cancel"),
+        t,
+        Some(json!({"reason": "done early"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{cancel}");
+    assert_eq!(cancel["job_id"], id);
+    assert_eq!(cancel["status"], "cancelled");
+    assert_eq!(cancel["completed_items"], 1);
+    assert_eq!(cancel["cancelled_items"], 3);
+    assert_eq!(dec(&cancel["credits_refunded"]), Decimal::from(6));
+
+    let (status, conflict) =
+        call(&app, "POST", &format!("/api/v1/jobs/{id}/cancel"), t, None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(conflict["current"]["status"], "cancelled");
+    assert_eq!(conflict["current"]["progress"]["cancelled"], 3);
+
+    let (status, claim) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/claim?worker_instance_id=w1"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{claim}");
+
+    let (_, balance) = call(&app, "GET", "/api/v1/credits", t, None).await;
+    assert_eq!(dec(&balance["reserved"]), Decimal::ZERO);
+    assert_eq!(dec(&balance["spent"]), Decimal::from(7));
+    assert_eq!(
+        dec(&balance["available"]),
+        "93.50".parse::<Decimal>().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn no_token_or_a_bad_token_is_401() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    for token in [
+        None,
+        Some("nope"),
+        Some("abt_000000000000_0000000000000000000000000000000000000000000000000000000000000000"),
+    ] {
+        let (status, body) = call(&app, "GET", "/api/v1/jobs", token, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    // A revoked token stops working at once.
+    let created = env.bus.create_token(&env.tenant("t")).await.unwrap();
+    let (status, _) = call(&app, "GET", "/api/v1/jobs", Some(&created.token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    env.bus.revoke_token(&created.id).await.unwrap();
+    let (status, _) = call(&app, "GET", "/api/v1/jobs", Some(&created.token), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn another_tenants_job_is_404_for_every_operation() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    let a = token_for(&env, "tenant-a").await;
+    let b = token_for(&env, "tenant-b").await;
+    env.grant(&env.tenant("tenant-b"), 100).await;
+    let (_, job) = call(&app, "POST", "/api/v1/jobs", Some(&b), Some(job_body(2))).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let (_, claim) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/claim?worker_instance_id=wb"),
+        Some(&b),
+        None,
+    )
+    .await;
+    let item = claim["item_id"].as_str().unwrap().to_string();
+
+    let attempts = [
+        ("GET", format!("/api/v1/jobs/{id}")),
+        ("GET", format!("/api/v1/jobs/{id}/results")),
+        (
+            "POST",
+            format!("/api/v1/jobs/{id}/claim?worker_instance_id=wa"),
+        ),
+        ("POST", format!("/api/v1/jobs/{id}/items/{item}/complete")),
+        ("POST", format!("/api/v1/jobs/{id}/items/{item}/fail")),
+        ("POST", format!("/api/v1/jobs/{id}/cancel")),
+    ];
+    for (method, uri) in &attempts {
+        let (status, body) = call(&app, method, uri, Some(&a), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {uri}: {body}");
+        assert!(!body.to_string().contains("scrape"), "leaked data: {body}");
+    }
+    let (_, list) = call(&app, "GET", "/api/v1/jobs", Some(&a), None).await;
+    assert_eq!(list["count"], 0);
+    // Tenant B's job is untouched.
+    let (_, job) = call(&app, "GET", &format!("/api/v1/jobs/{id}"), Some(&b), None).await;
+    assert_eq!(job["status"], "running");
+    assert_eq!(job["progress"]["completed"], 0);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_4xx_json_error_naming_the_field_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    let token = token_for(&env, "strict").await;
+    env.grant(&env.tenant("strict"), 1000).await;
+    let t = Some(token.as_str());
+    let keys_before = env.keys().await;
+
+    let mut cases: Vec<(Value, StatusCode, &str)> = Vec::new();
+    let with = |field: &str, value: Value| {
+        let mut b = job_body(2);
+        b[field] = value;
+        b
+    };
+    cases.push((
+        with("parallelism", json!(0)),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "parallelism",
+    ));
+    cases.push((
+        with("parallelism", json!("ten")),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "parallelism",
+    ));
+    cases.push((
+        with("timeout_per_item", json!(0)),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "timeout_per_item",
+    ));
+    cases.push((
+        with("max_retries", json!(-1)),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "max_retries",
+    ));
+    cases.push((
+        with("items", json!([])),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "items",
+    ));
+    cases.push((
+        with("items", json!("x")),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "items",
+    ));
+    cases.push((
+        with("worker_agent", json!("bad agent")),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "worker_agent",
+    ));
+    cases.push((
+        with("surprise", json!(1)),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "surprise",
+    ));
+    let mut missing = job_body(2);
+    missing.as_object_mut().unwrap().remove("task");
+    cases.push((missing, StatusCode::UNPROCESSABLE_ENTITY, "task"));
+    for (body, expected, field) in cases {
+        let (status, resp) = call(&app, "POST", "/api/v1/jobs", t, Some(body)).await;
+        assert_eq!(status, expected, "{field}: {resp}");
+        assert_eq!(resp["error"]["field"], field, "{resp}");
+    }
+
+    // Syntax errors and oversized bodies.
+    let raw = Request::builder()
+        .method("POST")
+        .uri("/api/v1/jobs")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::from("{\"task\": "))
+        .unwrap();
+    let (status, resp) = call_raw(&app, raw).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert!(resp["error"]["message"].is_string());
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let raw = Request::builder()
+        .method("POST")
+        .uri("/api/v1/jobs")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::from(format!("{{\"task\": \"{huge}\"}}")))
+        .unwrap();
+    let (status, resp) = call_raw(&app, raw).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{resp}");
+    assert_eq!(resp["error"]["field"], "body");
+
+    // Bad path and query parameters.
+    let (status, resp) = call(&app, "GET", "/api/v1/jobs/not-a-uuid", t, None).await;
+    assert_eq!(
+        (status, resp["error"]["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("job_id"))
+    );
+    let (status, resp) = call(&app, "GET", "/api/v1/jobs?limit=100000", t, None).await;
+    assert_eq!(
+        (status, resp["error"]["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("limit"))
+    );
+    let some_id = uuid::Uuid::new_v4();
+    let (status, resp) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{some_id}/claim"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, resp["error"]["field"].clone()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!("worker_instance_id")
+        )
+    );
+    let (status, resp) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{some_id}/claim?worker_instance_id=w&wait_ms=99999999"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, resp["error"]["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("wait_ms"))
+    );
+    let (status, resp) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{some_id}/items/notanid/complete"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, resp["error"]["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("item_id"))
+    );
+    let (status, resp) = call(
+        &app,
+        "POST",
+        "/api/v1/credits/grant",
+        Some(ADMIN_TOKEN),
+        Some(json!({"tenant": "strict", "amount": 0.001})),
+    )
+    .await;
+    assert_eq!(
+        (status, resp["error"]["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("amount"))
+    );
+    let (status, resp) = call(
+        &app,
+        "POST",
+        "/api/v1/credits/grant",
+        Some(ADMIN_TOKEN),
+        Some(json!({"tenant": "a{b}", "amount": 1})),
+    )
+    .await;
+    assert_eq!(
+        (status, resp["error"]["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("tenant"))
+    );
+
+    assert_eq!(
+        env.keys().await,
+        keys_before,
+        "a rejected request changed Redis"
+    );
+}
+
+#[tokio::test]
+async fn insufficient_credit_is_402_with_required_and_available() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    let token = token_for(&env, "broke").await;
+    env.grant(&env.tenant("broke"), 3).await;
+    let (status, resp) = call(
+        &app,
+        "POST",
+        "/api/v1/jobs",
+        Some(&token),
+        Some(job_body(10)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{resp}");
+    assert_eq!(resp["error"]["code"], "insufficient_credits");
+    assert_eq!(dec(&resp["error"]["required"]), Decimal::from(25));
+    assert_eq!(dec(&resp["error"]["available"]), Decimal::from(3));
+}
+
+#[tokio::test]
+async fn a_claim_can_long_poll_until_an_item_is_retried() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    let token = token_for(&env, "poll").await;
+    env.grant(&env.tenant("poll"), 100).await;
+    let (_, job) = call(
+        &app,
+        "POST",
+        "/api/v1/jobs",
+        Some(&token),
+        Some(job_body(1)),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let (_, claim) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/claim?worker_instance_id=w1"),
+        Some(&token),
+        None,
+    )
+    .await;
+    let item = claim["item_id"].as_str().unwrap().to_string();
+
+    let waiter = {
+        let app = app.clone();
+        let token = token.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = call(
+                &app,
+                "POST",
+                &format!("/api/v1/jobs/{id}/claim?worker_instance_id=w2&wait_ms=5000"),
+                Some(&token),
+                None,
+            )
+            .await;
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/items/{item}/fail"),
+        Some(&token),
+        Some(json!({"error_message": "again"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let ((status, claim), waited) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(claim["claimed"], true, "{claim}");
+    assert_eq!(claim["retry_count"], 1);
+    assert!(
+        waited >= std::time::Duration::from_millis(250),
+        "did not wait: {waited:?}"
+    );
+}
