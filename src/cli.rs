@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use crate::config::{Config, ServeConfig};
 use crate::db;
 use crate::keys::TenantId;
-use crate::{load, server};
+use crate::{bench, load, server};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +50,20 @@ pub enum Command {
     },
     /// Run a load test: one job, many workers, and a checked report.
     Load(LoadArgs),
+    /// Run a benchmark scenario and print its Markdown section (medians of several runs).
+    Bench {
+        #[arg(value_enum)]
+        scenario: BenchScenario,
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum BenchScenario {
+    /// Jobs end to end (1000×50 and 100K×50).
+    Jobs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -218,6 +232,16 @@ fn tenant(raw: &str) -> anyhow::Result<TenantId> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
     match cli.command {
+        Command::Bench { scenario, runs } => {
+            let mut config = config.clone();
+            config.redis_pool = config.redis_pool.max(32);
+            let bus = config.bus()?;
+            let runs = runs.max(1);
+            let section = match scenario {
+                BenchScenario::Jobs => bench::jobs(&bus, runs).await?,
+            };
+            println!("{section}");
+        }
         Command::Load(args) => {
             if !load(&config, args).await? {
                 bail!("load test found violations");

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod bus;
 pub mod cli;
 pub mod codec;

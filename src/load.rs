@@ -271,7 +271,7 @@ pub async fn run(
             finished_in_time = false;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
     shutdown.cancel();

@@ -288,7 +288,15 @@ impl Worker {
                     backoff = Duration::from_millis(50);
                     entries
                 }
-                Err(Error::Redis(e)) if e.code() == Some("NOGROUP") => break,
+                // The items stream is deleted when the job ends: readers blocked
+                // on it are unblocked, later reads find no group.
+                Err(Error::Redis(e)) if matches!(e.code(), Some("NOGROUP" | "UNBLOCKED")) => {
+                    if !self.job_running().await? {
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, consumer = %self.consumer, "worker read failed; retrying");
                     tokio::time::sleep(backoff).await;
