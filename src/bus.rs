@@ -8,6 +8,7 @@ use crate::conn::Redis;
 use crate::error::Result;
 use crate::keys::{Keyspace, TenantId, TenantKeys};
 use crate::prices::Prices;
+use crate::replies::ReplyHub;
 
 /// Operating limits and retention, all configurable.
 #[derive(Clone, Debug)]
@@ -18,6 +19,18 @@ pub struct Limits {
     pub max_items: usize,
     /// Most stalled entries one reclaim call handles.
     pub reclaim_batch: usize,
+    /// An agent silent for longer than this is stale.
+    pub stale_after: Duration,
+    /// Most entries an inbox keeps (MAXLEN ~): a dead agent cannot fill memory.
+    pub inbox_cap: usize,
+    /// Deliveries of a message before it is dead-lettered.
+    pub max_deliveries: u32,
+    /// How long an unacknowledged message waits before it is delivered again.
+    pub redeliver_after: Duration,
+    /// How long an inbox stays readable after its agent deregistered.
+    pub inbox_retention: Duration,
+    /// How long a finished invocation stays in Redis (the audit trail lives on in Postgres).
+    pub invoke_retention: Duration,
 }
 
 impl Default for Limits {
@@ -26,6 +39,12 @@ impl Default for Limits {
             job_retention: Duration::from_secs(24 * 3600),
             max_items: 100_000,
             reclaim_batch: 100,
+            stale_after: Duration::from_secs(60),
+            inbox_cap: 10_000,
+            max_deliveries: 5,
+            redeliver_after: Duration::from_secs(30),
+            inbox_retention: Duration::from_secs(24 * 3600),
+            invoke_retention: Duration::from_secs(3600),
         }
     }
 }
@@ -35,6 +54,9 @@ struct Inner {
     keys: Keyspace,
     prices: Prices,
     limits: Limits,
+    /// Unique per process: names its reply streams and consumers.
+    process_id: String,
+    replies: ReplyHub,
 }
 
 #[derive(Clone)]
@@ -50,6 +72,8 @@ impl AgentBus {
                 keys,
                 prices,
                 limits,
+                process_id: format!("p{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+                replies: ReplyHub::default(),
             }),
         }
     }
@@ -72,6 +96,15 @@ impl AgentBus {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// This process's unique id.
+    pub fn process_id(&self) -> &str {
+        &self.inner.process_id
+    }
+
+    pub(crate) fn reply_hub(&self) -> &ReplyHub {
+        &self.inner.replies
     }
 
     /// Records that `tenant` exists, so the sink and reclaimer find it. Kept

@@ -69,6 +69,33 @@ pub struct Config {
     /// Size of the Postgres connection pool.
     #[arg(long, env = "AGENTBUS_PG_POOL", default_value_t = 8, global = true)]
     pub pg_pool: u32,
+
+    /// Seconds of silence after which an agent is stale.
+    #[arg(
+        long,
+        env = "AGENTBUS_STALE_AFTER_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub stale_after_secs: u64,
+
+    /// Most entries an inbox keeps.
+    #[arg(
+        long,
+        env = "AGENTBUS_INBOX_CAP",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub inbox_cap: usize,
+
+    /// Deliveries of a message before it is dead-lettered.
+    #[arg(
+        long,
+        env = "AGENTBUS_MAX_DELIVERIES",
+        default_value_t = 5,
+        global = true
+    )]
+    pub max_deliveries: u32,
 }
 
 impl Config {
@@ -83,6 +110,9 @@ impl Config {
             max_items: 100_000,
             redis_pool: 16,
             pg_pool: 8,
+            stale_after_secs: 60,
+            inbox_cap: 10_000,
+            max_deliveries: 5,
         }
     }
 
@@ -118,6 +148,9 @@ impl Config {
             Limits {
                 job_retention: Duration::from_secs(self.job_retention_secs.max(1)),
                 max_items: self.max_items,
+                stale_after: Duration::from_secs(self.stale_after_secs.max(1)),
+                inbox_cap: self.inbox_cap.max(1),
+                max_deliveries: self.max_deliveries.max(1),
                 ..Limits::default()
             },
         ))
@@ -142,6 +175,10 @@ pub struct ServeConfig {
     /// Milliseconds between passes of the reclaimer.
     #[arg(long, env = "AGENTBUS_RECLAIM_INTERVAL_MS", default_value_t = 1000)]
     pub reclaim_interval_ms: u64,
+
+    /// Milliseconds between passes of the reaper (stale agents, expired invocations).
+    #[arg(long, env = "AGENTBUS_REAP_INTERVAL_MS", default_value_t = 5000)]
+    pub reap_interval_ms: u64,
 }
 
 impl ServeConfig {

@@ -216,14 +216,42 @@ impl TenantKeys {
         self.key(&format!("agent:{instance}"))
     }
 
+    /// Set of instances of one agent type.
+    pub fn agents_of_type(&self, agent_id: &Ident) -> String {
+        self.key(&format!("agents:type:{agent_id}"))
+    }
+
+    /// Set of instances working on one job (`_` stands for "no job").
+    pub fn agents_of_job(&self, job: Option<&Uuid>) -> String {
+        match job {
+            Some(job) => self.key(&format!("agents:job:{job}")),
+            None => self.key("agents:job:_"),
+        }
+    }
+
     /// Stream of messages to one instance; group `inbox`.
     pub fn inbox(&self, instance: &Ident) -> String {
-        self.key(&format!("inbox:{instance}"))
+        format!("{}{instance}", self.inbox_prefix())
+    }
+
+    /// What every inbox key of the tenant starts with.
+    pub fn inbox_prefix(&self) -> String {
+        self.key("inbox:")
     }
 
     /// Hash of one live invocation.
     pub fn invoke(&self, invoke_id: &str) -> String {
         self.key(&format!("invoke:{invoke_id}"))
+    }
+
+    /// Zset of pending invocations by deadline (ms): what the sweeper expires.
+    pub fn pending_invokes(&self) -> String {
+        self.key("invokes:pending")
+    }
+
+    /// Stream of replies to one process's waiting callers.
+    pub fn replies(&self, process: &str) -> String {
+        self.key(&format!("replies:{process}"))
     }
 
     /// Common prefix of the blackboard keys of one namespace.

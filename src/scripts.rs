@@ -15,6 +15,12 @@ macro_rules! lua {
     };
 }
 
+macro_rules! invoke_script {
+    ($file:literal) => {
+        lua!("include/common.lua", "include/invoke.lua", $file)
+    };
+}
+
 macro_rules! job_script {
     ($file:literal) => {
         lua!("include/common.lua", "include/job.lua", $file)
@@ -29,6 +35,16 @@ pub struct Scripts {
     pub job_fail: Script,
     pub job_reclaim: Script,
     pub job_cancel: Script,
+    pub agent_register: Script,
+    pub agent_heartbeat: Script,
+    pub agent_deregister: Script,
+    pub agent_reap: Script,
+    pub message_send: Script,
+    pub inbox_redeliver: Script,
+    pub dlq_replay: Script,
+    pub invoke_start: Script,
+    pub invoke_respond: Script,
+    pub invoke_expire: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -39,6 +55,16 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     job_fail: job_script!("job_fail.lua"),
     job_reclaim: job_script!("job_reclaim.lua"),
     job_cancel: job_script!("job_cancel.lua"),
+    agent_register: lua!("include/common.lua", "agent_register.lua"),
+    agent_heartbeat: lua!("include/common.lua", "agent_heartbeat.lua"),
+    agent_deregister: lua!("include/common.lua", "agent_deregister.lua"),
+    agent_reap: lua!("include/common.lua", "agent_reap.lua"),
+    message_send: lua!("include/common.lua", "message_send.lua"),
+    inbox_redeliver: lua!("include/common.lua", "inbox_redeliver.lua"),
+    dlq_replay: lua!("include/common.lua", "dlq_replay.lua"),
+    invoke_start: invoke_script!("invoke_start.lua"),
+    invoke_respond: invoke_script!("invoke_respond.lua"),
+    invoke_expire: invoke_script!("invoke_expire.lua"),
 });
 
 /// The process-wide registry (scripts and their SHA1s are computed once).

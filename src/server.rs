@@ -1,4 +1,4 @@
-//! `agentbus serve`: the HTTP API plus the background tasks (reclaimer),
+//! `agentbus serve`: the HTTP API plus the background tasks (reclaimer, reaper),
 //! with graceful shutdown on SIGINT/SIGTERM.
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use crate::api::{self, AppState};
 use crate::config::{Config, ServeConfig};
 use crate::error::{Error, Result};
 use crate::jobs::reclaim;
+use crate::reaper;
 
 pub async fn serve(config: &Config, serve: &ServeConfig) -> Result<()> {
     let bus = config.bus()?;
@@ -23,6 +24,11 @@ pub async fn serve(config: &Config, serve: &ServeConfig) -> Result<()> {
     let reclaimer = tokio::spawn(reclaim::run(
         bus.clone(),
         Duration::from_millis(serve.reclaim_interval_ms.max(10)),
+        shutdown.clone(),
+    ));
+    let reaper = tokio::spawn(reaper::run(
+        bus.clone(),
+        Duration::from_millis(serve.reap_interval_ms.max(10)),
         shutdown.clone(),
     ));
 
@@ -46,7 +52,7 @@ pub async fn serve(config: &Config, serve: &ServeConfig) -> Result<()> {
             reason: e.to_string(),
         })?;
     shutdown.cancel();
-    let _ = reclaimer.await;
+    let _ = tokio::join!(reclaimer, reaper);
     Ok(())
 }
 

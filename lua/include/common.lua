@@ -54,3 +54,17 @@ local function move_credits(credits_key, outbox, event_base, ts, tenant, job, op
   end
   ledger(outbox, event_base, ts, tenant, job, op, skill, amount, ctx)
 end
+
+-- Whether the tenant can pay `amount` now; also answers what is available.
+local function can_afford(credits_key, amount)
+  local total, reserved, spent = balance(credits_key)
+  local available = total - reserved - spent
+  return amount <= available, available
+end
+
+-- Creates an inbox stream and its consumer group if the stream is missing.
+local function ensure_inbox(inbox_key)
+  if redis.call('EXISTS', inbox_key) == 0 then
+    redis.call('XGROUP', 'CREATE', inbox_key, 'inbox', '0', 'MKSTREAM')
+  end
+end

@@ -4,9 +4,11 @@
 //! Every rejection is a JSON body `{"error": {"code", "message", "field"?}}`
 //! with a 4xx status for bad input, so clients can tell which field to fix.
 
+mod agents;
 mod credits;
 mod extract;
 mod health;
+mod invocations;
 mod jobs;
 
 use std::sync::Arc;
@@ -66,8 +68,31 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{job_id}/items/{item_id}/fail", post(jobs::fail))
         .route("/jobs/{job_id}/cancel", post(jobs::cancel))
         .route("/jobs/{job_id}/results", get(jobs::results))
+        .route("/jobs/{job_id}/broadcast", post(agents::broadcast))
         .route("/credits", get(credits::show))
-        .route("/credits/grant", post(credits::grant));
+        .route("/credits/grant", post(credits::grant))
+        .route("/agents", get(agents::list))
+        .route("/agents/register", post(agents::register))
+        .route(
+            "/agents/{instance_id}",
+            get(agents::get_one).delete(agents::deregister),
+        )
+        .route("/agents/{instance_id}/heartbeat", post(agents::heartbeat))
+        .route(
+            "/agents/{instance_id}/messages",
+            post(agents::send).get(agents::list_messages),
+        )
+        .route(
+            "/agents/{instance_id}/messages/receive",
+            post(agents::receive),
+        )
+        .route(
+            "/agents/{instance_id}/messages/{message_id}/read",
+            post(agents::read),
+        )
+        .route("/invocations", post(invocations::invoke))
+        .route("/invocations/respond", post(invocations::respond))
+        .route("/invocations/{invoke_id}", get(invocations::get_one));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

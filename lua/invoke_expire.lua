@@ -1,0 +1,18 @@
+-- invoke_expire: end a pending invocation whose deadline passed (the caller
+-- gave up, or the sweeper found it): status timeout, reservation released.
+-- KEYS[1..4]: the invoke layout (see include/invoke.lua)
+-- ARGV[1..3]: event id base, tenant, invoke id
+-- ARGV[4] '1' when the caller's own timer fired (no need to wait for the deadline)
+-- Returns {'timeout', duration_ms} | {'missing'} | {'not_pending', status} | {'not_due'}
+
+local v = redis.call('HMGET', K_INVOKE, 'status', 'deadline', 'retention')
+if not v[1] then
+  redis.call('ZREM', K_PENDING, INVOKE_ID)
+  return {'missing'}
+end
+if v[1] ~= 'pending' then return {'not_pending', v[1]} end
+local now = now_ms()
+if ARGV[4] ~= '1' and now < tonumber(v[2]) then return {'not_due'} end
+local duration = finish_invoke('timeout', now, '', 'no response before the deadline')
+redis.call('EXPIRE', K_INVOKE, tonumber(v[3]))
+return {'timeout', duration}

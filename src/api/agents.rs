@@ -1,0 +1,291 @@
+//! `/api/v1/agents`: registry and messages, and `/jobs/{id}/broadcast`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::extract::{ApiJson, OptionalJson, Params, path_uuid};
+use super::{ApiError, ApiResult, AppState, Tenant};
+use crate::keys::Ident;
+use crate::messages::{Message, MessageFilter, MessageStatus, OutgoingMessage};
+use crate::registry::{AgentFilter, AgentStatus, Instance, Registration};
+
+const MAX_WAIT_MS: u64 = 30_000;
+
+fn instance(raw: &str) -> Result<Ident, ApiError> {
+    Ok(Ident::new("instance_id", raw)?)
+}
+
+#[derive(Serialize)]
+pub struct Registered {
+    registered: bool,
+    #[serde(flatten)]
+    instance: Instance,
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiJson(reg): ApiJson<Registration>,
+) -> ApiResult<(StatusCode, Json<Registered>)> {
+    let instance = state.bus.register_agent(&tenant, &reg).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Registered {
+            registered: true,
+            instance,
+        }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    #[serde(default)]
+    status: Option<AgentStatus>,
+}
+
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<HeartbeatBody>,
+) -> ApiResult<Json<Value>> {
+    let id = instance(&id)?;
+    let status = state.bus.heartbeat(&tenant, &id, body.status).await?;
+    Ok(Json(
+        serde_json::json!({ "heartbeat": true, "instance_id": id, "status": status }),
+    ))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Instance>> {
+    Ok(Json(state.bus.agent(&tenant, &instance(&id)?).await?))
+}
+
+pub async fn deregister(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = instance(&id)?;
+    state.bus.deregister_agent(&tenant, &id).await?;
+    Ok(Json(
+        serde_json::json!({ "deregistered": true, "instance_id": id }),
+    ))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    params: Params,
+) -> ApiResult<Json<Value>> {
+    let filter = AgentFilter {
+        agent_id: params
+            .text("agent_id")
+            .map(|a| Ident::new("agent_id", a))
+            .transpose()?,
+        job_id: params
+            .text("job_id")
+            .map(|j| path_uuid("job_id", j))
+            .transpose()?,
+        status: params
+            .text("status")
+            .map(|s| {
+                AgentStatus::parse(s).ok_or_else(|| {
+                    ApiError::field(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "status",
+                        "one of starting, running, idle, stopped, stale",
+                    )
+                })
+            })
+            .transpose()?,
+    };
+    let limit = params.number("limit", 100usize, 1, 1000)?;
+    let instances = state.bus.list_agents(&tenant, &filter, limit).await?;
+    Ok(Json(
+        serde_json::json!({ "count": instances.len(), "instances": instances }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendBody {
+    from_instance_id: Ident,
+    message_type: String,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    job_id: Option<Uuid>,
+    #[serde(default)]
+    reply_to_id: Option<String>,
+}
+
+pub async fn send(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SendBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let to = instance(&id)?;
+    let mut msg = OutgoingMessage::new(
+        &body.from_instance_id,
+        &to,
+        &body.message_type,
+        body.payload,
+    );
+    msg.job_id = body.job_id;
+    msg.reply_to = body.reply_to_id;
+    let sent = state.bus.send_message(&tenant, &msg).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "sent": true,
+            "message_id": sent.message_id,
+            "entry_id": sent.entry_id,
+        })),
+    ))
+}
+
+#[derive(Serialize)]
+pub struct MessagePage {
+    messages: Vec<Message>,
+    count: usize,
+}
+
+pub async fn list_messages(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    params: Params,
+) -> ApiResult<Json<MessagePage>> {
+    let id = instance(&id)?;
+    let filter = MessageFilter {
+        status: params
+            .text("status")
+            .map(|s| {
+                MessageStatus::parse(s).ok_or_else(|| {
+                    ApiError::field(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "status",
+                        "one of pending, delivered, read",
+                    )
+                })
+            })
+            .transpose()?,
+        message_type: params.text("message_type").map(str::to_string),
+        job_id: params
+            .text("job_id")
+            .map(|j| path_uuid("job_id", j))
+            .transpose()?,
+        since: params
+            .text("since")
+            .map(|s| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|_| {
+                        ApiError::field(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "since",
+                            "an RFC 3339 time, e.g. 2026-01-01T00:00:00Z",
+                        )
+                    })
+            })
+            .transpose()?,
+    };
+    let limit = params.number("limit", 100usize, 1, 500)?;
+    let messages = state
+        .bus
+        .list_messages(&tenant, &id, &filter, limit)
+        .await?;
+    Ok(Json(MessagePage {
+        count: messages.len(),
+        messages,
+    }))
+}
+
+pub async fn receive(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    params: Params,
+) -> ApiResult<Json<MessagePage>> {
+    let id = instance(&id)?;
+    let count = params.number("count", 10usize, 1, 500)?;
+    let wait = params.number("wait_ms", 0u64, 0, MAX_WAIT_MS)?;
+    let messages = state
+        .bus
+        .receive_messages(&tenant, &id, count, Duration::from_millis(wait))
+        .await?;
+    Ok(Json(MessagePage {
+        count: messages.len(),
+        messages,
+    }))
+}
+
+pub async fn read(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((id, message_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let id = instance(&id)?;
+    let acked = state
+        .bus
+        .ack_messages(&tenant, &id, &[message_id.as_str()])
+        .await?;
+    if acked == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no delivered, unread message {message_id} for {id}"),
+        ));
+    }
+    Ok(Json(
+        serde_json::json!({ "read": true, "message_id": message_id }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastBody {
+    from_instance_id: Ident,
+    #[serde(default = "broadcast_type")]
+    message_type: String,
+    #[serde(default)]
+    payload: Value,
+}
+
+fn broadcast_type() -> String {
+    "broadcast".into()
+}
+
+pub async fn broadcast(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(job_id): Path<String>,
+    ApiJson(body): ApiJson<BroadcastBody>,
+) -> ApiResult<Json<Value>> {
+    let job_id = path_uuid("job_id", &job_id)?;
+    let reached = state
+        .bus
+        .broadcast(
+            &tenant,
+            &job_id,
+            &body.from_instance_id,
+            &body.message_type,
+            body.payload,
+        )
+        .await?;
+    Ok(Json(
+        serde_json::json!({ "sent": reached.len(), "recipients": reached }),
+    ))
+}

@@ -1,0 +1,379 @@
+//! Invoke: one agent calls another and waits for the answer, with a timeout
+//! and an audit trail.
+//!
+//! `invoke_start.lua` checks the target (registered, not stale), reserves the
+//! `agent_invoke` price, records the invocation as pending (audit event) and
+//! puts an `invoke_request` in the target's inbox naming the caller's reply
+//! stream. `invoke_respond.lua` ends it (charge on success, release on error)
+//! and posts the reply; the caller's reply reader hands it over. A caller
+//! that gives up, or the sweeper after the deadline, ends it as `timeout`
+//! (`invoke_expire.lua`), after which a late response is refused.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rand::RngExt;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::bus::{AgentBus, event_base};
+use crate::codec::{self, Reply};
+use crate::error::{Error, Result};
+use crate::keys::{self, Ident, TenantId};
+use crate::messages::MAX_PAYLOAD_BYTES;
+use crate::money::{self, from_minor};
+use crate::scripts::scripts;
+
+pub const TIMEOUT_SECS: (i64, i64) = (1, 300);
+
+fn default_timeout() -> i64 {
+    30
+}
+
+/// The body of `POST /invocations`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeRequest {
+    pub caller_instance_id: Ident,
+    pub target_instance_id: Ident,
+    #[serde(default)]
+    pub request_payload: serde_json::Value,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: i64,
+    #[serde(default)]
+    pub job_id: Option<Uuid>,
+}
+
+impl InvokeRequest {
+    pub fn new(caller: &Ident, target: &Ident, payload: serde_json::Value) -> Self {
+        Self {
+            caller_instance_id: caller.clone(),
+            target_instance_id: target.clone(),
+            request_payload: payload,
+            timeout_seconds: default_timeout(),
+            job_id: None,
+        }
+    }
+}
+
+/// What the caller gets back (the original's fields).
+#[derive(Clone, Debug, Serialize)]
+pub struct InvokeResult {
+    pub success: bool,
+    pub invoke_id: String,
+    pub response_payload: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub timeout: bool,
+    pub latency_ms: u64,
+}
+
+/// An invocation's full trace.
+#[derive(Clone, Debug, Serialize)]
+pub struct Invocation {
+    pub invoke_id: String,
+    pub caller_instance_id: String,
+    pub target_instance_id: String,
+    pub job_id: Option<Uuid>,
+    pub request_payload: serde_json::Value,
+    pub response_payload: Option<serde_json::Value>,
+    pub status: String,
+    #[serde(with = "money::json_opt")]
+    pub credits_charged: Option<Decimal>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub error_message: Option<String>,
+}
+
+impl Invocation {
+    fn from_hash(invoke_id: &str, h: &HashMap<String, Vec<u8>>) -> Result<Self> {
+        let text = |k: &str| h.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
+        let int = |k: &str| text(k).and_then(|v| v.parse::<i64>().ok());
+        let payload = |k: &str| -> Result<Option<serde_json::Value>> {
+            match h.get(k) {
+                Some(v) if !v.is_empty() => Ok(Some(codec::decode_json(v)?)),
+                _ => Ok(None),
+            }
+        };
+        let status = text("status").unwrap_or_default();
+        Ok(Invocation {
+            invoke_id: invoke_id.to_string(),
+            caller_instance_id: text("caller").unwrap_or_default(),
+            target_instance_id: text("target").unwrap_or_default(),
+            job_id: text("job").and_then(|j| Uuid::parse_str(&j).ok()),
+            request_payload: payload("request")?.unwrap_or(serde_json::Value::Null),
+            response_payload: payload("response")?,
+            credits_charged: int("credits_charged").map(from_minor),
+            started_at: int("started_at").and_then(DateTime::from_timestamp_millis),
+            completed_at: int("completed_at").and_then(DateTime::from_timestamp_millis),
+            duration_ms: int("duration_ms"),
+            error_message: text("error").filter(|e| !e.is_empty()),
+            status,
+        })
+    }
+}
+
+/// `inv_` + 16 hex digits.
+pub fn new_invoke_id() -> String {
+    format!("inv_{}", hex::encode(rand::rng().random::<[u8; 8]>()))
+}
+
+pub fn validate_invoke_id(id: &str) -> Result<()> {
+    let ok = id
+        .strip_prefix("inv_")
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|c| c.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "invoke_id",
+            format!("{id:?} is not inv_ + 16 hex digits"),
+        ))
+    }
+}
+
+impl AgentBus {
+    /// Invokes `target` and waits for its response up to the timeout.
+    /// An unknown or stale target is an error and reserves nothing.
+    pub async fn invoke(&self, tenant: &TenantId, req: &InvokeRequest) -> Result<InvokeResult> {
+        if req.timeout_seconds < TIMEOUT_SECS.0 || req.timeout_seconds > TIMEOUT_SECS.1 {
+            return Err(Error::invalid(
+                "timeout_seconds",
+                format!("must be between {} and {}", TIMEOUT_SECS.0, TIMEOUT_SECS.1),
+            ));
+        }
+        let request = codec::encode(&req.request_payload)?;
+        if request.len() > MAX_PAYLOAD_BYTES {
+            return Err(Error::invalid(
+                "request_payload",
+                format!("larger than {MAX_PAYLOAD_BYTES} bytes"),
+            ));
+        }
+        let invoke_id = new_invoke_id();
+        let timeout = Duration::from_secs(req.timeout_seconds as u64);
+        let started = Instant::now();
+        let waiter = self.expect_reply(tenant, &invoke_id);
+        let keys = self.keys(tenant);
+        let limits = self.limits();
+        let mut conn = self.redis().conn().await?;
+        let reply = Reply::new(
+            scripts()
+                .invoke_start
+                .key(keys.credits())
+                .key(keys.outbox())
+                .key(keys.invoke(&invoke_id))
+                .key(keys.pending_invokes())
+                .key(keys.agents())
+                .key(keys.agent(&req.target_instance_id))
+                .key(keys.inbox(&req.target_instance_id))
+                .arg(event_base())
+                .arg(tenant.as_str())
+                .arg(&invoke_id)
+                .arg(self.prices().agent_invoke)
+                .arg(limits.inbox_cap)
+                .arg(Uuid::new_v4().to_string())
+                .arg(req.caller_instance_id.as_str())
+                .arg(req.target_instance_id.as_str())
+                .arg(req.job_id.map(|j| j.to_string()).unwrap_or_default())
+                .arg(request)
+                .arg(timeout.as_millis() as u64)
+                .arg(self.reply_stream(tenant))
+                .arg(limits.stale_after.as_millis() as u64)
+                .arg(limits.invoke_retention.as_secs().max(1))
+                .invoke_async(&mut conn)
+                .await?,
+        )?;
+        drop(conn);
+        match reply.tag()?.as_str() {
+            "ok" => {}
+            "unknown_target" => {
+                return Err(Error::not_found(format!(
+                    "target instance {}",
+                    req.target_instance_id
+                )));
+            }
+            "stale_target" => {
+                return Err(Error::conflict(format!(
+                    "target instance {} is {} (not running or idle)",
+                    req.target_instance_id,
+                    reply.str(1).unwrap_or_else(|_| "stale".into())
+                )));
+            }
+            "insufficient" => {
+                return Err(Error::InsufficientCredits {
+                    required: from_minor(reply.i64(1)?),
+                    available: from_minor(reply.i64(2)?),
+                });
+            }
+            other => return Err(Error::protocol(format!("invoke_start answered {other}"))),
+        }
+
+        let answer = waiter.wait(timeout).await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        if let Some(entry) = answer {
+            let status = entry.text("status").unwrap_or_default().to_string();
+            let payload = codec::decode_json(entry.get("payload").unwrap_or_default())?;
+            let error = entry
+                .text("error")
+                .filter(|e| !e.is_empty())
+                .map(str::to_string);
+            return Ok(InvokeResult {
+                success: status == "completed",
+                invoke_id,
+                response_payload: (status == "completed").then_some(payload),
+                error,
+                timeout: false,
+                latency_ms,
+            });
+        }
+        // Our timer fired: end it as timed out, unless a response won the race.
+        match self.expire_invoke(tenant, &invoke_id, true).await? {
+            Some(_) => Ok(InvokeResult {
+                success: false,
+                invoke_id,
+                response_payload: None,
+                error: Some(format!("no response within {}s", req.timeout_seconds)),
+                timeout: true,
+                latency_ms,
+            }),
+            None => {
+                let inv = self.invocation(tenant, &invoke_id).await?;
+                Ok(InvokeResult {
+                    success: inv.status == "completed",
+                    invoke_id,
+                    response_payload: inv.response_payload,
+                    error: inv.error_message,
+                    timeout: inv.status == "timeout",
+                    latency_ms,
+                })
+            }
+        }
+    }
+
+    /// Ends a pending invocation as timed out (`force`: without waiting for
+    /// its deadline). `Some(duration_ms)` when this call ended it.
+    pub async fn expire_invoke(
+        &self,
+        tenant: &TenantId,
+        invoke_id: &str,
+        force: bool,
+    ) -> Result<Option<i64>> {
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let reply = Reply::new(
+            scripts()
+                .invoke_expire
+                .key(keys.credits())
+                .key(keys.outbox())
+                .key(keys.invoke(invoke_id))
+                .key(keys.pending_invokes())
+                .arg(event_base())
+                .arg(tenant.as_str())
+                .arg(invoke_id)
+                .arg(if force { "1" } else { "0" })
+                .invoke_async(&mut conn)
+                .await?,
+        )?;
+        match reply.tag()?.as_str() {
+            "timeout" => Ok(Some(reply.i64(1)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The target answers: a response, or an error (`failed`). Refused once
+    /// the invocation is no longer pending (timed out, or answered).
+    pub async fn respond(
+        &self,
+        tenant: &TenantId,
+        invoke_id: &str,
+        response: &serde_json::Value,
+        error: Option<&str>,
+        responder: Option<&Ident>,
+    ) -> Result<(String, i64)> {
+        validate_invoke_id(invoke_id)?;
+        let response = codec::encode(response)?;
+        if response.len() > MAX_PAYLOAD_BYTES {
+            return Err(Error::invalid(
+                "response_payload",
+                format!("larger than {MAX_PAYLOAD_BYTES} bytes"),
+            ));
+        }
+        if let Some(e) = error
+            && e.len() > 4096
+        {
+            return Err(Error::invalid("error", "at most 4096 bytes"));
+        }
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let reply = Reply::new(
+            scripts()
+                .invoke_respond
+                .key(keys.credits())
+                .key(keys.outbox())
+                .key(keys.invoke(invoke_id))
+                .key(keys.pending_invokes())
+                .arg(event_base())
+                .arg(tenant.as_str())
+                .arg(invoke_id)
+                .arg(response)
+                .arg(error.unwrap_or(""))
+                .arg(responder.map(Ident::as_str).unwrap_or(""))
+                .invoke_async(&mut conn)
+                .await?,
+        )?;
+        match reply.tag()?.as_str() {
+            "ok" => Ok((reply.str(1)?, reply.i64(2)?)),
+            "missing" => Err(Error::not_found(format!("invocation {invoke_id}"))),
+            "not_pending" => Err(Error::conflict_with(
+                format!(
+                    "invocation {invoke_id} is {}: response refused",
+                    reply.str(1)?
+                ),
+                &serde_json::json!({ "status": reply.str(1)? }),
+            )),
+            "wrong_responder" => Err(Error::Forbidden("only the target may respond")),
+            other => Err(Error::protocol(format!("invoke_respond answered {other}"))),
+        }
+    }
+
+    /// The live state of an invocation (while Redis keeps it).
+    pub async fn invocation(&self, tenant: &TenantId, invoke_id: &str) -> Result<Invocation> {
+        validate_invoke_id(invoke_id)?;
+        let mut conn = self.redis().conn().await?;
+        let h: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+            .arg(self.keys(tenant).invoke(invoke_id))
+            .query_async(&mut conn)
+            .await?;
+        if h.is_empty() {
+            return Err(Error::not_found(format!("invocation {invoke_id}")));
+        }
+        Invocation::from_hash(invoke_id, &h)
+    }
+
+    /// Ends every invocation of `tenant` past its deadline (the caller is
+    /// gone). Returns how many.
+    pub async fn expire_due_invokes(&self, tenant: &TenantId) -> Result<usize> {
+        let mut conn = self.redis().conn().await?;
+        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys(tenant).pending_invokes())
+            .arg("-inf")
+            .arg(Utc::now().timestamp_millis())
+            .arg("LIMIT")
+            .arg(0)
+            .arg(500)
+            .query_async(&mut conn)
+            .await?;
+        drop(conn);
+        let mut expired = 0;
+        for id in due {
+            if keys::validate_id("invoke_id", &id, 64).is_ok()
+                && self.expire_invoke(tenant, &id, false).await?.is_some()
+            {
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+}

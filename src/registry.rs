@@ -1,0 +1,337 @@
+//! The agent registry: instances, their heartbeats and liveness.
+//!
+//! `ab:{t}:agents` is a zset of instance ids scored by last heartbeat (ms);
+//! `ab:{t}:agent:<instance>` holds the details. Sets per agent type and per
+//! job make listing and broadcast cheap. An instance silent for longer than
+//! `Limits::stale_after` is stale: reported so at once, and marked so by the
+//! reaper.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::bus::AgentBus;
+use crate::codec::Reply;
+use crate::error::{Error, Result};
+use crate::keys::{Ident, TenantId};
+use crate::scripts::scripts;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    Starting,
+    Running,
+    Idle,
+    Stopped,
+    Stale,
+}
+
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Starting => "starting",
+            AgentStatus::Running => "running",
+            AgentStatus::Idle => "idle",
+            AgentStatus::Stopped => "stopped",
+            AgentStatus::Stale => "stale",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "starting" => AgentStatus::Starting,
+            "running" => AgentStatus::Running,
+            "idle" => AgentStatus::Idle,
+            "stopped" => AgentStatus::Stopped,
+            "stale" => AgentStatus::Stale,
+            _ => return None,
+        })
+    }
+
+    /// Whether the instance may be invoked.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            AgentStatus::Running | AgentStatus::Idle | AgentStatus::Starting
+        )
+    }
+}
+
+/// The body of `POST /agents/register`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub agent_id: Ident,
+    #[serde(default)]
+    pub instance_id: Option<Ident>,
+    #[serde(default)]
+    pub job_id: Option<Uuid>,
+    #[serde(default)]
+    pub capabilities: Option<serde_json::Value>,
+}
+
+impl Registration {
+    pub fn new(agent_id: &str) -> Result<Self> {
+        Ok(Self {
+            agent_id: Ident::new("agent_id", agent_id)?,
+            instance_id: None,
+            job_id: None,
+            capabilities: None,
+        })
+    }
+
+    pub fn instance(mut self, instance_id: &str) -> Result<Self> {
+        self.instance_id = Some(Ident::new("instance_id", instance_id)?);
+        Ok(self)
+    }
+
+    pub fn job(mut self, job: Uuid) -> Self {
+        self.job_id = Some(job);
+        self
+    }
+}
+
+/// One registered instance.
+#[derive(Clone, Debug, Serialize)]
+pub struct Instance {
+    pub instance_id: String,
+    pub agent_id: String,
+    pub job_id: Option<Uuid>,
+    pub status: AgentStatus,
+    pub capabilities: serde_json::Value,
+    pub registered_at: Option<DateTime<Utc>>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+}
+
+/// Filters of `GET /agents`.
+#[derive(Clone, Debug, Default)]
+pub struct AgentFilter {
+    pub agent_id: Option<Ident>,
+    pub job_id: Option<Uuid>,
+    pub status: Option<AgentStatus>,
+}
+
+const MAX_CAPABILITIES_BYTES: usize = 16 * 1024;
+
+fn millis(ms: Option<&String>) -> Option<DateTime<Utc>> {
+    ms.and_then(|v| v.parse::<i64>().ok())
+        .and_then(DateTime::from_timestamp_millis)
+}
+
+impl AgentBus {
+    fn instance_from_hash(&self, h: &HashMap<String, String>) -> Option<Instance> {
+        let instance_id = h.get("instance_id")?.clone();
+        let mut status = h
+            .get("status")
+            .and_then(|s| AgentStatus::parse(s))
+            .unwrap_or(AgentStatus::Stale);
+        let heartbeat_at = millis(h.get("heartbeat_at"));
+        // Liveness is computed, not only reaped: a silent instance reads as stale at once.
+        if status.is_live()
+            && heartbeat_at.is_none_or(|at| {
+                Utc::now() - at
+                    > chrono::Duration::from_std(self.limits().stale_after).unwrap_or_default()
+            })
+        {
+            status = AgentStatus::Stale;
+        }
+        Some(Instance {
+            instance_id,
+            agent_id: h.get("agent_id").cloned().unwrap_or_default(),
+            job_id: h.get("job_id").and_then(|j| Uuid::parse_str(j).ok()),
+            status,
+            capabilities: h
+                .get("capabilities")
+                .and_then(|c| serde_json::from_str(c).ok())
+                .unwrap_or(serde_json::Value::Null),
+            registered_at: millis(h.get("registered_at")),
+            heartbeat_at,
+        })
+    }
+
+    /// Registers an instance (a new id when none is given) and creates its inbox.
+    pub async fn register_agent(&self, tenant: &TenantId, reg: &Registration) -> Result<Instance> {
+        let instance = match &reg.instance_id {
+            Some(i) => i.clone(),
+            None => Ident::new(
+                "instance_id",
+                format!(
+                    "{}-{}",
+                    reg.agent_id,
+                    &Uuid::new_v4().simple().to_string()[..12]
+                ),
+            )?,
+        };
+        let capabilities = reg
+            .capabilities
+            .clone()
+            .unwrap_or_else(|| serde_json::json!([]));
+        let capabilities =
+            serde_json::to_string(&capabilities).map_err(|e| Error::Codec(e.to_string()))?;
+        if capabilities.len() > MAX_CAPABILITIES_BYTES {
+            return Err(Error::invalid(
+                "capabilities",
+                format!("at most {MAX_CAPABILITIES_BYTES} bytes of JSON"),
+            ));
+        }
+        self.register_tenant(tenant).await?;
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let reply: redis::Value = scripts()
+            .agent_register
+            .key(keys.agents())
+            .key(keys.agent(&instance))
+            .key(keys.inbox(&instance))
+            .key(keys.agents_of_type(&reg.agent_id))
+            .key(keys.agents_of_job(reg.job_id.as_ref()))
+            .arg(instance.as_str())
+            .arg(reg.agent_id.as_str())
+            .arg(reg.job_id.map(|j| j.to_string()).unwrap_or_default())
+            .arg(capabilities)
+            .arg(AgentStatus::Running.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        Reply::new(reply)?;
+        drop(conn);
+        self.agent(tenant, &instance).await
+    }
+
+    /// Records a heartbeat (and optionally a new status).
+    pub async fn heartbeat(
+        &self,
+        tenant: &TenantId,
+        instance: &Ident,
+        status: Option<AgentStatus>,
+    ) -> Result<AgentStatus> {
+        if let Some(s) = status
+            && !matches!(
+                s,
+                AgentStatus::Running | AgentStatus::Idle | AgentStatus::Stopped
+            )
+        {
+            return Err(Error::invalid("status", "must be running, idle or stopped"));
+        }
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let reply = Reply::new(
+            scripts()
+                .agent_heartbeat
+                .key(keys.agents())
+                .key(keys.agent(instance))
+                .arg(instance.as_str())
+                .arg(status.map(|s| s.as_str()).unwrap_or(""))
+                .invoke_async(&mut conn)
+                .await?,
+        )?;
+        match reply.tag()?.as_str() {
+            "ok" => AgentStatus::parse(&reply.str(1)?).ok_or_else(|| Error::protocol("status")),
+            _ => Err(Error::not_found(format!("agent instance {instance}"))),
+        }
+    }
+
+    /// Removes an instance; its inbox stays readable for `inbox_retention`.
+    pub async fn deregister_agent(&self, tenant: &TenantId, instance: &Ident) -> Result<()> {
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let reply = Reply::new(
+            scripts()
+                .agent_deregister
+                .key(keys.agents())
+                .key(keys.agent(instance))
+                .key(keys.inbox(instance))
+                .key(keys.agents_of_type(&Ident::new("agent_id", "_")?))
+                .key(keys.agents_of_job(None))
+                .arg(instance.as_str())
+                .arg(self.limits().inbox_retention.as_secs().max(1))
+                .invoke_async(&mut conn)
+                .await?,
+        )?;
+        if reply.tag()? == "missing" {
+            return Err(Error::not_found(format!("agent instance {instance}")));
+        }
+        Ok(())
+    }
+
+    pub async fn agent(&self, tenant: &TenantId, instance: &Ident) -> Result<Instance> {
+        let mut conn = self.redis().conn().await?;
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys(tenant).agent(instance))
+            .query_async(&mut conn)
+            .await?;
+        self.instance_from_hash(&h)
+            .ok_or_else(|| Error::not_found(format!("agent instance {instance}")))
+    }
+
+    /// Instances matching the filter, most recent heartbeat first.
+    pub async fn list_agents(
+        &self,
+        tenant: &TenantId,
+        filter: &AgentFilter,
+        limit: usize,
+    ) -> Result<Vec<Instance>> {
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let ids: Vec<String> = if let Some(agent_id) = &filter.agent_id {
+            redis::cmd("SMEMBERS")
+                .arg(keys.agents_of_type(agent_id))
+                .query_async(&mut conn)
+                .await?
+        } else if let Some(job) = &filter.job_id {
+            redis::cmd("SMEMBERS")
+                .arg(keys.agents_of_job(Some(job)))
+                .query_async(&mut conn)
+                .await?
+        } else {
+            redis::cmd("ZREVRANGE")
+                .arg(keys.agents())
+                .arg(0)
+                .arg(if filter.status.is_some() {
+                    -1
+                } else {
+                    limit as i64 - 1
+                })
+                .query_async(&mut conn)
+                .await?
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL")
+                .arg(keys.agent(&Ident::new("instance_id", id.as_str())?));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        let mut out: Vec<Instance> = hashes
+            .iter()
+            .filter_map(|h| self.instance_from_hash(h))
+            .filter(|i| {
+                filter
+                    .agent_id
+                    .as_ref()
+                    .is_none_or(|a| a.as_str() == i.agent_id)
+            })
+            .filter(|i| filter.job_id.is_none_or(|j| i.job_id == Some(j)))
+            .filter(|i| filter.status.is_none_or(|s| i.status == s))
+            .collect();
+        out.sort_by_key(|i| std::cmp::Reverse(i.heartbeat_at));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Marks instances silent past `stale_after` as stale. Returns how many.
+    pub async fn reap_agents(&self, tenant: &TenantId) -> Result<i64> {
+        let cutoff = Utc::now().timestamp_millis()
+            - i64::try_from(self.limits().stale_after.as_millis()).unwrap_or(i64::MAX);
+        let mut conn = self.redis().conn().await?;
+        Ok(scripts()
+            .agent_reap
+            .key(self.keys(tenant).agents())
+            .arg(cutoff)
+            .arg(500)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+}

@@ -1,0 +1,325 @@
+//! The agents, messages and invocations REST API.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{TestEnv, call, dec};
+use rust_decimal::Decimal;
+use serde_json::json;
+
+#[tokio::test]
+async fn registry_and_messages_over_http() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    let token = env
+        .bus
+        .create_token(&env.tenant("web"))
+        .await
+        .unwrap()
+        .token;
+    env.grant(&env.tenant("web"), 100).await;
+    let t = Some(token.as_str());
+
+    let (status, reg) = call(
+        &app,
+        "POST",
+        "/api/v1/agents/register",
+        t,
+        Some(json!({"agent_id": "scraper", "capabilities": ["http"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{reg}");
+    assert_eq!(reg["registered"], true);
+    let a = reg["instance_id"].as_str().unwrap().to_string();
+    let (_, reg) = call(
+        &app,
+        "POST",
+        "/api/v1/agents/register",
+        t,
+        Some(json!({"agent_id": "writer", "instance_id": "writer-1"})),
+    )
+    .await;
+    assert_eq!(reg["instance_id"], "writer-1");
+
+    let (status, hb) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/agents/{a}/heartbeat"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        hb,
+        json!({"heartbeat": true, "instance_id": a, "status": "running"})
+    );
+    let (_, one) = call(&app, "GET", &format!("/api/v1/agents/{a}"), t, None).await;
+    assert_eq!(one["capabilities"], json!(["http"]));
+    let (_, list) = call(&app, "GET", "/api/v1/agents?agent_id=scraper", t, None).await;
+    assert_eq!(list["count"], 1);
+
+    let (status, sent) = call(
+        &app,
+        "POST",
+        "/api/v1/agents/writer-1/messages",
+        t,
+        Some(json!({"from_instance_id": a, "message_type": "request", "payload": {"text": "hi"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let message_id = sent["message_id"].as_str().unwrap().to_string();
+
+    let (_, listed) = call(
+        &app,
+        "GET",
+        "/api/v1/agents/writer-1/messages?status=pending",
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(listed["count"], 1);
+    assert_eq!(listed["messages"][0]["payload"]["text"], "hi");
+    let (_, got) = call(
+        &app,
+        "POST",
+        "/api/v1/agents/writer-1/messages/receive?wait_ms=100",
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(got["count"], 1);
+    assert_eq!(got["messages"][0]["message_id"], message_id.as_str());
+    let (_, listed) = call(
+        &app,
+        "GET",
+        "/api/v1/agents/writer-1/messages?status=delivered",
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(listed["count"], 1);
+    let (status, read) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/agents/writer-1/messages/{message_id}/read"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{read}");
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/agents/writer-1/messages/{message_id}/read"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "second read");
+    let (_, listed) = call(
+        &app,
+        "GET",
+        "/api/v1/agents/writer-1/messages?status=read",
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(listed["count"], 1);
+
+    // Bad input names its field.
+    for (uri, body, field) in [
+        (
+            "/api/v1/agents/register",
+            json!({"agent_id": "bad id"}),
+            "agent_id",
+        ),
+        (
+            "/api/v1/agents/register",
+            json!({"agent_id": "x", "job_id": "nope"}),
+            "job_id",
+        ),
+        (
+            "/api/v1/agents/writer-1/messages",
+            json!({"from_instance_id": a, "message_type": "a b"}),
+            "message_type",
+        ),
+        (
+            "/api/v1/agents/writer-1/messages",
+            json!({"message_type": "x"}),
+            "from_instance_id",
+        ),
+    ] {
+        let (status, resp) = call(&app, "POST", uri, t, Some(body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}: {resp}");
+        assert_eq!(resp["error"]["field"], field, "{resp}");
+    }
+    let (status, resp) = call(
+        &app,
+        "GET",
+        "/api/v1/agents/writer-1/messages?limit=501",
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, resp["error"]["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("limit"))
+    );
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/v1/agents/nobody/messages",
+        t,
+        Some(json!({"from_instance_id": a, "message_type": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, _) = call(&app, "DELETE", "/api/v1/agents/writer-1", t, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(&app, "GET", "/api/v1/agents/writer-1", t, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Another tenant sees nothing of it.
+    let other = env
+        .bus
+        .create_token(&env.tenant("other"))
+        .await
+        .unwrap()
+        .token;
+    let (status, _) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/agents/{a}"),
+        Some(&other),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = call(&app, "GET", "/api/v1/agents", Some(&other), None).await;
+    assert_eq!(list["count"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_and_respond_over_http() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    let token = env.bus.create_token(&env.tenant("iv")).await.unwrap().token;
+    env.grant(&env.tenant("iv"), 100).await;
+    for instance in ["orc-1", "spec-1"] {
+        let (status, _) = call(
+            &app,
+            "POST",
+            "/api/v1/agents/register",
+            Some(&token),
+            Some(json!({"agent_id": "x", "instance_id": instance})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    // The specialist answers over HTTP: receive, then respond.
+    let responder = {
+        let app = app.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let (_, got) = call(
+                &app,
+                "POST",
+                "/api/v1/agents/spec-1/messages/receive?wait_ms=5000",
+                Some(&token),
+                None,
+            )
+            .await;
+            let msg = &got["messages"][0];
+            assert_eq!(msg["message_type"], "invoke_request");
+            let invoke_id = msg["invoke_id"].as_str().unwrap().to_string();
+            let x = msg["payload"]["x"].as_i64().unwrap();
+            let (status, resp) = call(
+                &app,
+                "POST",
+                "/api/v1/invocations/respond",
+                Some(&token),
+                Some(json!({"invoke_id": invoke_id, "response_payload": {"y": x + 1}})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{resp}");
+            invoke_id
+        })
+    };
+    let (status, result) = call(
+        &app,
+        "POST",
+        "/api/v1/invocations",
+        Some(&token),
+        Some(json!({"caller_instance_id": "orc-1", "target_instance_id": "spec-1", "request_payload": {"x": 1}, "timeout_seconds": 10})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    let invoke_id = responder.await.unwrap();
+    assert_eq!(result["success"], true);
+    assert_eq!(result["invoke_id"], invoke_id.as_str());
+    assert_eq!(result["response_payload"], json!({"y": 2}));
+    assert_eq!(result["timeout"], false);
+
+    let (status, trace) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/invocations/{invoke_id}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(trace["status"], "completed");
+    assert_eq!(dec(&trace["credits_charged"]), Decimal::from(10));
+    assert_eq!(trace["request_payload"], json!({"x": 1}));
+
+    // A second response is refused.
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/v1/invocations/respond",
+        Some(&token),
+        Some(json!({"invoke_id": invoke_id, "response_payload": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    for (body, field) in [
+        (
+            json!({"caller_instance_id": "orc-1", "target_instance_id": "spec-1", "timeout_seconds": 0}),
+            "timeout_seconds",
+        ),
+        (
+            json!({"caller_instance_id": "orc-1", "target_instance_id": "spec-1", "timeout_seconds": 301}),
+            "timeout_seconds",
+        ),
+        (
+            json!({"caller_instance_id": "orc 1", "target_instance_id": "spec-1"}),
+            "caller_instance_id",
+        ),
+    ] {
+        let (status, resp) = call(
+            &app,
+            "POST",
+            "/api/v1/invocations",
+            Some(&token),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resp}");
+        assert_eq!(resp["error"]["field"], field);
+    }
+    let (status, resp) = call(
+        &app,
+        "GET",
+        "/api/v1/invocations/inv_123",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, resp["error"]["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("invoke_id"))
+    );
+}
