@@ -176,8 +176,9 @@ async fn hundred_agents_exchange_messages_none_lost_none_twice_in_order() {
     for i in 0..AGENTS {
         ids.push(register(&env, &t, "peer", &format!("peer-{i}")).await);
     }
-    // received[to] = list of (from, seq) in arrival order
-    let received: Arc<Mutex<HashMap<String, Vec<(String, u64)>>>> = Arc::default();
+    /// Per recipient: (sender, sequence number) in arrival order.
+    type Arrivals = HashMap<String, Vec<(String, u64)>>;
+    let received: Arc<Mutex<Arrivals>> = Arc::default();
     let shutdown = CancellationToken::new();
     let mut receivers = Vec::new();
     for me in &ids {
