@@ -1,3 +1,4 @@
+DROP TABLE IF EXISTS agents.invoke_tenants;
 DROP TABLE IF EXISTS agents.invoke_audit;
 DROP TABLE IF EXISTS agents.job_cancellations;
 DROP TABLE IF EXISTS agents.jobs;

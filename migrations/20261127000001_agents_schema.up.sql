@@ -81,3 +81,11 @@ CREATE TABLE agents.invoke_audit (
 CREATE INDEX idx_invoke_audit_invoke_id ON agents.invoke_audit(invoke_id);
 CREATE INDEX idx_invoke_audit_caller ON agents.invoke_audit(caller_instance_id);
 CREATE INDEX idx_invoke_audit_job ON agents.invoke_audit(job_id);
+
+-- The seed's invoke_audit has no tenant column; this side table keeps each
+-- invocation's tenant (written in the same transaction) so queries stay per tenant.
+CREATE TABLE agents.invoke_tenants (
+    invoke_id TEXT PRIMARY KEY REFERENCES agents.invoke_audit (invoke_id) ON DELETE CASCADE,
+    tenant_id TEXT NOT NULL
+);
+CREATE INDEX idx_invoke_tenants_tenant ON agents.invoke_tenants (tenant_id);

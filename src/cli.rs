@@ -9,11 +9,13 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rust_decimal::Decimal;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ServeConfig};
+use crate::config::{Config, ServeConfig, SinkConfig};
 use crate::db;
 use crate::keys::TenantId;
-use crate::{bench, load, server};
+use crate::sink::Sink;
+use crate::{bench, load, server, verify};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,6 +49,26 @@ pub enum Command {
     Credits {
         #[command(subcommand)]
         action: CreditsAction,
+    },
+    /// Run the sink alone (mirror outboxes into Postgres), or show its lag.
+    Sink {
+        #[command(subcommand)]
+        action: Option<SinkAction>,
+        #[command(flatten)]
+        sink: SinkConfig,
+    },
+    /// Compare Redis balances, Postgres balances and the ledger; non-zero exit on any difference.
+    Verify {
+        /// Seconds to wait for the sink to catch up first.
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead letters of a tenant.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
     },
     /// Run a load test: one job, many workers, and a checked report.
     Load(LoadArgs),
@@ -98,6 +120,33 @@ pub struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SinkAction {
+    /// Mirror outboxes until stopped (the default).
+    Run,
+    /// Per tenant: events waiting, in flight, and the age of the oldest.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqAction {
+    /// List dead letters, oldest first.
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move a dead-lettered message back to its inbox (or all of them with --all).
+    Replay {
+        #[arg(long)]
+        tenant: String,
+        entry_id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -241,6 +290,83 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 BenchScenario::Jobs => bench::jobs(&bus, runs).await?,
             };
             println!("{section}");
+        }
+        Command::Sink { action, sink } => {
+            let bus = config.bus()?;
+            match action.unwrap_or(SinkAction::Run) {
+                SinkAction::Run => {
+                    let pool = config.postgres()?;
+                    let shutdown = CancellationToken::new();
+                    let stop = shutdown.clone();
+                    tokio::spawn(async move {
+                        server::wait_for_signal().await;
+                        stop.cancel();
+                    });
+                    let options = sink.options()?;
+                    tracing::info!(consumer = %options.consumer, "sink running");
+                    Sink::new(bus, pool, options).run(shutdown).await;
+                }
+                SinkAction::Status => {
+                    println!(
+                        "{:<32} {:>10} {:>10} {:>12}",
+                        "tenant", "events", "in flight", "oldest (s)"
+                    );
+                    for s in bus.outbox_status().await? {
+                        println!(
+                            "{:<32} {:>10} {:>10} {:>12.1}",
+                            s.tenant, s.events, s.in_flight, s.oldest_age_secs
+                        );
+                    }
+                }
+            }
+        }
+        Command::Verify { wait_secs, json } => {
+            let bus = config.bus()?;
+            let pool = config.postgres()?;
+            let report = verify::verify(&bus, &pool, Duration::from_secs(wait_secs)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_table());
+            }
+            if !report.ok {
+                bail!("verify found differences");
+            }
+        }
+        Command::Dlq { action } => {
+            let bus = config.bus()?;
+            match action {
+                DlqAction::List { tenant: t, limit } => {
+                    for d in bus
+                        .dead_letters(&tenant(&t)?, None, limit.clamp(1, 10_000))
+                        .await?
+                    {
+                        println!("{}", serde_json::to_string(&d)?);
+                    }
+                }
+                DlqAction::Replay {
+                    tenant: t,
+                    entry_id,
+                    all,
+                } => {
+                    let t = tenant(&t)?;
+                    let ids: Vec<String> = match (entry_id, all) {
+                        (Some(id), false) => vec![id],
+                        (None, true) => bus
+                            .dead_letters(&t, None, 10_000)
+                            .await?
+                            .into_iter()
+                            .filter(|d| d.kind == "message")
+                            .map(|d| d.entry_id)
+                            .collect(),
+                        _ => bail!("give one entry id, or --all"),
+                    };
+                    for id in ids {
+                        let new_id = bus.replay_dead_letter(&t, &id).await?;
+                        println!("replayed {id} as {new_id}");
+                    }
+                }
+            }
         }
         Command::Load(args) => {
             if !load(&config, args).await? {

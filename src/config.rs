@@ -179,6 +179,46 @@ pub struct ServeConfig {
     /// Milliseconds between passes of the reaper (stale agents, expired invocations).
     #[arg(long, env = "AGENTBUS_REAP_INTERVAL_MS", default_value_t = 5000)]
     pub reap_interval_ms: u64,
+
+    /// Do not run the sink in this process (run `agentbus sink` elsewhere).
+    #[arg(long, env = "AGENTBUS_NO_SINK")]
+    pub no_sink: bool,
+
+    #[command(flatten)]
+    pub sink: SinkConfig,
+}
+
+/// Settings of the sink (in `serve` and `agentbus sink`).
+#[derive(Args, Clone, Debug)]
+pub struct SinkConfig {
+    /// Consumer name of this sink: unique per process, stable across its restarts
+    /// (default: `sink-<hostname>-<pid>`).
+    #[arg(long, env = "AGENTBUS_SINK_CONSUMER")]
+    pub sink_consumer: Option<String>,
+
+    /// Most events written per transaction.
+    #[arg(long, env = "AGENTBUS_SINK_BATCH", default_value_t = 1000)]
+    pub sink_batch: usize,
+}
+
+impl SinkConfig {
+    pub fn options(&self) -> crate::error::Result<crate::sink::SinkOptions> {
+        let consumer = match &self.sink_consumer {
+            Some(c) => c.clone(),
+            None => {
+                let host = std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_string())
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "host".into());
+                format!("sink-{host}-{}", std::process::id())
+            }
+        };
+        crate::keys::validate_id("AGENTBUS_SINK_CONSUMER", &consumer, crate::keys::MAX_ID_LEN)?;
+        let mut options = crate::sink::SinkOptions::new(&consumer);
+        options.batch = self.sink_batch.clamp(1, 10_000);
+        Ok(options)
+    }
 }
 
 impl ServeConfig {

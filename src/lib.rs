@@ -5,6 +5,7 @@
 //! tenant's outbox; a sink mirrors those events into Postgres.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod bus;
@@ -28,7 +29,9 @@ pub mod registry;
 pub mod replies;
 pub mod scripts;
 pub mod server;
+pub mod sink;
 pub mod telemetry;
+pub mod verify;
 
 pub use bus::{AgentBus, Limits};
 pub use error::{Error, Result};

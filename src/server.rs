@@ -1,4 +1,5 @@
-//! `agentbus serve`: the HTTP API plus the background tasks (reclaimer, reaper),
+//! `agentbus serve`: the HTTP API plus the background tasks (reclaimer,
+//! reaper, sink),
 //! with graceful shutdown on SIGINT/SIGTERM.
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use crate::config::{Config, ServeConfig};
 use crate::error::{Error, Result};
 use crate::jobs::reclaim;
 use crate::reaper;
+use crate::sink::Sink;
 
 pub async fn serve(config: &Config, serve: &ServeConfig) -> Result<()> {
     let bus = config.bus()?;
@@ -31,6 +33,12 @@ pub async fn serve(config: &Config, serve: &ServeConfig) -> Result<()> {
         Duration::from_millis(serve.reap_interval_ms.max(10)),
         shutdown.clone(),
     ));
+    let sink = if serve.no_sink {
+        None
+    } else {
+        let sink = Sink::new(bus.clone(), state.db.clone(), serve.sink.options()?);
+        Some(tokio::spawn(sink.run(shutdown.clone())))
+    };
 
     let listener = tokio::net::TcpListener::bind(serve.bind)
         .await
@@ -53,6 +61,9 @@ pub async fn serve(config: &Config, serve: &ServeConfig) -> Result<()> {
         })?;
     shutdown.cancel();
     let _ = tokio::join!(reclaimer, reaper);
+    if let Some(sink) = sink {
+        let _ = sink.await;
+    }
     Ok(())
 }
 

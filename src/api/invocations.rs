@@ -2,11 +2,14 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde::Deserialize;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::extract::ApiJson;
-use super::{ApiResult, AppState, Tenant};
+use super::extract::{ApiJson, Params, path_uuid};
+use super::{ApiError, ApiResult, AppState, Tenant};
+use crate::audit::{self, AuditFilter};
+use crate::error::Error;
 use crate::invoke::{Invocation, InvokeRequest, InvokeResult};
 use crate::keys::Ident;
 
@@ -54,10 +57,69 @@ pub async fn respond(
     })))
 }
 
+/// Live state from Redis while it is there, else the audit row in Postgres.
 pub async fn get_one(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(invoke_id): Path<String>,
 ) -> ApiResult<Json<Invocation>> {
-    Ok(Json(state.bus.invocation(&tenant, &invoke_id).await?))
+    match state.bus.invocation(&tenant, &invoke_id).await {
+        Err(Error::NotFound(_)) => Ok(Json(
+            audit::invocation(&state.db, &tenant, &invoke_id).await?,
+        )),
+        other => Ok(Json(other?)),
+    }
+}
+
+#[derive(Serialize)]
+pub struct InvocationPage {
+    invocations: Vec<Invocation>,
+    count: usize,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    params: Params,
+) -> ApiResult<Json<InvocationPage>> {
+    let status = params.text("status").map(str::to_string);
+    if let Some(s) = &status
+        && !["pending", "completed", "timeout", "failed"].contains(&s.as_str())
+    {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "status",
+            "one of pending, completed, timeout, failed",
+        ));
+    }
+    let filter = AuditFilter {
+        job_id: params
+            .text("job_id")
+            .map(|j| path_uuid("job_id", j))
+            .transpose()?,
+        caller: params
+            .text("caller")
+            .map(|c| Ident::new("caller", c).map(|i| i.to_string()))
+            .transpose()?,
+        status,
+    };
+    let limit = params.number("limit", 50i64, 1, 500)?;
+    let offset = params.number("offset", 0i64, 0, 10_000_000)?;
+    let invocations = audit::list(&state.db, &tenant, &filter, limit, offset).await?;
+    Ok(Json(InvocationPage {
+        count: invocations.len(),
+        invocations,
+    }))
+}
+
+pub async fn stats(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    params: Params,
+) -> ApiResult<Json<Value>> {
+    let since_hours = params.number("since_hours", 24i64, 1, 24 * 365)?;
+    let by_status = audit::stats(&state.db, &tenant, since_hours).await?;
+    Ok(Json(
+        serde_json::json!({ "since_hours": since_hours, "by_status": by_status }),
+    ))
 }

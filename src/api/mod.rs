@@ -90,7 +90,11 @@ pub fn router(state: AppState) -> Router {
             "/agents/{instance_id}/messages/{message_id}/read",
             post(agents::read),
         )
-        .route("/invocations", post(invocations::invoke))
+        .route(
+            "/invocations",
+            post(invocations::invoke).get(invocations::list),
+        )
+        .route("/invocations/stats", get(invocations::stats))
         .route("/invocations/respond", post(invocations::respond))
         .route("/invocations/{invoke_id}", get(invocations::get_one));
     Router::new()

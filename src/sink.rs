@@ -1,0 +1,809 @@
+//! The sink: mirrors every tenant's outbox into Postgres, durably and
+//! idempotently.
+//!
+//! It reads each outbox through the consumer group `sink` (its own pending
+//! entries first), writes a batch in one transaction — ledger rows inserted
+//! `ON CONFLICT (event_id) DO NOTHING` with the balance deltas of only the
+//! rows actually inserted, cancellations, invoke audit rows (an upsert that
+//! converges whatever the order or repetition of events) and job summaries —
+//! commits, then acknowledges and deletes the entries. A crash anywhere
+//! before the acknowledgement means the batch is read again and written
+//! again to no effect. Postgres being down means waiting, not dropping. An
+//! event that can never be written goes to the dead-letter stream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use redis::Value;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::AgentBus;
+use crate::codec::{self, StreamEntry};
+use crate::error::{Error, Result};
+use crate::keys::TenantId;
+use crate::money::from_minor;
+
+pub const GROUP: &str = "sink";
+/// Entries another sink has held this long without acknowledging are taken over.
+const TAKEOVER_IDLE: Duration = Duration::from_secs(30);
+
+/// Points in a batch where tests inject a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkStage {
+    /// Entries read, nothing written.
+    Read,
+    /// Rows written inside the open transaction, not committed.
+    Written,
+    /// Committed, not yet acknowledged in Redis.
+    Committed,
+}
+
+pub type SinkHook = Arc<dyn Fn(SinkStage) -> BoxFuture<'static, ()> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct SinkOptions {
+    /// Consumer name: unique per sink process, stable across its restarts.
+    pub consumer: String,
+    pub batch: usize,
+    /// Pause when every outbox is empty.
+    pub idle_sleep: Duration,
+    pub hook: Option<SinkHook>,
+}
+
+impl SinkOptions {
+    pub fn new(consumer: &str) -> Self {
+        Self {
+            consumer: consumer.to_string(),
+            batch: 1000,
+            idle_sleep: Duration::from_millis(20),
+            hook: None,
+        }
+    }
+}
+
+/// One outbox event, parsed.
+#[derive(Clone, Debug)]
+enum Event {
+    Ledger(LedgerRow),
+    Cancel(CancelRow),
+    Job(JobRow),
+    Invoke(InvokeRow),
+}
+
+#[derive(Clone, Debug)]
+struct LedgerRow {
+    event_id: String,
+    job_id: String,
+    operation: String,
+    skill: String,
+    amount: Decimal,
+    context: String,
+    ts: i64,
+}
+
+#[derive(Clone, Debug)]
+struct CancelRow {
+    event_id: String,
+    job_id: String,
+    cancelled_by: String,
+    reason: String,
+    items_completed: i32,
+    items_cancelled: i32,
+    refunded: Decimal,
+    ts: i64,
+}
+
+#[derive(Clone, Debug)]
+struct JobRow {
+    job_id: String,
+    orchestrator: String,
+    worker_agent: String,
+    task: String,
+    config: String,
+    status: String,
+    total: i32,
+    completed: i32,
+    failed: i32,
+    reserved: Decimal,
+    spent: Decimal,
+    refunded: Decimal,
+    created_at: i64,
+    started_at: Option<i64>,
+    completed_at: Option<i64>,
+    ts: i64,
+}
+
+#[derive(Clone, Debug)]
+struct InvokeRow {
+    invoke_id: String,
+    caller: String,
+    target: String,
+    job_id: String,
+    request: String,
+    response: Option<String>,
+    status: String,
+    credits_charged: Option<Decimal>,
+    started_at: i64,
+    completed_at: Option<i64>,
+    duration_ms: Option<i32>,
+    error: Option<String>,
+}
+
+fn status_rank(status: &str) -> u8 {
+    match status {
+        "pending" => 0,
+        "running" => 1,
+        _ => 2,
+    }
+}
+
+impl JobRow {
+    /// Keeps the later of two summaries of one job: a final status beats a
+    /// running one; otherwise the newer event wins.
+    fn merge(self, other: JobRow) -> JobRow {
+        let key = |r: &JobRow| (status_rank(&r.status), r.ts);
+        if key(&other) >= key(&self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl InvokeRow {
+    /// Start and end events of one invocation converge to the same row.
+    fn merge(mut self, other: InvokeRow) -> InvokeRow {
+        if self.status == "pending" {
+            self.status = other.status.clone();
+        }
+        self.response = self.response.or(other.response);
+        self.credits_charged = self.credits_charged.or(other.credits_charged);
+        self.completed_at = self.completed_at.or(other.completed_at);
+        self.duration_ms = self.duration_ms.or(other.duration_ms);
+        self.error = self.error.or(other.error);
+        self
+    }
+}
+
+fn need<'a>(e: &'a StreamEntry, field: &str) -> Result<&'a str> {
+    e.text(field)
+        .ok_or_else(|| Error::Codec(format!("event {} lacks {field}", e.id)))
+}
+
+fn need_int(e: &StreamEntry, field: &str) -> Result<i64> {
+    need(e, field)?
+        .parse()
+        .map_err(|_| Error::Codec(format!("event {}: {field} is not an integer", e.id)))
+}
+
+fn opt_int(e: &StreamEntry, field: &str) -> Option<i64> {
+    e.int(field)
+}
+
+fn small(e: &StreamEntry, field: &str) -> Result<i32> {
+    i32::try_from(need_int(e, field)?)
+        .map_err(|_| Error::Codec(format!("event {}: {field} out of range", e.id)))
+}
+
+/// MessagePack payload to JSON text; empty means none.
+fn json_text(bytes: Option<&[u8]>) -> Result<Option<String>> {
+    match bytes {
+        None | Some([]) => Ok(None),
+        Some(b) => {
+            let mut v = codec::decode_json(b)?;
+            // Lua packs an empty table as an array; a context is an object.
+            if v.as_array().is_some_and(Vec::is_empty) {
+                v = serde_json::json!({});
+            }
+            Ok(Some(
+                serde_json::to_string(&v).map_err(|e| Error::Codec(e.to_string()))?,
+            ))
+        }
+    }
+}
+
+fn parse_event(e: &StreamEntry) -> Result<Event> {
+    let kind = need(e, "type")?;
+    let event_id = need(e, "id")?.to_string();
+    let ts = need_int(e, "ts")?;
+    Ok(match kind {
+        "ledger" => Event::Ledger(LedgerRow {
+            event_id,
+            job_id: e.text("job").unwrap_or_default().to_string(),
+            operation: need(e, "op")?.to_string(),
+            skill: need(e, "skill")?.to_string(),
+            amount: from_minor(need_int(e, "amount")?),
+            context: json_text(e.get("ctx"))?.unwrap_or_else(|| "{}".into()),
+            ts,
+        }),
+        "cancel" => Event::Cancel(CancelRow {
+            event_id,
+            job_id: need(e, "job")?.to_string(),
+            cancelled_by: e.text("cancelled_by").unwrap_or_default().to_string(),
+            reason: e.text("reason").unwrap_or_default().to_string(),
+            items_completed: small(e, "items_completed")?,
+            items_cancelled: small(e, "items_cancelled")?,
+            refunded: from_minor(need_int(e, "refunded")?),
+            ts,
+        }),
+        "job" => {
+            let config = serde_json::json!({
+                "parallelism": opt_int(e, "parallelism"),
+                "timeout_per_item": opt_int(e, "timeout_ms").map(|ms| ms / 1000),
+                "max_retries": opt_int(e, "max_retries"),
+                "credits_per_item": opt_int(e, "item_cost").map(from_minor),
+                "retried": opt_int(e, "retried"),
+                "cancelled_by": e.text("cancelled_by"),
+                "cancel_reason": e.text("cancel_reason"),
+            });
+            Event::Job(JobRow {
+                job_id: need(e, "job")?.to_string(),
+                orchestrator: e.text("orchestrator").unwrap_or_default().to_string(),
+                worker_agent: e.text("worker_agent").unwrap_or_default().to_string(),
+                task: need(e, "task")?.to_string(),
+                config: config.to_string(),
+                status: need(e, "status")?.to_string(),
+                total: small(e, "total")?,
+                completed: small(e, "completed")?,
+                failed: small(e, "failed")?,
+                reserved: from_minor(need_int(e, "reserved")?),
+                spent: from_minor(need_int(e, "spent")?),
+                refunded: from_minor(need_int(e, "refunded")?),
+                created_at: need_int(e, "created_at")?,
+                started_at: opt_int(e, "started_at"),
+                completed_at: opt_int(e, "completed_at"),
+                ts,
+            })
+        }
+        "invoke_start" | "invoke_end" => Event::Invoke(InvokeRow {
+            invoke_id: need(e, "invoke_id")?.to_string(),
+            caller: need(e, "caller")?.to_string(),
+            target: need(e, "target")?.to_string(),
+            job_id: e.text("job").unwrap_or_default().to_string(),
+            request: json_text(e.get("request"))?.unwrap_or_else(|| "null".into()),
+            response: json_text(e.get("response"))?,
+            status: need(e, "status")?.to_string(),
+            credits_charged: opt_int(e, "credits_charged").map(from_minor),
+            started_at: need_int(e, "started_at")?,
+            completed_at: opt_int(e, "completed_at"),
+            duration_ms: opt_int(e, "duration_ms").and_then(|d| i32::try_from(d).ok()),
+            error: e
+                .text("error")
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        }),
+        other => {
+            return Err(Error::Codec(format!(
+                "event {} has unknown type {other:?}",
+                e.id
+            )));
+        }
+    })
+}
+
+/// Rows of one batch, folded so each key appears once.
+#[derive(Default)]
+struct Batch {
+    ledger: Vec<LedgerRow>,
+    cancels: Vec<CancelRow>,
+    jobs: HashMap<String, JobRow>,
+    invokes: HashMap<String, InvokeRow>,
+}
+
+impl Batch {
+    fn add(&mut self, event: Event) {
+        match event {
+            Event::Ledger(r) => self.ledger.push(r),
+            Event::Cancel(r) => self.cancels.push(r),
+            Event::Job(r) => {
+                let merged = match self.jobs.remove(&r.job_id) {
+                    Some(prev) => prev.merge(r),
+                    None => r,
+                };
+                self.jobs.insert(merged.job_id.clone(), merged);
+            }
+            Event::Invoke(r) => {
+                let merged = match self.invokes.remove(&r.invoke_id) {
+                    Some(prev) => prev.merge(r),
+                    None => r,
+                };
+                self.invokes.insert(merged.invoke_id.clone(), merged);
+            }
+        }
+    }
+}
+
+/// What one batch wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Written {
+    pub events: usize,
+    pub ledger_rows: i64,
+    pub dead_lettered: usize,
+}
+
+async fn write_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    b: &Batch,
+) -> std::result::Result<i64, sqlx::Error> {
+    let mut inserted = 0;
+    if !b.ledger.is_empty() {
+        let col = |f: fn(&LedgerRow) -> String| b.ledger.iter().map(f).collect::<Vec<_>>();
+        inserted = sqlx::query_scalar::<_, i64>(
+            "WITH ins AS (
+                INSERT INTO agents.credit_ledger
+                    (event_id, tenant_id, job_id, operation, skill, amount, context, created_at)
+                SELECT e, $1, NULLIF(j, '')::uuid, o, s, a, c::jsonb, to_timestamp(ts / 1000.0)
+                  FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::bigint[])
+                       AS u(e, j, o, s, a, c, ts)
+                ON CONFLICT (event_id) DO NOTHING
+                RETURNING operation, amount
+             ), d AS (
+                SELECT COALESCE(SUM(CASE WHEN operation = 'grant' THEN amount ELSE 0 END), 0) AS total,
+                       COALESCE(SUM(CASE operation WHEN 'reserve' THEN amount
+                                                   WHEN 'spend' THEN -amount
+                                                   WHEN 'refund' THEN -amount ELSE 0 END), 0) AS reserved,
+                       COALESCE(SUM(CASE WHEN operation IN ('spend', 'charge') THEN amount ELSE 0 END), 0) AS spent,
+                       COUNT(*) AS n
+                  FROM ins
+             ), bal AS (
+                INSERT INTO agents.credit_balances (tenant_id, total_credits, reserved_credits, spent_credits)
+                SELECT $1, total, reserved, spent FROM d WHERE n > 0
+                ON CONFLICT (tenant_id) DO UPDATE SET
+                    total_credits = agents.credit_balances.total_credits + excluded.total_credits,
+                    reserved_credits = agents.credit_balances.reserved_credits + excluded.reserved_credits,
+                    spent_credits = agents.credit_balances.spent_credits + excluded.spent_credits,
+                    updated_at = now()
+             )
+             SELECT n FROM d",
+        )
+        .bind(tenant)
+        .bind(col(|r| r.event_id.clone()))
+        .bind(col(|r| r.job_id.clone()))
+        .bind(col(|r| r.operation.clone()))
+        .bind(col(|r| r.skill.clone()))
+        .bind(b.ledger.iter().map(|r| r.amount).collect::<Vec<_>>())
+        .bind(col(|r| r.context.clone()))
+        .bind(b.ledger.iter().map(|r| r.ts).collect::<Vec<_>>())
+        .fetch_one(&mut **tx)
+        .await?;
+    }
+    if !b.cancels.is_empty() {
+        let c = &b.cancels;
+        sqlx::query(
+            "INSERT INTO agents.job_cancellations
+                (event_id, job_id, tenant_id, cancelled_by, reason, items_completed, items_cancelled,
+                 credits_refunded, cancelled_at)
+             SELECT e, j::uuid, $1, b, r, ic, ix, cr, to_timestamp(ts / 1000.0)
+               FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[], $8::numeric[], $9::bigint[])
+                    AS u(e, j, b, r, ic, ix, cr, ts)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(c.iter().map(|r| r.event_id.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.job_id.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.cancelled_by.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.items_completed).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.items_cancelled).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.refunded).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.ts).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !b.jobs.is_empty() {
+        let j: Vec<&JobRow> = b.jobs.values().collect();
+        sqlx::query(
+            "INSERT INTO agents.jobs
+                (id, tenant_id, orchestrator_instance_id, worker_agent, task, config, status, total_items,
+                 completed_items, failed_items, credits_reserved, credits_spent, credits_refunded,
+                 created_at, started_at, completed_at, updated_at)
+             SELECT id::uuid, $1, o, w, t, c::jsonb, s, tot, comp, f, res, sp, ref,
+                    to_timestamp(ca / 1000.0), to_timestamp(sa / 1000.0), to_timestamp(fa / 1000.0),
+                    to_timestamp(ts / 1000.0)
+               FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
+                           $9::int[], $10::int[], $11::numeric[], $12::numeric[], $13::numeric[],
+                           $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[])
+                    AS u(id, o, w, t, c, s, tot, comp, f, res, sp, ref, ca, sa, fa, ts)
+             ON CONFLICT (id) DO UPDATE SET
+                status = excluded.status, config = excluded.config,
+                completed_items = excluded.completed_items, failed_items = excluded.failed_items,
+                credits_reserved = excluded.credits_reserved, credits_spent = excluded.credits_spent,
+                credits_refunded = excluded.credits_refunded, started_at = excluded.started_at,
+                completed_at = excluded.completed_at, updated_at = excluded.updated_at
+             WHERE (CASE agents.jobs.status WHEN 'pending' THEN 0 WHEN 'running' THEN 1 ELSE 2 END,
+                    agents.jobs.updated_at)
+                <= (CASE excluded.status WHEN 'pending' THEN 0 WHEN 'running' THEN 1 ELSE 2 END,
+                    excluded.updated_at)",
+        )
+        .bind(tenant)
+        .bind(j.iter().map(|r| r.job_id.clone()).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.orchestrator.clone()).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.worker_agent.clone()).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.task.clone()).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.config.clone()).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.total).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.completed).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.failed).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.reserved).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.spent).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.refunded).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.started_at).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.completed_at).collect::<Vec<_>>())
+        .bind(j.iter().map(|r| r.ts).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !b.invokes.is_empty() {
+        let v: Vec<&InvokeRow> = b.invokes.values().collect();
+        sqlx::query(
+            "INSERT INTO agents.invoke_audit
+                (invoke_id, caller_instance_id, target_instance_id, job_id, request_payload, response_payload,
+                 status, credits_charged, started_at, completed_at, duration_ms, error_message)
+             SELECT i, c, t, NULLIF(j, '')::uuid, rq::jsonb, rs::jsonb, s, cc,
+                    to_timestamp(sa / 1000.0), to_timestamp(ca / 1000.0), d, err
+               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                           $8::numeric[], $9::bigint[], $10::bigint[], $11::int[], $12::text[])
+                    AS u(i, c, t, j, rq, rs, s, cc, sa, ca, d, err)
+             ON CONFLICT (invoke_id) DO UPDATE SET
+                status = CASE WHEN agents.invoke_audit.status = 'pending' THEN excluded.status
+                              ELSE agents.invoke_audit.status END,
+                response_payload = COALESCE(agents.invoke_audit.response_payload, excluded.response_payload),
+                credits_charged = COALESCE(agents.invoke_audit.credits_charged, excluded.credits_charged),
+                completed_at = COALESCE(agents.invoke_audit.completed_at, excluded.completed_at),
+                duration_ms = COALESCE(agents.invoke_audit.duration_ms, excluded.duration_ms),
+                error_message = COALESCE(agents.invoke_audit.error_message, excluded.error_message)",
+        )
+        .bind(v.iter().map(|r| r.invoke_id.clone()).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.caller.clone()).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.target.clone()).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.job_id.clone()).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.request.clone()).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.response.clone()).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.credits_charged).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.started_at).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.completed_at).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO agents.invoke_tenants (invoke_id, tenant_id)
+             SELECT i, $1 FROM UNNEST($2::text[]) AS u(i)
+             ON CONFLICT (invoke_id) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(v.iter().map(|r| r.invoke_id.clone()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(inserted)
+}
+
+/// Errors the data itself causes (bad value, constraint): retrying the same
+/// rows cannot help, so they are isolated and dead-lettered.
+fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        _ => false,
+    }
+}
+
+/// The sink of one process.
+pub struct Sink {
+    bus: AgentBus,
+    pool: PgPool,
+    options: SinkOptions,
+}
+
+impl Sink {
+    pub fn new(bus: AgentBus, pool: PgPool, options: SinkOptions) -> Self {
+        Self { bus, pool, options }
+    }
+
+    async fn hook(&self, stage: SinkStage) {
+        if let Some(h) = &self.options.hook {
+            h(stage).await;
+        }
+    }
+
+    async fn ensure_group(&self, tenant: &TenantId) -> Result<()> {
+        let mut conn = self.bus.redis().conn().await?;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.bus.keys(tenant).outbox())
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn read(&self, tenant: &TenantId, id: &str) -> Result<Vec<StreamEntry>> {
+        let mut conn = self.bus.redis().conn().await?;
+        let value: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.options.consumer)
+            .arg("COUNT")
+            .arg(self.options.batch)
+            .arg("STREAMS")
+            .arg(self.bus.keys(tenant).outbox())
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        StreamEntry::from_read_reply(&value)
+    }
+
+    /// Takes over entries another sink consumer left unacknowledged.
+    async fn take_over(&self, tenant: &TenantId) -> Result<()> {
+        let mut conn = self.bus.redis().conn().await?;
+        let _: Value = redis::cmd("XAUTOCLAIM")
+            .arg(self.bus.keys(tenant).outbox())
+            .arg(GROUP)
+            .arg(&self.options.consumer)
+            .arg(TAKEOVER_IDLE.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(self.options.batch)
+            .arg("JUSTID")
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Mirrors one batch of `tenant`'s outbox (own pending entries first).
+    /// Returns what it wrote; `events == 0` means the outbox is drained.
+    pub async fn drain_once(&self, tenant: &TenantId) -> Result<Written> {
+        self.ensure_group(tenant).await?;
+        let mut entries = self.read(tenant, "0").await?;
+        // Pending entries whose data is gone cannot be mirrored: just release them.
+        let (gone, kept): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.fields.is_empty());
+        if !gone.is_empty() {
+            self.ack(tenant, &gone).await?;
+        }
+        entries = kept;
+        if entries.is_empty() {
+            entries = self.read(tenant, ">").await?;
+        }
+        if entries.is_empty() {
+            return Ok(Written::default());
+        }
+        self.hook(SinkStage::Read).await;
+
+        let mut batch = Batch::default();
+        let mut poison: Vec<(StreamEntry, String)> = Vec::new();
+        for e in &entries {
+            match parse_event(e) {
+                Ok(ev) => batch.add(ev),
+                Err(err) => poison.push((e.clone(), err.to_string())),
+            }
+        }
+        let ledger_rows = match self.write(tenant, &batch).await {
+            Ok(n) => n,
+            Err(Error::Postgres(e)) if is_data_error(&e) => {
+                // Find the events Postgres refuses, one by one; write the rest.
+                let (n, refused) = self.write_one_by_one(tenant, &entries, &poison).await?;
+                poison.extend(refused);
+                n
+            }
+            Err(e) => return Err(e),
+        };
+        self.hook(SinkStage::Committed).await;
+        if !poison.is_empty() {
+            self.dead_letter(tenant, &poison).await?;
+        }
+        self.ack(tenant, &entries).await?;
+        Ok(Written {
+            events: entries.len(),
+            ledger_rows,
+            dead_lettered: poison.len(),
+        })
+    }
+
+    async fn write(&self, tenant: &TenantId, batch: &Batch) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let n = write_batch(&mut tx, tenant.as_str(), batch).await?;
+        self.hook(SinkStage::Written).await;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn write_one_by_one(
+        &self,
+        tenant: &TenantId,
+        entries: &[StreamEntry],
+        already_poison: &[(StreamEntry, String)],
+    ) -> Result<(i64, Vec<(StreamEntry, String)>)> {
+        let mut written = 0;
+        let mut refused = Vec::new();
+        for e in entries {
+            if already_poison.iter().any(|(p, _)| p.id == e.id) {
+                continue;
+            }
+            let Ok(event) = parse_event(e) else { continue };
+            let mut batch = Batch::default();
+            batch.add(event);
+            match self.write(tenant, &batch).await {
+                Ok(n) => written += n,
+                Err(Error::Postgres(err)) if is_data_error(&err) => {
+                    refused.push((e.clone(), err.to_string()))
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok((written, refused))
+    }
+
+    async fn dead_letter(&self, tenant: &TenantId, poison: &[(StreamEntry, String)]) -> Result<()> {
+        let keys = self.bus.keys(tenant);
+        let mut pipe = redis::pipe();
+        for (e, reason) in poison {
+            tracing::error!(tenant = %tenant, entry = %e.id, %reason, "sink: event dead-lettered");
+            let cmd = pipe.cmd("XADD").arg(keys.dlq()).arg("*");
+            cmd.arg("type")
+                .arg("event")
+                .arg("stream")
+                .arg(keys.outbox())
+                .arg("entry")
+                .arg(&e.id);
+            cmd.arg("reason")
+                .arg(reason)
+                .arg("ts")
+                .arg(chrono::Utc::now().timestamp_millis());
+            for (k, v) in &e.fields {
+                cmd.arg(format!("m.{k}")).arg(v.as_slice());
+            }
+        }
+        let mut conn = self.bus.redis().conn().await?;
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn ack(&self, tenant: &TenantId, entries: &[StreamEntry]) -> Result<()> {
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let outbox = self.bus.keys(tenant).outbox();
+        let mut conn = self.bus.redis().conn().await?;
+        redis::pipe()
+            .cmd("XACK")
+            .arg(&outbox)
+            .arg(GROUP)
+            .arg(&ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&outbox)
+            .arg(&ids)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs until `shutdown`: every tenant, batch after batch, backing off
+    /// while Postgres or Redis fail.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        let mut last_takeover = Instant::now() - TAKEOVER_IDLE;
+        while !shutdown.is_cancelled() {
+            let tenants = match self.bus.tenants().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sink: cannot list tenants");
+                    sleep_or_stop(&shutdown, backoff).await;
+                    continue;
+                }
+            };
+            let takeover = last_takeover.elapsed() >= TAKEOVER_IDLE / 2;
+            let mut busy = false;
+            let mut failed = false;
+            for tenant in &tenants {
+                if takeover && let Err(e) = self.take_over(tenant).await {
+                    tracing::warn!(error = %e, "sink: takeover failed");
+                }
+                match self.drain_once(tenant).await {
+                    Ok(w) => busy |= w.events > 0,
+                    Err(e) => {
+                        tracing::warn!(tenant = %tenant, error = %e, "sink: batch failed; will retry");
+                        failed = true;
+                    }
+                }
+            }
+            if takeover {
+                last_takeover = Instant::now();
+            }
+            if failed {
+                sleep_or_stop(&shutdown, backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            } else {
+                backoff = Duration::from_millis(100);
+                if !busy {
+                    sleep_or_stop(&shutdown, self.options.idle_sleep).await;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+/// The state of one tenant's outbox, for `agentbus sink status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutboxStatus {
+    pub tenant: String,
+    /// Events in the outbox (not yet mirrored and deleted).
+    pub events: u64,
+    /// Events delivered to a sink and not yet acknowledged.
+    pub in_flight: u64,
+    /// Age of the oldest event, in seconds.
+    pub oldest_age_secs: f64,
+}
+
+impl AgentBus {
+    pub async fn outbox_status(&self) -> Result<Vec<OutboxStatus>> {
+        let mut out = Vec::new();
+        let now = chrono::Utc::now().timestamp_millis();
+        for tenant in self.tenants().await? {
+            let outbox = self.keys(&tenant).outbox();
+            let mut conn = self.redis().conn().await?;
+            let (len, first): (u64, Value) = redis::pipe()
+                .cmd("XLEN")
+                .arg(&outbox)
+                .cmd("XRANGE")
+                .arg(&outbox)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await?;
+            let in_flight: u64 = match redis::cmd("XPENDING")
+                .arg(&outbox)
+                .arg(GROUP)
+                .query_async::<Value>(&mut conn)
+                .await
+            {
+                Ok(Value::Array(v)) => match v.first() {
+                    Some(Value::Int(n)) => *n as u64,
+                    _ => 0,
+                },
+                _ => 0,
+            };
+            let oldest = match first {
+                Value::Array(items) if !items.is_empty() => StreamEntry::from_value(&items[0])?
+                    .id
+                    .split('-')
+                    .next()
+                    .and_then(|ms| ms.parse::<i64>().ok()),
+                _ => None,
+            };
+            out.push(OutboxStatus {
+                tenant: tenant.to_string(),
+                events: len,
+                in_flight,
+                oldest_age_secs: oldest
+                    .map(|ms| (now - ms).max(0) as f64 / 1000.0)
+                    .unwrap_or(0.0),
+            });
+        }
+        Ok(out)
+    }
+}
