@@ -38,5 +38,5 @@ for _, entry in ipairs(r[2]) do
     end
   end
 end
-if not (failed > 0 and finish_if_done(ts)) then trim_acked() end
+if not (failed > 0 and finish_if_done(ts)) then trim_acked(K_ITEMS, GROUP) end
 return {'ok', requeued, failed}

@@ -3,11 +3,24 @@
 //! section with the medians, ready for `bench/RESULTS.md`.
 
 use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::bus::AgentBus;
-use crate::error::Result;
-use crate::keys::TenantId;
-use crate::load::{self, LoadOptions};
+use crate::credits::CreditOp;
+use crate::error::{Error, Result};
+use crate::invoke::InvokeRequest;
+use crate::jobs::worker::new_latency_histogram;
+use crate::keys::{Ident, TenantId};
+use crate::load::{self, LoadOptions, Percentiles};
+use crate::messages::OutgoingMessage;
+use crate::registry::Registration;
+use crate::sink::{Sink, SinkOptions};
 
 /// Median of a list of numbers (0 for an empty list).
 pub fn median(values: &mut [f64]) -> f64 {
@@ -105,6 +118,344 @@ pub async fn jobs(bus: &AgentBus, runs: usize) -> Result<String> {
          recorded its completion."
     );
     Ok(out)
+}
+
+fn record(h: &Mutex<Histogram<u64>>, micros: u64) {
+    if let Ok(mut h) = h.lock() {
+        let _ = h.record(micros.max(1));
+    }
+}
+
+fn histogram_of(h: &Mutex<Histogram<u64>>) -> Histogram<u64> {
+    h.lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| new_latency_histogram())
+}
+
+async fn register(bus: &AgentBus, tenant: &TenantId, instance: &str) -> Result<Ident> {
+    let reg = Registration::new("bench")?.instance(instance)?;
+    let inst = bus.register_agent(tenant, &reg).await?;
+    Ident::new("instance_id", inst.instance_id)
+}
+
+/// One-way message latency: `agents` agents, each receiving on its own
+/// connection, sent `rate` messages/s in total for `secs` seconds.
+pub async fn messages(
+    bus: &AgentBus,
+    agents: usize,
+    rate: u64,
+    secs: u64,
+    runs: usize,
+) -> Result<String> {
+    let (mut p50, mut p95, mut p99, mut achieved) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let tenant = fresh_tenant("msg")?;
+        let total = rate * secs;
+        bus.grant_credits(
+            &tenant,
+            crate::money::from_minor(bus.prices().agent_message * total as i64 + 100),
+            serde_json::json!({}),
+        )
+        .await?;
+        let mut ids = Vec::new();
+        for i in 0..agents {
+            ids.push(register(bus, &tenant, &format!("agent-{i}")).await?);
+        }
+        let started = Instant::now();
+        let latency = Arc::new(Mutex::new(new_latency_histogram()));
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let shutdown = CancellationToken::new();
+        let mut receivers = Vec::new();
+        for me in &ids {
+            let (latency, received) = (latency.clone(), received.clone());
+            let rx = bus.receiver(&tenant, me);
+            receivers.push(tokio::spawn(rx.run(shutdown.clone(), move |m| {
+                let sent = m.payload["t"].as_u64().unwrap_or(0);
+                record(
+                    &latency,
+                    (started.elapsed().as_micros() as u64).saturating_sub(sent),
+                );
+                received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async { Ok(()) }
+            })));
+        }
+        // Steady pacing: message n leaves at n / rate seconds.
+        let send_started = Instant::now();
+        futures::stream::iter(0..total)
+            .map(|n| {
+                let (bus, tenant, ids) = (bus.clone(), tenant.clone(), ids.clone());
+                async move {
+                    let due = Duration::from_secs_f64(n as f64 / rate as f64);
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(send_started + due))
+                        .await;
+                    let from = &ids[n as usize % ids.len()];
+                    let to = &ids[(n as usize * 7 + 1) % ids.len()];
+                    let t = started.elapsed().as_micros() as u64;
+                    let msg =
+                        OutgoingMessage::new(from, to, "request", serde_json::json!({ "t": t }));
+                    bus.send_message(&tenant, &msg).await.map(|_| ())
+                }
+            })
+            .buffer_unordered(256)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        let send_secs = send_started.elapsed().as_secs_f64();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while received.load(std::sync::atomic::Ordering::Relaxed) < total
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        for r in receivers {
+            r.await.map_err(|e| Error::protocol(e.to_string()))??;
+        }
+        let got = received.load(std::sync::atomic::Ordering::Relaxed);
+        if got != total {
+            return Err(Error::protocol(format!(
+                "{got} of {total} messages received"
+            )));
+        }
+        let p = Percentiles::of(&histogram_of(&latency));
+        p50.push(p.p50_ms);
+        p95.push(p.p95_ms);
+        p99.push(p.p99_ms);
+        achieved.push(total as f64 / send_secs);
+    }
+    Ok(format!(
+        "### Messages: one-way latency, {agents} agents, {rate} msg/s for {secs} s (median of {runs} runs)\n\n\
+         | sent msg/s | p50 | p95 | p99 | command |\n|---|---|---|---|---|\n\
+         | {:.0} | {:.3} ms | {:.3} ms | {:.3} ms | `agentbus bench messages --agents {agents} --rate {rate} --secs {secs}` |\n\n\
+         From the send call (a Lua call that charges the message and appends it) to the \
+         recipient's handler, each recipient blocked in XREADGROUP on its own connection; \
+         every message is acknowledged after its handler.\n",
+        median(&mut achieved),
+        median(&mut p50),
+        median(&mut p95),
+        median(&mut p99),
+    ))
+}
+
+/// Invoke round trip: callers invoke a target that answers at once.
+pub async fn invoke(
+    bus: &AgentBus,
+    calls: usize,
+    concurrency: usize,
+    runs: usize,
+) -> Result<String> {
+    let (mut p50, mut p95, mut p99, mut rate) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let tenant = fresh_tenant("inv")?;
+        bus.grant_credits(
+            &tenant,
+            crate::money::from_minor(bus.prices().agent_invoke * calls as i64 + 100),
+            serde_json::json!({}),
+        )
+        .await?;
+        let caller = register(bus, &tenant, "caller").await?;
+        let target = register(bus, &tenant, "target").await?;
+        let shutdown = CancellationToken::new();
+        let responder = {
+            let (bus2, tenant2, target2) = (bus.clone(), tenant.clone(), target.clone());
+            let rx = bus.receiver(&tenant, &target);
+            tokio::spawn(rx.run(shutdown.clone(), move |m| {
+                let (bus, tenant, target) = (bus2.clone(), tenant2.clone(), target2.clone());
+                async move {
+                    if let Some(id) = m.invoke_id {
+                        bus.respond(&tenant, &id, &m.payload, None, Some(&target))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                }
+            }))
+        };
+        let latency = Arc::new(Mutex::new(new_latency_histogram()));
+        let started = Instant::now();
+        futures::stream::iter(0..calls)
+            .map(|i| {
+                let (bus, tenant, caller, target, latency) = (
+                    bus.clone(),
+                    tenant.clone(),
+                    caller.clone(),
+                    target.clone(),
+                    latency.clone(),
+                );
+                async move {
+                    let t0 = Instant::now();
+                    let r = bus
+                        .invoke(
+                            &tenant,
+                            &InvokeRequest::new(&caller, &target, serde_json::json!({ "i": i })),
+                        )
+                        .await?;
+                    if !r.success {
+                        return Err(Error::protocol(format!("invoke failed: {r:?}")));
+                    }
+                    record(&latency, t0.elapsed().as_micros() as u64);
+                    Ok(())
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect::<Vec<Result<()>>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        rate.push(calls as f64 / started.elapsed().as_secs_f64());
+        shutdown.cancel();
+        responder
+            .await
+            .map_err(|e| Error::protocol(e.to_string()))??;
+        let p = Percentiles::of(&histogram_of(&latency));
+        p50.push(p.p50_ms);
+        p95.push(p.p95_ms);
+        p99.push(p.p99_ms);
+    }
+    Ok(format!(
+        "### Invoke round trip, {calls} calls, {concurrency} at a time (median of {runs} runs)\n\n\
+         | invokes/s | p50 | p95 | p99 | command |\n|---|---|---|---|---|\n\
+         | {:.0} | {:.3} ms | {:.3} ms | {:.3} ms | `agentbus bench invoke --calls {calls} --concurrency {concurrency}` |\n\n\
+         Caller: reserve + audit + request (one Lua call), then wait on its process's reply \
+         reader; target: XREADGROUP, then respond (charge + audit + reply, one Lua call).\n",
+        median(&mut rate),
+        median(&mut p50),
+        median(&mut p95),
+        median(&mut p99),
+    ))
+}
+
+/// Sink: rows/s draining a backlog, and lag (append → commit) at a steady rate.
+pub async fn sink(
+    bus: &AgentBus,
+    pool: &PgPool,
+    backlog: usize,
+    rate: u64,
+    secs: u64,
+    runs: usize,
+) -> Result<String> {
+    crate::db::migrate_up(pool).await?;
+    let (mut rows_per_sec, mut lag50, mut lag99, mut steady) = (vec![], vec![], vec![], vec![]);
+    for run in 0..runs {
+        // 1. Throughput: a backlog of ledger events, drained as fast as possible.
+        let tenant = fresh_tenant("sink")?;
+        produce(bus, &tenant, backlog, None).await?;
+        let sink = Sink::new(
+            bus.clone(),
+            pool.clone(),
+            SinkOptions::new(&format!("bench-sink-{run}")),
+        );
+        let started = Instant::now();
+        let mut rows = 0;
+        loop {
+            let w = sink.drain_tenant(&tenant, false, 16).await?;
+            if w.events == 0 {
+                break;
+            }
+            rows += w.ledger_rows;
+        }
+        if rows as usize != backlog + 1 {
+            return Err(Error::protocol(format!(
+                "{rows} rows for {} events",
+                backlog + 1
+            )));
+        }
+        rows_per_sec.push(rows as f64 / started.elapsed().as_secs_f64());
+
+        // 2. Lag: events appended at `rate`/s while the sink drains.
+        let tenant = fresh_tenant("lag")?;
+        bus.grant_credits(&tenant, rust_decimal::Decimal::ONE, serde_json::json!({}))
+            .await?;
+        let stop = CancellationToken::new();
+        let lags = Arc::new(Mutex::new(new_latency_histogram()));
+        let drainer = {
+            let (sink, tenant, stop, lags) = (
+                Sink::new(
+                    bus.clone(),
+                    pool.clone(),
+                    SinkOptions::new(&format!("bench-lag-{run}")),
+                ),
+                tenant.clone(),
+                stop.clone(),
+                lags.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let w = sink.drain_tenant(&tenant, false, 16).await?;
+                    let now = chrono::Utc::now().timestamp_millis();
+                    for at in &w.appended_at_ms {
+                        record(&lags, ((now - at).max(0) as u64) * 1000);
+                    }
+                    if w.events == 0 {
+                        if stop.is_cancelled() {
+                            return Ok::<(), Error>(());
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            })
+        };
+        let produced_at = Instant::now();
+        produce(bus, &tenant, (rate * secs) as usize, Some(rate)).await?;
+        steady.push((rate * secs) as f64 / produced_at.elapsed().as_secs_f64());
+        stop.cancel();
+        drainer
+            .await
+            .map_err(|e| Error::protocol(e.to_string()))??;
+        let p = Percentiles::of(&histogram_of(&lags));
+        lag50.push(p.p50_ms);
+        lag99.push(p.p99_ms);
+    }
+    Ok(format!(
+        "### Sink: Redis outbox → Postgres (median of {runs} runs)\n\n\
+         | measurement | result | command |\n|---|---|---|\n\
+         | backlog of {backlog} ledger events drained | {:.0} rows/s | `agentbus bench sink --backlog {backlog}` |\n\
+         | lag append → commit at {:.0} events/s for {secs} s | p50 {:.0} ms, p99 {:.0} ms | `agentbus bench sink --rate {rate} --secs {secs}` |\n\n\
+         The sink's own loop: one transaction per batch of up to 1000 events (UNNEST inserts, \
+         `ON CONFLICT DO NOTHING`, balance deltas of the inserted rows), the next batch read from \
+         Redis while Postgres writes, then XACK and a trim of the outbox. Lag is measured per event \
+         from its outbox entry id (ms) to the commit of its batch, at millisecond resolution.\n",
+        median(&mut rows_per_sec),
+        median(&mut steady),
+        median(&mut lag50),
+        median(&mut lag99),
+    ))
+}
+
+/// Appends `count` ledger events (credit grants) to `tenant`'s outbox, as fast
+/// as possible or at `rate` per second.
+async fn produce(bus: &AgentBus, tenant: &TenantId, count: usize, rate: Option<u64>) -> Result<()> {
+    bus.register_tenant(tenant).await?;
+    bus.grant_credits(tenant, rust_decimal::Decimal::ONE, serde_json::json!({}))
+        .await?;
+    let started = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|n| {
+            let (bus, tenant) = (bus.clone(), tenant.clone());
+            async move {
+                if let Some(rate) = rate {
+                    let due = Duration::from_secs_f64(n as f64 / rate as f64);
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(started + due)).await;
+                }
+                bus.move_credits(
+                    &tenant,
+                    CreditOp::Grant,
+                    "grant",
+                    1,
+                    None,
+                    serde_json::json!({ "n": n }),
+                )
+                .await
+                .map(|_| ())
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(())
 }
 
 #[cfg(test)]

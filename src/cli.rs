@@ -79,6 +79,24 @@ pub enum Command {
         /// Runs per measurement.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// messages: agents receiving.
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        /// messages, sink: events per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// messages, sink: seconds at that rate.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// invoke: calls per run.
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        /// invoke: calls in flight at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// sink: events in the backlog drained.
+        #[arg(long, default_value_t = 100_000)]
+        backlog: usize,
     },
 }
 
@@ -86,6 +104,12 @@ pub enum Command {
 pub enum BenchScenario {
     /// Jobs end to end (1000×50 and 100K×50).
     Jobs,
+    /// One-way message latency with many agents at a steady rate.
+    Messages,
+    /// Invoke round trip.
+    Invoke,
+    /// Sink throughput and lag (needs Postgres).
+    Sink,
 }
 
 #[derive(clap::Args, Debug)]
@@ -281,13 +305,34 @@ fn tenant(raw: &str) -> anyhow::Result<TenantId> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
     match cli.command {
-        Command::Bench { scenario, runs } => {
+        Command::Bench {
+            scenario,
+            runs,
+            agents,
+            rate,
+            secs,
+            calls,
+            concurrency,
+            backlog,
+        } => {
             let mut config = config.clone();
             config.redis_pool = config.redis_pool.max(32);
+            config.max_items = config.max_items.max(100_000);
             let bus = config.bus()?;
             let runs = runs.max(1);
+            let (rate, secs) = (rate.max(1), secs.max(1));
             let section = match scenario {
                 BenchScenario::Jobs => bench::jobs(&bus, runs).await?,
+                BenchScenario::Messages => {
+                    bench::messages(&bus, agents.max(2), rate, secs, runs).await?
+                }
+                BenchScenario::Invoke => {
+                    bench::invoke(&bus, calls.max(1), concurrency, runs).await?
+                }
+                BenchScenario::Sink => {
+                    let pool = config.postgres()?;
+                    bench::sink(&bus, &pool, backlog.max(1), rate, secs, runs).await?
+                }
             };
             println!("{section}");
         }

@@ -216,7 +216,7 @@ impl SinkConfig {
         };
         crate::keys::validate_id("AGENTBUS_SINK_CONSUMER", &consumer, crate::keys::MAX_ID_LEN)?;
         let mut options = crate::sink::SinkOptions::new(&consumer);
-        options.batch = self.sink_batch.clamp(1, 10_000);
+        options.batch = self.sink_batch.clamp(1, crate::sink::MAX_BATCH);
         Ok(options)
     }
 }

@@ -155,6 +155,24 @@ impl BlockingConn {
         cmd: &Cmd,
         block: Duration,
     ) -> Result<T> {
+        let conn = self.connect().await?;
+        let outcome = tokio::time::timeout(block + BLOCK_MARGIN, cmd.query_async::<T>(conn)).await;
+        self.settle(outcome)
+    }
+
+    /// Like [`query`](Self::query) for a pipeline ending in a blocking command
+    /// (e.g. acknowledgements followed by the next read: one round trip).
+    pub async fn query_pipeline<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &Pipeline,
+        block: Duration,
+    ) -> Result<T> {
+        let conn = self.connect().await?;
+        let outcome = tokio::time::timeout(block + BLOCK_MARGIN, pipe.query_async::<T>(conn)).await;
+        self.settle(outcome)
+    }
+
+    async fn connect(&mut self) -> Result<&mut redis::aio::MultiplexedConnection> {
         if self.conn.is_none() {
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -165,10 +183,16 @@ impl BlockingConn {
                 .await?;
             self.conn = Some(conn);
         }
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(Error::protocol("blocking connection missing"));
-        };
-        let outcome = tokio::time::timeout(block + BLOCK_MARGIN, cmd.query_async::<T>(conn)).await;
+        self.conn
+            .as_mut()
+            .ok_or_else(|| Error::protocol("blocking connection missing"))
+    }
+
+    /// Drops the connection after a failure that may have broken it.
+    fn settle<T>(
+        &mut self,
+        outcome: std::result::Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T> {
         match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {

@@ -341,6 +341,7 @@ impl AgentBus {
             conn: self.redis().blocking(),
             batch: 64,
             next_redeliver: None,
+            to_ack: Vec::new(),
         }
     }
 
@@ -601,6 +602,8 @@ pub struct Receiver {
     batch: usize,
     /// When to hand back unacknowledged messages next (`None`: at once, with no idle minimum).
     next_redeliver: Option<Instant>,
+    /// Entries handled and not yet acknowledged: sent ahead of the next read.
+    to_ack: Vec<String>,
 }
 
 impl Receiver {
@@ -671,7 +674,28 @@ impl Receiver {
             read.arg("BLOCK").arg(wait.as_millis() as u64);
         }
         read.arg("STREAMS").arg(&inbox).arg(">");
-        let value: Value = self.conn.query(&read, wait).await.map_err(|e| match e {
+        let result = if self.to_ack.is_empty() {
+            self.conn.query::<Value>(&read, wait).await
+        } else {
+            // Acknowledge what was handled and read on, in one round trip.
+            let mut pipe = redis::pipe();
+            pipe.cmd("XACK")
+                .arg(&inbox)
+                .arg(GROUP)
+                .arg(&self.to_ack)
+                .ignore();
+            pipe.add_command(read);
+            let result = self
+                .conn
+                .query_pipeline::<(Value,)>(&pipe, wait)
+                .await
+                .map(|(v,)| v);
+            if result.is_ok() {
+                self.to_ack.clear();
+            }
+            result
+        };
+        let value = result.map_err(|e| match e {
             Error::Redis(ref r) if matches!(r.code(), Some("NOGROUP" | "UNBLOCKED")) => {
                 Error::not_found(format!("inbox of agent instance {}", self.instance))
             }
@@ -721,14 +745,18 @@ impl Receiver {
             for msg in batch {
                 let entry_id = msg.entry_id.clone();
                 match handler(msg).await {
-                    Ok(()) => {
-                        self.ack(&[entry_id.as_str()]).await?;
-                    }
+                    // Acknowledged together with the next read.
+                    Ok(()) => self.to_ack.push(entry_id),
                     Err(reason) => {
                         tracing::warn!(instance = %self.instance, entry = %entry_id, %reason, "message handler failed; will be delivered again");
                     }
                 }
             }
+        }
+        if !self.to_ack.is_empty() {
+            let ids: Vec<String> = std::mem::take(&mut self.to_ack);
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            self.ack(&refs).await?;
         }
         Ok(())
     }

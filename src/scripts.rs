@@ -45,6 +45,7 @@ pub struct Scripts {
     pub invoke_start: Script,
     pub invoke_respond: Script,
     pub invoke_expire: Script,
+    pub outbox_ack: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -65,6 +66,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     invoke_start: invoke_script!("invoke_start.lua"),
     invoke_respond: invoke_script!("invoke_respond.lua"),
     invoke_expire: invoke_script!("invoke_expire.lua"),
+    outbox_ack: lua!("include/common.lua", "outbox_ack.lua"),
 });
 
 /// The process-wide registry (scripts and their SHA1s are computed once).

@@ -11,7 +11,7 @@
 //! again to no effect. Postgres being down means waiting, not dropping. An
 //! event that can never be written goes to the dead-letter stream.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,11 @@ use crate::codec::{self, StreamEntry};
 use crate::error::{Error, Result};
 use crate::keys::TenantId;
 use crate::money::from_minor;
+use crate::scripts::scripts;
 
 pub const GROUP: &str = "sink";
+/// Most events per batch.
+pub const MAX_BATCH: usize = 5000;
 /// Entries another sink has held this long without acknowledging are taken over.
 const TAKEOVER_IDLE: Duration = Duration::from_secs(30);
 
@@ -319,11 +322,13 @@ impl Batch {
 }
 
 /// What one batch wrote.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Written {
     pub events: usize,
     pub ledger_rows: i64,
     pub dead_lettered: usize,
+    /// When each event entered the outbox (ms, from its entry id): lag = commit time − this.
+    pub appended_at_ms: Vec<i64>,
 }
 
 async fn write_batch(
@@ -504,11 +509,20 @@ pub struct Sink {
     bus: AgentBus,
     pool: PgPool,
     options: SinkOptions,
+    /// Tenants whose outbox group is known to exist.
+    grouped: std::sync::Mutex<HashSet<TenantId>>,
 }
 
 impl Sink {
-    pub fn new(bus: AgentBus, pool: PgPool, options: SinkOptions) -> Self {
-        Self { bus, pool, options }
+    pub fn new(bus: AgentBus, pool: PgPool, mut options: SinkOptions) -> Self {
+        // Acknowledgements pass the ids as script arguments: stay well inside Lua's stack.
+        options.batch = options.batch.clamp(1, MAX_BATCH);
+        Self {
+            bus,
+            pool,
+            options,
+            grouped: std::sync::Mutex::new(HashSet::new()),
+        }
     }
 
     async fn hook(&self, stage: SinkStage) {
@@ -518,6 +532,9 @@ impl Sink {
     }
 
     async fn ensure_group(&self, tenant: &TenantId) -> Result<()> {
+        if self.grouped.lock().is_ok_and(|g| g.contains(tenant)) {
+            return Ok(());
+        }
         let mut conn = self.bus.redis().conn().await?;
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -529,13 +546,18 @@ impl Sink {
             .await;
         match created {
             Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
-            _ => Ok(()),
+            _ => {
+                if let Ok(mut g) = self.grouped.lock() {
+                    g.insert(tenant.clone());
+                }
+                Ok(())
+            }
         }
     }
 
     async fn read(&self, tenant: &TenantId, id: &str) -> Result<Vec<StreamEntry>> {
         let mut conn = self.bus.redis().conn().await?;
-        let value: Value = redis::cmd("XREADGROUP")
+        let value: redis::RedisResult<Value> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
             .arg(&self.options.consumer)
@@ -545,8 +567,19 @@ impl Sink {
             .arg(self.bus.keys(tenant).outbox())
             .arg(id)
             .query_async(&mut conn)
-            .await?;
-        StreamEntry::from_read_reply(&value)
+            .await;
+        match value {
+            Ok(v) => StreamEntry::from_read_reply(&v),
+            Err(e) => {
+                if e.code() == Some("NOGROUP")
+                    && let Ok(mut g) = self.grouped.lock()
+                {
+                    // The outbox was deleted (or Redis lost it): create the group again.
+                    g.remove(tenant);
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// Takes over entries another sink consumer left unacknowledged.
@@ -569,22 +602,36 @@ impl Sink {
     /// Mirrors one batch of `tenant`'s outbox (own pending entries first).
     /// Returns what it wrote; `events == 0` means the outbox is drained.
     pub async fn drain_once(&self, tenant: &TenantId) -> Result<Written> {
+        let entries = self.read_batch(tenant, true).await?;
+        self.process(tenant, entries).await
+    }
+
+    /// The next entries to mirror: this consumer's own unacknowledged ones
+    /// first when `recover` (after a start or a failure), then new ones.
+    async fn read_batch(&self, tenant: &TenantId, recover: bool) -> Result<Vec<StreamEntry>> {
         self.ensure_group(tenant).await?;
-        let mut entries = self.read(tenant, "0").await?;
-        // Pending entries whose data is gone cannot be mirrored: just release them.
-        let (gone, kept): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.fields.is_empty());
-        if !gone.is_empty() {
-            self.ack(tenant, &gone).await?;
+        if recover {
+            let entries = self.read(tenant, "0").await?;
+            // Pending entries whose data is gone cannot be mirrored: just release them.
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                entries.into_iter().partition(|e| e.fields.is_empty());
+            if !gone.is_empty() {
+                self.ack(tenant, &gone).await?;
+            }
+            if !kept.is_empty() {
+                return Ok(kept);
+            }
         }
-        entries = kept;
-        if entries.is_empty() {
-            entries = self.read(tenant, ">").await?;
-        }
+        self.read(tenant, ">").await
+    }
+
+    /// Writes one batch in one transaction, dead-letters what can never be
+    /// written, then acknowledges the batch.
+    async fn process(&self, tenant: &TenantId, entries: Vec<StreamEntry>) -> Result<Written> {
         if entries.is_empty() {
             return Ok(Written::default());
         }
         self.hook(SinkStage::Read).await;
-
         let mut batch = Batch::default();
         let mut poison: Vec<(StreamEntry, String)> = Vec::new();
         for e in &entries {
@@ -612,7 +659,40 @@ impl Sink {
             events: entries.len(),
             ledger_rows,
             dead_lettered: poison.len(),
+            appended_at_ms: entries.iter().filter_map(|e| entry_millis(&e.id)).collect(),
         })
+    }
+
+    /// Mirrors up to `max_batches` batches of one tenant, reading the next
+    /// batch from Redis while the current one is written to Postgres, and
+    /// reading its own pending entries first when `recover`.
+    pub async fn drain_tenant(
+        &self,
+        tenant: &TenantId,
+        recover: bool,
+        max_batches: usize,
+    ) -> Result<Written> {
+        let mut current = self.read_batch(tenant, recover).await?;
+        let mut total = Written::default();
+        for round in 0..max_batches {
+            if current.is_empty() {
+                break;
+            }
+            // Prefetch only when more is likely and another round will take it.
+            let prefetch = current.len() >= self.options.batch && round + 1 < max_batches;
+            let (written, next) = if prefetch {
+                let (w, n) = tokio::join!(self.process(tenant, current), self.read(tenant, ">"));
+                (w?, n?)
+            } else {
+                (self.process(tenant, current).await?, Vec::new())
+            };
+            total.events += written.events;
+            total.ledger_rows += written.ledger_rows;
+            total.dead_lettered += written.dead_lettered;
+            total.appended_at_ms.extend(written.appended_at_ms);
+            current = next;
+        }
+        Ok(total)
     }
 
     async fn write(&self, tenant: &TenantId, batch: &Batch) -> Result<i64> {
@@ -674,22 +754,15 @@ impl Sink {
         Ok(())
     }
 
+    /// Acknowledges entries and trims the outbox below what any sink still holds.
     async fn ack(&self, tenant: &TenantId, entries: &[StreamEntry]) -> Result<()> {
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        let outbox = self.bus.keys(tenant).outbox();
         let mut conn = self.bus.redis().conn().await?;
-        redis::pipe()
-            .cmd("XACK")
-            .arg(&outbox)
-            .arg(GROUP)
-            .arg(&ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&outbox)
-            .arg(&ids)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
+        let mut call = scripts().outbox_ack.key(self.bus.keys(tenant).outbox());
+        call.arg(GROUP);
+        for e in entries {
+            call.arg(&e.id);
+        }
+        call.invoke_async::<i64>(&mut conn).await?;
         Ok(())
     }
 
@@ -698,6 +771,8 @@ impl Sink {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let mut last_takeover = Instant::now() - TAKEOVER_IDLE;
+        // Tenants whose own pending entries must be read first (all, at start).
+        let mut recovered: HashSet<TenantId> = HashSet::new();
         while !shutdown.is_cancelled() {
             let tenants = match self.bus.tenants().await {
                 Ok(t) => t,
@@ -714,10 +789,17 @@ impl Sink {
                 if takeover && let Err(e) = self.take_over(tenant).await {
                     tracing::warn!(error = %e, "sink: takeover failed");
                 }
-                match self.drain_once(tenant).await {
-                    Ok(w) => busy |= w.events > 0,
+                // Take over and recover only now and then; prefetched batches
+                // left pending are picked up by the recovery read.
+                let recover = takeover || !recovered.contains(tenant);
+                match self.drain_tenant(tenant, recover, 16).await {
+                    Ok(written) => {
+                        busy |= written.events > 0;
+                        recovered.insert(tenant.clone());
+                    }
                     Err(e) => {
                         tracing::warn!(tenant = %tenant, error = %e, "sink: batch failed; will retry");
+                        recovered.remove(tenant);
                         failed = true;
                     }
                 }
@@ -736,6 +818,11 @@ impl Sink {
             }
         }
     }
+}
+
+/// The millisecond part of a stream entry id.
+pub fn entry_millis(id: &str) -> Option<i64> {
+    id.split('-').next().and_then(|ms| ms.parse().ok())
 }
 
 async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) {
@@ -788,11 +875,9 @@ impl AgentBus {
                 _ => 0,
             };
             let oldest = match first {
-                Value::Array(items) if !items.is_empty() => StreamEntry::from_value(&items[0])?
-                    .id
-                    .split('-')
-                    .next()
-                    .and_then(|ms| ms.parse::<i64>().ok()),
+                Value::Array(items) if !items.is_empty() => {
+                    entry_millis(&StreamEntry::from_value(&items[0])?.id)
+                }
                 _ => None,
             };
             out.push(OutboxStatus {

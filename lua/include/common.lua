@@ -68,3 +68,22 @@ local function ensure_inbox(inbox_key)
     redis.call('XGROUP', 'CREATE', inbox_key, 'inbox', '0', 'MKSTREAM')
   end
 end
+
+-- Drops the entries of a stream that its consumer group is done with:
+-- everything below the oldest pending entry (or up to the last delivered one
+-- when none is pending). Approximate (whole stream nodes), so it stays cheap.
+local function trim_acked(stream, group)
+  local summary = redis.call('XPENDING', stream, group)
+  local min_id = summary[2]
+  if not min_id then
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+      local info = {}
+      for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+      if info['name'] == group then
+        local ms, seq = string.match(info['last-delivered-id'], '^(%d+)%-(%d+)$')
+        if ms then min_id = ms .. '-' .. (tonumber(seq) + 1) end
+      end
+    end
+  end
+  if min_id then redis.call('XTRIM', stream, 'MINID', '~', min_id) end
+end

@@ -87,26 +87,6 @@ local function end_job(status, ts)
   job_summary(ts)
 end
 
--- Drops entries every consumer is done with: everything below the oldest
--- pending entry (or up to the last delivered one when none is pending).
--- Approximate (whole stream nodes), so it stays cheap.
-local function trim_acked()
-  local summary = redis.call('XPENDING', K_ITEMS, GROUP)
-  local min_id = summary[2]
-  if not min_id then
-    local groups = redis.call('XINFO', 'GROUPS', K_ITEMS)
-    for _, g in ipairs(groups) do
-      local info = {}
-      for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
-      if info['name'] == GROUP then
-        local ms, seq = string.match(info['last-delivered-id'], '^(%d+)%-(%d+)$')
-        if ms then min_id = ms .. '-' .. (tonumber(seq) + 1) end
-      end
-    end
-  end
-  if min_id then redis.call('XTRIM', K_ITEMS, 'MINID', '~', min_id) end
-end
-
 -- Completed when every item is done; failed when some failed for good.
 local function finish_if_done(ts)
   local v = redis.call('HMGET', K_JOB, 'total', 'completed', 'failed')
