@@ -10,6 +10,15 @@ cargo build --release --quiet
 bin=./target/release/agentbus
 export AGENTBUS_PREFIX="bench"
 export AGENTBUS_MAX_ITEMS=1000000
+export AGENTBUS_JOB_RETENTION_SECS=60
+# The sink scenario writes into a database of its own, made afresh.
+admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+export DATABASE_URL="${admin_url%/*}/agentbus_bench"
+psql "$admin_url" -qc "DROP DATABASE IF EXISTS agentbus_bench WITH (FORCE)"
+psql "$admin_url" -qc "CREATE DATABASE agentbus_bench"
+# Start from (and leave) an empty bench keyspace.
+clean() { redis-cli --scan --pattern 'bench:*' | xargs -r -n 500 redis-cli del >/dev/null; }
+clean
 
 out=bench/RESULTS.md.tmp
 {
@@ -30,6 +39,15 @@ out=bench/RESULTS.md.tmp
   echo "## Results"
   echo
   "$bin" bench jobs --runs "$runs"
+  clean
+  "$bin" bench messages --runs "$runs" --agents 100 --rate 1000 --secs 5
+  "$bin" bench messages --runs "$runs" --agents 100 --rate 2000 --secs 5
+  clean
+  "$bin" bench invoke --runs "$runs" --calls 2000 --concurrency 1
+  "$bin" bench invoke --runs "$runs" --calls 5000 --concurrency 16
+  clean
+  "$bin" bench sink --runs "$runs" --backlog 100000 --rate 10000 --secs 5
 } > "$out"
+clean
 mv "$out" bench/RESULTS.md
 echo "wrote bench/RESULTS.md"
