@@ -1,17 +1,34 @@
 -- job_complete: complete delivered items, charge each exactly once.
 -- An item is completed only while its entry is pending (delivered, not yet
 -- acked or reclaimed); a second completion is a duplicate and costs nothing.
--- KEYS: the job layout (see include/job.lua).
+-- KEYS: the job layout (see include/job.lua). A job spawned with an aggregate
+-- namespace also writes the blackboard keys of that namespace (derived from
+-- KEYS[3]: same tenant, same slot).
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5..]: pairs of (entry id, MessagePack output)
 -- Returns {'ok', outcome...} with one outcome per pair:
 --   'completed' | 'duplicate' | 'stale' (no longer pending) | 'invalid'
 --       | {'missing'} | {'not_running', status}
 
-local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'task', 'total')
+local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'task', 'total', 'agg_ns', 'agg_field')
 local status, cost, task, total = v[1], tonumber(v[2]), v[3], tonumber(v[4])
+-- The job may aggregate numeric outputs into a blackboard namespace.
+local agg = v[5] and v[5] ~= '' and bb_named(string.match(K_JOB, '^(.*:)job:[^:]+$'), v[5])
+local agg_field = v[6] or ''
 if not status then return {'missing'} end
 if status ~= 'running' then return {'not_running', status} end
+
+-- Puts an item's numeric output (or the number at `field` of it) into the
+-- namespace as "<job>:<idx>", rounded to micro-units.
+local function aggregate_output(B, field, idx, output)
+  local ok, decoded = pcall(cmsgpack.unpack, output)
+  if not ok then return end
+  local x = decoded
+  if field ~= '' then x = type(decoded) == 'table' and decoded[field] or nil end
+  if type(x) ~= 'number' or x ~= x or math.abs(x) > 9000000000 then return end
+  local micro = x < 0 and -math.floor(-x * 1000000 + 0.5) or math.floor(x * 1000000 + 0.5)
+  bb_put(B, JOB_ID .. ':' .. idx, micro_to_json(micro), int(micro), 0)
+end
 
 local ts = now_ms()
 local out = {'ok'}
@@ -33,6 +50,7 @@ for i = 5, #ARGV - 1, 2 do
         outcome = 'duplicate'
       else
         redis.call('XADD', K_RESULTS, '*', 'idx', idx, 'ts', ts, 'output', output)
+        if agg then aggregate_output(agg, agg_field, idx, output) end
         durations[#durations + 1] = idle_ms
         completed = completed + 1
         outcome = 'completed'

@@ -254,9 +254,54 @@ impl TenantKeys {
         self.key(&format!("replies:{process}"))
     }
 
-    /// Common prefix of the blackboard keys of one namespace.
-    pub fn blackboard(&self, namespace: &Ident) -> String {
-        self.key(&format!("bb:{namespace}"))
+    /// The keys of one blackboard namespace, in the order the blackboard
+    /// scripts take them (after the credits hash).
+    pub fn blackboard(&self, namespace: &Ident) -> BlackboardKeys {
+        let p = self.key(&format!("bb:{namespace}:"));
+        BlackboardKeys {
+            vals: format!("{p}vals"),
+            nums: format!("{p}nums"),
+            lex: format!("{p}lex"),
+            score: format!("{p}score"),
+            agg: format!("{p}agg"),
+            exp: format!("{p}exp"),
+            fence: format!("{p}fence"),
+            namespaces: self.blackboard_namespaces(),
+            lock_prefix: format!("{p}lock:"),
+        }
+    }
+
+    /// Set of blackboard namespaces holding entries with a TTL (what the sweeper visits).
+    pub fn blackboard_namespaces(&self) -> String {
+        self.key("bbns")
+    }
+}
+
+/// Keys of one blackboard namespace.
+#[derive(Clone, Debug)]
+pub struct BlackboardKeys {
+    /// Hash key -> compact JSON value.
+    pub vals: String,
+    /// Hash key -> micro-units, numeric values only.
+    pub nums: String,
+    /// Zset of keys (lexicographic listing).
+    pub lex: String,
+    /// Zset of numeric keys by value.
+    pub score: String,
+    /// Hash `keys`, `count`, `sum` (micro-units).
+    pub agg: String,
+    /// Zset key -> expiry (ms).
+    pub exp: String,
+    /// Hash lock name -> last fencing token.
+    pub fence: String,
+    pub namespaces: String,
+    lock_prefix: String,
+}
+
+impl BlackboardKeys {
+    /// The hash of one lock (holder, token), expiring with the lock.
+    pub fn lock(&self, name: &Ident) -> String {
+        format!("{}{name}", self.lock_prefix)
     }
 }
 

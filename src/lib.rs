@@ -8,6 +8,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod bench;
+pub mod blackboard;
 pub mod bus;
 pub mod cli;
 pub mod codec;

@@ -100,6 +100,30 @@ pub mod json_opt {
     }
 }
 
+/// Serializes any decimal as a JSON number with its exact digits (for
+/// aggregates, which are not credits and keep their own scale).
+pub mod exact {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        let raw = RawValue::from_string(value.normalize().to_string())
+            .map_err(serde::ser::Error::custom)?;
+        serde::Serialize::serialize(&raw, s)
+    }
+}
+
+/// Like [`exact`], for `Option<Decimal>`.
+pub mod exact_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => exact::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

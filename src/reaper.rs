@@ -1,6 +1,7 @@
-//! The reaper: a background task that marks silent agents stale and ends
-//! invocations whose caller stopped waiting (past their deadline), so their
-//! reserved credits come back.
+//! The reaper: a background task that marks silent agents stale, ends
+//! invocations whose caller stopped waiting (past their deadline) so their
+//! reserved credits come back, sweeps expired blackboard entries, and turns
+//! metered blackboard charges into ledger events.
 
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ pub async fn reap_once(bus: &AgentBus) -> Result<(i64, usize)> {
     for tenant in bus.tenants().await? {
         totals.0 += bus.reap_agents(&tenant).await?;
         totals.1 += bus.expire_due_invokes(&tenant).await?;
+        bus.sweep_blackboards(&tenant).await?;
+        bus.flush_metering(&tenant).await?;
     }
     Ok(totals)
 }

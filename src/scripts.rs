@@ -21,6 +21,12 @@ macro_rules! invoke_script {
     };
 }
 
+macro_rules! bb_script {
+    ($file:literal) => {
+        lua!("include/common.lua", "include/bb.lua", $file)
+    };
+}
+
 macro_rules! job_script {
     ($file:literal) => {
         lua!("include/common.lua", "include/job.lua", $file)
@@ -46,13 +52,25 @@ pub struct Scripts {
     pub invoke_respond: Script,
     pub invoke_expire: Script,
     pub outbox_ack: Script,
+    pub bb_write: Script,
+    pub bb_increment: Script,
+    pub bb_read: Script,
+    pub bb_lock: Script,
+    pub bb_sweep: Script,
+    pub credits_flush: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     credits_move: lua!("include/common.lua", "credits_move.lua"),
     job_spawn: job_script!("job_spawn.lua"),
     job_claim: job_script!("job_claim.lua"),
-    job_complete: job_script!("job_complete.lua"),
+    // Completion may also aggregate outputs into a blackboard namespace.
+    job_complete: lua!(
+        "include/common.lua",
+        "include/job.lua",
+        "include/bb.lua",
+        "job_complete.lua"
+    ),
     job_fail: job_script!("job_fail.lua"),
     job_reclaim: job_script!("job_reclaim.lua"),
     job_cancel: job_script!("job_cancel.lua"),
@@ -67,6 +85,12 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     invoke_respond: invoke_script!("invoke_respond.lua"),
     invoke_expire: invoke_script!("invoke_expire.lua"),
     outbox_ack: lua!("include/common.lua", "outbox_ack.lua"),
+    bb_write: bb_script!("bb_write.lua"),
+    bb_increment: bb_script!("bb_increment.lua"),
+    bb_read: bb_script!("bb_read.lua"),
+    bb_lock: bb_script!("bb_lock.lua"),
+    bb_sweep: bb_script!("bb_sweep.lua"),
+    credits_flush: lua!("include/common.lua", "credits_flush.lua"),
 });
 
 /// The process-wide registry (scripts and their SHA1s are computed once).

@@ -123,8 +123,12 @@ impl VerifyReport {
     }
 }
 
-/// Waits up to `wait` for every outbox to drain, then compares.
+/// Flushes metered charges into the ledger, waits up to `wait` for every
+/// outbox to drain, then compares.
 pub async fn verify(bus: &AgentBus, pool: &PgPool, wait: Duration) -> Result<VerifyReport> {
+    for tenant in bus.tenants().await? {
+        bus.flush_metering(&tenant).await?;
+    }
     let deadline = Instant::now() + wait;
     let mut unmirrored;
     loop {

@@ -5,6 +5,7 @@
 //! with a 4xx status for bad input, so clients can tell which field to fix.
 
 mod agents;
+mod blackboard;
 mod credits;
 mod extract;
 mod health;
@@ -96,7 +97,32 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/invocations/stats", get(invocations::stats))
         .route("/invocations/respond", post(invocations::respond))
-        .route("/invocations/{invoke_id}", get(invocations::get_one));
+        .route("/invocations/{invoke_id}", get(invocations::get_one))
+        .route(
+            "/blackboard/{key}",
+            get(blackboard::get).put(blackboard::put),
+        )
+        .route("/blackboard/{key}/increment", post(blackboard::increment))
+        .route("/blackboard/{key}/lock", post(blackboard::lock))
+        .route(
+            "/namespaces/{ns}/entries/{key}",
+            get(blackboard::ns_get)
+                .put(blackboard::ns_put)
+                .delete(blackboard::ns_delete),
+        )
+        .route(
+            "/namespaces/{ns}/entries/{key}/cas",
+            post(blackboard::ns_cas),
+        )
+        .route(
+            "/namespaces/{ns}/entries/{key}/increment",
+            post(blackboard::ns_increment),
+        )
+        .route("/namespaces/{ns}/locks/{name}", post(blackboard::ns_lock))
+        .route("/namespaces/{ns}/keys", get(blackboard::ns_keys))
+        .route("/namespaces/{ns}/range", get(blackboard::ns_range))
+        .route("/namespaces/{ns}/top", get(blackboard::ns_top))
+        .route("/namespaces/{ns}/aggregate", get(blackboard::ns_aggregate));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

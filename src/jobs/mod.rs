@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::bus::{AgentBus, event_base};
 use crate::codec::{self, Reply, StreamEntry};
 use crate::error::{Error, Result};
-use crate::keys::{self, TenantId, TenantKeys};
+use crate::keys::{self, Ident, TenantId, TenantKeys};
 use crate::money::{self, from_minor};
 use crate::scripts::scripts;
 
@@ -56,6 +56,19 @@ pub struct JobSpec {
     pub timeout_per_item: i64,
     #[serde(default = "default_retries")]
     pub max_retries: i64,
+    /// Aggregate numeric outputs into a blackboard namespace as items complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<AggregateInto>,
+}
+
+/// Where a job's numeric outputs are aggregated: each completed item's
+/// output (or the number at `field` of it) becomes the entry `<job>:<index>`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateInto {
+    pub namespace: Ident,
+    #[serde(default)]
+    pub field: Option<String>,
 }
 
 impl JobSpec {
@@ -74,6 +87,7 @@ impl JobSpec {
             parallelism: default_parallelism(),
             timeout_per_item: default_timeout(),
             max_retries: default_retries(),
+            aggregate: None,
         }
     }
 
@@ -113,6 +127,9 @@ impl JobSpec {
             TIMEOUT_PER_ITEM_SECS,
         )?;
         in_range("max_retries", self.max_retries, MAX_RETRIES)?;
+        if let Some(field) = self.aggregate.as_ref().and_then(|a| a.field.as_ref()) {
+            keys::validate_id("aggregate.field", field, keys::MAX_ID_LEN)?;
+        }
         Ok(())
     }
 }
@@ -420,7 +437,19 @@ impl AgentBus {
             .arg(&spec.worker_agent)
             .arg(spec.parallelism)
             .arg(spec.timeout_per_item * 1000)
-            .arg(spec.max_retries);
+            .arg(spec.max_retries)
+            .arg(
+                spec.aggregate
+                    .as_ref()
+                    .map(|a| a.namespace.as_str())
+                    .unwrap_or(""),
+            )
+            .arg(
+                spec.aggregate
+                    .as_ref()
+                    .and_then(|a| a.field.as_deref())
+                    .unwrap_or(""),
+            );
         for item in &spec.items {
             call.arg(codec::encode(item)?);
         }

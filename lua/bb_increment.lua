@@ -1,0 +1,30 @@
+-- bb_increment: add to a numeric entry (absent counts as 0), exactly, in
+-- micro-units; charged one blackboard write. Keeps the entry's expiry.
+-- KEYS[1] credits, KEYS[2..9] the namespace, ARGV[1] namespace, ARGV[2] price
+--   (see include/bb.lua)
+-- ARGV[3] key   ARGV[4] amount (micro-units)
+-- ARGV[5] fencing lock name or ''   ARGV[6] fencing token
+-- Returns {'ok', new JSON value} | {'not_a_number', current JSON} | {'fenced'}
+--       | {'out_of_range'} | {'insufficient', price, available}
+
+local B = bb_from_keys()
+local key, delta = ARGV[3], tonumber(ARGV[4])
+if fenced_out(B, ARGV[5], ARGV[6]) then return {'fenced'} end
+local now = now_ms()
+expire_if_due(B, key, now)
+local current = redis.call('HGET', B.vals, key)
+local old = 0
+if current then
+  local micro = redis.call('HGET', B.nums, key)
+  if not micro then return {'not_a_number', current} end
+  old = tonumber(micro)
+end
+local new = old + delta
+-- Doubles count integers exactly up to 2^53: stay well inside.
+if math.abs(new) > 9000000000000000 then return {'out_of_range'} end
+local ok, available = meter(KEYS[1], tonumber(ARGV[2]), 'blackboard_write')
+if not ok then return {'insufficient', ARGV[2], int(available)} end
+local json = micro_to_json(new)
+local expire_at = tonumber(redis.call('ZSCORE', B.exp, key) or '0')
+bb_put(B, key, json, int(new), expire_at)
+return {'ok', json}

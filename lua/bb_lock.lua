@@ -1,0 +1,37 @@
+-- bb_lock: acquire, release or extend a named lock with a holder and a TTL.
+-- Each acquisition takes the next fencing token of the lock (monotonic, kept
+-- forever), so writes of a holder whose lock was taken over are refused.
+-- KEYS[1] credits, KEYS[2..9] the namespace, ARGV[1] namespace, ARGV[2] price
+--   (see include/bb.lua)
+-- KEYS[10] the lock's hash (holder, token)
+-- ARGV[3] lock name   ARGV[4] action: 'acquire' | 'release' | 'extend'
+-- ARGV[5] holder      ARGV[6] TTL (ms)
+-- Returns {'ok', token} | {'held', holder, token} | {'not_holder', holder or ''}
+--       | {'insufficient', price, available}
+
+local B = bb_from_keys()
+local K_LOCK = KEYS[10]
+local name, action, holder, ttl = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local v = redis.call('HMGET', K_LOCK, 'holder', 'token')
+local current, token = v[1], v[2]
+
+if action == 'acquire' then
+  if current and current ~= holder then return {'held', current, token} end
+  local ok, available = meter(KEYS[1], tonumber(ARGV[2]), 'blackboard_lock')
+  if not ok then return {'insufficient', ARGV[2], int(available)} end
+  if not current then
+    token = redis.call('HINCRBY', B.fence, name, 1)
+    redis.call('HSET', K_LOCK, 'holder', holder, 'token', token)
+  end
+  redis.call('PEXPIRE', K_LOCK, ttl)
+  return {'ok', token}
+end
+if current ~= holder then return {'not_holder', current or ''} end
+local ok, available = meter(KEYS[1], tonumber(ARGV[2]), 'blackboard_lock')
+if not ok then return {'insufficient', ARGV[2], int(available)} end
+if action == 'release' then
+  redis.call('DEL', K_LOCK)
+else
+  redis.call('PEXPIRE', K_LOCK, ttl)
+end
+return {'ok', token}

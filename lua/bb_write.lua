@@ -1,0 +1,33 @@
+-- bb_write: set, compare-and-set or delete one blackboard entry, with its
+-- indexes and aggregates, charged one blackboard write.
+-- KEYS[1] credits, KEYS[2..9] the namespace, ARGV[1] namespace, ARGV[2] price
+--   (see include/bb.lua)
+-- ARGV[3] mode: 'set' | 'cas' | 'delete'
+-- ARGV[4] key   ARGV[5] new JSON value   ARGV[6] its micro-units or ''
+-- ARGV[7] time to live (ms, 0 = none)
+-- ARGV[8] cas: expected JSON value, or '' for "must be absent"
+-- ARGV[9] fencing lock name or ''   ARGV[10] fencing token
+-- Returns {'ok', existed} | {'mismatch', current JSON or ''} | {'fenced'}
+--       | {'insufficient', price, available}
+
+local B = bb_from_keys()
+local mode, key = ARGV[3], ARGV[4]
+if fenced_out(B, ARGV[9], ARGV[10]) then return {'fenced'} end
+local now = now_ms()
+expire_if_due(B, key, now)
+local current = redis.call('HGET', B.vals, key)
+if mode == 'cas' then
+  local expected = ARGV[8]
+  if (expected == '' and current) or (expected ~= '' and current ~= expected) then
+    return {'mismatch', current or ''}
+  end
+end
+local ok, available = meter(KEYS[1], tonumber(ARGV[2]), 'blackboard_write')
+if not ok then return {'insufficient', ARGV[2], int(available)} end
+if mode == 'delete' then
+  bb_remove(B, key)
+else
+  local ttl = tonumber(ARGV[7])
+  bb_put(B, key, ARGV[5], ARGV[6], ttl > 0 and now + ttl or 0)
+end
+return {'ok', current and 1 or 0}

@@ -1,0 +1,19 @@
+-- credits_flush: turn metered charges (already in `spent`) into ledger
+-- events: one `charge` per skill for everything accumulated since the last
+-- flush, so the ledger sums match the balance again.
+-- KEYS[1] credits hash   KEYS[2] outbox stream
+-- ARGV[1] event id base  ARGV[2] tenant
+-- Returns the total amount flushed (minor units).
+
+local fields = redis.call('HGETALL', KEYS[1])
+local ts, total = now_ms(), 0
+for i = 1, #fields, 2 do
+  local skill = string.match(fields[i], '^unbilled:(.+)$')
+  local amount = tonumber(fields[i + 1])
+  if skill and amount and amount > 0 then
+    ledger(KEYS[2], ARGV[1], ts, ARGV[2], '', 'charge', skill, amount, {metered = true})
+    redis.call('HSET', KEYS[1], fields[i], 0)
+    total = total + amount
+  end
+end
+return int(total)

@@ -1,0 +1,352 @@
+//! `/api/v1/blackboard/{key}` (the original's flat endpoints, on the
+//! `default` namespace) and `/api/v1/namespaces/{ns}/…` (everything else).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{ApiJson, OptionalJson, Params};
+use super::{ApiError, ApiResult, AppState, Tenant};
+use crate::blackboard::{Blackboard, Bound, CasOutcome, Fence, LockAction, LockOutcome};
+use crate::keys::{Ident, TenantId};
+
+const DEFAULT_NAMESPACE: &str = "default";
+/// Longest TTL accepted, in seconds (30 days).
+const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+
+fn board(state: &AppState, tenant: &TenantId, ns: &str) -> Result<Blackboard, ApiError> {
+    let ns = Ident::new("namespace", ns)?;
+    Ok(state.bus.blackboard(tenant, &ns))
+}
+
+fn ttl(secs: Option<u64>) -> Result<Option<Duration>, ApiError> {
+    match secs {
+        None => Ok(None),
+        Some(s) if (1..=MAX_TTL_SECS).contains(&s) => Ok(Some(Duration::from_secs(s))),
+        Some(_) => Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ttl",
+            format!("seconds between 1 and {MAX_TTL_SECS}"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutBody {
+    value: Value,
+    #[serde(default)]
+    ttl: Option<u64>,
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+async fn get_in(
+    state: &AppState,
+    tenant: &TenantId,
+    ns: &str,
+    key: String,
+) -> ApiResult<Json<Value>> {
+    let value = board(state, tenant, ns)?.get(&key).await?;
+    Ok(Json(
+        json!({ "key": key, "found": value.is_some(), "value": value }),
+    ))
+}
+
+async fn put_in(
+    state: &AppState,
+    tenant: &TenantId,
+    ns: &str,
+    key: String,
+    body: PutBody,
+) -> ApiResult<Json<Value>> {
+    let existed = board(state, tenant, ns)?
+        .set(&key, &body.value, ttl(body.ttl)?, body.fence.as_ref())
+        .await?;
+    Ok(Json(
+        json!({ "success": true, "key": key, "created": !existed }),
+    ))
+}
+
+fn default_amount() -> Value {
+    json!(1)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IncrementBody {
+    #[serde(default = "default_amount")]
+    amount: Value,
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+async fn increment_in(
+    state: &AppState,
+    tenant: &TenantId,
+    ns: &str,
+    key: String,
+    body: IncrementBody,
+) -> ApiResult<Json<Value>> {
+    let amount = if body.amount.is_null() {
+        json!(1)
+    } else {
+        body.amount
+    };
+    let value = board(state, tenant, ns)?
+        .increment(&key, &amount, body.fence.as_ref())
+        .await?;
+    Ok(Json(json!({ "key": key, "value": value })))
+}
+
+fn default_lock_ttl() -> u64 {
+    30
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockBody {
+    holder: Ident,
+    action: LockAction,
+    #[serde(default = "default_lock_ttl")]
+    ttl: u64,
+}
+
+async fn lock_in(
+    state: &AppState,
+    tenant: &TenantId,
+    ns: &str,
+    name: String,
+    body: LockBody,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let name = Ident::new("lock", name)?;
+    let ttl = ttl(Some(body.ttl))?.unwrap_or(Duration::from_secs(30));
+    let outcome = board(state, tenant, ns)?
+        .lock(&name, body.action, &body.holder, ttl)
+        .await?;
+    let verb = match body.action {
+        LockAction::Acquire => "acquired",
+        LockAction::Release => "released",
+        LockAction::Extend => "extended",
+    };
+    Ok(match outcome {
+        LockOutcome::Ok { fencing_token } => (
+            StatusCode::OK,
+            Json(
+                json!({ "action": body.action, verb: true, "holder": body.holder, "lock": name, "fencing_token": fencing_token }),
+            ),
+        ),
+        LockOutcome::Held {
+            holder,
+            fencing_token,
+        } => (
+            StatusCode::CONFLICT,
+            Json(
+                json!({ "action": body.action, verb: false, "holder": holder, "lock": name, "fencing_token": fencing_token }),
+            ),
+        ),
+        LockOutcome::NotHolder { holder } => (
+            StatusCode::CONFLICT,
+            Json(json!({ "action": body.action, verb: false, "holder": holder, "lock": name })),
+        ),
+    })
+}
+
+// The original flat endpoints, on the default namespace.
+
+pub async fn get(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Value>> {
+    get_in(&state, &tenant, DEFAULT_NAMESPACE, key).await
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<PutBody>,
+) -> ApiResult<Json<Value>> {
+    put_in(&state, &tenant, DEFAULT_NAMESPACE, key, body).await
+}
+
+pub async fn increment(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(key): Path<String>,
+    OptionalJson(body): OptionalJson<IncrementBody>,
+) -> ApiResult<Json<Value>> {
+    increment_in(&state, &tenant, DEFAULT_NAMESPACE, key, body).await
+}
+
+pub async fn lock(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<LockBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    lock_in(&state, &tenant, DEFAULT_NAMESPACE, name, body).await
+}
+
+// Namespaced endpoints.
+
+pub async fn ns_get(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((ns, key)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    get_in(&state, &tenant, &ns, key).await
+}
+
+pub async fn ns_put(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((ns, key)): Path<(String, String)>,
+    ApiJson(body): ApiJson<PutBody>,
+) -> ApiResult<Json<Value>> {
+    put_in(&state, &tenant, &ns, key, body).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteBody {
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+pub async fn ns_delete(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((ns, key)): Path<(String, String)>,
+    OptionalJson(body): OptionalJson<DeleteBody>,
+) -> ApiResult<Json<Value>> {
+    let existed = board(&state, &tenant, &ns)?
+        .delete(&key, body.fence.as_ref())
+        .await?;
+    Ok(Json(json!({ "deleted": existed, "key": key })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CasBody {
+    /// The value expected now; `null` or absent means "no entry".
+    #[serde(default)]
+    expected: Option<Value>,
+    value: Value,
+    #[serde(default)]
+    ttl: Option<u64>,
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+pub async fn ns_cas(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((ns, key)): Path<(String, String)>,
+    ApiJson(body): ApiJson<CasBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let expected = body.expected.filter(|v| !v.is_null());
+    let outcome = board(&state, &tenant, &ns)?
+        .compare_and_set(
+            &key,
+            expected.as_ref(),
+            &body.value,
+            ttl(body.ttl)?,
+            body.fence.as_ref(),
+        )
+        .await?;
+    Ok(match outcome {
+        CasOutcome::Set => (StatusCode::OK, Json(json!({ "success": true, "key": key }))),
+        CasOutcome::Mismatch { current } => (
+            StatusCode::CONFLICT,
+            Json(json!({ "success": false, "key": key, "current": current })),
+        ),
+    })
+}
+
+pub async fn ns_increment(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((ns, key)): Path<(String, String)>,
+    OptionalJson(body): OptionalJson<IncrementBody>,
+) -> ApiResult<Json<Value>> {
+    increment_in(&state, &tenant, &ns, key, body).await
+}
+
+pub async fn ns_lock(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((ns, name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<LockBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    lock_in(&state, &tenant, &ns, name, body).await
+}
+
+pub async fn ns_keys(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(ns): Path<String>,
+    params: Params,
+) -> ApiResult<Json<Value>> {
+    let limit = params.number("limit", 100usize, 1, 1000)?;
+    let entries = board(&state, &tenant, &ns)?
+        .keys_page(params.text("after"), limit)
+        .await?;
+    let next = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.key.clone()))
+        .flatten();
+    Ok(Json(
+        json!({ "count": entries.len(), "entries": entries, "next": next }),
+    ))
+}
+
+pub async fn ns_range(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(ns): Path<String>,
+    params: Params,
+) -> ApiResult<Json<Value>> {
+    let min = Bound::parse("min", params.text("min").unwrap_or("-inf"))?;
+    let max = Bound::parse("max", params.text("max").unwrap_or("+inf"))?;
+    let offset = params.number("offset", 0usize, 0, 10_000_000)?;
+    let limit = params.number("limit", 100usize, 1, 1000)?;
+    let entries = board(&state, &tenant, &ns)?
+        .range(min, max, offset, limit)
+        .await?;
+    Ok(Json(json!({ "count": entries.len(), "entries": entries })))
+}
+
+pub async fn ns_top(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(ns): Path<String>,
+    params: Params,
+) -> ApiResult<Json<Value>> {
+    let k = params.number("k", 10usize, 1, 1000)?;
+    let descending = match params.text("order").unwrap_or("desc") {
+        "desc" => true,
+        "asc" => false,
+        _ => {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "order",
+                "asc or desc",
+            ));
+        }
+    };
+    let entries = board(&state, &tenant, &ns)?.top(k, descending).await?;
+    Ok(Json(json!({ "count": entries.len(), "entries": entries })))
+}
+
+pub async fn ns_aggregate(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(ns): Path<String>,
+) -> ApiResult<Json<crate::blackboard::Aggregate>> {
+    Ok(Json(board(&state, &tenant, &ns)?.aggregate().await?))
+}

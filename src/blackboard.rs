@@ -1,0 +1,540 @@
+//! The blackboard: namespaced shared state for agents, indexed and
+//! aggregated in Redis without ever scanning.
+//!
+//! Each namespace keeps its values in a hash, a by-key zset (listing and
+//! paging), a by-score zset of numeric values (ranges, top-k, min and max),
+//! and running aggregates (count and an exact sum in micro-units), all
+//! changed together by one Lua script per operation. Entries with a TTL sit
+//! in an expiry zset that reads and a background sweeper drain in bounded
+//! batches. Locks hand out monotonic fencing tokens; a write carrying a stale
+//! token is refused. Every operation is metered at the price table's
+//! blackboard prices (`credits_flush.lua` turns the meter into ledger events).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use redis::ScriptInvocation;
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::bus::{AgentBus, event_base};
+use crate::codec::Reply;
+use crate::error::{Error, Result};
+use crate::keys::{BlackboardKeys, Ident, TenantId};
+use crate::money::{self, from_minor};
+use crate::scripts::scripts;
+
+/// Longest key accepted.
+pub const MAX_KEY_LEN: usize = 256;
+/// Largest JSON value accepted.
+pub const MAX_VALUE_BYTES: usize = 256 * 1024;
+/// Numbers up to this magnitude are aggregated (micro-units stay exact in Lua).
+const MAX_AGGREGATED: i64 = 9_000_000_000_000_000;
+
+/// A numeric value in micro-units (10^-6), when it is a number in range.
+pub fn micro_units(value: &Value) -> Option<i64> {
+    let Value::Number(n) = value else {
+        return None;
+    };
+    let text = n.to_string();
+    let d = Decimal::from_str(&text)
+        .or_else(|_| Decimal::from_scientific(&text))
+        .ok()?;
+    let micro = (d.round_dp(6) * Decimal::from(1_000_000)).to_i64()?;
+    (micro.abs() <= MAX_AGGREGATED).then_some(micro)
+}
+
+fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::invalid("key", format!("1 to {MAX_KEY_LEN} bytes")));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(Error::invalid("key", "no control characters"));
+    }
+    Ok(())
+}
+
+fn parse_value(json: &str) -> Result<Value> {
+    serde_json::from_str(json).map_err(|e| Error::Codec(format!("stored value: {e}")))
+}
+
+/// A write guarded by a lock: refused once the lock was acquired again.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Fence {
+    pub lock: Ident,
+    pub token: i64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Value,
+}
+
+/// A namespace's aggregates over its numeric values.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Aggregate {
+    /// Entries of any kind.
+    pub keys: i64,
+    /// Numeric entries.
+    pub count: i64,
+    #[serde(with = "money::exact")]
+    pub sum: Decimal,
+    pub min: Option<Value>,
+    pub max: Option<Value>,
+    #[serde(with = "money::exact_opt")]
+    pub mean: Option<Decimal>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockAction {
+    Acquire,
+    Release,
+    Extend,
+}
+
+impl LockAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            LockAction::Acquire => "acquire",
+            LockAction::Release => "release",
+            LockAction::Extend => "extend",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum LockOutcome {
+    /// Done; the lock's fencing token.
+    Ok { fencing_token: i64 },
+    /// Someone else holds it.
+    Held { holder: String, fencing_token: i64 },
+    /// Release or extend by someone who does not hold it.
+    NotHolder { holder: Option<String> },
+}
+
+/// Result of a compare-and-set.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CasOutcome {
+    Set,
+    /// The current value (None: absent) differed from the expected one.
+    Mismatch {
+        current: Option<Value>,
+    },
+}
+
+/// Score bound of a range query: a number, exclusive or not, or ±infinity.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bound {
+    Unbounded,
+    Inclusive(f64),
+    Exclusive(f64),
+}
+
+impl Bound {
+    fn arg(self, low: bool) -> String {
+        match self {
+            Bound::Unbounded if low => "-inf".into(),
+            Bound::Unbounded => "+inf".into(),
+            Bound::Inclusive(x) => format!("{x}"),
+            Bound::Exclusive(x) => format!("({x}"),
+        }
+    }
+
+    /// `5`, `(5` (exclusive), `-inf`, `+inf`.
+    pub fn parse(field: &str, s: &str) -> Result<Self> {
+        match s {
+            "-inf" | "+inf" | "inf" => return Ok(Bound::Unbounded),
+            _ => {}
+        }
+        let (exclusive, number) = match s.strip_prefix('(') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let x: f64 = number
+            .parse()
+            .ok()
+            .filter(|x: &f64| x.is_finite())
+            .ok_or_else(|| {
+                Error::invalid(field, format!("{s:?}: a number, (number, -inf or +inf"))
+            })?;
+        Ok(if exclusive {
+            Bound::Exclusive(x)
+        } else {
+            Bound::Inclusive(x)
+        })
+    }
+}
+
+/// One namespace of one tenant.
+pub struct Blackboard {
+    bus: AgentBus,
+    tenant: TenantId,
+    namespace: Ident,
+    keys: BlackboardKeys,
+}
+
+impl AgentBus {
+    pub fn blackboard(&self, tenant: &TenantId, namespace: &Ident) -> Blackboard {
+        Blackboard {
+            bus: self.clone(),
+            tenant: tenant.clone(),
+            namespace: namespace.clone(),
+            keys: self.keys(tenant).blackboard(namespace),
+        }
+    }
+
+    /// Turns the tenant's metered charges into ledger events. Returns the amount.
+    pub async fn flush_metering(&self, tenant: &TenantId) -> Result<Decimal> {
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let minor: i64 = scripts()
+            .credits_flush
+            .key(keys.credits())
+            .key(keys.outbox())
+            .arg(event_base())
+            .arg(tenant.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(from_minor(minor))
+    }
+
+    /// Sweeps expired entries of every namespace of the tenant (bounded per namespace).
+    pub async fn sweep_blackboards(&self, tenant: &TenantId) -> Result<i64> {
+        let mut conn = self.redis().conn().await?;
+        let namespaces: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys(tenant).blackboard_namespaces())
+            .query_async(&mut conn)
+            .await?;
+        drop(conn);
+        let mut removed = 0;
+        for ns in namespaces {
+            if let Ok(ns) = Ident::new("namespace", ns) {
+                removed += self.blackboard(tenant, &ns).sweep(1000).await?;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl Blackboard {
+    fn call<'a>(&self, script: &'a redis::Script, price: i64) -> ScriptInvocation<'a> {
+        let k = &self.keys;
+        let mut call = script.prepare_invoke();
+        call.key(self.bus.keys(&self.tenant).credits())
+            .key(&k.vals)
+            .key(&k.nums)
+            .key(&k.lex)
+            .key(&k.score)
+            .key(&k.agg)
+            .key(&k.exp)
+            .key(&k.fence)
+            .key(&k.namespaces)
+            .arg(self.namespace.as_str())
+            .arg(price);
+        call
+    }
+
+    async fn run(&self, call: ScriptInvocation<'_>) -> Result<Reply> {
+        let mut conn = self.bus.redis().conn().await?;
+        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
+        if reply.tag()? == "insufficient" {
+            return Err(Error::InsufficientCredits {
+                required: from_minor(reply.i64(1)?),
+                available: from_minor(reply.i64(2)?),
+            });
+        }
+        Ok(reply)
+    }
+
+    fn entries(reply: &Reply) -> Result<Vec<Entry>> {
+        (1..reply.len())
+            .step_by(2)
+            .map(|i| {
+                Ok(Entry {
+                    key: reply.str(i)?,
+                    value: parse_value(&reply.str(i + 1)?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Value>> {
+        validate_key(key)?;
+        let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
+        call.arg("get").arg(key);
+        let reply = self.run(call).await?;
+        let json = reply.str(1)?;
+        if json.is_empty() {
+            Ok(None)
+        } else {
+            parse_value(&json).map(Some)
+        }
+    }
+
+    async fn write(
+        &self,
+        mode: &str,
+        key: &str,
+        value: Option<&Value>,
+        ttl: Option<Duration>,
+        expected: Option<&Value>,
+        fence: Option<&Fence>,
+    ) -> Result<Reply> {
+        validate_key(key)?;
+        let json = match value {
+            Some(v) => {
+                let json = serde_json::to_string(v).map_err(|e| Error::Codec(e.to_string()))?;
+                if json.len() > MAX_VALUE_BYTES {
+                    return Err(Error::invalid(
+                        "value",
+                        format!("larger than {MAX_VALUE_BYTES} bytes"),
+                    ));
+                }
+                json
+            }
+            None => String::new(),
+        };
+        let ttl_ms = match ttl {
+            Some(t) if t.is_zero() => return Err(Error::invalid("ttl", "must be positive")),
+            Some(t) => t.as_millis() as u64,
+            None => 0,
+        };
+        let expected = match expected {
+            Some(v) => serde_json::to_string(v).map_err(|e| Error::Codec(e.to_string()))?,
+            None => String::new(),
+        };
+        let mut call = self.call(&scripts().bb_write, self.bus.prices().blackboard_write);
+        call.arg(mode)
+            .arg(key)
+            .arg(json)
+            .arg(
+                value
+                    .and_then(micro_units)
+                    .map(|m| m.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(ttl_ms)
+            .arg(expected)
+            .arg(fence.map(|f| f.lock.as_str()).unwrap_or(""))
+            .arg(fence.map(|f| f.token).unwrap_or(0));
+        let reply = self.run(call).await?;
+        if reply.tag()? == "fenced" {
+            return Err(Error::conflict(
+                "stale fencing token: the lock was acquired again since; write refused",
+            ));
+        }
+        Ok(reply)
+    }
+
+    /// Sets a value (any JSON), optionally expiring after `ttl`. Returns
+    /// whether the key existed.
+    pub async fn set(
+        &self,
+        key: &str,
+        value: &Value,
+        ttl: Option<Duration>,
+        fence: Option<&Fence>,
+    ) -> Result<bool> {
+        let reply = self
+            .write("set", key, Some(value), ttl, None, fence)
+            .await?;
+        Ok(reply.i64(1)? == 1)
+    }
+
+    /// Sets `value` only if the current value equals `expected` (None: absent).
+    pub async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&Value>,
+        value: &Value,
+        ttl: Option<Duration>,
+        fence: Option<&Fence>,
+    ) -> Result<CasOutcome> {
+        let reply = self
+            .write("cas", key, Some(value), ttl, expected, fence)
+            .await?;
+        match reply.tag()?.as_str() {
+            "ok" => Ok(CasOutcome::Set),
+            _ => {
+                let current = reply.str(1)?;
+                Ok(CasOutcome::Mismatch {
+                    current: if current.is_empty() {
+                        None
+                    } else {
+                        Some(parse_value(&current)?)
+                    },
+                })
+            }
+        }
+    }
+
+    /// Deletes an entry. Returns whether it existed.
+    pub async fn delete(&self, key: &str, fence: Option<&Fence>) -> Result<bool> {
+        let reply = self.write("delete", key, None, None, None, fence).await?;
+        Ok(reply.i64(1)? == 1)
+    }
+
+    /// Adds `amount` (integer or decimal, exact to 6 places) to a numeric
+    /// entry; an absent entry counts as 0. Returns the new value.
+    pub async fn increment(
+        &self,
+        key: &str,
+        amount: &Value,
+        fence: Option<&Fence>,
+    ) -> Result<Value> {
+        validate_key(key)?;
+        let delta = micro_units(amount).ok_or_else(|| {
+            Error::invalid("amount", "a number of at most 9e9 (6 decimal places kept)")
+        })?;
+        let mut call = self.call(&scripts().bb_increment, self.bus.prices().blackboard_write);
+        call.arg(key)
+            .arg(delta)
+            .arg(fence.map(|f| f.lock.as_str()).unwrap_or(""))
+            .arg(fence.map(|f| f.token).unwrap_or(0));
+        let reply = self.run(call).await?;
+        match reply.tag()?.as_str() {
+            "ok" => parse_value(&reply.str(1)?),
+            "not_a_number" => Err(Error::conflict(format!(
+                "{key} holds a value that is not a number"
+            ))),
+            "out_of_range" => Err(Error::invalid("amount", "the result would exceed 9e9")),
+            "fenced" => Err(Error::conflict(
+                "stale fencing token: the lock was acquired again since; write refused",
+            )),
+            other => Err(Error::protocol(format!("bb_increment answered {other}"))),
+        }
+    }
+
+    /// Entries in key order after `after` (exclusive): a page.
+    pub async fn keys_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<Entry>> {
+        if let Some(a) = after {
+            validate_key(a)?;
+        }
+        let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
+        call.arg("keys").arg(after.unwrap_or("")).arg(limit.max(1));
+        Self::entries(&self.run(call).await?)
+    }
+
+    /// Numeric entries with values in `[min, max]`, by value.
+    pub async fn range(
+        &self,
+        min: Bound,
+        max: Bound,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
+        call.arg("range")
+            .arg(min.arg(true))
+            .arg(max.arg(false))
+            .arg(offset)
+            .arg(limit.max(1));
+        Self::entries(&self.run(call).await?)
+    }
+
+    /// The `k` largest (or smallest) numeric entries.
+    pub async fn top(&self, k: usize, descending: bool) -> Result<Vec<Entry>> {
+        let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
+        call.arg("top")
+            .arg(k.max(1))
+            .arg(if descending { "desc" } else { "asc" });
+        Self::entries(&self.run(call).await?)
+    }
+
+    /// Count, sum, min, max and mean of the numeric entries: O(log N).
+    pub async fn aggregate(&self) -> Result<Aggregate> {
+        let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
+        call.arg("aggregate");
+        let r = self.run(call).await?;
+        let count = r.i64(2)?;
+        let sum = Decimal::new(r.i64(3)?, 6).normalize();
+        let value_at = |i: usize| -> Result<Option<Value>> {
+            let json = r.str(i)?;
+            if json.is_empty() {
+                Ok(None)
+            } else {
+                parse_value(&json).map(Some)
+            }
+        };
+        Ok(Aggregate {
+            keys: r.i64(1)?,
+            count,
+            sum,
+            min: value_at(5)?,
+            max: value_at(7)?,
+            mean: (count > 0).then(|| (sum / Decimal::from(count)).round_dp(6).normalize()),
+        })
+    }
+
+    /// Acquires, releases or extends a lock. Charged on success.
+    pub async fn lock(
+        &self,
+        name: &Ident,
+        action: LockAction,
+        holder: &Ident,
+        ttl: Duration,
+    ) -> Result<LockOutcome> {
+        if ttl.is_zero() || ttl > Duration::from_secs(24 * 3600) {
+            return Err(Error::invalid("ttl", "between 1 ms and 24 h"));
+        }
+        let mut call = self.call(&scripts().bb_lock, self.bus.prices().blackboard_lock);
+        call.key(self.keys.lock(name))
+            .arg(name.as_str())
+            .arg(action.as_str())
+            .arg(holder.as_str())
+            .arg(ttl.as_millis() as u64);
+        let r = self.run(call).await?;
+        Ok(match r.tag()?.as_str() {
+            "ok" => LockOutcome::Ok {
+                fencing_token: r.i64(1)?,
+            },
+            "held" => LockOutcome::Held {
+                holder: r.str(1)?,
+                fencing_token: r.i64(2)?,
+            },
+            _ => LockOutcome::NotHolder {
+                holder: Some(r.str(1)?).filter(|h| !h.is_empty()),
+            },
+        })
+    }
+
+    /// Removes up to `limit` expired entries. Returns how many.
+    pub async fn sweep(&self, limit: usize) -> Result<i64> {
+        let mut call = self.call(&scripts().bb_sweep, 0);
+        call.arg(limit.max(1));
+        let mut conn = self.bus.redis().conn().await?;
+        Ok(call.invoke_async(&mut conn).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn numbers_become_exact_micro_units() {
+        assert_eq!(micro_units(&json!(1)), Some(1_000_000));
+        assert_eq!(micro_units(&json!(0.1)), Some(100_000));
+        assert_eq!(micro_units(&json!(-2.5)), Some(-2_500_000));
+        assert_eq!(micro_units(&json!(1.0000004)), Some(1_000_000));
+        assert_eq!(micro_units(&json!(1e20)), None);
+        assert_eq!(micro_units(&json!("1")), None);
+        assert_eq!(micro_units(&json!(null)), None);
+    }
+
+    #[test]
+    fn bounds_parse() {
+        assert_eq!(Bound::parse("min", "-inf").unwrap(), Bound::Unbounded);
+        assert_eq!(Bound::parse("min", "(2.5").unwrap(), Bound::Exclusive(2.5));
+        assert_eq!(Bound::parse("min", "3").unwrap(), Bound::Inclusive(3.0));
+        assert!(Bound::parse("min", "x").is_err());
+        assert!(Bound::parse("min", "NaN").is_err());
+    }
+}
