@@ -47,6 +47,9 @@ out=bench/RESULTS.md.tmp
   "$bin" bench invoke --runs "$runs" --calls 5000 --concurrency 16
   clean
   "$bin" bench sink --runs "$runs" --backlog 100000 --rate 10000 --secs 5
+  clean
+  # Filling a million entries takes minutes: three runs are enough here.
+  "$bin" bench blackboard --runs 3 --sizes 10000,100000,1000000 --samples 500
 } > "$out"
 clean
 mv "$out" bench/RESULTS.md

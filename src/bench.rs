@@ -458,6 +458,272 @@ async fn produce(bus: &AgentBus, tenant: &TenantId, count: usize, rate: Option<u
     Ok(())
 }
 
+/// Blackboard at each size: latency of get, set, a page of 100, top-10 and
+/// the aggregate, side by side with the original's approach (one key per
+/// entry, SCAN + MGET, computed in the client), measured in the same run.
+pub async fn blackboard(
+    bus: &AgentBus,
+    sizes: &[usize],
+    samples: usize,
+    runs: usize,
+) -> Result<String> {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### Blackboard: one namespace, agentbus vs a SCAN-based equivalent (median of {runs} runs)\n\n\
+         | keys | operation | agentbus p50 | agentbus p99 | SCAN p50 | SCAN p99 |\n|---|---|---|---|---|---|"
+    );
+    let ops = ["get", "set", "page of 100", "top-10", "aggregate"];
+    for &size in sizes {
+        // results[op] = (ab p50s, ab p99s, scan p50s, scan p99s)
+        let mut results: Vec<[Vec<f64>; 4]> = (0..ops.len()).map(|_| Default::default()).collect();
+        for _ in 0..runs {
+            let tenant = fresh_tenant("bb")?;
+            let ns = Ident::new("namespace", "bench")?;
+            bus.grant_credits(
+                &tenant,
+                rust_decimal::Decimal::from(100_000_000),
+                serde_json::json!({}),
+            )
+            .await?;
+            let scan_prefix = format!("{}:scanbench:{}:", bus.keyspace().prefix(), tenant);
+            populate(bus, &tenant, &ns, &scan_prefix, size).await?;
+            let board = bus.blackboard(&tenant, &ns);
+            // The O(N) baselines get fewer samples at large sizes.
+            let scan_samples = (samples * 10_000 / size).clamp(3, samples);
+            for (i, op) in ops.iter().enumerate() {
+                let ab = time_samples(samples, |n| {
+                    let board = &board;
+                    async move {
+                        let key = format!("k{:08}", (n * 7919) % size);
+                        match *op {
+                            "get" => board.get(&key).await.map(|_| ()),
+                            "set" => board
+                                .set(&key, &serde_json::json!(n % 1000), None, None)
+                                .await
+                                .map(|_| ()),
+                            "page of 100" => board.keys_page(Some(&key), 100).await.map(|_| ()),
+                            "top-10" => board.top(10, true).await.map(|_| ()),
+                            _ => board.aggregate().await.map(|_| ()),
+                        }
+                    }
+                })
+                .await?;
+                let n_scan = if i < 2 { samples } else { scan_samples };
+                let scan = time_samples(n_scan, |n| {
+                    let prefix = &scan_prefix;
+                    async move { scan_op(bus, prefix, op, n, size).await }
+                })
+                .await?;
+                results[i][0].push(ab.p50_ms);
+                results[i][1].push(ab.p99_ms);
+                results[i][2].push(scan.p50_ms);
+                results[i][3].push(scan.p99_ms);
+            }
+            cleanup(bus, &tenant, &scan_prefix).await?;
+        }
+        for (i, op) in ops.iter().enumerate() {
+            let r = &mut results[i];
+            let _ = writeln!(
+                out,
+                "| {size} | {op} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms |",
+                median(&mut r[0]),
+                median(&mut r[1]),
+                median(&mut r[2]),
+                median(&mut r[3]),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nCommand: `agentbus bench blackboard --sizes {}`. agentbus answers each read with one Lua call \
+         (sorted-set index, running aggregates); the baseline stores one key per entry like the \
+         original and answers pages with SCAN + MGET and top-10 and aggregates by SCANning every key \
+         and computing in the client.",
+        sizes
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    Ok(out)
+}
+
+/// Latency percentiles of `n` sequential calls of `op`.
+async fn time_samples<F, Fut>(n: usize, mut op: F) -> Result<Percentiles>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut h = new_latency_histogram();
+    for i in 0..n {
+        let t0 = Instant::now();
+        op(i).await?;
+        let _ = h.record((t0.elapsed().as_micros() as u64).max(1));
+    }
+    Ok(Percentiles::of(&h))
+}
+
+/// Fills the namespace (and the baseline's keys) with `size` numeric entries,
+/// pipelining the write script.
+async fn populate(
+    bus: &AgentBus,
+    tenant: &TenantId,
+    ns: &Ident,
+    scan_prefix: &str,
+    size: usize,
+) -> Result<()> {
+    let script = &crate::scripts::scripts().bb_write;
+    let mut conn = bus.redis().conn().await?;
+    script.prepare_invoke().load_async(&mut conn).await?;
+    let keys = bus.keys(tenant).blackboard(ns);
+    let credits = bus.keys(tenant).credits();
+    for chunk_start in (0..size).step_by(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk_start..(chunk_start + 1000).min(size) {
+            let key = format!("k{i:08}");
+            let value = (i * 7919) % 100_000;
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(9)
+                .arg(&credits)
+                .arg(&keys.vals)
+                .arg(&keys.nums)
+                .arg(&keys.lex)
+                .arg(&keys.score)
+                .arg(&keys.agg)
+                .arg(&keys.exp)
+                .arg(&keys.fence)
+                .arg(&keys.namespaces)
+                .arg(ns.as_str())
+                .arg(0)
+                .arg("set")
+                .arg(&key)
+                .arg(value)
+                .arg(value * 1_000_000)
+                .arg(0)
+                .arg("")
+                .arg("")
+                .arg(0)
+                .ignore();
+            pipe.cmd("SET")
+                .arg(format!("{scan_prefix}{key}"))
+                .arg(value)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+    }
+    Ok(())
+}
+
+/// The original's approach to each operation: one key per entry.
+async fn scan_op(bus: &AgentBus, prefix: &str, op: &str, n: usize, size: usize) -> Result<()> {
+    let mut conn = bus.redis().conn().await?;
+    let key = format!("{prefix}k{:08}", (n * 7919) % size);
+    match op {
+        "get" => redis::cmd("GET")
+            .arg(&key)
+            .query_async::<Option<String>>(&mut conn)
+            .await
+            .map(|_| ())?,
+        "set" => {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(n % 1000)
+                .query_async::<()>(&mut conn)
+                .await?
+        }
+        "page of 100" => {
+            let (_, keys): (String, Vec<String>) = redis::cmd("SCAN")
+                .arg(0)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(100)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async::<Vec<Option<String>>>(&mut conn)
+                    .await?;
+            }
+        }
+        _ => {
+            // Every key, every value, then top-10 or the aggregate in the client.
+            let mut cursor = 0u64;
+            let mut values: Vec<f64> = Vec::new();
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await?;
+                if !keys.is_empty() {
+                    let vals: Vec<Option<String>> =
+                        redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+                    values.extend(
+                        vals.into_iter()
+                            .flatten()
+                            .filter_map(|v| v.parse::<f64>().ok()),
+                    );
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            if op == "top-10" {
+                values.sort_by(|a, b| b.total_cmp(a));
+                values.truncate(10);
+            } else {
+                let _sum: f64 = values.iter().sum();
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn cleanup(bus: &AgentBus, tenant: &TenantId, scan_prefix: &str) -> Result<()> {
+    let ns = Ident::new("namespace", "bench")?;
+    let k = bus.keys(tenant).blackboard(&ns);
+    let mut conn = bus.redis().conn().await?;
+    redis::cmd("DEL")
+        .arg(&k.vals)
+        .arg(&k.nums)
+        .arg(&k.lex)
+        .arg(&k.score)
+        .arg(&k.agg)
+        .arg(&k.exp)
+        .query_async::<()>(&mut conn)
+        .await?;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{scan_prefix}*"))
+            .arg("COUNT")
+            .arg(5000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

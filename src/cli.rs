@@ -97,6 +97,12 @@ pub enum Command {
         /// sink: events in the backlog drained.
         #[arg(long, default_value_t = 100_000)]
         backlog: usize,
+        /// blackboard: namespace sizes, comma-separated.
+        #[arg(long, default_value = "10000,100000,1000000", value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// blackboard: timed calls per operation.
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
     },
 }
 
@@ -110,6 +116,8 @@ pub enum BenchScenario {
     Invoke,
     /// Sink throughput and lag (needs Postgres).
     Sink,
+    /// Blackboard operations at 10K/100K/1M keys vs a SCAN-based equivalent.
+    Blackboard,
 }
 
 #[derive(clap::Args, Debug)]
@@ -314,6 +322,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             calls,
             concurrency,
             backlog,
+            sizes,
+            samples,
         } => {
             let mut config = config.clone();
             config.redis_pool = config.redis_pool.max(32);
@@ -328,6 +338,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 BenchScenario::Invoke => {
                     bench::invoke(&bus, calls.max(1), concurrency, runs).await?
+                }
+                BenchScenario::Blackboard => {
+                    let sizes: Vec<usize> = sizes.into_iter().filter(|s| *s > 0).collect();
+                    bench::blackboard(&bus, &sizes, samples.max(10), runs).await?
                 }
                 BenchScenario::Sink => {
                     let pool = config.postgres()?;
