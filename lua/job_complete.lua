@@ -10,11 +10,11 @@
 --   'completed' | 'duplicate' | 'stale' (no longer pending) | 'invalid'
 --       | {'missing'} | {'not_running', status}
 
-local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'task', 'total', 'agg_ns', 'agg_field')
-local status, cost, task, total = v[1], tonumber(v[2]), v[3], tonumber(v[4])
+local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'agg_ns', 'agg_field')
+local status, cost, total = v[1], tonumber(v[2]), tonumber(v[3])
 -- The job may aggregate numeric outputs into a blackboard namespace.
-local agg = v[5] and v[5] ~= '' and bb_named(string.match(K_JOB, '^(.*:)job:[^:]+$'), v[5])
-local agg_field = v[6] or ''
+local agg = v[4] and v[4] ~= '' and bb_named(string.match(K_JOB, '^(.*:)job:[^:]+$'), v[4])
+local agg_field = v[5] or ''
 if not status then return {'missing'} end
 if status ~= 'running' then return {'not_running', status} end
 
@@ -69,7 +69,7 @@ if completed > 0 then
   redis.call('HINCRBY', K_JOB, 'spent', int(amount))
   move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'spend', 'job_item', amount,
     {items = completed})
-  record_durations(task, durations)
+  record_durations(durations)
   finish_if_done(ts)
 end
 return out

@@ -6,8 +6,8 @@
 -- Returns {'retried', attempt} | {'failed'} | {'duplicate'} | {'stale'} | {'invalid'}
 --       | {'missing'} | {'not_running', status}
 
-local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'task', 'total', 'max_retries')
-local status, cost, task, total, max_retries = v[1], tonumber(v[2]), v[3], tonumber(v[4]), tonumber(v[5])
+local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'max_retries')
+local status, cost, total, max_retries = v[1], tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
 if not status then return {'missing'} end
 if status ~= 'running' then return {'not_running', status} end
 
@@ -22,9 +22,9 @@ if not f then return {'stale'} end
 local ts = now_ms()
 local attempt = attempt_of(f)
 if retry and attempt < max_retries then
-  requeue(entry_id, idx, f, message, ts, task)
+  requeue(entry_id, idx, f, message, ts)
   return {'retried', attempt + 1}
 end
-fail_item(entry_id, idx, f, message, ts, cost, task)
+fail_item(entry_id, idx, f, message, ts, cost)
 finish_if_done(ts)
 return {'failed'}

@@ -6,8 +6,8 @@
 -- ARGV[5] consumer name of the reclaimer   ARGV[6] maximum entries per call
 -- Returns {'ok', requeued, failed} | {'missing'} | {'not_running', status}
 
-local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'task', 'timeout_ms', 'max_retries')
-local status, cost, task, timeout_ms, max_retries = v[1], tonumber(v[2]), v[3], v[4], tonumber(v[5])
+local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'timeout_ms', 'max_retries')
+local status, cost, timeout_ms, max_retries = v[1], tonumber(v[2]), v[3], tonumber(v[4])
 if not status then
   redis.call('SREM', K_ACTIVE, JOB_ID)
   return {'missing'}
@@ -30,10 +30,10 @@ for _, entry in ipairs(r[2]) do
       redis.call('XACK', K_ITEMS, GROUP, entry_id)
       redis.call('XDEL', K_ITEMS, entry_id)
     elseif attempt_of(f) < max_retries then
-      requeue(entry_id, idx, f, 'timed out', ts, task)
+      requeue(entry_id, idx, f, 'timed out', ts)
       requeued = requeued + 1
     else
-      fail_item(entry_id, idx, f, 'timed out after ' .. (attempt_of(f) + 1) .. ' attempts', ts, cost, task)
+      fail_item(entry_id, idx, f, 'timed out after ' .. (attempt_of(f) + 1) .. ' attempts', ts, cost)
       failed = failed + 1
     end
   end

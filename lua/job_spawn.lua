@@ -8,12 +8,13 @@
 -- ARGV[8] orchestrator instance        ARGV[12] max retries
 -- ARGV[13] blackboard namespace to aggregate outputs into, or ''
 -- ARGV[14] field of the output to aggregate, or '' for the output itself
--- ARGV[15..] one MessagePack input per item
+-- ARGV[15] history hash of the task   ARGV[16] history hash of the worker agent and task
+-- ARGV[17..] one MessagePack input per item
 -- Returns {'ok', reserved, available_after} | {'insufficient', required, available} | {'exists'}
 
 local item_cost, overhead = tonumber(ARGV[5]), tonumber(ARGV[6])
 local task = ARGV[7]
-local n = #ARGV - 14
+local n = #ARGV - 16
 local required = overhead + n * item_cost
 
 local total, reserved, spent = balance(K_CREDITS)
@@ -37,13 +38,14 @@ redis.call('HSET', K_JOB,
   'total', n, 'completed', 0, 'failed', 0, 'retried', 0, 'gen', 1,
   'item_cost', int(item_cost), 'overhead', int(overhead),
   'reserved', int(required), 'spent', int(overhead), 'refunded', 0,
-  'created_at', ts, 'started_at', ts, 'agg_ns', ARGV[13], 'agg_field', ARGV[14])
+  'created_at', ts, 'started_at', ts, 'agg_ns', ARGV[13], 'agg_field', ARGV[14],
+  'stats_task', ARGV[15], 'stats_agent', ARGV[16])
 
 redis.call('XGROUP', 'CREATE', K_ITEMS, GROUP, '0', 'MKSTREAM')
 -- First attempts carry only idx and input (attempt 0 is implied): a large
 -- spawn is one script call, so every field per entry counts.
 for i = 1, n do
-  redis.call('XADD', K_ITEMS, '1-' .. (i - 1), 'idx', i - 1, 'input', ARGV[14 + i])
+  redis.call('XADD', K_ITEMS, '1-' .. (i - 1), 'idx', i - 1, 'input', ARGV[16 + i])
 end
 redis.call('ZADD', K_JOBS, ts, JOB_ID)
 redis.call('SADD', K_ACTIVE, JOB_ID)

@@ -70,6 +70,14 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Simulate a job (the body of POST /jobs, plus optional `stages`) without spending anything.
+    Simulate {
+        #[arg(long)]
+        tenant: String,
+        /// JSON file with the body, or `-` for standard input.
+        #[arg(long, default_value = "-")]
+        file: String,
+    },
     /// Run a load test: one job, many workers, and a checked report.
     Load(LoadArgs),
     /// Run a benchmark scenario and print its Markdown section (medians of several runs).
@@ -426,6 +434,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Command::Simulate { tenant: t, file } => {
+            let text = if file == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?
+            };
+            let mut body: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{file}: not JSON"))?;
+            let stages: Vec<crate::simulate::StageSpec> =
+                match body.as_object_mut().and_then(|o| o.remove("stages")) {
+                    Some(v) => serde_json::from_value(v).context("stages")?,
+                    None => Vec::new(),
+                };
+            let spec: crate::jobs::JobSpec = serde_json::from_value(body).context("job body")?;
+            let bus = config.bus()?;
+            let simulation = bus.simulate(&tenant(&t)?, &spec, &stages).await?;
+            println!("{}", serde_json::to_string_pretty(&simulation)?);
         }
         Command::Load(args) => {
             if !load(&config, args).await? {

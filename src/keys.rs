@@ -202,9 +202,14 @@ impl TenantKeys {
         self.key("dlq")
     }
 
-    /// Hash of item-duration histogram buckets and outcomes for one task.
+    /// Hash of item-duration histogram buckets and outcomes of one task.
     pub fn task_stats(&self, task: &str) -> String {
-        self.key(&format!("stats:{task}"))
+        self.key(&format!("stats:task:{task}"))
+    }
+
+    /// The same history, for one worker agent doing one task.
+    pub fn agent_task_stats(&self, worker_agent: &str, task: &str) -> String {
+        self.key(&format!("stats:agent:{worker_agent}:{task}"))
     }
 
     /// Zset of agent instance ids by last heartbeat (ms).

@@ -30,6 +30,7 @@ pub mod registry;
 pub mod replies;
 pub mod scripts;
 pub mod server;
+pub mod simulate;
 pub mod sink;
 pub mod telemetry;
 pub mod verify;

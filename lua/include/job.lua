@@ -40,30 +40,40 @@ local function is_pending(entry_id)
   return p[1] ~= nil, p[1] and tonumber(p[1][3]) or 0
 end
 
--- Per-task history for simulation: a log-scale histogram of item durations
--- (4 buckets per doubling) plus outcome counters. The key shares the job's
--- hash tag: the tenant prefix of KEYS[3] with "stats:<task>".
-local function stats_key(task)
-  return (string.gsub(K_JOB, 'job:[^:]+$', 'stats:' .. task))
+-- History for simulation: per task, and per worker agent and task, a
+-- log-scale histogram of item durations (4 buckets per doubling of ms) and
+-- outcome counters. The job hash names those two hashes (`stats_task`,
+-- `stats_agent`; same tenant, same slot).
+local function stats_keys()
+  local v = redis.call('HMGET', K_JOB, 'stats_task', 'stats_agent')
+  local keys = {}
+  for _, k in ipairs(v) do
+    if k and k ~= '' then keys[#keys + 1] = k end
+  end
+  return keys
 end
 
--- Adds a batch of item durations (ms) to the task's histogram.
-local function record_durations(task, durations)
+-- Adds a batch of item durations (ms) to the histograms.
+local function record_durations(durations)
   if #durations == 0 then return end
-  local key = stats_key(task)
   local buckets, sum = {}, 0
   for _, ms in ipairs(durations) do
     local b = 'b' .. math.floor(4 * math.log(ms + 1) / math.log(2))
     buckets[b] = (buckets[b] or 0) + 1
     sum = sum + ms
   end
-  for b, n in pairs(buckets) do redis.call('HINCRBY', key, b, n) end
-  redis.call('HINCRBY', key, 'completed', #durations)
-  redis.call('HINCRBY', key, 'sum_ms', int(sum))
+  for _, key in ipairs(stats_keys()) do
+    for b, n in pairs(buckets) do redis.call('HINCRBY', key, b, n) end
+    redis.call('HINCRBY', key, 'completed', #durations)
+    redis.call('HINCRBY', key, 'sum_ms', int(sum))
+  end
 end
 
-local function record_outcome(task, field)
-  redis.call('HINCRBY', stats_key(task), field, 1)
+-- Counts an outcome ('retried' or 'failed') of one attempt.
+local function record_outcome(field)
+  for _, key in ipairs(stats_keys()) do
+    redis.call('HINCRBY', key, field, 1)
+  end
 end
 
 -- A job-summary event with every field of the job hash.
@@ -97,18 +107,18 @@ local function finish_if_done(ts)
 end
 
 -- Puts an item back as a new entry (attempt + 1) and drops the old one.
-local function requeue(entry_id, idx, f, reason, ts, task)
+local function requeue(entry_id, idx, f, reason, ts)
   local gen = redis.call('HINCRBY', K_JOB, 'gen', 1)
   redis.call('XADD', K_ITEMS, gen .. '-' .. idx, 'idx', idx, 'attempt', attempt_of(f) + 1,
     'ts', ts, 'input', f.input, 'last_error', reason)
   redis.call('XACK', K_ITEMS, GROUP, entry_id)
   redis.call('XDEL', K_ITEMS, entry_id)
   redis.call('HINCRBY', K_JOB, 'retried', 1)
-  record_outcome(task, 'retried')
+  record_outcome('retried')
 end
 
 -- Ends an item as failed for good: dead letter, and its reservation released.
-local function fail_item(entry_id, idx, f, reason, ts, cost, task)
+local function fail_item(entry_id, idx, f, reason, ts, cost)
   redis.call('SETBIT', K_DONE, idx, 1)
   redis.call('HINCRBY', K_JOB, 'failed', 1)
   redis.call('XADD', K_DLQ, '*', 'type', 'item', 'job', JOB_ID, 'idx', idx,
@@ -118,5 +128,5 @@ local function fail_item(entry_id, idx, f, reason, ts, cost, task)
   redis.call('HINCRBY', K_JOB, 'refunded', int(cost))
   redis.call('XACK', K_ITEMS, GROUP, entry_id)
   redis.call('XDEL', K_ITEMS, entry_id)
-  record_outcome(task, 'failed')
+  record_outcome('failed')
 end

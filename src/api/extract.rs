@@ -68,6 +68,29 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Deserializes a JSON value already read (so two endpoints taking the same
+/// body report the same errors); errors name the field under `prefix`.
+pub fn from_value<T: DeserializeOwned>(
+    value: serde_json::Value,
+    prefix: &str,
+) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let field = if path == "." || path.is_empty() {
+            field_of_message(&inner.to_string()).unwrap_or_else(|| "body".into())
+        } else {
+            path
+        };
+        let field = if prefix.is_empty() {
+            field
+        } else {
+            format!("{prefix}{field}")
+        };
+        ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, &field, inner.to_string())
+    })
+}
+
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|err| {

@@ -8,12 +8,13 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::extract::{ApiJson, OptionalJson, Params, path_uuid};
+use super::extract::{ApiJson, OptionalJson, Params, from_value, path_uuid};
 use super::{ApiError, ApiResult, AppState, Tenant};
 use crate::jobs::{
     CancelOutcome, ClaimedItem, CompleteOutcome, FailOutcome, ItemResult, Job, JobPage, JobSpec,
     validate_stream_id,
 };
+use crate::simulate::{Simulation, StageSpec};
 
 /// Longest a claim may long-poll.
 const MAX_WAIT_MS: u64 = 30_000;
@@ -22,10 +23,26 @@ const MAX_CLAIM_COUNT: usize = 100;
 pub async fn create(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    ApiJson(spec): ApiJson<JobSpec>,
+    ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
+    // Parsed from a value, exactly as simulate parses the same body.
+    let spec: JobSpec = from_value(body, "")?;
     let job = state.bus.spawn_job(&tenant, &spec).await?;
     Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// `POST /jobs/simulate`: the body of `POST /jobs`, plus optional `stages`.
+pub async fn simulate(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiJson(mut body): ApiJson<Value>,
+) -> ApiResult<Json<Simulation>> {
+    let stages: Vec<StageSpec> = match body.as_object_mut().and_then(|o| o.remove("stages")) {
+        Some(v) => from_value(v, "stages")?,
+        None => Vec::new(),
+    };
+    let spec: JobSpec = from_value(body, "")?;
+    Ok(Json(state.bus.simulate(&tenant, &spec, &stages).await?))
 }
 
 pub async fn get_one(

@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let v1 = Router::new()
         .route("/jobs", post(jobs::create).get(jobs::list))
+        .route("/jobs/simulate", post(jobs::simulate))
         .route("/jobs/{job_id}", get(jobs::get_one))
         .route("/jobs/{job_id}/claim", post(jobs::claim))
         .route(

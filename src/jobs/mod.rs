@@ -449,7 +449,9 @@ impl AgentBus {
                     .as_ref()
                     .and_then(|a| a.field.as_deref())
                     .unwrap_or(""),
-            );
+            )
+            .arg(keys.task_stats(&spec.task))
+            .arg(keys.agent_task_stats(&spec.worker_agent, &spec.task));
         for item in &spec.items {
             call.arg(codec::encode(item)?);
         }

@@ -1,0 +1,735 @@
+//! Pre-execution simulation: what a job will cost, how long it will take,
+//! and what could go wrong — without reserving or writing anything.
+//!
+//! Credits come from the same price-table function spawn reserves with, so a
+//! simulation's estimate is what spawn reserves. Durations come from the
+//! history the job scripts record per task (and per worker agent): a
+//! log-scale histogram of item durations and the attempts that failed.
+//! Without history the estimate falls back to a stated bound: every attempt
+//! takes `timeout_per_item`. A request may add stages that depend on the
+//! job and on each other; the simulation then gives the critical path, the
+//! total credits, and the chance each stage is reached.
+
+use std::collections::{HashMap, HashSet};
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use serde::{Deserialize, Serialize};
+
+use crate::bus::AgentBus;
+use crate::error::{Error, Result};
+use crate::jobs::JobSpec;
+use crate::keys::{self, TenantId};
+use crate::money::{self, from_minor};
+use crate::registry::{AgentFilter, AgentStatus};
+
+/// Waves shown in the execution preview.
+const PREVIEW_WAVES: usize = 20;
+/// A job costing more than this share of the available credits is "high cost".
+const HIGH_COST_SHARE: f64 = 0.5;
+/// An item more likely than this to fail for good makes retries "likely to exhaust".
+const EXHAUSTION_RISK: f64 = 0.01;
+
+/// A further stage of work, run after the stages it depends on. Unset fields
+/// take the job's values.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    pub name: String,
+    /// Number of items.
+    pub items: usize,
+    #[serde(default)]
+    pub task: Option<String>,
+    #[serde(default)]
+    pub worker_agent: Option<String>,
+    #[serde(default)]
+    pub parallelism: Option<i64>,
+    #[serde(default)]
+    pub timeout_per_item: Option<i64>,
+    #[serde(default)]
+    pub max_retries: Option<i64>,
+    /// Names of stages (or `job`, the job itself) that must finish first.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+/// History of one task, as the job scripts recorded it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TaskHistory {
+    pub completed: u64,
+    pub retried: u64,
+    pub failed: u64,
+    /// (bucket upper bound in ms, count), ascending.
+    #[serde(skip)]
+    pub buckets: Vec<(f64, u64)>,
+    pub mean_ms: f64,
+}
+
+impl TaskHistory {
+    fn from_hash(h: &HashMap<String, String>) -> Option<Self> {
+        let get = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let completed = get("completed");
+        if completed == 0 {
+            return None;
+        }
+        let mut buckets: Vec<(f64, u64)> = h
+            .iter()
+            .filter_map(|(k, v)| {
+                let b: i32 = k.strip_prefix('b')?.parse().ok()?;
+                // Bucket b holds durations d with floor(4·log2(d + 1)) = b.
+                Some((2f64.powf((b + 1) as f64 / 4.0) - 1.0, v.parse().ok()?))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Some(TaskHistory {
+            completed,
+            retried: get("retried"),
+            failed: get("failed"),
+            mean_ms: get("sum_ms") as f64 / completed as f64,
+            buckets,
+        })
+    }
+
+    /// Duration (ms) below which a share `q` of items finished.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        let total: u64 = self.buckets.iter().map(|(_, n)| n).sum();
+        let target = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        let mut lower = 0.0;
+        for (upper, n) in &self.buckets {
+            if seen + n >= target {
+                // Interpolate inside the bucket.
+                let within = (target - seen) as f64 / (*n).max(1) as f64;
+                return lower + (upper - lower) * within;
+            }
+            seen += n;
+            lower = *upper;
+        }
+        lower
+    }
+
+    /// Standard deviation of item durations (ms), from the histogram.
+    pub fn sd_ms(&self) -> f64 {
+        let total: u64 = self.buckets.iter().map(|(_, n)| n).sum();
+        if total < 2 {
+            return 0.0;
+        }
+        let mut lower = 0.0;
+        let mut var = 0.0;
+        for (upper, n) in &self.buckets {
+            let mid = (lower + upper) / 2.0;
+            var += *n as f64 * (mid - self.mean_ms).powi(2);
+            lower = *upper;
+        }
+        (var / total as f64).sqrt()
+    }
+
+    /// Share of attempts that failed (retried or failed for good).
+    pub fn failure_rate(&self) -> f64 {
+        let bad = self.retried + self.failed;
+        bad as f64 / (self.completed + bad) as f64
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BudgetCheck {
+    pub sufficient: bool,
+    #[serde(with = "money::json")]
+    pub required: Decimal,
+    #[serde(with = "money::json")]
+    pub available: Decimal,
+    #[serde(with = "money::json")]
+    pub shortfall: Decimal,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CostBreakdown {
+    #[serde(with = "money::json")]
+    pub job_overhead: Decimal,
+    #[serde(with = "money::json")]
+    pub item_processing: Decimal,
+    #[serde(with = "money::json")]
+    pub total: Decimal,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DurationRange {
+    pub p50_seconds: f64,
+    pub p95_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Assumptions {
+    /// `history` (recorded item durations) or `timeout_bound` (none recorded).
+    pub basis: &'static str,
+    pub history_used: bool,
+    /// Completed items the history holds.
+    pub samples: u64,
+    pub item_p50_ms: f64,
+    pub item_p95_ms: f64,
+    pub item_mean_ms: f64,
+    /// Share of attempts that failed in the history.
+    pub failure_rate: f64,
+    /// Workers assumed: the job's parallelism.
+    pub workers: i64,
+    pub explanation: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Wave {
+    pub wave: usize,
+    pub first_item: usize,
+    pub last_item: usize,
+    pub start_seconds: f64,
+    pub end_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExecutionPreview {
+    pub waves: Vec<Wave>,
+    pub total_waves: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StageEstimate {
+    pub name: String,
+    pub items: usize,
+    #[serde(with = "money::json")]
+    pub credits: Decimal,
+    pub duration: DurationRange,
+    pub depends_on: Vec<String>,
+    /// Earliest start and finish on the p50 schedule.
+    pub start_seconds: f64,
+    pub finish_seconds: f64,
+    /// Chance every stage this one depends on (directly or not) finishes
+    /// without an item failing for good.
+    pub reach_probability: f64,
+    /// Chance this stage itself finishes without an item failing for good.
+    pub success_probability: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Graph {
+    pub stages: Vec<StageEstimate>,
+    /// Stage names along the longest p50 path.
+    pub critical_path: Vec<String>,
+    pub critical_path_seconds: f64,
+    #[serde(with = "money::json")]
+    pub total_credits: Decimal,
+}
+
+/// The answer of `POST /jobs/simulate`: the original's fields and more.
+#[derive(Clone, Debug, Serialize)]
+pub struct Simulation {
+    pub feasible: bool,
+    #[serde(with = "money::json")]
+    pub estimated_credits: Decimal,
+    #[serde(with = "money::json")]
+    pub credits_per_item: Decimal,
+    pub item_count: usize,
+    pub estimated_duration_seconds: f64,
+    pub duration: DurationRange,
+    pub assumptions: Assumptions,
+    pub expected_attempts: f64,
+    pub expected_retries: f64,
+    pub expected_failures: f64,
+    pub budget_check: BudgetCheck,
+    pub risks: Vec<String>,
+    pub warnings: Vec<String>,
+    pub cost_breakdown: CostBreakdown,
+    pub execution_preview: ExecutionPreview,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph: Option<Graph>,
+}
+
+/// Credits a job of `items` items reserves — the function spawn uses too.
+pub fn cost_breakdown(bus: &AgentBus, items: usize) -> CostBreakdown {
+    let prices = bus.prices();
+    CostBreakdown {
+        job_overhead: from_minor(prices.agent_spawn),
+        item_processing: from_minor(prices.job_item * items as i64),
+        total: from_minor(prices.job_reservation(items)),
+    }
+}
+
+/// What one group of items is expected to take.
+struct Estimate {
+    p50_s: f64,
+    p95_s: f64,
+    attempts: f64,
+    permanent_failure: f64,
+    assumptions: Assumptions,
+    per_attempt_s: f64,
+}
+
+fn estimate(
+    history: Option<&TaskHistory>,
+    items: usize,
+    parallelism: i64,
+    timeout_s: i64,
+    max_retries: i64,
+) -> Estimate {
+    let workers = parallelism.max(1);
+    let (p50_ms, p95_ms, mean_ms, sd_ms, f, samples) = match history {
+        Some(h) => (
+            h.quantile_ms(0.5),
+            h.quantile_ms(0.95),
+            h.mean_ms,
+            h.sd_ms(),
+            h.failure_rate(),
+            h.completed,
+        ),
+        None => {
+            let t = timeout_s as f64 * 1000.0;
+            (t, t, t, 0.0, 0.0, 0)
+        }
+    };
+    // Attempts per item: 1 + f + f² + … up to max_retries retries.
+    let attempts = if f > 0.0 {
+        (1.0 - f.powi(max_retries as i32 + 1)) / (1.0 - f)
+    } else {
+        1.0
+    };
+    let permanent_failure = f.powi(max_retries as i32 + 1);
+    // Workers pull continuously: each carries its share of all attempts.
+    let per_worker = (items as f64 * attempts / workers as f64).ceil().max(1.0);
+    let p50_ms_total = per_worker * mean_ms;
+    // Spread of a sum of per_worker durations, plus the slowest last item.
+    let p95_ms_total =
+        p50_ms_total + 1.645 * per_worker.sqrt() * sd_ms + (p95_ms - mean_ms).max(0.0);
+    let explanation = match history {
+        Some(_) => format!(
+            "{samples} recorded items of this task: {workers} workers each take about {per_worker} attempts of {mean_ms:.0} ms on average"
+        ),
+        None => format!(
+            "no history for this task: assumes every attempt takes the full timeout_per_item ({timeout_s} s) on {workers} workers, a conservative bound"
+        ),
+    };
+    Estimate {
+        p50_s: p50_ms_total / 1000.0,
+        p95_s: p95_ms_total / 1000.0,
+        attempts,
+        permanent_failure,
+        per_attempt_s: mean_ms / 1000.0,
+        assumptions: Assumptions {
+            basis: if history.is_some() {
+                "history"
+            } else {
+                "timeout_bound"
+            },
+            history_used: history.is_some(),
+            samples,
+            item_p50_ms: p50_ms,
+            item_p95_ms: p95_ms,
+            item_mean_ms: mean_ms,
+            failure_rate: f,
+            workers,
+            explanation,
+        },
+    }
+}
+
+impl AgentBus {
+    /// The recorded history of `task` (for `worker_agent` when there is
+    /// some, else for the task across agents).
+    pub async fn task_history(
+        &self,
+        tenant: &TenantId,
+        worker_agent: &str,
+        task: &str,
+    ) -> Result<Option<TaskHistory>> {
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let (by_agent, by_task): (HashMap<String, String>, HashMap<String, String>) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(keys.agent_task_stats(worker_agent, task))
+            .cmd("HGETALL")
+            .arg(keys.task_stats(task))
+            .query_async(&mut conn)
+            .await?;
+        Ok(TaskHistory::from_hash(&by_agent).or_else(|| TaskHistory::from_hash(&by_task)))
+    }
+
+    /// Simulates a job (and optional stages). Reads only.
+    pub async fn simulate(
+        &self,
+        tenant: &TenantId,
+        spec: &JobSpec,
+        stages: &[StageSpec],
+    ) -> Result<Simulation> {
+        spec.validate(self.limits().max_items)?;
+        let items = spec.items.len();
+        let cost = cost_breakdown(self, items);
+        let history = self
+            .task_history(tenant, &spec.worker_agent, &spec.task)
+            .await?;
+        let est = estimate(
+            history.as_ref(),
+            items,
+            spec.parallelism,
+            spec.timeout_per_item,
+            spec.max_retries,
+        );
+        let graph = if stages.is_empty() {
+            None
+        } else {
+            Some(self.simulate_graph(tenant, spec, &est, stages).await?)
+        };
+        let required = graph
+            .as_ref()
+            .map(|g| g.total_credits)
+            .unwrap_or(cost.total);
+        let balance = self.balance(tenant).await?;
+        let sufficient = required <= balance.available;
+        let shortfall = (required - balance.available).max(Decimal::ZERO);
+        let budget_check = BudgetCheck {
+            sufficient,
+            required,
+            available: balance.available,
+            shortfall,
+            // Word for word what spawn answers when it refuses.
+            message: if sufficient {
+                format!(
+                    "{} credits available for {required} required",
+                    balance.available
+                )
+            } else {
+                Error::InsufficientCredits {
+                    required,
+                    available: balance.available,
+                }
+                .to_string()
+            },
+        };
+
+        let mut risks = Vec::new();
+        let mut warnings = Vec::new();
+        if !sufficient {
+            risks.push(format!("insufficient budget: {shortfall} credits short"));
+        }
+        let timeout_ms = spec.timeout_per_item as f64 * 1000.0;
+        if est.assumptions.history_used && est.assumptions.item_p95_ms > timeout_ms {
+            risks.push(format!(
+                "item p95 of {:.0} ms exceeds timeout_per_item ({} s): slow items will be re-delivered and may fail for good",
+                est.assumptions.item_p95_ms, spec.timeout_per_item
+            ));
+        }
+        if est.permanent_failure * items as f64 >= 1.0 || est.permanent_failure > EXHAUSTION_RISK {
+            risks.push(format!(
+                "failure rate {:.1}% per attempt: about {:.1} items expected to exhaust {} retries",
+                est.assumptions.failure_rate * 100.0,
+                est.permanent_failure * items as f64,
+                spec.max_retries
+            ));
+        }
+        if !est.assumptions.history_used {
+            warnings.push(format!(
+                "no history for task {:?}: duration is a conservative bound, not a forecast",
+                spec.task
+            ));
+        }
+        if spec.max_retries == 0 {
+            warnings
+                .push("no retries configured: any failed attempt fails its item for good".into());
+        }
+        let share = if balance.available > Decimal::ZERO {
+            (cost.total / balance.available)
+                .to_f64()
+                .unwrap_or(f64::MAX)
+        } else {
+            f64::MAX
+        };
+        if sufficient && share > HIGH_COST_SHARE {
+            warnings.push(format!(
+                "high cost: {} credits is {:.0}% of the {} available",
+                cost.total,
+                share * 100.0,
+                balance.available
+            ));
+        }
+        let live = self
+            .list_agents(
+                tenant,
+                &AgentFilter {
+                    agent_id: keys::Ident::new("worker_agent", spec.worker_agent.as_str()).ok(),
+                    ..AgentFilter::default()
+                },
+                1000,
+            )
+            .await?
+            .iter()
+            .filter(|i| matches!(i.status, AgentStatus::Running | AgentStatus::Idle))
+            .count() as i64;
+        if spec.parallelism > live {
+            warnings.push(format!(
+                "parallelism {} is above the {live} live {} workers registered: expect it to take longer",
+                spec.parallelism, spec.worker_agent
+            ));
+        }
+
+        let total_waves = items.div_ceil(spec.parallelism.max(1) as usize);
+        let waves = (0..total_waves.min(PREVIEW_WAVES))
+            .map(|w| {
+                let p = spec.parallelism.max(1) as usize;
+                let per = est.per_attempt_s * est.attempts;
+                Wave {
+                    wave: w + 1,
+                    first_item: w * p,
+                    last_item: ((w + 1) * p).min(items) - 1,
+                    start_seconds: w as f64 * per,
+                    end_seconds: (w + 1) as f64 * per,
+                }
+            })
+            .collect();
+
+        Ok(Simulation {
+            feasible: sufficient,
+            estimated_credits: required,
+            credits_per_item: from_minor(self.prices().job_item),
+            item_count: items,
+            estimated_duration_seconds: graph
+                .as_ref()
+                .map(|g| g.critical_path_seconds)
+                .unwrap_or(est.p50_s),
+            duration: DurationRange {
+                p50_seconds: est.p50_s,
+                p95_seconds: est.p95_s,
+            },
+            expected_attempts: items as f64 * est.attempts,
+            expected_retries: items as f64 * (est.attempts - 1.0),
+            expected_failures: items as f64 * est.permanent_failure,
+            assumptions: est.assumptions,
+            budget_check,
+            risks,
+            warnings,
+            cost_breakdown: cost,
+            execution_preview: ExecutionPreview { waves, total_waves },
+            graph,
+        })
+    }
+
+    async fn simulate_graph(
+        &self,
+        tenant: &TenantId,
+        spec: &JobSpec,
+        job: &Estimate,
+        stages: &[StageSpec],
+    ) -> Result<Graph> {
+        let mut names: HashSet<&str> = HashSet::from([JOB_STAGE]);
+        for (i, s) in stages.iter().enumerate() {
+            keys::validate_id(&format!("stages[{i}].name"), &s.name, keys::MAX_ID_LEN)?;
+            if !names.insert(&s.name) {
+                return Err(Error::invalid(
+                    format!("stages[{i}].name"),
+                    format!(
+                        "{:?} used twice (\"{JOB_STAGE}\" is the job itself)",
+                        s.name
+                    ),
+                ));
+            }
+        }
+        for (i, s) in stages.iter().enumerate() {
+            if let Some(d) = s.depends_on.iter().find(|d| !names.contains(d.as_str())) {
+                return Err(Error::invalid(
+                    format!("stages[{i}].depends_on"),
+                    format!("no stage named {d:?}"),
+                ));
+            }
+        }
+        let mut nodes: HashMap<String, Node> = HashMap::new();
+        nodes.insert(
+            JOB_STAGE.into(),
+            Node::new(self, spec.items.len(), job, vec![]),
+        );
+        for (i, s) in stages.iter().enumerate() {
+            // Each stage is validated like a job of its own.
+            let mut stage_spec = spec.clone();
+            stage_spec.items = vec![serde_json::Value::Null; s.items];
+            stage_spec.task = s.task.clone().unwrap_or_else(|| spec.task.clone());
+            stage_spec.worker_agent = s
+                .worker_agent
+                .clone()
+                .unwrap_or_else(|| spec.worker_agent.clone());
+            stage_spec.parallelism = s.parallelism.unwrap_or(spec.parallelism);
+            stage_spec.timeout_per_item = s.timeout_per_item.unwrap_or(spec.timeout_per_item);
+            stage_spec.max_retries = s.max_retries.unwrap_or(spec.max_retries);
+            stage_spec
+                .validate(self.limits().max_items)
+                .map_err(|e| match e {
+                    Error::Invalid { field, reason } => {
+                        Error::invalid(format!("stages[{i}].{field}"), reason)
+                    }
+                    other => other,
+                })?;
+            let history = self
+                .task_history(tenant, &stage_spec.worker_agent, &stage_spec.task)
+                .await?;
+            let e = estimate(
+                history.as_ref(),
+                s.items,
+                stage_spec.parallelism,
+                stage_spec.timeout_per_item,
+                stage_spec.max_retries,
+            );
+            nodes.insert(
+                s.name.clone(),
+                Node::new(self, s.items, &e, s.depends_on.clone()),
+            );
+        }
+        let order = topological_order(&nodes)?;
+
+        // Earliest start on the p50 schedule, the critical path, reach chances.
+        let mut finish: HashMap<&str, (f64, Option<&str>)> = HashMap::new();
+        let mut ancestors: HashMap<&str, HashSet<&str>> = HashMap::new();
+        let mut out = Vec::new();
+        for name in &order {
+            let node = &nodes[name.as_str()];
+            let (start, via) = node
+                .deps
+                .iter()
+                .map(|d| (finish[d.as_str()].0, Some(d.as_str())))
+                .fold((0.0, None), |a, b| if b.0 > a.0 { b } else { a });
+            finish.insert(name, (start + node.p50, via));
+            let mut anc: HashSet<&str> = HashSet::new();
+            for d in &node.deps {
+                anc.insert(d);
+                anc.extend(ancestors[d.as_str()].iter().copied());
+            }
+            let reach = anc.iter().map(|a| nodes[*a].success).product::<f64>();
+            ancestors.insert(name, anc);
+            out.push(StageEstimate {
+                name: name.clone(),
+                items: node.items,
+                credits: node.credits,
+                duration: DurationRange {
+                    p50_seconds: node.p50,
+                    p95_seconds: node.p95,
+                },
+                depends_on: node.deps.clone(),
+                start_seconds: start,
+                finish_seconds: start + node.p50,
+                reach_probability: reach,
+                success_probability: node.success,
+            });
+        }
+        let (mut at, end) = finish
+            .iter()
+            .max_by(|a, b| a.1.0.total_cmp(&b.1.0))
+            .map(|(k, v)| (*k, v.0))
+            .unwrap_or((JOB_STAGE, 0.0));
+        let mut path = vec![at.to_string()];
+        while let Some((_, Some(prev))) = finish.get(at) {
+            path.push(prev.to_string());
+            at = prev;
+        }
+        path.reverse();
+        Ok(Graph {
+            total_credits: out.iter().map(|s| s.credits).sum(),
+            stages: out,
+            critical_path: path,
+            critical_path_seconds: end,
+        })
+    }
+}
+
+/// The name by which stages depend on the job itself.
+const JOB_STAGE: &str = "job";
+
+/// One stage of the graph, estimated.
+struct Node {
+    items: usize,
+    credits: Decimal,
+    p50: f64,
+    p95: f64,
+    /// Chance it finishes without an item failing for good.
+    success: f64,
+    deps: Vec<String>,
+}
+
+impl Node {
+    fn new(bus: &AgentBus, items: usize, e: &Estimate, deps: Vec<String>) -> Self {
+        Node {
+            items,
+            credits: cost_breakdown(bus, items).total,
+            p50: e.p50_s,
+            p95: e.p95_s,
+            success: (1.0 - e.permanent_failure).powf(items as f64),
+            deps,
+        }
+    }
+}
+
+/// Stages so that each comes after those it depends on; a cycle is an error naming it.
+fn topological_order(nodes: &HashMap<String, Node>) -> Result<Vec<String>> {
+    fn visit<'a>(
+        name: &'a str,
+        nodes: &'a HashMap<String, Node>,
+        done: &mut HashSet<&'a str>,
+        path: &mut Vec<&'a str>,
+        order: &mut Vec<String>,
+    ) -> Result<()> {
+        if done.contains(name) {
+            return Ok(());
+        }
+        if path.contains(&name) {
+            path.push(name);
+            return Err(Error::invalid(
+                "stages",
+                format!("dependency cycle: {}", path.join(" -> ")),
+            ));
+        }
+        path.push(name);
+        for d in &nodes[name].deps {
+            visit(d, nodes, done, path, order)?;
+        }
+        path.pop();
+        done.insert(name);
+        order.push(name.to_string());
+        Ok(())
+    }
+    let mut names: Vec<&String> = nodes.keys().collect();
+    names.sort();
+    let (mut done, mut order) = (HashSet::new(), Vec::new());
+    for n in names {
+        visit(n, nodes, &mut done, &mut Vec::new(), &mut order)?;
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(buckets: &[(i32, u64)], completed: u64, sum_ms: u64, retried: u64) -> TaskHistory {
+        let mut h: HashMap<String, String> = buckets
+            .iter()
+            .map(|(b, n)| (format!("b{b}"), n.to_string()))
+            .collect();
+        h.insert("completed".into(), completed.to_string());
+        h.insert("sum_ms".into(), sum_ms.to_string());
+        h.insert("retried".into(), retried.to_string());
+        TaskHistory::from_hash(&h).unwrap()
+    }
+
+    #[test]
+    fn quantiles_come_from_the_histogram() {
+        // 100 ms items fall in bucket floor(4·log2(101)) = 26.
+        let h = history(&[(26, 100)], 100, 10_000, 0);
+        let p50 = h.quantile_ms(0.5);
+        assert!((84.0..=101.0).contains(&p50), "{p50}");
+        assert_eq!(h.failure_rate(), 0.0);
+    }
+
+    #[test]
+    fn retries_follow_the_failure_rate() {
+        let h = history(&[(26, 90)], 90, 9_000, 10);
+        let e = estimate(Some(&h), 100, 10, 60, 3);
+        // f = 0.1: 1 + 0.1 + 0.01 + 0.001 attempts per item.
+        assert!((e.attempts - 1.111).abs() < 1e-9, "{}", e.attempts);
+        assert!((e.permanent_failure - 0.0001).abs() < 1e-12);
+        let none = estimate(None, 100, 10, 60, 3);
+        assert_eq!(none.p50_s, 10.0 * 60.0);
+        assert!(!none.assumptions.history_used);
+    }
+}
