@@ -4,7 +4,7 @@
 -- KEYS: the job layout (see include/job.lua).
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5] cancelled by   ARGV[6] reason
--- Returns {'ok', completed_items, cancelled_items, refunded}
+-- Returns {'ok', completed_items, cancelled_items, refunded, lasted_ms}
 --       | {'missing'} | {'not_running', status}
 
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'completed', 'failed')
@@ -24,5 +24,5 @@ move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'refund', 'job
 redis.call('XADD', K_OUTBOX, '*', 'type', 'cancel', 'id', next_event_id(EVENT_BASE), 'ts', ts,
   'tenant', TENANT, 'job', JOB_ID, 'cancelled_by', ARGV[5], 'reason', ARGV[6],
   'items_completed', completed, 'items_cancelled', cancelled, 'refunded', int(refund))
-end_job('cancelled', ts)
-return {'ok', completed, cancelled, int(refund)}
+local lasted = end_job('cancelled', ts)
+return {'ok', completed, cancelled, int(refund), lasted}

@@ -6,8 +6,11 @@
 -- KEYS[3]: same tenant, same slot).
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5..]: pairs of (entry id, MessagePack output)
--- Returns {'ok', outcome...} with one outcome per pair:
---   'completed' | 'duplicate' | 'stale' (no longer pending) | 'invalid'
+-- Returns {'ok', ended, status, {outcome...}, {duration...}}: `ended` is how
+-- long the job lasted (ms) and `status` its final status when this call
+-- ended it, else 0 and ''; one outcome per pair,
+-- 'completed' | 'duplicate' | 'stale' (no longer pending) | 'invalid'; the
+-- delivery-to-completion ms of each completed item.
 --       | {'missing'} | {'not_running', status}
 
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'agg_ns', 'agg_field')
@@ -31,7 +34,7 @@ local function aggregate_output(B, field, idx, output)
 end
 
 local ts = now_ms()
-local out = {'ok'}
+local out = {}
 local completed, acks, durations = 0, {}, {}
 for i = 5, #ARGV - 1, 2 do
   local entry_id, output = ARGV[i], ARGV[i + 1]
@@ -63,6 +66,7 @@ end
 if #acks > 0 then
   redis.call('XACK', K_ITEMS, GROUP, unpack(acks))
 end
+local ended, ended_status = 0, ''
 if completed > 0 then
   local amount = completed * cost
   redis.call('HINCRBY', K_JOB, 'completed', completed)
@@ -70,6 +74,6 @@ if completed > 0 then
   move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'spend', 'job_item', amount,
     {items = completed})
   record_durations(durations)
-  finish_if_done(ts)
+  ended, ended_status = finish_if_done(ts)
 end
-return out
+return {'ok', ended, ended_status, out, durations}

@@ -3,7 +3,9 @@
 -- KEYS: the job layout (see include/job.lua).
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5] entry id   ARGV[6] error message   ARGV[7] retry ('1' or '0')
--- Returns {'retried', attempt} | {'failed'} | {'duplicate'} | {'stale'} | {'invalid'}
+-- Returns {'retried', attempt} | {'failed', ended, status} | {'duplicate'} | {'stale'} | {'invalid'}
+--   (ended, status: how long the job lasted (ms) and how it ended, when this
+--   failure ended it, else 0 and '')
 --       | {'missing'} | {'not_running', status}
 
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'max_retries')
@@ -26,5 +28,5 @@ if retry and attempt < max_retries then
   return {'retried', attempt + 1}
 end
 fail_item(entry_id, idx, f, message, ts, cost)
-finish_if_done(ts)
-return {'failed'}
+local ended, ended_status = finish_if_done(ts)
+return {'failed', ended, ended_status}

@@ -4,7 +4,9 @@
 -- KEYS: the job layout (see include/job.lua).
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5] consumer name of the reclaimer   ARGV[6] maximum entries per call
--- Returns {'ok', requeued, failed} | {'missing'} | {'not_running', status}
+-- Returns {'ok', requeued, failed, ended, status} | {'missing'} | {'not_running', status}
+--   (ended, status: how long the job lasted (ms) and how it ended, when this
+--   call ended it, else 0 and '')
 
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'timeout_ms', 'max_retries')
 local status, cost, timeout_ms, max_retries = v[1], tonumber(v[2]), v[3], tonumber(v[4])
@@ -38,5 +40,7 @@ for _, entry in ipairs(r[2]) do
     end
   end
 end
-if not (failed > 0 and finish_if_done(ts)) then trim_acked(K_ITEMS, GROUP) end
-return {'ok', requeued, failed}
+local ended, ended_status = 0, ''
+if failed > 0 then ended, ended_status = finish_if_done(ts) end
+if ended == 0 then trim_acked(K_ITEMS, GROUP) end
+return {'ok', requeued, failed, ended, ended_status}

@@ -23,6 +23,7 @@ use crate::bus::{AgentBus, event_base};
 use crate::codec::Reply;
 use crate::error::{Error, Result};
 use crate::keys::{BlackboardKeys, Ident, TenantId};
+use crate::metrics;
 use crate::money::{self, from_minor};
 use crate::scripts::scripts;
 
@@ -240,9 +241,12 @@ impl Blackboard {
         call
     }
 
-    async fn run(&self, call: ScriptInvocation<'_>) -> Result<Reply> {
+    /// Runs one operation's script, timed under `op`.
+    async fn run(&self, op: &'static str, call: ScriptInvocation<'_>) -> Result<Reply> {
+        let started = std::time::Instant::now();
         let mut conn = self.bus.redis().conn().await?;
         let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
+        metrics::blackboard_op(op, started.elapsed());
         if reply.tag()? == "insufficient" {
             return Err(Error::InsufficientCredits {
                 required: from_minor(reply.i64(1)?),
@@ -268,7 +272,7 @@ impl Blackboard {
         validate_key(key)?;
         let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
         call.arg("get").arg(key);
-        let reply = self.run(call).await?;
+        let reply = self.run("get", call).await?;
         let json = reply.str(1)?;
         if json.is_empty() {
             Ok(None)
@@ -323,7 +327,12 @@ impl Blackboard {
             .arg(expected)
             .arg(fence.map(|f| f.lock.as_str()).unwrap_or(""))
             .arg(fence.map(|f| f.token).unwrap_or(0));
-        let reply = self.run(call).await?;
+        let op = match mode {
+            "set" => "set",
+            "cas" => "cas",
+            _ => "delete",
+        };
+        let reply = self.run(op, call).await?;
         if reply.tag()? == "fenced" {
             return Err(Error::conflict(
                 "stale fencing token: the lock was acquired again since; write refused",
@@ -397,7 +406,7 @@ impl Blackboard {
             .arg(delta)
             .arg(fence.map(|f| f.lock.as_str()).unwrap_or(""))
             .arg(fence.map(|f| f.token).unwrap_or(0));
-        let reply = self.run(call).await?;
+        let reply = self.run("increment", call).await?;
         match reply.tag()?.as_str() {
             "ok" => parse_value(&reply.str(1)?),
             "not_a_number" => Err(Error::conflict(format!(
@@ -418,7 +427,7 @@ impl Blackboard {
         }
         let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
         call.arg("keys").arg(after.unwrap_or("")).arg(limit.max(1));
-        Self::entries(&self.run(call).await?)
+        Self::entries(&self.run("keys", call).await?)
     }
 
     /// Numeric entries with values in `[min, max]`, by value.
@@ -435,7 +444,7 @@ impl Blackboard {
             .arg(max.arg(false))
             .arg(offset)
             .arg(limit.max(1));
-        Self::entries(&self.run(call).await?)
+        Self::entries(&self.run("range", call).await?)
     }
 
     /// The `k` largest (or smallest) numeric entries.
@@ -444,14 +453,14 @@ impl Blackboard {
         call.arg("top")
             .arg(k.max(1))
             .arg(if descending { "desc" } else { "asc" });
-        Self::entries(&self.run(call).await?)
+        Self::entries(&self.run("top", call).await?)
     }
 
     /// Count, sum, min, max and mean of the numeric entries: O(log N).
     pub async fn aggregate(&self) -> Result<Aggregate> {
         let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
         call.arg("aggregate");
-        let r = self.run(call).await?;
+        let r = self.run("aggregate", call).await?;
         let count = r.i64(2)?;
         let sum = Decimal::new(r.i64(3)?, 6).normalize();
         let value_at = |i: usize| -> Result<Option<Value>> {
@@ -489,7 +498,7 @@ impl Blackboard {
             .arg(action.as_str())
             .arg(holder.as_str())
             .arg(ttl.as_millis() as u64);
-        let r = self.run(call).await?;
+        let r = self.run("lock", call).await?;
         Ok(match r.tag()?.as_str() {
             "ok" => LockOutcome::Ok {
                 fencing_token: r.i64(1)?,

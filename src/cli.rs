@@ -78,6 +78,23 @@ pub enum Command {
         #[arg(long, default_value = "-")]
         file: String,
     },
+    /// Everything Redis holds about a job or an agent, as JSON.
+    Inspect {
+        #[command(subcommand)]
+        what: InspectWhat,
+    },
+    /// Follow a stream of a tenant (outbox, dlq, inbox:<instance>, job:<id>:results, …).
+    Tail {
+        #[arg(long)]
+        tenant: String,
+        stream: String,
+        /// Start from the beginning instead of only new entries.
+        #[arg(long)]
+        from_start: bool,
+        /// Stop after this many entries (0: follow until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+    },
     /// Run a load test: one job, many workers, and a checked report.
     Load(LoadArgs),
     /// Run a benchmark scenario and print its Markdown section (medians of several runs).
@@ -160,6 +177,22 @@ pub struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InspectWhat {
+    /// State, counters, pending entries per consumer, credits.
+    Job {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+    /// Registration, liveness and inbox.
+    Agent {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -452,6 +485,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let bus = config.bus()?;
             let simulation = bus.simulate(&tenant(&t)?, &spec, &stages).await?;
             println!("{}", serde_json::to_string_pretty(&simulation)?);
+        }
+        Command::Inspect { what } => {
+            let bus = config.bus()?;
+            let json = match what {
+                InspectWhat::Job { tenant: t, id } => {
+                    let Ok(id) = uuid::Uuid::parse_str(&id) else {
+                        bail!("job id: {id:?} is not a UUID");
+                    };
+                    serde_json::to_string_pretty(&bus.inspect_job(&tenant(&t)?, &id).await?)?
+                }
+                InspectWhat::Agent { tenant: t, id } => {
+                    let id = crate::keys::Ident::new("instance_id", id)?;
+                    serde_json::to_string_pretty(&bus.inspect_agent(&tenant(&t)?, &id).await?)?
+                }
+            };
+            println!("{json}");
+        }
+        Command::Tail {
+            tenant: t,
+            stream,
+            from_start,
+            count,
+        } => {
+            let bus = config.bus()?;
+            let key = bus.tenant_stream(&tenant(&t)?, &stream)?;
+            let from = if from_start { "0-0" } else { "$" };
+            let follow = bus.tail(&key, from, count, |entry| println!("{entry}"));
+            tokio::select! {
+                r = follow => r?,
+                _ = server::wait_for_signal() => {}
+            }
         }
         Command::Load(args) => {
             if !load(&config, args).await? {

@@ -83,6 +83,20 @@ impl Reply {
     pub fn values(&self) -> &[Value] {
         &self.0
     }
+
+    /// The elements of a nested array, as text.
+    pub fn texts(&self, i: usize) -> Result<Vec<String>> {
+        match self.get(i)? {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| text(v).ok_or_else(|| Error::protocol(format!("element {i} holds {v:?}"))))
+                .collect(),
+            Value::Nil => Ok(Vec::new()),
+            other => Err(Error::protocol(format!(
+                "element {i} is not an array: {other:?}"
+            ))),
+        }
+    }
 }
 
 /// One stream entry: its id and its fields in order.

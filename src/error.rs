@@ -42,13 +42,13 @@ pub enum Error {
     Config { var: String, reason: String },
 
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(redis::RedisError),
 
     #[error("redis pool: {0}")]
     Pool(String),
 
     #[error("postgres: {0}")]
-    Postgres(#[from] sqlx::Error),
+    Postgres(sqlx::Error),
 
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -105,11 +105,44 @@ impl Error {
     }
 }
 
+// Every backend error passes through these conversions: they count it.
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        let kind =
+            if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+                "io"
+            } else if err.is_timeout() {
+                "timeout"
+            } else {
+                "server"
+            };
+        crate::metrics::backend_error("redis", kind);
+        Error::Redis(err)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        let kind = match &err {
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => "io",
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => "pool",
+            sqlx::Error::Database(_) => "server",
+            _ => "other",
+        };
+        crate::metrics::backend_error("postgres", kind);
+        Error::Postgres(err)
+    }
+}
+
 impl From<bb8::RunError<redis::RedisError>> for Error {
     fn from(err: bb8::RunError<redis::RedisError>) -> Self {
         match err {
-            bb8::RunError::User(e) => Error::Redis(e),
-            bb8::RunError::TimedOut => Error::Pool("timed out waiting for a connection".into()),
+            bb8::RunError::User(e) => e.into(),
+            bb8::RunError::TimedOut => {
+                crate::metrics::backend_error("redis", "pool");
+                Error::Pool("timed out waiting for a connection".into())
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::codec::{self, Reply};
 use crate::error::{Error, Result};
 use crate::keys::{self, Ident, TenantId};
 use crate::messages::MAX_PAYLOAD_BYTES;
+use crate::metrics;
 use crate::money::{self, from_minor};
 use crate::scripts::scripts;
 
@@ -137,6 +138,7 @@ pub fn validate_invoke_id(id: &str) -> Result<()> {
 impl AgentBus {
     /// Invokes `target` and waits for its response up to the timeout.
     /// An unknown or stale target is an error and reserves nothing.
+    #[tracing::instrument(name = "invoke", skip_all, fields(tenant = %tenant, caller = %req.caller_instance_id, target = %req.target_instance_id))]
     pub async fn invoke(&self, tenant: &TenantId, req: &InvokeRequest) -> Result<InvokeResult> {
         if req.timeout_seconds < TIMEOUT_SECS.0 || req.timeout_seconds > TIMEOUT_SECS.1 {
             return Err(Error::invalid(
@@ -219,6 +221,12 @@ impl AgentBus {
                 .text("error")
                 .filter(|e| !e.is_empty())
                 .map(str::to_string);
+            let outcome = if status == "completed" {
+                "success"
+            } else {
+                "failure"
+            };
+            metrics::invoke(outcome, started.elapsed());
             return Ok(InvokeResult {
                 success: status == "completed",
                 invoke_id,
@@ -230,14 +238,17 @@ impl AgentBus {
         }
         // Our timer fired: end it as timed out, unless a response won the race.
         match self.expire_invoke(tenant, &invoke_id, true).await? {
-            Some(_) => Ok(InvokeResult {
-                success: false,
-                invoke_id,
-                response_payload: None,
-                error: Some(format!("no response within {}s", req.timeout_seconds)),
-                timeout: true,
-                latency_ms,
-            }),
+            Some(_) => {
+                metrics::invoke("timeout", started.elapsed());
+                Ok(InvokeResult {
+                    success: false,
+                    invoke_id,
+                    response_payload: None,
+                    error: Some(format!("no response within {}s", req.timeout_seconds)),
+                    timeout: true,
+                    latency_ms,
+                })
+            }
             None => {
                 let inv = self.invocation(tenant, &invoke_id).await?;
                 Ok(InvokeResult {
@@ -369,8 +380,10 @@ impl AgentBus {
         let mut expired = 0;
         for id in due {
             if keys::validate_id("invoke_id", &id, 64).is_ok()
-                && self.expire_invoke(tenant, &id, false).await?.is_some()
+                && let Some(lasted) = self.expire_invoke(tenant, &id, false).await?
             {
+                // The caller is gone: the sweeper counts its timeout.
+                metrics::invoke("timeout", Duration::from_millis(lasted.max(0) as u64));
                 expired += 1;
             }
         }

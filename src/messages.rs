@@ -24,6 +24,7 @@ use crate::codec::{self, Reply, StreamEntry};
 use crate::error::{Error, Result};
 use crate::jobs::validate_stream_id;
 use crate::keys::{self, Ident, TenantId};
+use crate::metrics;
 use crate::money::from_minor;
 use crate::replies::ReplyWaiter;
 use crate::scripts::scripts;
@@ -284,11 +285,14 @@ impl AgentBus {
                 .await?,
         )?;
         match reply.tag()?.as_str() {
-            "ok" => Ok(SentMessage {
-                message_id: message_id.to_string(),
-                entry_id: reply.str(1)?,
-                reply: None,
-            }),
+            "ok" => {
+                metrics::message_sent(tenant);
+                Ok(SentMessage {
+                    message_id: message_id.to_string(),
+                    entry_id: reply.str(1)?,
+                    reply: None,
+                })
+            }
             "unknown_recipient" => Err(Error::not_found(format!("agent instance {}", msg.to))),
             "insufficient" => Err(Error::InsufficientCredits {
                 required: from_minor(reply.i64(1)?),
@@ -632,6 +636,7 @@ impl Receiver {
                 .await?,
         )?;
         let dead = reply.i64(1)?;
+        metrics::messages_dead_lettered(&self.tenant, dead.max(0) as u64);
         if dead > 0 {
             tracing::warn!(instance = %self.instance, dead, "messages dead-lettered after too many deliveries");
         }
@@ -701,10 +706,18 @@ impl Receiver {
             }
             other => other,
         })?;
-        StreamEntry::from_read_reply(&value)?
+        let messages = StreamEntry::from_read_reply(&value)?
             .iter()
             .map(Message::from_entry)
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        let now = chrono::Utc::now();
+        for m in &messages {
+            metrics::message_delivered(
+                &self.tenant,
+                m.sent_at.and_then(|at| (now - at).to_std().ok()),
+            );
+        }
+        Ok(messages)
     }
 
     /// Acknowledges messages by entry id (or message id).

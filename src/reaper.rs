@@ -12,6 +12,7 @@ use crate::error::Result;
 
 /// One pass over every tenant. Returns (agents marked stale, invocations expired).
 pub async fn reap_once(bus: &AgentBus) -> Result<(i64, usize)> {
+    crate::metrics::reaper_run();
     let mut totals = (0, 0);
     for tenant in bus.tenants().await? {
         totals.0 += bus.reap_agents(&tenant).await?;

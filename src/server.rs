@@ -17,12 +17,26 @@ use crate::sink::Sink;
 pub async fn serve(config: &Config, serve: &ServeConfig) -> Result<()> {
     let bus = config.bus()?;
     let db = config.postgres()?;
+    let metrics = crate::metrics::install();
     let state = AppState {
         bus: bus.clone(),
         db,
         config: Arc::new(serve.api()),
+        metrics: metrics.clone(),
     };
     let shutdown = CancellationToken::new();
+    // Histogram samples wait in memory until drained: drain them even when nobody scrapes.
+    if let Some(handle) = metrics {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+                }
+            }
+        });
+    }
     let reclaimer = tokio::spawn(reclaim::run(
         bus.clone(),
         Duration::from_millis(serve.reclaim_interval_ms.max(10)),

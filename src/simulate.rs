@@ -59,9 +59,9 @@ pub struct TaskHistory {
     pub completed: u64,
     pub retried: u64,
     pub failed: u64,
-    /// (bucket upper bound in ms, count), ascending.
+    /// (bucket's lower and upper bound in ms, count), ascending.
     #[serde(skip)]
-    pub buckets: Vec<(f64, u64)>,
+    pub buckets: Vec<(f64, f64, u64)>,
     pub mean_ms: f64,
 }
 
@@ -72,12 +72,13 @@ impl TaskHistory {
         if completed == 0 {
             return None;
         }
-        let mut buckets: Vec<(f64, u64)> = h
+        let mut buckets: Vec<(f64, f64, u64)> = h
             .iter()
             .filter_map(|(k, v)| {
                 let b: i32 = k.strip_prefix('b')?.parse().ok()?;
                 // Bucket b holds durations d with floor(4·log2(d + 1)) = b.
-                Some((2f64.powf((b + 1) as f64 / 4.0) - 1.0, v.parse().ok()?))
+                let bound = |i: i32| 2f64.powf(i as f64 / 4.0) - 1.0;
+                Some((bound(b), bound(b + 1), v.parse().ok()?))
             })
             .collect();
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -92,35 +93,31 @@ impl TaskHistory {
 
     /// Duration (ms) below which a share `q` of items finished.
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        let total: u64 = self.buckets.iter().map(|(_, n)| n).sum();
-        let target = (q * total as f64).ceil() as u64;
+        let total: u64 = self.buckets.iter().map(|(_, _, n)| n).sum();
+        let target = ((q * total as f64).ceil() as u64).max(1);
         let mut seen = 0;
-        let mut lower = 0.0;
-        for (upper, n) in &self.buckets {
+        for (lower, upper, n) in &self.buckets {
             if seen + n >= target {
                 // Interpolate inside the bucket.
                 let within = (target - seen) as f64 / (*n).max(1) as f64;
                 return lower + (upper - lower) * within;
             }
             seen += n;
-            lower = *upper;
         }
-        lower
+        self.buckets.last().map(|b| b.1).unwrap_or(0.0)
     }
 
     /// Standard deviation of item durations (ms), from the histogram.
     pub fn sd_ms(&self) -> f64 {
-        let total: u64 = self.buckets.iter().map(|(_, n)| n).sum();
+        let total: u64 = self.buckets.iter().map(|(_, _, n)| n).sum();
         if total < 2 {
             return 0.0;
         }
-        let mut lower = 0.0;
-        let mut var = 0.0;
-        for (upper, n) in &self.buckets {
-            let mid = (lower + upper) / 2.0;
-            var += *n as f64 * (mid - self.mean_ms).powi(2);
-            lower = *upper;
-        }
+        let var: f64 = self
+            .buckets
+            .iter()
+            .map(|(lower, upper, n)| *n as f64 * ((lower + upper) / 2.0 - self.mean_ms).powi(2))
+            .sum();
         (var / total as f64).sqrt()
     }
 
@@ -714,11 +711,17 @@ mod tests {
 
     #[test]
     fn quantiles_come_from_the_histogram() {
-        // 100 ms items fall in bucket floor(4·log2(101)) = 26.
+        // 100 ms items fall in bucket floor(4·log2(101)) = 26: [89.5, 106.6) ms.
         let h = history(&[(26, 100)], 100, 10_000, 0);
         let p50 = h.quantile_ms(0.5);
-        assert!((84.0..=101.0).contains(&p50), "{p50}");
+        assert!((89.0..=107.0).contains(&p50), "{p50}");
         assert_eq!(h.failure_rate(), 0.0);
+        // Half at ~10 ms, half at ~1 s: the median sits at the top of the fast half,
+        // the p95 among the slow ones.
+        let h = history(&[(13, 50), (39, 50)], 100, 50 * 10 + 50 * 1000, 0);
+        assert!(h.quantile_ms(0.5) < 12.0, "{}", h.quantile_ms(0.5));
+        assert!((800.0..1200.0).contains(&h.quantile_ms(0.95)), "{}", h.quantile_ms(0.95));
+        assert!(h.sd_ms() > 400.0);
     }
 
     #[test]

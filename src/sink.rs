@@ -26,12 +26,15 @@ use crate::bus::AgentBus;
 use crate::codec::{self, StreamEntry};
 use crate::error::{Error, Result};
 use crate::keys::TenantId;
+use crate::metrics;
 use crate::money::from_minor;
 use crate::scripts::scripts;
 
 pub const GROUP: &str = "sink";
 /// Most events per batch.
 pub const MAX_BATCH: usize = 5000;
+/// How often the lag gauges are refreshed.
+const LAG_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Entries another sink has held this long without acknowledging are taken over.
 const TAKEOVER_IDLE: Duration = Duration::from_secs(30);
 
@@ -321,6 +324,9 @@ impl Batch {
     }
 }
 
+/// Newly inserted ledger rows of a batch: (operation, rows, amount).
+type Inserted = Vec<(String, i64, Decimal)>;
+
 /// What one batch wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Written {
@@ -331,15 +337,17 @@ pub struct Written {
     pub appended_at_ms: Vec<i64>,
 }
 
+/// Writes a batch; returns the ledger rows actually inserted, by operation
+/// (repeated events insert nothing).
 async fn write_batch(
     tx: &mut Transaction<'_, Postgres>,
     tenant: &str,
     b: &Batch,
-) -> std::result::Result<i64, sqlx::Error> {
-    let mut inserted = 0;
+) -> std::result::Result<Inserted, sqlx::Error> {
+    let mut inserted = Vec::new();
     if !b.ledger.is_empty() {
         let col = |f: fn(&LedgerRow) -> String| b.ledger.iter().map(f).collect::<Vec<_>>();
-        inserted = sqlx::query_scalar::<_, i64>(
+        inserted = sqlx::query_as::<_, (String, i64, Decimal)>(
             "WITH ins AS (
                 INSERT INTO agents.credit_ledger
                     (event_id, tenant_id, job_id, operation, skill, amount, context, created_at)
@@ -365,7 +373,7 @@ async fn write_batch(
                     spent_credits = agents.credit_balances.spent_credits + excluded.spent_credits,
                     updated_at = now()
              )
-             SELECT n FROM d",
+             SELECT operation, COUNT(*), COALESCE(SUM(amount), 0) FROM ins GROUP BY operation",
         )
         .bind(tenant)
         .bind(col(|r| r.event_id.clone()))
@@ -375,7 +383,7 @@ async fn write_batch(
         .bind(b.ledger.iter().map(|r| r.amount).collect::<Vec<_>>())
         .bind(col(|r| r.context.clone()))
         .bind(b.ledger.iter().map(|r| r.ts).collect::<Vec<_>>())
-        .fetch_one(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
     }
     if !b.cancels.is_empty() {
@@ -627,11 +635,13 @@ impl Sink {
 
     /// Writes one batch in one transaction, dead-letters what can never be
     /// written, then acknowledges the batch.
+    #[tracing::instrument(name = "sink_batch", skip_all, fields(tenant = %tenant, events = entries.len()))]
     async fn process(&self, tenant: &TenantId, entries: Vec<StreamEntry>) -> Result<Written> {
         if entries.is_empty() {
             return Ok(Written::default());
         }
         self.hook(SinkStage::Read).await;
+        let started = Instant::now();
         let mut batch = Batch::default();
         let mut poison: Vec<(StreamEntry, String)> = Vec::new();
         for e in &entries {
@@ -655,6 +665,15 @@ impl Sink {
             self.dead_letter(tenant, &poison).await?;
         }
         self.ack(tenant, &entries).await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        metrics::sink_batch(
+            started.elapsed(),
+            entries.len(),
+            entries
+                .iter()
+                .filter_map(|e| entry_millis(&e.id))
+                .map(|at| (now - at).max(0) as f64 / 1000.0),
+        );
         Ok(Written {
             events: entries.len(),
             ledger_rows,
@@ -695,12 +714,20 @@ impl Sink {
         Ok(total)
     }
 
+    /// Writes one batch in one transaction. Returns the ledger rows inserted.
     async fn write(&self, tenant: &TenantId, batch: &Batch) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
-        let n = write_batch(&mut tx, tenant.as_str(), batch).await?;
+        let inserted = write_batch(&mut tx, tenant.as_str(), batch).await?;
         self.hook(SinkStage::Written).await;
         tx.commit().await?;
-        Ok(n)
+        // Counted once committed, from the rows this batch really inserted.
+        let mut rows = 0;
+        for (op, count, amount) in &inserted {
+            let minor = crate::money::to_minor("amount", *amount).unwrap_or(0);
+            metrics::credits(op, *count as u64, minor as u64);
+            rows += count;
+        }
+        Ok(rows)
     }
 
     async fn write_one_by_one(
@@ -773,6 +800,7 @@ impl Sink {
         let mut last_takeover = Instant::now() - TAKEOVER_IDLE;
         // Tenants whose own pending entries must be read first (all, at start).
         let mut recovered: HashSet<TenantId> = HashSet::new();
+        let mut last_lag_report = Instant::now() - LAG_REPORT_EVERY;
         while !shutdown.is_cancelled() {
             let tenants = match self.bus.tenants().await {
                 Ok(t) => t,
@@ -806,6 +834,14 @@ impl Sink {
             }
             if takeover {
                 last_takeover = Instant::now();
+            }
+            if last_lag_report.elapsed() >= LAG_REPORT_EVERY {
+                last_lag_report = Instant::now();
+                if let Ok(status) = self.bus.outbox_status().await {
+                    for s in status {
+                        metrics::sink_lag(&s.tenant, s.events, s.oldest_age_secs);
+                    }
+                }
             }
             if failed {
                 sleep_or_stop(&shutdown, backoff).await;

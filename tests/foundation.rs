@@ -201,6 +201,7 @@ async fn readyz_reports_redis_down_and_recovers_when_it_is_back() {
         bus,
         db: agentbus::db::connect_lazy(&common::admin_database_url(), 2).unwrap(),
         config: Arc::new(ApiConfig::default()),
+        metrics: None,
     });
 
     let ready = || async { call(&app, "GET", "/readyz", None, None).await.0 == StatusCode::OK };

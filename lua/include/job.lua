@@ -87,23 +87,28 @@ end
 
 -- Ends the job: final status, no more deliveries (the items stream and its
 -- group are deleted), no more reclaiming; the rest expires after retention.
+-- Returns how long the job lasted (ms).
 local function end_job(status, ts)
   redis.call('HSET', K_JOB, 'status', status, 'completed_at', ts)
+  local lasted = ts - tonumber(redis.call('HGET', K_JOB, 'created_at') or ts)
   redis.call('SREM', K_ACTIVE, JOB_ID)
   redis.call('DEL', K_ITEMS)
   for _, key in ipairs({K_JOB, K_DONE, K_RESULTS}) do
     redis.call('EXPIRE', key, RETENTION)
   end
   job_summary(ts)
+  return lasted
 end
 
 -- Completed when every item is done; failed when some failed for good.
+-- Returns how long the job lasted (ms) and its final status when it ended
+-- now, else 0 and ''.
 local function finish_if_done(ts)
   local v = redis.call('HMGET', K_JOB, 'total', 'completed', 'failed')
   local total, completed, failed = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
-  if completed + failed < total then return false end
-  end_job(failed > 0 and 'failed' or 'completed', ts)
-  return true
+  if completed + failed < total then return 0, '' end
+  local status = failed > 0 and 'failed' or 'completed'
+  return math.max(end_job(status, ts), 1), status
 end
 
 -- Puts an item back as a new entry (attempt + 1) and drops the old one.

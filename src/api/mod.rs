@@ -14,19 +14,24 @@ mod jobs;
 
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
+use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::bus::AgentBus;
 use crate::error::Error;
-use crate::money;
+use crate::{metrics, money};
 
 pub use extract::{Admin, Tenant};
 
@@ -53,6 +58,8 @@ pub struct AppState {
     pub bus: AgentBus,
     pub db: PgPool,
     pub config: Arc<ApiConfig>,
+    /// Renders `/metrics` (none: the endpoint answers 404).
+    pub metrics: Option<PrometheusHandle>,
 }
 
 /// The whole application: `/healthz`, `/readyz` and `/api/v1/...`.
@@ -124,13 +131,50 @@ pub fn router(state: AppState) -> Router {
         .route("/namespaces/{ns}/range", get(blackboard::ns_range))
         .route("/namespaces/{ns}/top", get(blackboard::ns_top))
         .route("/namespaces/{ns}/aggregate", get(blackboard::ns_aggregate));
+    let v1 = v1.route_layer(middleware::from_fn(track_request));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(render_metrics))
         .nest("/api/v1", v1)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// A span per API request (method, route, status) and its duration metric.
+async fn track_request(req: axum::extract::Request, next: middleware::Next) -> Response {
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let span = tracing::info_span!("request", %method, %route, status = tracing::field::Empty);
+    let started = Instant::now();
+    let response = next.run(req).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("status", status);
+    let took = started.elapsed();
+    metrics::http_request(method.as_str(), status, took);
+    tracing::debug!(parent: &span, latency_ms = took.as_secs_f64() * 1000.0, "request done");
+    response
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are not enabled",
+        )
+        .into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -21,6 +21,7 @@ use crate::bus::{AgentBus, event_base};
 use crate::codec::{self, Reply, StreamEntry};
 use crate::error::{Error, Result};
 use crate::keys::{self, Ident, TenantId, TenantKeys};
+use crate::metrics;
 use crate::money::{self, from_minor};
 use crate::scripts::scripts;
 
@@ -399,6 +400,20 @@ fn job_call<'a>(
     call
 }
 
+/// Records a job's end when a script reply says the call ended it: the
+/// duration (ms) at `at`, the final status at `status_at`.
+fn job_ended(tenant: &TenantId, reply: &Reply, at: usize, status_at: usize) -> Result<()> {
+    let lasted = reply.i64(at)?;
+    if lasted > 0 {
+        let status = match reply.str(status_at)?.as_str() {
+            "failed" => "failed",
+            _ => "completed",
+        };
+        metrics::job_ended(tenant, status, Duration::from_millis(lasted as u64));
+    }
+    Ok(())
+}
+
 /// Maps the status replies every job script shares.
 fn job_state_error(reply: &Reply, job: &Uuid) -> Result<Error> {
     Ok(match reply.tag()?.as_str() {
@@ -417,6 +432,7 @@ fn job_state_error(reply: &Reply, job: &Uuid) -> Result<Error> {
 impl AgentBus {
     /// Reserves the job's credits and enqueues its items in one step; with
     /// too little credit nothing is created and the error says how much.
+    #[tracing::instrument(name = "spawn_job", skip_all, fields(tenant = %tenant, task = %spec.task, items = spec.items.len()))]
     pub async fn spawn_job(&self, tenant: &TenantId, spec: &JobSpec) -> Result<Job> {
         spec.validate(self.limits().max_items)?;
         let prices = self.prices();
@@ -455,10 +471,14 @@ impl AgentBus {
         for item in &spec.items {
             call.arg(codec::encode(item)?);
         }
+        let started = std::time::Instant::now();
         let mut conn = self.redis().conn().await?;
         let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
         match reply.tag()?.as_str() {
-            "ok" => self.job(tenant, &id).await,
+            "ok" => {
+                metrics::job_spawned(tenant, started.elapsed());
+                self.job(tenant, &id).await
+            }
             "insufficient" => Err(Error::InsufficientCredits {
                 required: from_minor(reply.i64(1)?),
                 available: from_minor(reply.i64(2)?),
@@ -587,6 +607,7 @@ impl AgentBus {
                 .map(ClaimedItem::from_entry)
                 .collect::<Result<_>>()?;
         }
+        metrics::items(tenant, "claimed", items.len() as u64);
         Ok(items)
     }
 
@@ -627,16 +648,23 @@ impl AgentBus {
         if reply.tag()? != "ok" {
             return Err(job_state_error(&reply, job)?);
         }
-        (1..reply.len())
-            .map(|i| {
-                Ok(match reply.str(i)?.as_str() {
-                    "completed" => CompleteOutcome::Completed,
-                    "duplicate" => CompleteOutcome::Duplicate,
-                    "stale" => CompleteOutcome::Stale,
-                    _ => CompleteOutcome::Invalid,
-                })
+        job_ended(tenant, &reply, 1, 2)?;
+        let outcomes: Vec<CompleteOutcome> = reply
+            .texts(3)?
+            .iter()
+            .map(|o| match o.as_str() {
+                "completed" => CompleteOutcome::Completed,
+                "duplicate" => CompleteOutcome::Duplicate,
+                "stale" => CompleteOutcome::Stale,
+                _ => CompleteOutcome::Invalid,
             })
-            .collect()
+            .collect();
+        let durations = reply.texts(4)?;
+        metrics::items(tenant, "completed", durations.len() as u64);
+        for ms in durations.iter().filter_map(|d| d.parse::<u64>().ok()) {
+            metrics::claim_to_complete(tenant, Duration::from_millis(ms));
+        }
+        Ok(outcomes)
     }
 
     /// Reports a delivered item as failed: re-queued while `retry` and
@@ -662,11 +690,22 @@ impl AgentBus {
             .arg(if retry { "1" } else { "0" });
         let mut conn = self.redis().conn().await?;
         let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
-        Ok(match reply.tag()?.as_str() {
-            "retried" => FailOutcome::Retried {
-                attempt: reply.i64(1)?,
-            },
-            "failed" => FailOutcome::Failed,
+        let tag = reply.tag()?;
+        if tag == "retried" || tag == "failed" {
+            metrics::items(tenant, "failed", 1);
+        }
+        Ok(match tag.as_str() {
+            "retried" => {
+                metrics::items(tenant, "retried", 1);
+                FailOutcome::Retried {
+                    attempt: reply.i64(1)?,
+                }
+            }
+            "failed" => {
+                metrics::items(tenant, "dead_lettered", 1);
+                job_ended(tenant, &reply, 1, 2)?;
+                FailOutcome::Failed
+            }
             "duplicate" => FailOutcome::Duplicate,
             "stale" => FailOutcome::Stale,
             "invalid" => FailOutcome::Invalid,
@@ -697,13 +736,20 @@ impl AgentBus {
         let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
         drop(conn);
         match reply.tag()?.as_str() {
-            "ok" => Ok(CancelOutcome {
-                job_id: *job,
-                status: JobStatus::Cancelled,
-                completed_items: reply.i64(1)?,
-                cancelled_items: reply.i64(2)?,
-                credits_refunded: from_minor(reply.i64(3)?),
-            }),
+            "ok" => {
+                metrics::job_ended(
+                    tenant,
+                    "cancelled",
+                    Duration::from_millis(reply.i64(4)?.max(0) as u64),
+                );
+                Ok(CancelOutcome {
+                    job_id: *job,
+                    status: JobStatus::Cancelled,
+                    completed_items: reply.i64(1)?,
+                    cancelled_items: reply.i64(2)?,
+                    credits_refunded: from_minor(reply.i64(3)?),
+                })
+            }
             "not_running" => {
                 let current = self.job(tenant, job).await?;
                 Err(Error::conflict_with(
@@ -731,7 +777,14 @@ impl AgentBus {
         let mut conn = self.redis().conn().await?;
         let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
         match reply.tag()?.as_str() {
-            "ok" => Ok((reply.i64(1)?, reply.i64(2)?)),
+            "ok" => {
+                let (requeued, failed) = (reply.i64(1)?, reply.i64(2)?);
+                metrics::items(tenant, "failed", (requeued + failed) as u64);
+                metrics::items(tenant, "retried", requeued as u64);
+                metrics::items(tenant, "dead_lettered", failed as u64);
+                job_ended(tenant, &reply, 3, 4)?;
+                Ok((requeued, failed))
+            }
             _ => Ok((0, 0)),
         }
     }

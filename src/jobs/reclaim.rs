@@ -18,6 +18,7 @@ pub const RECLAIMER_CONSUMER: &str = "agentbus-reclaimer";
 
 /// One pass over every running job of every tenant. Returns (re-queued, failed).
 pub async fn reclaim_once(bus: &AgentBus) -> Result<(i64, i64)> {
+    crate::metrics::reclaimer_run();
     let mut totals = (0, 0);
     for tenant in bus.tenants().await? {
         for job in bus.active_jobs(&tenant).await? {

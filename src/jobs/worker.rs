@@ -323,6 +323,7 @@ impl Worker {
                 continue;
             }
             let claimed_at = Instant::now();
+            crate::metrics::items(&self.tenant, "claimed", entries.len() as u64);
             for (entry, permit) in entries.into_iter().zip(permits.drain(..)) {
                 let item = ClaimedItem::from_entry(&entry)?;
                 let handler = handler.clone();

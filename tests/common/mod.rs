@@ -114,6 +114,7 @@ impl TestEnv {
                 admin_token: Some(ADMIN_TOKEN.into()),
                 max_body_bytes: 1024 * 1024,
             }),
+            metrics: agentbus::metrics::install(),
         })
     }
 
