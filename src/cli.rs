@@ -33,6 +33,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The end-to-end demo: local services, server, a realistic scenario, a checked summary.
+    Demo,
     /// Run the HTTP API and the background tasks.
     Serve(ServeConfig),
     /// Apply, revert or show the Postgres schema migrations.
@@ -97,6 +99,8 @@ pub enum Command {
     },
     /// Run a load test: one job, many workers, and a checked report.
     Load(LoadArgs),
+    #[command(hide = true)]
+    LoadWorker(LoadWorkerArgs),
     /// Run a benchmark scenario and print its Markdown section (medians of several runs).
     Bench {
         #[arg(value_enum)]
@@ -174,9 +178,38 @@ pub struct LoadArgs {
     /// Tenant to run as (default: a fresh one per run).
     #[arg(long)]
     tenant: Option<String>,
+    /// Run the workers in this many separate processes.
+    #[arg(long, default_value_t = 0)]
+    processes: usize,
+    /// Run a sink during the load, then check Redis against Postgres (DATABASE_URL).
+    #[arg(long)]
+    verify_sink: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// The workers of one load-test process (started by `agentbus load --processes`).
+#[derive(clap::Args, Debug)]
+pub struct LoadWorkerArgs {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    job: String,
+    #[arg(long)]
+    first: usize,
+    #[arg(long)]
+    count: usize,
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 0)]
+    work_min_ms: u64,
+    #[arg(long, default_value_t = 0)]
+    work_max_ms: u64,
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -326,6 +359,18 @@ async fn load(config: &Config, args: LoadArgs) -> anyhow::Result<bool> {
     options.fail_rate = args.fail_rate;
     options.cancel_at = args.cancel_at;
     options.max_retries = args.max_retries;
+    options.processes = args.processes;
+    options.child_env = vec![
+        ("REDIS_URL".into(), config.redis_url.clone()),
+        ("AGENTBUS_PREFIX".into(), config.prefix.clone()),
+        ("AGENTBUS_PRICES".into(), config.prices.clone()),
+        ("AGENTBUS_MAX_ITEMS".into(), config.max_items.to_string()),
+    ];
+    if args.verify_sink {
+        let pool = config.postgres()?;
+        crate::db::migrate_up(&pool).await?;
+        options.verify_sink = Some(pool);
+    }
 
     let bar = if args.json || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
@@ -517,12 +562,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ = server::wait_for_signal() => {}
             }
         }
+        Command::LoadWorker(args) => {
+            let bus = config.bus()?;
+            let Ok(job) = uuid::Uuid::parse_str(&args.job) else {
+                bail!("job: {:?} is not a UUID", args.job);
+            };
+            let profile = load::WorkProfile {
+                concurrency: args.concurrency.max(1),
+                batch: args.batch.max(1),
+                work_min: Duration::from_millis(args.work_min_ms),
+                work_max: Duration::from_millis(args.work_max_ms.max(args.work_min_ms)),
+                fail_rate: args.fail_rate.clamp(0.0, 0.99),
+            };
+            let report = load::worker_process(
+                &bus,
+                &tenant(&args.tenant)?,
+                job,
+                args.first,
+                args.count,
+                profile,
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
         Command::Load(args) => {
             if !load(&config, args).await? {
                 bail!("load test found violations");
             }
         }
         Command::Serve(serve) => server::serve(&config, &serve).await?,
+        Command::Demo => {
+            let report = crate::demo::run(&config).await?;
+            println!("{}", report.text);
+            if !report.ok {
+                bail!("the demo found a problem (see above)");
+            }
+        }
         Command::Migrate { action } => {
             let pool = config.postgres()?;
             let target = db::redact(&config.database_url);

@@ -3,23 +3,24 @@
 //! once, nothing lost, credits exact, no deadlock.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::RngExt;
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::bus::AgentBus;
 use crate::codec::StreamEntry;
 use crate::error::{Error, Result};
-use crate::jobs::worker::{Completer, ItemError, Worker, new_latency_histogram};
+use crate::jobs::worker::{Completer, ItemError, Worker, WorkerReport, new_latency_histogram};
 use crate::jobs::{JobSpec, JobStatus, reclaim};
 use crate::keys::TenantId;
 use crate::money;
+use crate::sink::{Sink, SinkOptions};
+use crate::verify;
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -41,6 +42,12 @@ pub struct LoadOptions {
     pub cancel_at: Option<f64>,
     pub max_retries: i64,
     pub timeout_per_item: i64,
+    /// Worker processes to run the workers in (0: tasks of this process).
+    pub processes: usize,
+    /// Mirror into this database during the run, then verify Redis against it.
+    pub verify_sink: Option<sqlx::PgPool>,
+    /// Environment for worker processes (how to reach the same Redis and keyspace).
+    pub child_env: Vec<(String, String)>,
 }
 
 impl LoadOptions {
@@ -58,6 +65,9 @@ impl LoadOptions {
             cancel_at: None,
             max_retries: 3,
             timeout_per_item: 60,
+            processes: 0,
+            verify_sink: None,
+            child_env: Vec::new(),
         }
     }
 }
@@ -88,6 +98,7 @@ pub struct LoadReport {
     pub tenant: String,
     pub items: usize,
     pub workers: usize,
+    pub processes: usize,
     pub status: JobStatus,
     pub elapsed_secs: f64,
     pub items_per_sec: f64,
@@ -109,6 +120,8 @@ pub struct LoadReport {
     pub credits_exact: bool,
     /// The job reached a final state before the timeout.
     pub finished_in_time: bool,
+    /// Result of the Redis-vs-Postgres check, when asked for.
+    pub sink_verified: Option<bool>,
     pub violations: Vec<String>,
 }
 
@@ -119,17 +132,21 @@ impl LoadReport {
 
     pub fn to_text(&self) -> String {
         let l = &self.claim_to_complete;
-        format!(
-            "job {} ({} items, {} workers): {}\n\
+        let mut text = format!(
+            "job {} ({} items, {} workers{}): {}\n\
              elapsed {:.2}s, {:.0} items/s\n\
              completed {}, failed {}, cancelled {}, retried {}\n\
              claim→complete p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\
              duplicates {}, lost {}\n\
-             credits reserved {}, spent {}, refunded {}: {}\n\
-             {}",
+             credits reserved {}, spent {}, refunded {}: {}\n",
             self.job_id,
             self.items,
             self.workers,
+            if self.processes > 0 {
+                format!(" in {} processes", self.processes)
+            } else {
+                String::new()
+            },
             self.status.as_str(),
             self.elapsed_secs,
             self.items_per_sec,
@@ -151,19 +168,134 @@ impl LoadReport {
             } else {
                 "MISMATCH"
             },
-            if self.passed() {
-                "PASS".to_string()
+        );
+        if let Some(ok) = self.sink_verified {
+            text.push_str(if ok {
+                "sink: Postgres matches Redis and the ledger\n"
             } else {
-                format!("FAIL: {}", self.violations.join("; "))
-            }
-        )
+                "sink: DIFFERENCES\n"
+            });
+        }
+        text.push_str(&if self.passed() {
+            "PASS".to_string()
+        } else {
+            format!("FAIL: {}", self.violations.join("; "))
+        });
+        text
     }
 }
 
 /// Progress callback: (finished items, total).
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
-/// Runs one load test. Grants the tenant what the job needs first.
+/// How the workers of a load run behave.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkProfile {
+    pub concurrency: usize,
+    pub batch: usize,
+    pub work_min: Duration,
+    pub work_max: Duration,
+    pub fail_rate: f64,
+}
+
+impl LoadOptions {
+    fn profile(&self) -> WorkProfile {
+        WorkProfile {
+            concurrency: self.concurrency,
+            batch: self.batch,
+            work_min: self.work_min,
+            work_max: self.work_max,
+            fail_rate: self.fail_rate,
+        }
+    }
+}
+
+/// Starts `count` workers (consumers `load-<first>` …) on `job`, sharing one
+/// completer. Each simulates its work and fails at the profile's rate.
+pub fn start_workers(
+    bus: &AgentBus,
+    tenant: &TenantId,
+    job: Uuid,
+    first: usize,
+    count: usize,
+    profile: WorkProfile,
+    shutdown: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<Result<WorkerReport>>>> {
+    let completer = Completer::new(bus.clone(), tenant.clone(), job);
+    let mut handles = Vec::new();
+    for w in first..first + count {
+        let worker = Worker::new(bus.clone(), tenant.clone(), job, &format!("load-{w}"))?
+            .concurrency(profile.concurrency)
+            .batch(profile.batch)
+            .completer(completer.clone())
+            .shutdown_token(shutdown.clone());
+        handles.push(tokio::spawn(worker.run(move |item| async move {
+            let (work, fail) = {
+                let mut rng = rand::rng();
+                let work = if profile.work_max > profile.work_min {
+                    rng.random_range(profile.work_min..=profile.work_max)
+                } else {
+                    profile.work_min
+                };
+                (
+                    work,
+                    profile.fail_rate > 0.0 && rng.random_bool(profile.fail_rate.min(1.0)),
+                )
+            };
+            if !work.is_zero() {
+                tokio::time::sleep(work).await;
+            }
+            if fail {
+                return Err(ItemError::retry("simulated failure"));
+            }
+            Ok(serde_json::json!({ "i": item.item_index }))
+        })));
+    }
+    Ok(handles)
+}
+
+/// What a worker process of a load run reports (one JSON line on stdout).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProcessReport {
+    pub completed: u64,
+    pub duplicates: u64,
+    /// Claim→complete latencies as (µs, count) pairs, to merge exactly.
+    pub latency_us: Vec<(u64, u64)>,
+}
+
+/// Runs `count` workers of a load run in this process until the job ends
+/// (the hidden `agentbus load-worker`).
+pub async fn worker_process(
+    bus: &AgentBus,
+    tenant: &TenantId,
+    job: Uuid,
+    first: usize,
+    count: usize,
+    profile: WorkProfile,
+) -> Result<ProcessReport> {
+    let shutdown = CancellationToken::new();
+    let mut report = ProcessReport::default();
+    let mut latency = new_latency_histogram();
+    for h in start_workers(bus, tenant, job, first, count, profile, &shutdown)? {
+        let r = h
+            .await
+            .map_err(|e| Error::protocol(format!("worker task: {e}")))??;
+        report.completed += r.completed;
+        report.duplicates += r.duplicates;
+        latency
+            .add(&r.latency_us)
+            .map_err(|e| Error::protocol(e.to_string()))?;
+    }
+    report.latency_us = latency
+        .iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect();
+    Ok(report)
+}
+
+/// Runs one load test. Grants the tenant what the job needs first. With
+/// `processes` > 0 the workers run in that many child processes (the
+/// current executable's hidden `load-worker` command) instead of here.
 pub async fn run(
     bus: &AgentBus,
     options: &LoadOptions,
@@ -189,56 +321,42 @@ pub async fn run(
         serde_json::json!({ "reason": "load test" }),
     )
     .await?;
+    let shutdown = CancellationToken::new();
+    // The sink outlives the workers: it stops after the verification.
+    let sink_stop = CancellationToken::new();
+    let sink = options.verify_sink.as_ref().map(|pool| {
+        let options = SinkOptions::new(&format!("load-sink-{}", std::process::id()));
+        tokio::spawn(Sink::new(bus.clone(), pool.clone(), options).run(sink_stop.clone()))
+    });
     let started = Instant::now();
     let job = bus.spawn_job(&options.tenant, &spec).await?;
-
-    let shutdown = CancellationToken::new();
     let reclaimer = tokio::spawn(reclaim::run(
         bus.clone(),
         Duration::from_millis(500),
         shutdown.clone(),
     ));
-    let finished = Arc::new(AtomicU64::new(0));
 
-    // The workers share one completer: their completions reach Redis together.
-    let completer = Completer::new(bus.clone(), options.tenant.clone(), job.id);
     let mut handles = Vec::new();
-    for w in 0..options.workers {
-        let worker = Worker::new(
-            bus.clone(),
-            options.tenant.clone(),
+    let mut children = Vec::new();
+    if options.processes == 0 {
+        handles = start_workers(
+            bus,
+            &options.tenant,
             job.id,
-            &format!("load-{w}"),
-        )?
-        .concurrency(options.concurrency)
-        .batch(options.batch)
-        .completer(completer.clone())
-        .shutdown_token(shutdown.clone());
-        let (work_min, work_max, fail_rate) =
-            (options.work_min, options.work_max, options.fail_rate);
-        let finished = finished.clone();
-        handles.push(tokio::spawn(worker.run(move |item| {
-            let finished = finished.clone();
-            async move {
-                let (work, fail) = {
-                    let mut rng = rand::rng();
-                    let work = if work_max > work_min {
-                        rng.random_range(work_min..=work_max)
-                    } else {
-                        work_min
-                    };
-                    (work, fail_rate > 0.0 && rng.random_bool(fail_rate.min(1.0)))
-                };
-                if !work.is_zero() {
-                    tokio::time::sleep(work).await;
-                }
-                if fail {
-                    return Err(ItemError::retry("simulated failure"));
-                }
-                finished.fetch_add(1, Ordering::Relaxed);
-                Ok(serde_json::json!({ "i": item.item_index }))
+            0,
+            options.workers,
+            options.profile(),
+            &shutdown,
+        )?;
+    } else {
+        let per = options.workers.div_ceil(options.processes);
+        for p in 0..options.processes {
+            let first = p * per;
+            let count = per.min(options.workers.saturating_sub(first));
+            if count > 0 {
+                children.push(spawn_worker_process(options, &job.id, first, count)?);
             }
-        })));
+        }
     }
 
     // Watch: progress, the cancel point, and the overall timeout.
@@ -247,27 +365,45 @@ pub async fn run(
         .cancel_at
         .map(|pct| ((pct / 100.0) * total as f64).round() as u64);
     let mut finished_in_time = true;
+    let mut completed_at_cancel = None;
+    let mut workers_gone = false;
     loop {
-        let done = finished.load(Ordering::Relaxed);
+        // Worker processes that all exited (or one that failed) leave nobody to finish.
+        if !children.is_empty() {
+            let mut exited = 0;
+            for c in &mut children {
+                if let Ok(Some(status)) = c.try_wait() {
+                    exited += 1;
+                    if !status.success() {
+                        workers_gone = true;
+                    }
+                }
+            }
+            workers_gone |= exited == children.len();
+        }
+        let state = bus.job(&options.tenant, &job.id).await?;
+        let done = (state.progress.completed + state.progress.failed) as u64;
         if let Some(p) = &progress {
             p(done, total);
         }
+        if state.status.is_finished() {
+            break;
+        }
         if let Some(limit) = cancel_after
             && done >= limit
+            && completed_at_cancel.is_none()
         {
             match bus
                 .cancel_job(&options.tenant, &job.id, "load", "cancel-at")
                 .await
             {
-                Ok(_) | Err(Error::Conflict { .. }) => {}
+                Ok(c) => completed_at_cancel = Some(c),
+                Err(Error::Conflict { .. }) => {}
                 Err(e) => return Err(e),
             }
+            continue;
         }
-        let state = bus.job(&options.tenant, &job.id).await?;
-        if state.status.is_finished() {
-            break;
-        }
-        if started.elapsed() > options.timeout {
+        if started.elapsed() > options.timeout || workers_gone {
             finished_in_time = false;
             break;
         }
@@ -275,7 +411,6 @@ pub async fn run(
     }
     let elapsed = started.elapsed();
     shutdown.cancel();
-    drop(completer);
     let mut latency = new_latency_histogram();
     let mut duplicates = 0;
     for h in handles {
@@ -287,15 +422,33 @@ pub async fn run(
             .map_err(|e| Error::protocol(e.to_string()))?;
         duplicates += report.duplicates;
     }
-    let _ = reclaimer.await;
-    if let Some(p) = &progress {
-        p(finished.load(Ordering::Relaxed), total);
+    for child in children {
+        if workers_gone {
+            break;
+        }
+        let report = collect_worker_process(child).await?;
+        duplicates += report.duplicates;
+        for (value, count) in report.latency_us {
+            let _ = latency.record_n(value.max(1), count);
+        }
     }
+    let _ = reclaimer.await;
 
     let state = bus.job(&options.tenant, &job.id).await?;
+    if let Some(p) = &progress {
+        p(
+            (state.progress.completed + state.progress.failed) as u64,
+            total,
+        );
+    }
     let completed_in_results = count_results(bus, &options.tenant, &job.id, options.items).await?;
     let mut violations = Vec::new();
-    if !finished_in_time {
+    if workers_gone {
+        violations.push(format!(
+            "the worker processes exited with the job still {}",
+            state.status.as_str()
+        ));
+    } else if !finished_in_time {
         violations.push(format!(
             "job still {} after {:?}",
             state.status.as_str(),
@@ -338,16 +491,39 @@ pub async fn run(
     if !credits_exact {
         violations.push("credits do not add up".into());
     }
+    if let Some(cancel) = &completed_at_cancel
+        && cancel.credits_refunded != cost * Decimal::from(cancel.cancelled_items)
+    {
+        violations.push(format!(
+            "refund {} is not {} uncompleted items × {cost}",
+            cancel.credits_refunded, cancel.cancelled_items
+        ));
+    }
     let balance = bus.balance(&options.tenant).await?;
     if state.status.is_finished() && balance.available < Decimal::ZERO {
         violations.push("negative balance".into());
     }
+    let sink_verified = match (&options.verify_sink, sink) {
+        (Some(pool), Some(task)) => {
+            let report =
+                verify::verify_tenants(bus, pool, Duration::from_secs(60), Some(&options.tenant))
+                    .await?;
+            sink_stop.cancel();
+            let _ = task.await;
+            if !report.ok {
+                violations.push(format!("sink verification failed:\n{}", report.to_table()));
+            }
+            Some(report.ok)
+        }
+        _ => None,
+    };
 
     Ok(LoadReport {
         job_id: job.id,
         tenant: options.tenant.to_string(),
         items: options.items,
         workers: options.workers,
+        processes: options.processes,
         status: state.status,
         elapsed_secs: elapsed.as_secs_f64(),
         items_per_sec: (p.completed + p.failed) as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -363,8 +539,63 @@ pub async fn run(
         credits_refunded: c.refunded,
         credits_exact,
         finished_in_time,
+        sink_verified,
         violations,
     })
+}
+
+fn spawn_worker_process(
+    options: &LoadOptions,
+    job: &Uuid,
+    first: usize,
+    count: usize,
+) -> Result<tokio::process::Child> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::protocol(format!("cannot find this executable: {e}")))?;
+    tokio::process::Command::new(exe)
+        .envs(
+            options
+                .child_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .arg("load-worker")
+        .args([
+            "--tenant",
+            options.tenant.as_str(),
+            "--job",
+            &job.to_string(),
+        ])
+        .args(["--first", &first.to_string(), "--count", &count.to_string()])
+        .args([
+            "--concurrency",
+            &options.concurrency.to_string(),
+            "--batch",
+            &options.batch.to_string(),
+        ])
+        .args(["--work-min-ms", &options.work_min.as_millis().to_string()])
+        .args(["--work-max-ms", &options.work_max.as_millis().to_string()])
+        .args(["--fail-rate", &options.fail_rate.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::protocol(format!("cannot start a worker process: {e}")))
+}
+
+async fn collect_worker_process(child: tokio::process::Child) -> Result<ProcessReport> {
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| Error::protocol(format!("worker process: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::protocol(format!(
+            "a worker process failed: {}",
+            out.status
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| Error::Codec(format!("worker process report: {e}")))
 }
 
 /// How many results each item index has (from the job's results stream).

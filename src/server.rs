@@ -1,10 +1,11 @@
 //! `agentbus serve`: the HTTP API plus the background tasks (reclaimer,
-//! reaper, sink),
-//! with graceful shutdown on SIGINT/SIGTERM.
+//! reaper, sink), with graceful shutdown on SIGINT/SIGTERM.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -14,7 +15,25 @@ use crate::jobs::reclaim;
 use crate::reaper;
 use crate::sink::Sink;
 
-pub async fn serve(config: &Config, serve: &ServeConfig) -> Result<()> {
+/// A running server: its address, and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting requests, lets the background tasks finish their pass.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts the API and the background tasks; returns once listening.
+pub async fn start(config: &Config, serve: &ServeConfig) -> Result<Running> {
     let bus = config.bus()?;
     let db = config.postgres()?;
     let metrics = crate::metrics::install();
@@ -25,34 +44,33 @@ pub async fn serve(config: &Config, serve: &ServeConfig) -> Result<()> {
         metrics: metrics.clone(),
     };
     let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
     // Histogram samples wait in memory until drained: drain them even when nobody scrapes.
     if let Some(handle) = metrics {
         let stop = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
                 }
             }
-        });
+        }));
     }
-    let reclaimer = tokio::spawn(reclaim::run(
+    tasks.push(tokio::spawn(reclaim::run(
         bus.clone(),
         Duration::from_millis(serve.reclaim_interval_ms.max(10)),
         shutdown.clone(),
-    ));
-    let reaper = tokio::spawn(reaper::run(
+    )));
+    tasks.push(tokio::spawn(reaper::run(
         bus.clone(),
         Duration::from_millis(serve.reap_interval_ms.max(10)),
         shutdown.clone(),
-    ));
-    let sink = if serve.no_sink {
-        None
-    } else {
+    )));
+    if !serve.no_sink {
         let sink = Sink::new(bus.clone(), state.db.clone(), serve.sink.options()?);
-        Some(tokio::spawn(sink.run(shutdown.clone())))
-    };
+        tasks.push(tokio::spawn(sink.run(shutdown.clone())));
+    }
 
     let listener = tokio::net::TcpListener::bind(serve.bind)
         .await
@@ -60,24 +78,33 @@ pub async fn serve(config: &Config, serve: &ServeConfig) -> Result<()> {
             var: "AGENTBUS_BIND".into(),
             reason: format!("cannot listen on {}: {e}", serve.bind),
         })?;
-    tracing::info!(addr = %serve.bind, "agentbus listening");
+    let addr = listener.local_addr().map_err(|e| Error::Config {
+        var: "AGENTBUS_BIND".into(),
+        reason: e.to_string(),
+    })?;
+    tracing::info!(%addr, "agentbus listening");
     let stop = shutdown.clone();
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down");
-            stop.cancel();
-        })
-        .await
-        .map_err(|e| Error::Config {
-            var: "AGENTBUS_BIND".into(),
-            reason: e.to_string(),
-        })?;
-    shutdown.cancel();
-    let _ = tokio::join!(reclaimer, reaper);
-    if let Some(sink) = sink {
-        let _ = sink.await;
-    }
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "server stopped");
+        }
+    }));
+    Ok(Running {
+        addr,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Serves until SIGINT or SIGTERM.
+pub async fn serve(config: &Config, serve: &ServeConfig) -> Result<()> {
+    let running = start(config, serve).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await;
     Ok(())
 }
 

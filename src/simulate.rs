@@ -720,7 +720,11 @@ mod tests {
         // the p95 among the slow ones.
         let h = history(&[(13, 50), (39, 50)], 100, 50 * 10 + 50 * 1000, 0);
         assert!(h.quantile_ms(0.5) < 12.0, "{}", h.quantile_ms(0.5));
-        assert!((800.0..1200.0).contains(&h.quantile_ms(0.95)), "{}", h.quantile_ms(0.95));
+        assert!(
+            (800.0..1200.0).contains(&h.quantile_ms(0.95)),
+            "{}",
+            h.quantile_ms(0.95)
+        );
         assert!(h.sd_ms() > 400.0);
     }
 

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::bus::AgentBus;
 use crate::error::Result;
+use crate::keys::TenantId;
 use crate::money;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -124,10 +125,24 @@ impl VerifyReport {
 }
 
 /// Flushes metered charges into the ledger, waits up to `wait` for every
-/// outbox to drain, then compares.
+/// outbox to drain, then compares every tenant.
 pub async fn verify(bus: &AgentBus, pool: &PgPool, wait: Duration) -> Result<VerifyReport> {
-    for tenant in bus.tenants().await? {
-        bus.flush_metering(&tenant).await?;
+    verify_tenants(bus, pool, wait, None).await
+}
+
+/// Like [`verify`], for one tenant only when `only` is given.
+pub async fn verify_tenants(
+    bus: &AgentBus,
+    pool: &PgPool,
+    wait: Duration,
+    only: Option<&TenantId>,
+) -> Result<VerifyReport> {
+    let selected: Vec<TenantId> = match only {
+        Some(t) => vec![t.clone()],
+        None => bus.tenants().await?,
+    };
+    for tenant in &selected {
+        bus.flush_metering(tenant).await?;
     }
     let deadline = Instant::now() + wait;
     let mut unmirrored;
@@ -136,6 +151,7 @@ pub async fn verify(bus: &AgentBus, pool: &PgPool, wait: Duration) -> Result<Ver
             .outbox_status()
             .await?
             .iter()
+            .filter(|s| only.is_none_or(|t| t.as_str() == s.tenant))
             .map(|s| s.events)
             .sum::<u64>();
         if unmirrored == 0 || Instant::now() >= deadline {
@@ -146,7 +162,7 @@ pub async fn verify(bus: &AgentBus, pool: &PgPool, wait: Duration) -> Result<Ver
 
     let mut tenants = Vec::new();
     let mut jobs = Vec::new();
-    for tenant in bus.tenants().await? {
+    for tenant in selected {
         let b = bus.balance(&tenant).await?;
         let redis = Triple {
             total: b.total,
