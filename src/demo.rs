@@ -152,11 +152,22 @@ fn url_parts(url: &str) -> Option<(String, u16)> {
         .rsplit_once('@')
         .map(|(_, h)| h)
         .unwrap_or(authority);
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().ok()?),
-        None => (hostport, 0),
+    // An IPv6 host is bracketed: its colons are not the port's.
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
     };
-    Some((host.trim_matches(['[', ']']).to_string(), port))
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => 0,
+    };
+    Some((host.to_string(), port))
 }
 
 fn dec(v: &Value) -> Decimal {
