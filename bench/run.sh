@@ -48,6 +48,19 @@ out=bench/RESULTS.md.tmp
   clean
   "$bin" bench sink --runs "$runs" --backlog 100000 --rate 10000 --secs 5
   clean
+  echo "### Many tenants at once: one Redis vs a local 3-master Redis Cluster (median of $runs runs)"
+  echo
+  echo "| target | load | throughput | command |"
+  echo "|---|---|---|---|"
+  "$bin" bench tenants --runs "$runs" --tenants 8 --items 20000 --workers 8
+  scripts/cluster.sh stop
+  cluster_url=$(scripts/cluster.sh start)
+  REDIS_URL="$cluster_url" "$bin" bench tenants --runs "$runs" --tenants 8 --items 20000 --workers 8
+  scripts/cluster.sh stop
+  echo
+  echo "The three masters run on the same two cores as everything else (see docs/scaling.md)."
+  echo
+  clean
   # Filling a million entries takes minutes: three runs are enough here.
   "$bin" bench blackboard --runs 3 --sizes 10000,100000,1000000 --samples 500
 } > "$out"

@@ -458,6 +458,49 @@ async fn produce(bus: &AgentBus, tenant: &TenantId, count: usize, rate: Option<u
     Ok(())
 }
 
+/// Many tenants at once: `tenants` load runs side by side, each its own job
+/// and workers. On a cluster the tenants spread over the masters by slot.
+pub async fn tenants(
+    bus: &AgentBus,
+    tenants: usize,
+    items: usize,
+    workers: usize,
+    runs: usize,
+) -> Result<String> {
+    let mut rates = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for _ in 0..tenants {
+            let bus = bus.clone();
+            let mut options = LoadOptions::new(fresh_tenant("tenants")?, items, workers);
+            options.concurrency = 4;
+            handles.push(tokio::spawn(async move {
+                load::run(&bus, &options, None).await
+            }));
+        }
+        for h in handles {
+            let report = h.await.map_err(|e| Error::protocol(e.to_string()))??;
+            if !report.passed() {
+                return Err(Error::protocol(format!(
+                    "run violated guarantees: {:?}",
+                    report.violations
+                )));
+            }
+        }
+        rates.push((tenants * items) as f64 / started.elapsed().as_secs_f64());
+    }
+    let target = if bus.redis().is_cluster() {
+        "Redis Cluster"
+    } else {
+        "one Redis"
+    };
+    Ok(format!(
+        "| {target} | {tenants} × {items} items, {workers} workers each | {:.0} items/s | `agentbus bench tenants --tenants {tenants} --items {items} --workers {workers}` |\n",
+        median(&mut rates)
+    ))
+}
+
 /// Blackboard at each size: latency of get, set, a page of 100, top-10 and
 /// the aggregate, side by side with the original's approach (one key per
 /// entry, SCAN + MGET, computed in the client), measured in the same run.
@@ -486,7 +529,8 @@ pub async fn blackboard(
                 serde_json::json!({}),
             )
             .await?;
-            let scan_prefix = format!("{}:scanbench:{}:", bus.keyspace().prefix(), tenant);
+            // The baseline's keys share the tenant's hash tag (one cluster slot, like ours).
+            let scan_prefix = format!("{}:{{{tenant}}}:scanbench:", bus.keyspace().prefix());
             populate(bus, &tenant, &ns, &scan_prefix, size).await?;
             let board = bus.blackboard(&tenant, &ns);
             // The O(N) baselines get fewer samples at large sizes.

@@ -132,6 +132,15 @@ pub enum Command {
         /// blackboard: timed calls per operation.
         #[arg(long, default_value_t = 500)]
         samples: usize,
+        /// tenants: how many tenants run jobs at once.
+        #[arg(long, default_value_t = 8)]
+        tenants: usize,
+        /// tenants: items per tenant's job.
+        #[arg(long, default_value_t = 20_000)]
+        items: usize,
+        /// tenants: workers per tenant.
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
     },
 }
 
@@ -147,6 +156,8 @@ pub enum BenchScenario {
     Sink,
     /// Blackboard operations at 10K/100K/1M keys vs a SCAN-based equivalent.
     Blackboard,
+    /// Many tenants' jobs at once (compare one Redis with a cluster).
+    Tenants,
 }
 
 #[derive(clap::Args, Debug)]
@@ -410,6 +421,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             backlog,
             sizes,
             samples,
+            tenants,
+            items,
+            workers,
         } => {
             let mut config = config.clone();
             config.redis_pool = config.redis_pool.max(32);
@@ -424,6 +438,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 BenchScenario::Invoke => {
                     bench::invoke(&bus, calls.max(1), concurrency, runs).await?
+                }
+                BenchScenario::Tenants => {
+                    bench::tenants(&bus, tenants.max(1), items.max(1), workers.max(1), runs).await?
                 }
                 BenchScenario::Blackboard => {
                     let sizes: Vec<usize> = sizes.into_iter().filter(|s| *s > 0).collect();

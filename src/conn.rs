@@ -1,15 +1,25 @@
 //! Redis connections: a pool for ordinary commands and dedicated connections
-//! for blocking reads.
+//! for blocking reads, on a single Redis or on a Redis Cluster.
 //!
 //! Call sites only see [`Redis`], [`Conn`] and [`BlockingConn`]; how a
-//! connection is made (single node today, cluster later) stays in here.
-//! Pooled connections are `redis::aio::ConnectionManager`s, which reconnect
-//! by themselves after a Redis restart; bb8 bounds how many exist.
+//! connection is made stays in here. On a single node, pooled connections
+//! are `redis::aio::ConnectionManager`s (they reconnect by themselves after
+//! a Redis restart) and bb8 bounds how many exist. On a cluster, one
+//! multiplexed cluster connection routes every command to the node owning
+//! its keys and follows MOVED/ASK; each blocking reader gets a cluster
+//! connection of its own, so a blocked read never holds up other traffic.
+//!
+//! `REDIS_URL` names a cluster as `redis+cluster://host:port,host:port,…`
+//! (any of its nodes; the rest are discovered) or as several comma-separated
+//! `redis://` URLs.
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tokio::sync::OnceCell;
 
 use crate::error::{Error, Result};
 
@@ -18,6 +28,8 @@ const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Margin a blocking read gets on top of its BLOCK time before the client gives up.
 const BLOCK_MARGIN: Duration = Duration::from_secs(5);
+/// Cluster connections for blocking reads: our own timeout applies, per read.
+const BLOCKING_CLUSTER_TIMEOUT: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
@@ -57,29 +69,77 @@ impl bb8::ManageConnection for Manager {
     }
 }
 
+#[derive(Clone)]
+enum Backend {
+    Single {
+        client: redis::Client,
+        pool: bb8::Pool<Manager>,
+    },
+    Cluster {
+        client: ClusterClient,
+        /// Made on first use, so a process can start while the cluster is down.
+        conn: std::sync::Arc<OnceCell<ClusterConnection>>,
+        response_timeout: Duration,
+    },
+}
+
 /// Handle to Redis: cheap to clone, shared by every task of a process.
 #[derive(Clone)]
 pub struct Redis {
-    client: redis::Client,
-    pool: bb8::Pool<Manager>,
+    backend: Backend,
 }
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis")
-            .field("addr", &self.client.get_connection_info().addr())
-            .finish()
+        match &self.backend {
+            Backend::Single { client, .. } => f
+                .debug_struct("Redis")
+                .field("addr", &client.get_connection_info().addr())
+                .finish(),
+            Backend::Cluster { .. } => f.debug_struct("Redis").field("cluster", &true).finish(),
+        }
     }
 }
 
+fn config_error(url: &str, e: impl std::fmt::Display) -> Error {
+    Error::Config {
+        var: "REDIS_URL".into(),
+        reason: format!("cannot use {url:?}: {e}"),
+    }
+}
+
+/// The nodes of a cluster URL, or `None` for a single Redis.
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        return Some(
+            rest.split(',')
+                .map(|n| format!("redis://{}", n.trim()))
+                .collect(),
+        );
+    }
+    url.contains(',')
+        .then(|| url.split(',').map(|n| n.trim().to_string()).collect())
+}
+
 impl Redis {
-    /// Parses `url` and prepares the pool; connections are made on first use,
-    /// so a process can start (and report not-ready) while Redis is down.
+    /// Parses `url` and prepares the connections; they are made on first
+    /// use, so a process can start (and report not-ready) while Redis is down.
     pub fn open(url: &str, options: RedisOptions) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| Error::Config {
-            var: "REDIS_URL".into(),
-            reason: format!("cannot use {url:?}: {e}"),
-        })?;
+        if let Some(nodes) = cluster_nodes(url) {
+            let client = ClusterClient::builder(nodes)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(options.response_timeout)
+                .build()
+                .map_err(|e| config_error(url, e))?;
+            return Ok(Self {
+                backend: Backend::Cluster {
+                    client,
+                    conn: Default::default(),
+                    response_timeout: options.response_timeout,
+                },
+            });
+        }
+        let client = redis::Client::open(url).map_err(|e| config_error(url, e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(options.response_timeout))
@@ -93,19 +153,41 @@ impl Redis {
                 client: client.clone(),
                 config,
             });
-        Ok(Self { client, pool })
+        Ok(Self {
+            backend: Backend::Single { client, pool },
+        })
     }
 
-    /// A pooled connection for ordinary (non-blocking) commands.
+    /// Whether this handle talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
+    }
+
+    /// A connection for ordinary (non-blocking) commands.
     pub async fn conn(&self) -> Result<Conn> {
-        Ok(Conn(self.pool.get_owned().await?))
+        match &self.backend {
+            Backend::Single { pool, .. } => Ok(Conn(Shared::Pooled(pool.get_owned().await?))),
+            Backend::Cluster {
+                client,
+                conn,
+                response_timeout,
+            } => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(*response_timeout);
+                let c = conn
+                    .get_or_try_init(|| client.get_async_connection_with_config(config))
+                    .await?;
+                Ok(Conn(Shared::Cluster(c.clone())))
+            }
+        }
     }
 
     /// A connection of its own for `XREADGROUP BLOCK` and similar: never
     /// shared with other traffic, so a blocked read delays nobody.
     pub fn blocking(&self) -> BlockingConn {
         BlockingConn {
-            client: self.client.clone(),
+            backend: self.backend.clone(),
             conn: None,
         }
     }
@@ -118,12 +200,20 @@ impl Redis {
     }
 }
 
-/// A pooled connection; returned to the pool when dropped.
-pub struct Conn(bb8::PooledConnection<'static, Manager>);
+/// A connection for ordinary commands; a pooled one returns to its pool when dropped.
+pub struct Conn(Shared);
+
+enum Shared {
+    Pooled(bb8::PooledConnection<'static, Manager>),
+    Cluster(ClusterConnection),
+}
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        self.0.req_packed_command(cmd)
+        match &mut self.0 {
+            Shared::Pooled(c) => c.req_packed_command(cmd),
+            Shared::Cluster(c) => c.req_packed_command(cmd),
+        }
     }
 
     fn req_packed_commands<'a>(
@@ -132,19 +222,30 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        self.0.req_packed_commands(pipeline, offset, count)
+        match &mut self.0 {
+            Shared::Pooled(c) => c.req_packed_commands(pipeline, offset, count),
+            Shared::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
     }
 
     fn get_db(&self) -> i64 {
-        self.0.get_db()
+        match &self.0 {
+            Shared::Pooled(c) => c.get_db(),
+            Shared::Cluster(c) => c.get_db(),
+        }
     }
+}
+
+enum Dedicated {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(ClusterConnection),
 }
 
 /// A dedicated connection for blocking commands. Connects lazily and again
 /// after any failure, so a reader survives Redis restarts.
 pub struct BlockingConn {
-    client: redis::Client,
-    conn: Option<redis::aio::MultiplexedConnection>,
+    backend: Backend,
+    conn: Option<Dedicated>,
 }
 
 impl BlockingConn {
@@ -155,8 +256,14 @@ impl BlockingConn {
         cmd: &Cmd,
         block: Duration,
     ) -> Result<T> {
-        let conn = self.connect().await?;
-        let outcome = tokio::time::timeout(block + BLOCK_MARGIN, cmd.query_async::<T>(conn)).await;
+        let outcome = match self.connect().await? {
+            Dedicated::Single(c) => {
+                tokio::time::timeout(block + BLOCK_MARGIN, cmd.query_async::<T>(c)).await
+            }
+            Dedicated::Cluster(c) => {
+                tokio::time::timeout(block + BLOCK_MARGIN, cmd.query_async::<T>(c)).await
+            }
+        };
         self.settle(outcome)
     }
 
@@ -167,20 +274,37 @@ impl BlockingConn {
         pipe: &Pipeline,
         block: Duration,
     ) -> Result<T> {
-        let conn = self.connect().await?;
-        let outcome = tokio::time::timeout(block + BLOCK_MARGIN, pipe.query_async::<T>(conn)).await;
+        let outcome = match self.connect().await? {
+            Dedicated::Single(c) => {
+                tokio::time::timeout(block + BLOCK_MARGIN, pipe.query_async::<T>(c)).await
+            }
+            Dedicated::Cluster(c) => {
+                tokio::time::timeout(block + BLOCK_MARGIN, pipe.query_async::<T>(c)).await
+            }
+        };
         self.settle(outcome)
     }
 
-    async fn connect(&mut self) -> Result<&mut redis::aio::MultiplexedConnection> {
+    async fn connect(&mut self) -> Result<&mut Dedicated> {
         if self.conn.is_none() {
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(None);
-            let conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
+            let conn = match &self.backend {
+                Backend::Single { client, .. } => {
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                        .set_response_timeout(None);
+                    Dedicated::Single(
+                        client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await?,
+                    )
+                }
+                Backend::Cluster { client, .. } => {
+                    let config = ClusterConfig::new()
+                        .set_connection_timeout(CONNECT_TIMEOUT)
+                        .set_response_timeout(BLOCKING_CLUSTER_TIMEOUT);
+                    Dedicated::Cluster(client.get_async_connection_with_config(config).await?)
+                }
+            };
             self.conn = Some(conn);
         }
         self.conn
@@ -206,5 +330,21 @@ impl BlockingConn {
                 Err(Error::Timeout("blocking read got no answer".into()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cluster_urls_name_their_nodes() {
+        assert_eq!(
+            super::cluster_nodes("redis+cluster://a:1,b:2"),
+            Some(vec!["redis://a:1".to_string(), "redis://b:2".to_string()])
+        );
+        assert_eq!(
+            super::cluster_nodes("redis://a:1, redis://b:2"),
+            Some(vec!["redis://a:1".to_string(), "redis://b:2".to_string()])
+        );
+        assert_eq!(super::cluster_nodes("redis://a:1"), None);
     }
 }

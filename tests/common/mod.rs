@@ -149,14 +149,16 @@ impl Drop for TestEnv {
                 return;
             };
             rt.block_on(async move {
-                if let Ok(client) = redis::Client::open(redis_url())
-                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                // Through agentbus' own handle, so this works on a cluster too.
+                if let Ok(redis) = Redis::open(&redis_url(), RedisOptions::default())
+                    && let Ok(mut conn) = redis.conn().await
                 {
                     let keys: Vec<String> = redis::cmd("KEYS")
                         .arg(format!("{prefix}:*"))
                         .query_async(&mut conn)
                         .await
                         .unwrap_or_default();
+                    // A multi-key DEL: on a cluster it is split by slot.
                     for chunk in keys.chunks(500) {
                         let _: Result<(), _> =
                             redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
