@@ -76,7 +76,7 @@ enum Backend {
         pool: bb8::Pool<Manager>,
     },
     Cluster {
-        client: ClusterClient,
+        client: std::sync::Arc<ClusterClient>,
         /// Made on first use, so a process can start while the cluster is down.
         conn: std::sync::Arc<OnceCell<ClusterConnection>>,
         response_timeout: Duration,
@@ -133,7 +133,7 @@ impl Redis {
                 .map_err(|e| config_error(url, e))?;
             return Ok(Self {
                 backend: Backend::Cluster {
-                    client,
+                    client: std::sync::Arc::new(client),
                     conn: Default::default(),
                     response_timeout: options.response_timeout,
                 },
