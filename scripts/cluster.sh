@@ -18,7 +18,8 @@ case "${1:-start}" in
     for p in "${ports[@]}"; do
       mkdir -p "$dir/$p"
       redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true
-      rm -f "$dir/$p/nodes.conf"
+      # A fresh cluster: no cluster state, no data left by an earlier one.
+      rm -f "$dir/$p/nodes.conf" "$dir/$p/"*.rdb "$dir/$p/"*.aof
       redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
         --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
         --dir "$dir/$p" --save "" --appendonly no --daemonize yes \
@@ -27,8 +28,11 @@ case "${1:-start}" in
     for p in "${ports[@]}"; do
       for _ in $(seq 1 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
     done
-    redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") \
-      --cluster-replicas 0 --cluster-yes >/dev/null
+    if ! created=$(redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") \
+      --cluster-replicas 0 --cluster-yes 2>&1); then
+      echo "$created" >&2
+      exit 1
+    fi
     for _ in $(seq 1 100); do up && break; sleep 0.1; done
     up || { echo "cluster: did not reach cluster_state:ok" >&2; exit 1; }
     echo "$url"
