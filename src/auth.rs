@@ -32,6 +32,39 @@ pub struct NewToken {
     pub token: String,
 }
 
+/// A new token's record (to store) and its text (to hand out once).
+fn fresh_token(tenant: &TenantId) -> (TokenRecord, String) {
+    let mut rng = rand::rng();
+    let id = hex::encode(rng.random::<[u8; 6]>());
+    let secret = hex::encode(rng.random::<[u8; 32]>());
+    let token = format!("{TOKEN_PREFIX}{id}_{secret}");
+    let record = TokenRecord {
+        id,
+        tenant: tenant.clone(),
+        hash: sha256_hex(&secret),
+        created_at: chrono::Utc::now(),
+    };
+    (record, token)
+}
+
+/// What may be shown of a token: never its secret or hash.
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub tenant: TenantId,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<TokenRecord> for TokenInfo {
+    fn from(r: TokenRecord) -> Self {
+        Self {
+            id: r.id,
+            tenant: r.tenant,
+            created_at: r.created_at,
+        }
+    }
+}
+
 fn sha256_hex(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
@@ -51,15 +84,8 @@ fn parse(token: &str) -> Option<(&str, &str)> {
 impl AgentBus {
     /// Creates a token for `tenant`; the returned secret is not stored.
     pub async fn create_token(&self, tenant: &TenantId) -> Result<NewToken> {
-        let mut rng = rand::rng();
-        let id = hex::encode(rng.random::<[u8; 6]>());
-        let secret = hex::encode(rng.random::<[u8; 32]>());
-        let record = TokenRecord {
-            id: id.clone(),
-            tenant: tenant.clone(),
-            hash: sha256_hex(&secret),
-            created_at: chrono::Utc::now(),
-        };
+        let (record, token) = fresh_token(tenant);
+        let id = record.id.clone();
         let json = serde_json::to_string(&record).map_err(|e| Error::Codec(e.to_string()))?;
         let mut conn = self.redis().conn().await?;
         let created: bool = redis::cmd("HSETNX")
@@ -74,7 +100,7 @@ impl AgentBus {
         drop(conn);
         self.register_tenant(tenant).await?;
         Ok(NewToken {
-            token: format!("{TOKEN_PREFIX}{id}_{secret}"),
+            token,
             id,
             tenant: tenant.clone(),
         })
@@ -82,6 +108,13 @@ impl AgentBus {
 
     /// The tenant a token belongs to; `Unauthorized` for anything else.
     pub async fn authenticate(&self, token: &str) -> Result<TenantId> {
+        self.authenticate_with_id(token)
+            .await
+            .map(|(tenant, _)| tenant)
+    }
+
+    /// The tenant a token belongs to, and the token's id (for its limits).
+    pub async fn authenticate_with_id(&self, token: &str) -> Result<(TenantId, String)> {
         let (id, secret) = parse(token).ok_or(Error::Unauthorized("malformed token"))?;
         let mut conn = self.redis().conn().await?;
         let json: Option<String> = redis::cmd("HGET")
@@ -93,7 +126,7 @@ impl AgentBus {
             .and_then(|j| serde_json::from_str(&j).ok())
             .ok_or(Error::Unauthorized("unknown token"))?;
         if secure_eq(&record.hash, &sha256_hex(secret)) {
-            Ok(record.tenant)
+            Ok((record.tenant, record.id))
         } else {
             Err(Error::Unauthorized("unknown token"))
         }
@@ -113,6 +146,68 @@ impl AgentBus {
             .collect();
         records.sort_by_key(|r| r.created_at);
         Ok(records)
+    }
+
+    /// Replaces a token by a new one of the same tenant, atomically: the old
+    /// secret stops working at the moment the new one starts.
+    pub async fn rotate_token(&self, id: &str) -> Result<NewToken> {
+        let mut conn = self.redis().conn().await?;
+        let json: Option<String> = redis::cmd("HGET")
+            .arg(self.keyspace().tokens())
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        let old: TokenRecord = json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .ok_or_else(|| Error::not_found(format!("token {id}")))?;
+        let (record, token) = fresh_token(&old.tenant);
+        let record_json =
+            serde_json::to_string(&record).map_err(|e| Error::Codec(e.to_string()))?;
+        // One key, one MULTI: never both valid, never neither.
+        let (_, removed): ((), i64) = redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(self.keyspace().tokens())
+            .arg(&record.id)
+            .arg(record_json)
+            .cmd("HDEL")
+            .arg(self.keyspace().tokens())
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        if removed == 0 {
+            // Revoked meanwhile: take the new one back too.
+            let _: i64 = redis::cmd("HDEL")
+                .arg(self.keyspace().tokens())
+                .arg(&record.id)
+                .query_async(&mut conn)
+                .await?;
+            return Err(Error::not_found(format!("token {id}")));
+        }
+        Ok(NewToken {
+            id: record.id,
+            tenant: record.tenant,
+            token,
+        })
+    }
+
+    /// Counts one request of a token against `per_second` (with `burst`).
+    /// `None` when allowed, else how long to wait.
+    pub async fn rate_limit(
+        &self,
+        token_id: &str,
+        per_second: f64,
+        burst: u32,
+    ) -> Result<Option<std::time::Duration>> {
+        let mut conn = self.redis().conn().await?;
+        let (allowed, wait_ms): (i64, i64) = crate::scripts::scripts()
+            .rate_limit
+            .key(self.keyspace().rate_limit(token_id))
+            .arg(per_second)
+            .arg(burst.max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((allowed == 0).then(|| std::time::Duration::from_millis(wait_ms.max(1) as u64)))
     }
 
     /// Revokes a token by id; effective on the next request.

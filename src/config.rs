@@ -172,6 +172,18 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTBUS_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Requests per second per token, shared by all processes (0: no limit).
+    #[arg(long, env = "AGENTBUS_RATE_LIMIT", default_value_t = 1000.0)]
+    pub rate_limit: f64,
+
+    /// Requests a token may send at once above its rate.
+    #[arg(long, env = "AGENTBUS_RATE_BURST", default_value_t = 2000)]
+    pub rate_burst: u32,
+
+    /// Requests per token in flight at once, per process (0: no limit).
+    #[arg(long, env = "AGENTBUS_CONCURRENCY_LIMIT", default_value_t = 256)]
+    pub concurrency_limit: usize,
+
     /// Milliseconds between passes of the reclaimer.
     #[arg(long, env = "AGENTBUS_RECLAIM_INTERVAL_MS", default_value_t = 1000)]
     pub reclaim_interval_ms: u64,
@@ -226,6 +238,9 @@ impl ServeConfig {
         ApiConfig {
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             max_body_bytes: self.max_body_bytes,
+            rate_limit_per_sec: self.rate_limit.max(0.0),
+            rate_limit_burst: self.rate_burst.max(1),
+            concurrency_limit: self.concurrency_limit,
         }
     }
 }

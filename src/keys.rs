@@ -139,6 +139,11 @@ impl Keyspace {
         format!("{}:tokens", self.prefix)
     }
 
+    /// A token's rate-limit state (one key per token, expiring when idle).
+    pub fn rate_limit(&self, token_id: &str) -> String {
+        format!("{}:rl:{token_id}", self.prefix)
+    }
+
     /// The keys of one tenant.
     pub fn tenant(&self, tenant: &TenantId) -> TenantKeys {
         TenantKeys {

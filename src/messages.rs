@@ -391,15 +391,20 @@ impl AgentBus {
         let mut conn = self.redis().conn().await?;
         if !by_message_id.is_empty() {
             // Find them among this consumer's unacknowledged entries.
-            let pending: Value = redis::cmd("XPENDING")
+            let pending = redis::cmd("XPENDING")
                 .arg(&inbox)
                 .arg(GROUP)
                 .arg("-")
                 .arg("+")
                 .arg(1000)
                 .arg(instance.as_str())
-                .query_async(&mut conn)
-                .await?;
+                .query_async::<Value>(&mut conn)
+                .await
+                .or_else(|e| match e.code() {
+                    // No inbox (or no group): nothing of this instance to acknowledge.
+                    Some("NOGROUP") => Ok(Value::Nil),
+                    _ => Err(e),
+                })?;
             if let Value::Array(rows) = pending {
                 let mut pipe = redis::pipe();
                 let mut candidates = Vec::new();

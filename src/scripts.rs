@@ -58,6 +58,7 @@ pub struct Scripts {
     pub bb_lock: Script,
     pub bb_sweep: Script,
     pub credits_flush: Script,
+    pub rate_limit: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -91,6 +92,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     bb_lock: bb_script!("bb_lock.lua"),
     bb_sweep: bb_script!("bb_sweep.lua"),
     credits_flush: lua!("include/common.lua", "credits_flush.lua"),
+    rate_limit: lua!("rate_limit.lua"),
 });
 
 /// The process-wide registry (scripts and their SHA1s are computed once).

@@ -2,7 +2,6 @@
 //! reaper, sink), with graceful shutdown on SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -37,12 +36,7 @@ pub async fn start(config: &Config, serve: &ServeConfig) -> Result<Running> {
     let bus = config.bus()?;
     let db = config.postgres()?;
     let metrics = crate::metrics::install();
-    let state = AppState {
-        bus: bus.clone(),
-        db,
-        config: Arc::new(serve.api()),
-        metrics: metrics.clone(),
-    };
+    let state = AppState::new(bus.clone(), db, serve.api(), metrics.clone());
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     // Histogram samples wait in memory until drained: drain them even when nobody scrapes.

@@ -3,7 +3,6 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use agentbus::api::{ApiConfig, AppState};
@@ -197,12 +196,12 @@ async fn readyz_reports_redis_down_and_recovers_when_it_is_back() {
         Prices::default(),
         Limits::default(),
     );
-    let app = agentbus::api::router(AppState {
+    let app = agentbus::api::router(AppState::new(
         bus,
-        db: agentbus::db::connect_lazy(&common::admin_database_url(), 2).unwrap(),
-        config: Arc::new(ApiConfig::default()),
-        metrics: None,
-    });
+        agentbus::db::connect_lazy(&common::admin_database_url(), 2).unwrap(),
+        ApiConfig::default(),
+        None,
+    ));
 
     let ready = || async { call(&app, "GET", "/readyz", None, None).await.0 == StatusCode::OK };
     assert!(

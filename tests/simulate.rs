@@ -292,27 +292,6 @@ async fn stage_graphs_give_the_critical_path_total_credits_and_fan_out() {
     );
 }
 
-/// Every key of the test (and the global ones) with its serialized value and TTL.
-async fn snapshot(env: &TestEnv) -> BTreeMap<String, (Vec<u8>, i64)> {
-    let mut conn = env.conn().await;
-    let mut out = BTreeMap::new();
-    let mut keys = env.keys().await;
-    keys.push(env.bus.keyspace().tenants());
-    keys.push(env.bus.keyspace().tokens());
-    for key in keys {
-        let (dump, ttl): (Option<Vec<u8>>, i64) = redis::pipe()
-            .cmd("DUMP")
-            .arg(&key)
-            .cmd("PTTL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        out.insert(key, (dump.unwrap_or_default(), ttl.min(0)));
-    }
-    out
-}
-
 #[tokio::test]
 async fn simulate_never_writes_and_fails_exactly_like_spawn() {
     let env = TestEnv::with_db().await;
@@ -330,7 +309,7 @@ async fn simulate_never_writes_and_fails_exactly_like_spawn() {
         .await
         .unwrap();
 
-    let before = snapshot(&env).await;
+    let before = env.snapshot().await;
     let pg_before: i64 = sqlx::query_scalar(
         "SELECT (SELECT COUNT(*) FROM agents.credit_ledger) + (SELECT COUNT(*) FROM agents.jobs)",
     )
@@ -368,7 +347,7 @@ async fn simulate_never_writes_and_fails_exactly_like_spawn() {
         assert!(sim.get(field).is_some(), "{field} missing: {sim}");
     }
     assert_eq!(sim["item_count"], 3);
-    assert_eq!(snapshot(&env).await, before, "simulate changed Redis");
+    assert_eq!(env.snapshot().await, before, "simulate changed Redis");
     let pg_after: i64 = sqlx::query_scalar(
         "SELECT (SELECT COUNT(*) FROM agents.credit_ledger) + (SELECT COUNT(*) FROM agents.jobs)",
     )

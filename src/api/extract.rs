@@ -11,8 +11,8 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use super::caller::Caller;
 use super::{ApiError, AppState};
-use crate::auth::secure_eq;
 use crate::error::Error;
 use crate::keys::TenantId;
 
@@ -173,39 +173,31 @@ pub fn path_uuid(name: &str, raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?;
-    let value = value.to_str().ok()?;
-    value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .map(str::trim)
-}
-
-/// The tenant the request's bearer token belongs to.
+/// The tenant the request's bearer token belongs to (set by [`super::caller`]).
 pub struct Tenant(pub TenantId);
 
-impl FromRequestParts<AppState> for Tenant {
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or(Error::Unauthorized("missing bearer token"))?;
-        Ok(Tenant(state.bus.authenticate(token).await?))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Caller>() {
+            Some(Caller::Tenant(t)) => Ok(Tenant(t.clone())),
+            Some(Caller::Admin) => Err(Error::Forbidden("this call needs a tenant's token").into()),
+            None => Err(Error::Unauthorized("missing bearer token").into()),
+        }
     }
 }
 
 /// A request made with the admin token.
 pub struct Admin;
 
-impl FromRequestParts<AppState> for Admin {
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or(Error::Unauthorized("missing bearer token"))?;
-        match &state.config.admin_token {
-            Some(admin) if secure_eq(admin, token) => Ok(Admin),
-            Some(_) => Err(Error::Forbidden("admin token required").into()),
-            None => Err(Error::Forbidden("no admin token is configured").into()),
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Caller>() {
+            Some(Caller::Admin) => Ok(Admin),
+            _ => Err(Error::Forbidden("admin token required").into()),
         }
     }
 }

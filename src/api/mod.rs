@@ -6,11 +6,13 @@
 
 mod agents;
 mod blackboard;
+mod caller;
 mod credits;
 mod extract;
 mod health;
 mod invocations;
 mod jobs;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -42,6 +44,12 @@ pub struct ApiConfig {
     pub admin_token: Option<String>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Requests per second per token (0: no limit), shared by all processes.
+    pub rate_limit_per_sec: f64,
+    /// Requests a token may send at once above its rate.
+    pub rate_limit_burst: u32,
+    /// Requests per token in flight at once in one process (0: no limit).
+    pub concurrency_limit: usize,
 }
 
 impl Default for ApiConfig {
@@ -49,6 +57,9 @@ impl Default for ApiConfig {
         Self {
             admin_token: None,
             max_body_bytes: 16 * 1024 * 1024,
+            rate_limit_per_sec: 1000.0,
+            rate_limit_burst: 2000,
+            concurrency_limit: 256,
         }
     }
 }
@@ -60,6 +71,24 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Renders `/metrics` (none: the endpoint answers 404).
     pub metrics: Option<PrometheusHandle>,
+    pub limiter: Arc<caller::ConcurrencyLimiter>,
+}
+
+impl AppState {
+    pub fn new(
+        bus: AgentBus,
+        db: PgPool,
+        config: ApiConfig,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        Self {
+            bus,
+            db,
+            config: Arc::new(config),
+            metrics,
+            limiter: Arc::default(),
+        }
+    }
 }
 
 /// The whole application: `/healthz`, `/readyz` and `/api/v1/...`.
@@ -130,8 +159,16 @@ pub fn router(state: AppState) -> Router {
         .route("/namespaces/{ns}/keys", get(blackboard::ns_keys))
         .route("/namespaces/{ns}/range", get(blackboard::ns_range))
         .route("/namespaces/{ns}/top", get(blackboard::ns_top))
-        .route("/namespaces/{ns}/aggregate", get(blackboard::ns_aggregate));
-    let v1 = v1.route_layer(middleware::from_fn(track_request));
+        .route("/namespaces/{ns}/aggregate", get(blackboard::ns_aggregate))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{token_id}", axum::routing::delete(tokens::revoke))
+        .route("/tokens/{token_id}/rotate", post(tokens::rotate));
+    let v1 = v1
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            caller::authenticate,
+        ))
+        .route_layer(middleware::from_fn(track_request));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -202,11 +239,12 @@ struct ErrorBody {
     current: Option<Box<RawValue>>,
 }
 
-/// An error response: status plus JSON body.
+/// An error response: status plus JSON body (and when to retry, for 429).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     body: Box<ErrorBody>,
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -217,7 +255,14 @@ impl ApiError {
                 error,
                 current: None,
             }),
+            retry_after_secs: None,
         }
+    }
+
+    /// Adds a `Retry-After` header.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -285,6 +330,7 @@ impl From<Error> for ApiError {
                     },
                     current: state,
                 }),
+                retry_after_secs: None,
             },
             Error::Unauthorized(why) => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
@@ -312,7 +358,13 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body)).into_response()
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after_secs
+            && let Ok(value) = header::HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 

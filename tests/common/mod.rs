@@ -3,7 +3,6 @@
 //! Tests run against the real services named by REDIS_URL and DATABASE_URL.
 #![allow(dead_code)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use agentbus::api::{ApiConfig, AppState};
@@ -18,7 +17,7 @@ use http_body_util::BodyExt;
 use rand::RngExt;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use tower::ServiceExt;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -103,19 +102,25 @@ impl TestEnv {
 
     /// The HTTP application over this environment.
     pub fn app(&self) -> axum::Router {
+        self.app_with(ApiConfig {
+            admin_token: Some(ADMIN_TOKEN.into()),
+            max_body_bytes: 1024 * 1024,
+            ..ApiConfig::default()
+        })
+    }
+
+    /// The HTTP application with its own API settings.
+    pub fn app_with(&self, config: ApiConfig) -> axum::Router {
         let db = match &self.db {
             Some(db) => db.pool.clone(),
             None => agentbus::db::connect_lazy(&admin_database_url(), 2).expect("DATABASE_URL"),
         };
-        agentbus::api::router(AppState {
-            bus: self.bus.clone(),
+        agentbus::api::router(AppState::new(
+            self.bus.clone(),
             db,
-            config: Arc::new(ApiConfig {
-                admin_token: Some(ADMIN_TOKEN.into()),
-                max_body_bytes: 1024 * 1024,
-            }),
-            metrics: agentbus::metrics::install(),
-        })
+            config,
+            agentbus::metrics::install(),
+        ))
     }
 
     /// A conn for direct Redis assertions.
@@ -123,7 +128,8 @@ impl TestEnv {
         self.redis.conn().await.expect("redis conn")
     }
 
-    /// Every key under this test's prefix.
+    /// Every key under this test's prefix, except the rate limiter's (which
+    /// counts every request, accepted or not: that is its job).
     pub async fn keys(&self) -> Vec<String> {
         let mut conn = self.conn().await;
         let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -131,8 +137,40 @@ impl TestEnv {
             .query_async(&mut conn)
             .await
             .expect("KEYS");
+        keys.retain(|k| !k.starts_with(&format!("{}:rl:", self.prefix)));
         keys.sort();
         keys
+    }
+
+    /// Every key of the test (and the global ones) with its serialized value
+    /// and whether it expires: equal snapshots mean nothing was written.
+    pub async fn snapshot(&self) -> BTreeMap<String, (Vec<u8>, bool)> {
+        let mut keys = self.keys().await;
+        keys.push(self.bus.keyspace().tenants());
+        keys.push(self.bus.keyspace().tokens());
+        // One pipeline per hash tag: a cluster refuses pipelines across slots.
+        let mut by_tag: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for key in keys {
+            let tag = match (key.find('{'), key.find('}')) {
+                (Some(open), Some(close)) if close > open + 1 => key[open..=close].to_string(),
+                _ => key.clone(),
+            };
+            by_tag.entry(tag).or_default().push(key);
+        }
+        let mut conn = self.conn().await;
+        let mut out = BTreeMap::new();
+        for keys in by_tag.into_values() {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("DUMP").arg(key).cmd("PTTL").arg(key);
+            }
+            let values: Vec<(Option<Vec<u8>>, i64)> =
+                pipe.query_async(&mut conn).await.expect("DUMP");
+            for (key, (dump, ttl)) in keys.into_iter().zip(values) {
+                out.insert(key, (dump.unwrap_or_default(), ttl >= 0));
+            }
+        }
+        out
     }
 }
 
