@@ -211,6 +211,10 @@ pub struct SinkConfig {
     /// Most events written per transaction.
     #[arg(long, env = "AGENTBUS_SINK_BATCH", default_value_t = 1000)]
     pub sink_batch: usize,
+
+    /// Seconds another sink's unacknowledged events wait before this one takes them over.
+    #[arg(long, env = "AGENTBUS_SINK_TAKEOVER_SECS", default_value_t = 30)]
+    pub sink_takeover_secs: u64,
 }
 
 impl SinkConfig {
@@ -229,6 +233,7 @@ impl SinkConfig {
         crate::keys::validate_id("AGENTBUS_SINK_CONSUMER", &consumer, crate::keys::MAX_ID_LEN)?;
         let mut options = crate::sink::SinkOptions::new(&consumer);
         options.batch = self.sink_batch.clamp(1, crate::sink::MAX_BATCH);
+        options.takeover_idle = Duration::from_secs(self.sink_takeover_secs.max(1));
         Ok(options)
     }
 }

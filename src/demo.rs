@@ -224,6 +224,7 @@ pub async fn run(config: &Config) -> Result<DemoReport> {
         sink: SinkConfig {
             sink_consumer: Some(format!("demo-sink-{}", std::process::id())),
             sink_batch: 1000,
+            sink_takeover_secs: 30,
         },
     };
     let running = server::start(config, &serve).await?;

@@ -105,6 +105,17 @@ impl Error {
     }
 }
 
+/// The server's error code (`NOGROUP`, `LOADING`, …), also for an error that
+/// came back from inside a pipeline (where `RedisError::code` knows only
+/// the codes the client has names for).
+pub fn redis_code(err: &redis::RedisError) -> Option<String> {
+    if let Some(code) = err.code() {
+        return Some(code.to_string());
+    }
+    let errors = err.clone().into_server_errors()?;
+    errors.first().map(|(_, e)| e.code().to_string())
+}
+
 // Every backend error passes through these conversions: they count it.
 
 impl From<redis::RedisError> for Error {

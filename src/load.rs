@@ -441,7 +441,6 @@ pub async fn run(
             total,
         );
     }
-    let completed_in_results = count_results(bus, &options.tenant, &job.id, options.items).await?;
     let mut violations = Vec::new();
     if workers_gone {
         violations.push(format!(
@@ -455,42 +454,23 @@ pub async fn run(
             options.timeout
         ));
     }
-    let p = &state.progress;
-    let cancelled = if state.status == JobStatus::Cancelled {
-        p.cancelled
-    } else {
-        0
-    };
-    let lost = if state.status.is_finished() {
-        p.total - p.completed - p.failed - cancelled
-    } else {
-        0
-    };
-    if lost != 0 {
-        violations.push(format!("{lost} items lost"));
-    }
-    let twice = completed_in_results.iter().filter(|&&n| n > 1).count() as u64;
-    duplicates += twice;
-    if duplicates > 0 {
-        violations.push(format!("{duplicates} duplicate completions"));
-    }
-    let results_total: u64 = completed_in_results.iter().map(|&n| n as u64).sum();
-    if results_total != p.completed as u64 {
+    let audit = audit_job(bus, &options.tenant, &job.id, options.items).await?;
+    violations.extend(audit.violations.iter().cloned());
+    duplicates += audit.duplicate_results;
+    if duplicates > audit.duplicate_results {
         violations.push(format!(
-            "{} results for {} completed items",
-            results_total, p.completed
+            "{} duplicate completions reported by workers",
+            duplicates - audit.duplicate_results
         ));
     }
+    let (p, c, cancelled, lost, credits_exact) = (
+        &state.progress,
+        &state.credits,
+        audit.cancelled,
+        audit.lost,
+        audit.credits_exact,
+    );
     let cost = state.credits_per_item;
-    let overhead = money::from_minor(bus.prices().agent_spawn);
-    let c = &state.credits;
-    let credits_exact = c.reserved == c.spent + c.refunded + c.still_reserved
-        && c.spent == overhead + cost * Decimal::from(p.completed)
-        && (!state.status.is_finished()
-            || c.refunded == cost * Decimal::from(p.failed + cancelled));
-    if !credits_exact {
-        violations.push("credits do not add up".into());
-    }
     if let Some(cancel) = &completed_at_cancel
         && cancel.credits_refunded != cost * Decimal::from(cancel.cancelled_items)
     {
@@ -498,10 +478,6 @@ pub async fn run(
             "refund {} is not {} uncompleted items × {cost}",
             cancel.credits_refunded, cancel.cancelled_items
         ));
-    }
-    let balance = bus.balance(&options.tenant).await?;
-    if state.status.is_finished() && balance.available < Decimal::ZERO {
-        violations.push("negative balance".into());
     }
     let sink_verified = match (&options.verify_sink, sink) {
         (Some(pool), Some(task)) => {
@@ -540,6 +516,79 @@ pub async fn run(
         credits_exact,
         finished_in_time,
         sink_verified,
+        violations,
+    })
+}
+
+/// What a finished (or running) job's state says about the guarantees.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobAudit {
+    pub status: JobStatus,
+    pub cancelled: i64,
+    /// Items in no terminal state once the job ended (must be 0).
+    pub lost: i64,
+    /// Items with more than one result (must be 0).
+    pub duplicate_results: u64,
+    pub credits_exact: bool,
+    pub violations: Vec<String>,
+}
+
+/// Checks one job against the invariants: every item ends exactly once,
+/// results match completions, and its credits add up to the minor unit.
+pub async fn audit_job(
+    bus: &AgentBus,
+    tenant: &TenantId,
+    job: &Uuid,
+    items: usize,
+) -> Result<JobAudit> {
+    let state = bus.job(tenant, job).await?;
+    let completed_in_results = count_results(bus, tenant, job, items).await?;
+    let mut violations = Vec::new();
+    let p = &state.progress;
+    let cancelled = if state.status == JobStatus::Cancelled {
+        p.cancelled
+    } else {
+        0
+    };
+    let lost = if state.status.is_finished() {
+        p.total - p.completed - p.failed - cancelled
+    } else {
+        0
+    };
+    if lost != 0 {
+        violations.push(format!("{lost} items lost"));
+    }
+    let duplicate_results = completed_in_results.iter().filter(|&&n| n > 1).count() as u64;
+    if duplicate_results > 0 {
+        violations.push(format!("{duplicate_results} items completed twice"));
+    }
+    let results_total: u64 = completed_in_results.iter().map(|&n| n as u64).sum();
+    if results_total != p.completed as u64 {
+        violations.push(format!(
+            "{} results for {} completed items",
+            results_total, p.completed
+        ));
+    }
+    let cost = state.credits_per_item;
+    let overhead = money::from_minor(bus.prices().agent_spawn);
+    let c = &state.credits;
+    let credits_exact = c.reserved == c.spent + c.refunded + c.still_reserved
+        && c.spent == overhead + cost * Decimal::from(p.completed)
+        && (!state.status.is_finished()
+            || c.refunded == cost * Decimal::from(p.failed + cancelled));
+    if !credits_exact {
+        violations.push("credits do not add up".into());
+    }
+    let balance = bus.balance(tenant).await?;
+    if state.status.is_finished() && balance.available < Decimal::ZERO {
+        violations.push("negative balance".into());
+    }
+    Ok(JobAudit {
+        status: state.status,
+        cancelled,
+        lost,
+        duplicate_results,
+        credits_exact,
         violations,
     })
 }

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::bus::{AgentBus, event_base};
 use crate::codec::{self, Reply, StreamEntry};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, redis_code};
 use crate::jobs::validate_stream_id;
 use crate::keys::{self, Ident, TenantId};
 use crate::metrics;
@@ -645,19 +645,59 @@ impl Receiver {
         if dead > 0 {
             tracing::warn!(instance = %self.instance, dead, "messages dead-lettered after too many deliveries");
         }
-        match reply.get(0)? {
+        let entries = match reply.get(0)? {
             Value::Array(items) => items
                 .iter()
                 .filter(|v| !matches!(v, Value::Nil))
                 .map(|v| StreamEntry::from_value(v).and_then(|e| Message::from_entry(&e)))
-                .collect(),
-            _ => Ok(Vec::new()),
+                .collect::<Result<Vec<_>>>()?,
+            _ => Vec::new(),
+        };
+        // Handled ones whose acknowledgement is still queued are not handed out twice.
+        Ok(entries
+            .into_iter()
+            .filter(|m| !self.to_ack.contains(&m.entry_id))
+            .collect())
+    }
+
+    /// Re-creates the inbox group after it went missing (e.g. Redis came back
+    /// without it); an instance that is no longer registered is not found.
+    async fn recover_group(&mut self) -> Result<()> {
+        let keys = self.bus.keys(&self.tenant);
+        let mut conn = self.bus.redis().conn().await?;
+        let recovered: i64 = scripts()
+            .inbox_recover
+            .key(keys.inbox(&self.instance))
+            .key(keys.agent(&self.instance))
+            .arg(GROUP)
+            .invoke_async(&mut conn)
+            .await?;
+        if recovered == 0 {
+            return Err(Error::not_found(format!(
+                "agent instance {}",
+                self.instance
+            )));
         }
+        tracing::warn!(instance = %self.instance, "inbox group was missing; re-created it");
+        self.next_redeliver = None;
+        Ok(())
     }
 
     /// The next messages: unacknowledged ones due again first, then new ones,
-    /// waiting up to `wait` for any.
+    /// waiting up to `wait` for any. A missing inbox group is re-created while
+    /// the instance is registered; `UNBLOCKED` and `LOADING` come back as
+    /// transient errors.
     pub async fn recv(&mut self, wait: Duration) -> Result<Vec<Message>> {
+        match self.recv_once(wait).await {
+            Err(Error::Redis(ref e)) if redis_code(e).as_deref() == Some("NOGROUP") => {
+                self.recover_group().await?;
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
+    async fn recv_once(&mut self, wait: Duration) -> Result<Vec<Message>> {
         let redeliver_after = self.bus.limits().redeliver_after;
         let due = self.next_redeliver.is_none_or(|at| Instant::now() >= at);
         if due {
@@ -705,12 +745,7 @@ impl Receiver {
             }
             result
         };
-        let value = result.map_err(|e| match e {
-            Error::Redis(ref r) if matches!(r.code(), Some("NOGROUP" | "UNBLOCKED")) => {
-                Error::not_found(format!("inbox of agent instance {}", self.instance))
-            }
-            other => other,
-        })?;
+        let value = result?;
         let messages = StreamEntry::from_read_reply(&value)?
             .iter()
             .map(Message::from_entry)
@@ -754,6 +789,8 @@ impl Receiver {
                 }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, instance = %self.instance, "inbox read failed; retrying");
+                    // Whatever was delivered while the link was down is handed back first.
+                    self.next_redeliver = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;

@@ -35,8 +35,8 @@ pub const GROUP: &str = "sink";
 pub const MAX_BATCH: usize = 5000;
 /// How often the lag gauges are refreshed.
 const LAG_REPORT_EVERY: Duration = Duration::from_secs(5);
-/// Entries another sink has held this long without acknowledging are taken over.
-const TAKEOVER_IDLE: Duration = Duration::from_secs(30);
+/// Entries another sink has held this long without acknowledging are taken over (default).
+pub const TAKEOVER_IDLE: Duration = Duration::from_secs(30);
 
 /// Points in a batch where tests inject a crash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +58,8 @@ pub struct SinkOptions {
     pub batch: usize,
     /// Pause when every outbox is empty.
     pub idle_sleep: Duration,
+    /// Entries another consumer (a sink that died) has held this long are taken over.
+    pub takeover_idle: Duration,
     pub hook: Option<SinkHook>,
 }
 
@@ -67,6 +69,7 @@ impl SinkOptions {
             consumer: consumer.to_string(),
             batch: 1000,
             idle_sleep: Duration::from_millis(20),
+            takeover_idle: TAKEOVER_IDLE,
             hook: None,
         }
     }
@@ -597,7 +600,7 @@ impl Sink {
             .arg(self.bus.keys(tenant).outbox())
             .arg(GROUP)
             .arg(&self.options.consumer)
-            .arg(TAKEOVER_IDLE.as_millis() as u64)
+            .arg(self.options.takeover_idle.as_millis() as u64)
             .arg("0-0")
             .arg("COUNT")
             .arg(self.options.batch)
@@ -797,7 +800,8 @@ impl Sink {
     /// while Postgres or Redis fail.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
-        let mut last_takeover = Instant::now() - TAKEOVER_IDLE;
+        let takeover_every = self.options.takeover_idle / 2;
+        let mut last_takeover = Instant::now() - takeover_every;
         // Tenants whose own pending entries must be read first (all, at start).
         let mut recovered: HashSet<TenantId> = HashSet::new();
         let mut last_lag_report = Instant::now() - LAG_REPORT_EVERY;
@@ -810,7 +814,7 @@ impl Sink {
                     continue;
                 }
             };
-            let takeover = last_takeover.elapsed() >= TAKEOVER_IDLE / 2;
+            let takeover = last_takeover.elapsed() >= takeover_every;
             let mut busy = false;
             let mut failed = false;
             for tenant in &tenants {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use agentbus::api::{ApiConfig, AppState};
@@ -11,7 +11,7 @@ use agentbus::conn::{Redis, RedisOptions};
 use agentbus::keys::Keyspace;
 use agentbus::prices::Prices;
 use axum::http::StatusCode;
-use common::{TestEnv, call, create_database, eventually};
+use common::{PrivateRedis, TestEnv, call, create_database, eventually};
 use sqlx::PgPool;
 
 /// Columns and indexes of the `agents` schema, as text, for comparison.
@@ -143,53 +143,10 @@ async fn lua_scripts_still_run_after_script_flush() {
 }
 
 /// A private redis-server on a free port, so the test can stop and restart it.
-struct PrivateRedis {
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        PrivateRedis { child: Some(child) }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test]
 async fn readyz_reports_redis_down_and_recovers_when_it_is_back() {
-    let port = PrivateRedis::free_port();
-    let mut server = PrivateRedis::start(port);
-    let redis = Redis::open(
-        &format!("redis://127.0.0.1:{port}"),
-        RedisOptions::default(),
-    )
-    .unwrap();
+    let mut server = PrivateRedis::start(&[]);
+    let redis = Redis::open(&server.url(), RedisOptions::default()).unwrap();
     let bus = AgentBus::new(
         redis,
         Keyspace::new("ab").unwrap(),
@@ -209,7 +166,7 @@ async fn readyz_reports_redis_down_and_recovers_when_it_is_back() {
         "never ready"
     );
 
-    server.stop();
+    server.kill();
     let (status, body) = call(&app, "GET", "/readyz", None, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_ne!(body["redis"], "ok", "{body}");
@@ -217,7 +174,7 @@ async fn readyz_reports_redis_down_and_recovers_when_it_is_back() {
     let (status, _) = call(&app, "GET", "/healthz", None, None).await;
     assert_eq!(status, StatusCode::OK);
 
-    let _server = PrivateRedis::start(port);
+    server.restart();
     assert!(
         eventually(Duration::from_secs(15), ready).await,
         "not ready again after Redis came back"

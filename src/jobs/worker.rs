@@ -368,6 +368,12 @@ impl Worker {
         match self.bus.job(&self.tenant, &self.job).await {
             Ok(job) => Ok(!job.status.is_finished()),
             Err(Error::NotFound(_)) => Ok(false),
+            // Unknowable while Redis is away: keep going, the next read retries.
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, consumer = %self.consumer, "cannot read the job's state; carrying on");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(true)
+            }
             Err(e) => Err(e),
         }
     }

@@ -3,6 +3,8 @@
 //! Tests run against the real services named by REDIS_URL and DATABASE_URL.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::time::Duration;
 
 use agentbus::api::{ApiConfig, AppState};
@@ -377,4 +379,103 @@ pub fn assert_job_credits(job: &agentbus::jobs::Job) {
         Decimal::from(5) + job.credits_per_item * Decimal::from(p.completed),
         "each completed item charged exactly once: {job:?}"
     );
+}
+
+/// A redis-server of the test's own, for killing and restarting: a free
+/// port, its own directory (so AOF files survive a restart), gone on drop.
+pub struct PrivateRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    args: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one with `args` added to a no-persistence default (later args win).
+    pub fn start(args: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("agentbus-redis-{}", random_suffix()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut server = PrivateRedis {
+            port,
+            dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again (after [`kill`](Self::kill)) on the same port and directory.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM: Redis fsyncs its AOF and exits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Blocks until it answers PING (after a start or restart).
+    pub async fn wait_ready(&self) {
+        let url = self.url();
+        let ready = eventually(Duration::from_secs(15), || {
+            let url = url.clone();
+            async move {
+                let Ok(client) = redis::Client::open(url) else {
+                    return false;
+                };
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+        assert!(
+            ready,
+            "private redis-server on {} never answered",
+            self.port
+        );
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
