@@ -62,7 +62,7 @@ fn parse_value(json: &str) -> Result<Value> {
 }
 
 /// A write guarded by a lock: refused once the lock was acquired again.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 pub struct Fence {
     pub lock: Ident,
     pub token: i64,
@@ -89,7 +89,7 @@ pub struct Aggregate {
     pub mean: Option<Decimal>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LockAction {
     Acquire,

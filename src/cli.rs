@@ -67,6 +67,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the OpenAPI document of the REST API.
+    Openapi,
     /// Dead letters of a tenant.
     Dlq {
         #[command(subcommand)]
@@ -291,8 +293,10 @@ pub enum TokenAction {
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// Revoke a token by id.
+    /// Revoke a token by id (refused from the next request on).
     Revoke { id: String },
+    /// Replace a token's secret and print the new one; the old one stops working.
+    Rotate { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -608,6 +612,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Serve(serve) => server::serve(&config, &serve).await?,
+        Command::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::api::openapi_document())?
+            );
+        }
         Command::Demo => {
             let report = crate::demo::run(&config).await?;
             println!("{}", report.text);
@@ -669,6 +679,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 TokenAction::Revoke { id } => {
                     bus.revoke_token(&id).await?;
                     println!("revoked {id}");
+                }
+                TokenAction::Rotate { id } => {
+                    let token = bus.rotate_token(&id).await?;
+                    println!("{}", token.token);
+                    eprintln!(
+                        "token {} of tenant {} rotated (store it now: it is not shown again)",
+                        token.id, token.tenant
+                    );
                 }
             }
         }

@@ -34,7 +34,7 @@ fn default_timeout() -> i64 {
 }
 
 /// The body of `POST /invocations`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvokeRequest {
     pub caller_instance_id: Ident,
@@ -42,6 +42,7 @@ pub struct InvokeRequest {
     #[serde(default)]
     pub request_payload: serde_json::Value,
     #[serde(default = "default_timeout")]
+    #[schemars(range(min = TIMEOUT_SECS.0, max = TIMEOUT_SECS.1))]
     pub timeout_seconds: i64,
     #[serde(default)]
     pub job_id: Option<Uuid>,

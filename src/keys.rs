@@ -99,6 +99,42 @@ impl<'de> Deserialize<'de> for Ident {
     }
 }
 
+/// Ids in API documents: strings of `[A-Za-z0-9_.-]`, at most `max` long.
+fn id_schema(max: usize) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": format!("^[A-Za-z0-9_.-]{{1,{max}}}$"),
+    })
+}
+
+impl schemars::JsonSchema for TenantId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TenantId".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        id_schema(MAX_TENANT_LEN)
+    }
+}
+
+impl schemars::JsonSchema for Ident {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Ident".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        id_schema(MAX_ID_LEN)
+    }
+}
+
 /// The key names of one deployment (one prefix).
 #[derive(Clone, Debug)]
 pub struct Keyspace {

@@ -63,6 +63,18 @@ pub mod json {
         parse(raw.get()).map_err(serde::de::Error::custom)
     }
 
+    /// The schema of an amount in API documents: a number with at most two
+    /// decimals, or the same as a string.
+    pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Credits: at most two decimals, as a number or a string.",
+            "anyOf": [
+                { "type": "number", "minimum": 0 },
+                { "type": "string", "pattern": "^[0-9]{1,13}(\\.[0-9]{1,2})?$" },
+            ],
+        })
+    }
+
     /// Accepts a JSON number or a JSON string holding a decimal.
     pub(crate) fn parse(text: &str) -> std::result::Result<Decimal, String> {
         let text = text.trim();

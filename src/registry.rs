@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::keys::{Ident, TenantId};
 use crate::scripts::scripts;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
     Starting,
@@ -60,7 +60,7 @@ impl AgentStatus {
 }
 
 /// The body of `POST /agents/register`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
     pub agent_id: Ident,

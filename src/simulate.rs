@@ -32,7 +32,7 @@ const EXHAUSTION_RISK: f64 = 0.01;
 
 /// A further stage of work, run after the stages it depends on. Unset fields
 /// take the job's values.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
     pub name: String,

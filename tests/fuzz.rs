@@ -136,7 +136,7 @@ impl Fixture {
             .build()
             .unwrap();
         let (env, app, token) = runtime.block_on(async {
-            let env = TestEnv::new().await;
+            let env = TestEnv::with_db().await;
             env.grant(&env.tenant("fuzz"), 1_000_000).await;
             let token = env
                 .bus

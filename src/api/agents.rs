@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -15,7 +16,7 @@ use crate::keys::Ident;
 use crate::messages::{Message, MessageFilter, MessageStatus, OutgoingMessage};
 use crate::registry::{AgentFilter, AgentStatus, Instance, Registration};
 
-const MAX_WAIT_MS: u64 = 30_000;
+pub(super) const MAX_WAIT_MS: u64 = 30_000;
 
 fn instance(raw: &str) -> Result<Ident, ApiError> {
     Ok(Ident::new("instance_id", raw)?)
@@ -43,7 +44,7 @@ pub async fn register(
     ))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBody {
     #[serde(default)]
@@ -117,7 +118,7 @@ pub async fn list(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendBody {
     from_instance_id: Ident,
@@ -254,7 +255,7 @@ pub async fn read(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BroadcastBody {
     from_instance_id: Ident,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -35,11 +36,13 @@ fn ttl(secs: Option<u64>) -> Result<Option<Duration>, ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutBody {
     value: Value,
+    /// Seconds until the entry expires.
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_TTL_SECS))]
     ttl: Option<u64>,
     #[serde(default)]
     fence: Option<Fence>,
@@ -76,7 +79,7 @@ fn default_amount() -> Value {
     json!(1)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct IncrementBody {
     #[serde(default = "default_amount")]
@@ -107,7 +110,7 @@ fn default_lock_ttl() -> u64 {
     30
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LockBody {
     holder: Ident,
@@ -212,7 +215,7 @@ pub async fn ns_put(
     put_in(&state, &tenant, &ns, key, body).await
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteBody {
     #[serde(default)]
@@ -231,14 +234,16 @@ pub async fn ns_delete(
     Ok(Json(json!({ "deleted": existed, "key": key })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CasBody {
     /// The value expected now; `null` or absent means "no entry".
     #[serde(default)]
     expected: Option<Value>,
     value: Value,
+    /// Seconds until the entry expires.
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_TTL_SECS))]
     ttl: Option<u64>,
     #[serde(default)]
     fence: Option<Fence>,

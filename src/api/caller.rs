@@ -68,10 +68,6 @@ fn too_many(message: &str, retry_after_secs: u64) -> Response {
 /// The authentication and limits middleware of `/api/v1`.
 pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
-    // The API description is public.
-    if parts.uri.path().ends_with("/openapi.json") {
-        return next.run(Request::from_parts(parts, body)).await;
-    }
     let Some(token) = bearer(&parts).map(str::to_string) else {
         return ApiError::from(Error::Unauthorized("missing bearer token")).into_response();
     };

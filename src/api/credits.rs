@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use rust_decimal::Decimal;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::extract::ApiJson;
@@ -18,11 +19,12 @@ pub async fn show(
     Ok(Json(state.bus.balance(&tenant).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantBody {
     tenant: TenantId,
     #[serde(with = "money::json")]
+    #[schemars(schema_with = "money::json::schema")]
     amount: Decimal,
     #[serde(default)]
     reason: Option<String>,

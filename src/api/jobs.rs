@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -17,8 +18,8 @@ use crate::jobs::{
 use crate::simulate::{Simulation, StageSpec};
 
 /// Longest a claim may long-poll.
-const MAX_WAIT_MS: u64 = 30_000;
-const MAX_CLAIM_COUNT: usize = 100;
+pub(super) const MAX_WAIT_MS: u64 = 30_000;
+pub(super) const MAX_CLAIM_COUNT: usize = 100;
 
 pub async fn create(
     State(state): State<AppState>,
@@ -29,6 +30,20 @@ pub async fn create(
     let spec: JobSpec = from_value(body, "")?;
     let job = state.bus.spawn_job(&tenant, &spec).await?;
     Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// The body of `POST /jobs/simulate`: a job's spec plus optional further stages.
+// Only documents the body: `simulate` splits `stages` off by hand so that
+// errors in the rest read exactly as those of `POST /jobs`.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct SimulateRequest {
+    #[serde(flatten)]
+    job: JobSpec,
+    /// Further stages of work to estimate with the job.
+    #[serde(default)]
+    stages: Vec<StageSpec>,
 }
 
 /// `POST /jobs/simulate`: the body of `POST /jobs`, plus optional `stages`.
@@ -106,7 +121,7 @@ pub async fn claim(
     }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
     #[serde(default)]
@@ -158,7 +173,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailBody {
     #[serde(default)]
@@ -226,7 +241,7 @@ pub async fn fail(
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
     #[serde(default)]

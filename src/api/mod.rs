@@ -12,6 +12,8 @@ mod extract;
 mod health;
 mod invocations;
 mod jobs;
+mod openapi;
+mod routes;
 mod tokens;
 
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -36,6 +38,8 @@ use crate::error::Error;
 use crate::{metrics, money};
 
 pub use extract::{Admin, Tenant};
+pub use routes::openapi_document;
+use routes::v1_api;
 
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
@@ -94,75 +98,8 @@ impl AppState {
 /// The whole application: `/healthz`, `/readyz` and `/api/v1/...`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
-    let v1 = Router::new()
-        .route("/jobs", post(jobs::create).get(jobs::list))
-        .route("/jobs/simulate", post(jobs::simulate))
-        .route("/jobs/{job_id}", get(jobs::get_one))
-        .route("/jobs/{job_id}/claim", post(jobs::claim))
-        .route(
-            "/jobs/{job_id}/items/{item_id}/complete",
-            post(jobs::complete),
-        )
-        .route("/jobs/{job_id}/items/{item_id}/fail", post(jobs::fail))
-        .route("/jobs/{job_id}/cancel", post(jobs::cancel))
-        .route("/jobs/{job_id}/results", get(jobs::results))
-        .route("/jobs/{job_id}/broadcast", post(agents::broadcast))
-        .route("/credits", get(credits::show))
-        .route("/credits/grant", post(credits::grant))
-        .route("/agents", get(agents::list))
-        .route("/agents/register", post(agents::register))
-        .route(
-            "/agents/{instance_id}",
-            get(agents::get_one).delete(agents::deregister),
-        )
-        .route("/agents/{instance_id}/heartbeat", post(agents::heartbeat))
-        .route(
-            "/agents/{instance_id}/messages",
-            post(agents::send).get(agents::list_messages),
-        )
-        .route(
-            "/agents/{instance_id}/messages/receive",
-            post(agents::receive),
-        )
-        .route(
-            "/agents/{instance_id}/messages/{message_id}/read",
-            post(agents::read),
-        )
-        .route(
-            "/invocations",
-            post(invocations::invoke).get(invocations::list),
-        )
-        .route("/invocations/stats", get(invocations::stats))
-        .route("/invocations/respond", post(invocations::respond))
-        .route("/invocations/{invoke_id}", get(invocations::get_one))
-        .route(
-            "/blackboard/{key}",
-            get(blackboard::get).put(blackboard::put),
-        )
-        .route("/blackboard/{key}/increment", post(blackboard::increment))
-        .route("/blackboard/{key}/lock", post(blackboard::lock))
-        .route(
-            "/namespaces/{ns}/entries/{key}",
-            get(blackboard::ns_get)
-                .put(blackboard::ns_put)
-                .delete(blackboard::ns_delete),
-        )
-        .route(
-            "/namespaces/{ns}/entries/{key}/cas",
-            post(blackboard::ns_cas),
-        )
-        .route(
-            "/namespaces/{ns}/entries/{key}/increment",
-            post(blackboard::ns_increment),
-        )
-        .route("/namespaces/{ns}/locks/{name}", post(blackboard::ns_lock))
-        .route("/namespaces/{ns}/keys", get(blackboard::ns_keys))
-        .route("/namespaces/{ns}/range", get(blackboard::ns_range))
-        .route("/namespaces/{ns}/top", get(blackboard::ns_top))
-        .route("/namespaces/{ns}/aggregate", get(blackboard::ns_aggregate))
-        .route("/tokens", get(tokens::list).post(tokens::create))
-        .route("/tokens/{token_id}", axum::routing::delete(tokens::revoke))
-        .route("/tokens/{token_id}/rotate", post(tokens::rotate));
+    let (v1, document) = v1_api().finish();
+    let document = Arc::new(document);
     let v1 = v1
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -173,6 +110,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(render_metrics))
+        .route(
+            openapi::PATH,
+            get(move || std::future::ready(axum::Json(document.as_ref().clone()))),
+        )
         .nest("/api/v1", v1)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

@@ -43,19 +43,27 @@ fn default_retries() -> i64 {
 }
 
 /// What a caller asks for: the body of `POST /jobs` (and of simulate).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
+    #[schemars(with = "keys::Ident")]
     pub orchestrator_agent: String,
+    #[schemars(with = "keys::Ident")]
     pub worker_agent: String,
+    #[schemars(length(min = 1, max = MAX_TASK_LEN))]
     pub task: String,
+    /// One entry per item (any JSON); at most `AGENTBUS_MAX_ITEMS`.
+    #[schemars(length(min = 1))]
     pub items: Vec<serde_json::Value>,
     #[serde(default = "default_parallelism")]
+    #[schemars(range(min = PARALLELISM.0, max = PARALLELISM.1))]
     pub parallelism: i64,
     /// Seconds an item may stay with a worker before it is re-delivered.
     #[serde(default = "default_timeout")]
+    #[schemars(range(min = TIMEOUT_PER_ITEM_SECS.0, max = TIMEOUT_PER_ITEM_SECS.1))]
     pub timeout_per_item: i64,
     #[serde(default = "default_retries")]
+    #[schemars(range(min = MAX_RETRIES.0, max = MAX_RETRIES.1))]
     pub max_retries: i64,
     /// Aggregate numeric outputs into a blackboard namespace as items complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,7 +72,7 @@ pub struct JobSpec {
 
 /// Where a job's numeric outputs are aggregated: each completed item's
 /// output (or the number at `field` of it) becomes the entry `<job>:<index>`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateInto {
     pub namespace: Ident,
