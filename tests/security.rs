@@ -289,8 +289,10 @@ async fn one_tenants_token_never_reaches_another_tenants_state_on_any_endpoint()
     assert!(inv_result.timeout);
     let before = tenant_state(&env, "tenant-b").await;
 
+    let token_b = env.bus.create_token(&b).await.unwrap();
     let j = job.id;
     let m = &msg.message_id;
+    let tb = &token_b.id;
     let calls: Vec<(&str, String, Option<Value>)> = vec![
         ("GET", format!("/api/v1/jobs/{j}"), None),
         ("GET", format!("/api/v1/jobs/{j}/results"), None),
@@ -318,10 +320,22 @@ async fn one_tenants_token_never_reaches_another_tenants_state_on_any_endpoint()
         ("GET", "/api/v1/jobs".into(), None),
         (
             "POST",
+            "/api/v1/jobs".into(),
+            Some(
+                json!({"orchestrator_agent": "o", "worker_agent": "w", "task": "a-task", "items": [1]}),
+            ),
+        ),
+        (
+            "POST",
             "/api/v1/jobs/simulate".into(),
             Some(
                 json!({"orchestrator_agent": "o", "worker_agent": "w", "task": "secret-task-b", "items": [1]}),
             ),
+        ),
+        (
+            "POST",
+            "/api/v1/agents/register".into(),
+            Some(json!({"agent_id": "x", "instance_id": "b-agent-1"})),
         ),
         ("GET", "/api/v1/agents/b-agent-1".into(), None),
         ("GET", format!("/api/v1/agents?job_id={j}"), None),
@@ -407,12 +421,30 @@ async fn one_tenants_token_never_reaches_another_tenants_state_on_any_endpoint()
             Some(json!({"tenant": "tenant-b", "amount": 1})),
         ),
         ("GET", "/api/v1/tokens".into(), None),
+        ("POST", format!("/api/v1/tokens/{tb}/rotate"), None),
+        ("DELETE", format!("/api/v1/tokens/{tb}"), None),
         (
             "POST",
             "/api/v1/tokens".into(),
             Some(json!({"tenant": "tenant-b"})),
         ),
     ];
+    // The list covers every operation of the API document.
+    let document = agentbus::api::openapi_document();
+    for (path, ops) in document["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if op["security"] == json!([]) {
+                continue;
+            }
+            let method = method.to_uppercase();
+            assert!(
+                calls
+                    .iter()
+                    .any(|(m, uri, _)| *m == method && matches_template(path, uri)),
+                "{method} {path} is not checked here"
+            );
+        }
+    }
     for (method, uri, body) in &calls {
         let (status, resp) = call(&app, method, uri, Some(&token_a), body.clone()).await;
         assert!(status.as_u16() < 500, "{method} {uri}: {status} {resp}");
@@ -439,6 +471,21 @@ async fn one_tenants_token_never_reaches_another_tenants_state_on_any_endpoint()
         before,
         "tenant A's token changed tenant B's state"
     );
+    let (status, _) = call(&app, "GET", "/api/v1/credits", Some(&token_b.token), None).await;
+    assert_eq!(status, StatusCode::OK, "B's token survived A's attempts");
+}
+
+/// Whether `uri` (query aside) is an instance of the template `path`.
+fn matches_template(path: &str, uri: &str) -> bool {
+    let uri = uri.split('?').next().unwrap_or(uri);
+    let (mut want, mut got) = (path.split('/'), uri.split('/'));
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w == g || (w.starts_with('{') && !g.is_empty()) => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Collects everything a `tracing` subscriber writes.
