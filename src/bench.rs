@@ -490,13 +490,13 @@ pub async fn tenants(
         }
         rates.push((tenants * items) as f64 / started.elapsed().as_secs_f64());
     }
-    let target = if bus.redis().is_cluster() {
-        "Redis Cluster"
+    let (target, env) = if bus.redis().is_cluster() {
+        ("Redis Cluster", "REDIS_URL=$(scripts/cluster.sh start) ")
     } else {
-        "one Redis"
+        ("one Redis", "")
     };
     Ok(format!(
-        "| {target} | {tenants} × {items} items, {workers} workers each | {:.0} items/s | `agentbus bench tenants --tenants {tenants} --items {items} --workers {workers}` |\n",
+        "| {target} | {tenants} × {items} items, {workers} workers each | {:.0} items/s | `{env}agentbus bench tenants --tenants {tenants} --items {items} --workers {workers}` |",
         median(&mut rates)
     ))
 }

@@ -99,7 +99,8 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let (v1, document) = v1_api().finish();
-    let document = Arc::new(document);
+    // Serialized once; each request clones a reference-counted buffer.
+    let document = axum::body::Bytes::from(document.to_string());
     let v1 = v1
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -112,7 +113,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(render_metrics))
         .route(
             openapi::PATH,
-            get(move || std::future::ready(axum::Json(document.as_ref().clone()))),
+            get(move || {
+                let body = document.clone();
+                std::future::ready(([(header::CONTENT_TYPE, "application/json")], body))
+            }),
         )
         .nest("/api/v1", v1)
         .fallback(not_found)
