@@ -1,6 +1,7 @@
 //! Fault injection: a job runs across real `agentbus` processes (a server
 //! with its sink and reclaimer, and worker processes) while something
-//! breaks at a random moment: a worker or the server is killed -9, Redis is
+//! breaks at a random moment: a worker, the server or a standalone sink is
+//! killed -9, Redis is
 //! killed or restarted under AOF, Postgres or Redis connections stall, are
 //! cut, or are refused. Each run must finish, and `agentbus verify` must
 //! then find Redis, Postgres and the ledger in agreement, with every item
@@ -51,6 +52,8 @@ struct Run {
     server: Option<Child>,
     server_starts: usize,
     workers: Vec<Option<Child>>,
+    /// Sink processes of their own (none: the server runs the sink).
+    sinks: Vec<Option<Child>>,
 }
 
 fn random_ms(lo: u64, hi: u64) -> Duration {
@@ -59,8 +62,14 @@ fn random_ms(lo: u64, hi: u64) -> Duration {
 
 impl Run {
     /// Spawns the job on `redis_url` (the direct one) and starts the server
-    /// and the worker processes against `target`.
+    /// (with its sink) and the worker processes against `target`.
     async fn start(env: TestEnv, target: Target) -> Run {
+        Self::start_with_sinks(env, target, 0).await
+    }
+
+    /// Like [`Run::start`]; with `sinks` > 0 the server runs no sink and
+    /// that many `agentbus sink` processes run beside it.
+    async fn start_with_sinks(env: TestEnv, target: Target, sinks: usize) -> Run {
         let redis = Redis::open(&target.direct_redis_url, RedisOptions::default()).unwrap();
         let bus = AgentBus::new(
             redis,
@@ -95,8 +104,17 @@ impl Run {
             server: None,
             server_starts: 0,
             workers: Vec::new(),
+            sinks: Vec::new(),
         };
-        run.start_server("sink-a");
+        if sinks == 0 {
+            run.start_server(Some("sink-a"));
+        } else {
+            run.start_server(None);
+            for slot in 0..sinks {
+                run.sinks.push(None);
+                run.start_sink(slot);
+            }
+        }
         for slot in 0..WORKER_PROCESSES {
             run.workers.push(None);
             run.start_worker(slot);
@@ -125,27 +143,41 @@ impl Run {
             .unwrap()
     }
 
-    /// The server: API, sink (under `sink_consumer`), reclaimer, reaper.
-    fn start_server(&mut self, sink_consumer: &str) {
+    /// The server: API, reclaimer, reaper, and the sink under
+    /// `sink_consumer` (none: no sink in the server).
+    fn start_server(&mut self, sink_consumer: Option<&str>) {
         self.server_starts += 1;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let child = self
-            .command("server.log")
-            .arg("serve")
+        let mut cmd = self.command("server.log");
+        cmd.arg("serve")
             .args(["--bind", &format!("127.0.0.1:{port}")])
-            .args(["--reclaim-interval-ms", "200", "--reap-interval-ms", "500"])
-            .args([
-                "--sink-consumer",
-                sink_consumer,
-                "--sink-takeover-secs",
-                "2",
-            ])
+            .args(["--reclaim-interval-ms", "200", "--reap-interval-ms", "500"]);
+        match sink_consumer {
+            Some(consumer) => cmd.args(["--sink-consumer", consumer, "--sink-takeover-secs", "2"]),
+            None => cmd.arg("--no-sink"),
+        };
+        self.server = Some(cmd.spawn().expect("start agentbus serve"));
+    }
+
+    /// Sink process `slot`, consumer `sink-proc-<slot>` (the same after a restart).
+    fn start_sink(&mut self, slot: usize) {
+        let child = self
+            .command(&format!("sink-{slot}.log"))
+            .arg("sink")
+            .args(["--sink-consumer", &format!("sink-proc-{slot}")])
+            .args(["--sink-takeover-secs", "2", "--sink-batch", "100"])
             .spawn()
-            .expect("start agentbus serve");
-        self.server = Some(child);
+            .expect("start agentbus sink");
+        self.sinks[slot] = Some(child);
+    }
+
+    async fn kill_sink(&mut self, slot: usize) {
+        if let Some(mut c) = self.sinks[slot].take() {
+            c.kill().await.unwrap();
+        }
     }
 
     async fn kill_server(&mut self) {
@@ -310,12 +342,28 @@ async fn the_server_and_its_sink_killed_at_random_moments() {
     run.kill_server().await;
     tokio::time::sleep(random_ms(100, 500)).await;
     // Same sink consumer: it resumes its own pending events.
-    run.start_server("sink-a");
+    run.start_server(Some("sink-a"));
     run.wait_for_progress(700).await;
     run.kill_server().await;
     // A different consumer: the dead one's pending events are taken over.
-    run.start_server("sink-b");
+    run.start_server(Some("sink-b"));
     assert_eq!(run.server_starts, 3);
+    run.finish_and_verify().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_sinks_killed_at_random_moments() {
+    let (env, target) = direct().await;
+    // Two sinks at once (rows must not double), one killed at a time.
+    let mut run = Run::start_with_sinks(env, target, 2).await;
+    for round in 0..3 {
+        run.wait_for_progress(150 * (round + 1)).await;
+        tokio::time::sleep(random_ms(0, 300)).await;
+        let slot = rand::rng().random_range(0..2);
+        run.kill_sink(slot).await;
+        tokio::time::sleep(random_ms(100, 600)).await;
+        run.start_sink(slot);
+    }
     run.finish_and_verify().await;
 }
 
