@@ -1,9 +1,8 @@
 //! Fault injection: a job runs across real `agentbus` processes (a server
 //! with its sink and reclaimer, and worker processes) while something
 //! breaks at a random moment: a worker, the server or a standalone sink is
-//! killed -9, Redis is
-//! killed or restarted under AOF, Postgres or Redis connections stall, are
-//! cut, or are refused. Each run must finish, and `agentbus verify` must
+//! killed -9, Redis is killed or restarted under AOF, Postgres or Redis
+//! connections stall, are cut, or are refused. Each run must finish, and `agentbus verify` must
 //! then find Redis, Postgres and the ledger in agreement, with every item
 //! ended exactly once and the job's credits exact.
 
