@@ -116,20 +116,26 @@ impl AgentBus {
     /// The tenant a token belongs to, and the token's id (for its limits).
     pub async fn authenticate_with_id(&self, token: &str) -> Result<(TenantId, String)> {
         let (id, secret) = parse(token).ok_or(Error::Unauthorized("malformed token"))?;
-        let mut conn = self.redis().conn().await?;
-        let json: Option<String> = redis::cmd("HGET")
-            .arg(self.keyspace().tokens())
-            .arg(id)
-            .query_async(&mut conn)
-            .await?;
-        let record: TokenRecord = json
-            .and_then(|j| serde_json::from_str(&j).ok())
+        let record = self
+            .token_record(id)
+            .await?
             .ok_or(Error::Unauthorized("unknown token"))?;
         if secure_eq(&record.hash, &sha256_hex(secret)) {
             Ok((record.tenant, record.id))
         } else {
             Err(Error::Unauthorized("unknown token"))
         }
+    }
+
+    /// The record of token `id`, if there is one (an unreadable one counts as none).
+    async fn token_record(&self, id: &str) -> Result<Option<TokenRecord>> {
+        let mut conn = self.redis().conn().await?;
+        let json: Option<String> = redis::cmd("HGET")
+            .arg(self.keyspace().tokens())
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
     /// Every token record (secrets are never stored), optionally of one tenant.
@@ -151,15 +157,11 @@ impl AgentBus {
     /// Replaces a token by a new one of the same tenant, atomically: the old
     /// secret stops working at the moment the new one starts.
     pub async fn rotate_token(&self, id: &str) -> Result<NewToken> {
-        let mut conn = self.redis().conn().await?;
-        let json: Option<String> = redis::cmd("HGET")
-            .arg(self.keyspace().tokens())
-            .arg(id)
-            .query_async(&mut conn)
-            .await?;
-        let old: TokenRecord = json
-            .and_then(|j| serde_json::from_str(&j).ok())
+        let old = self
+            .token_record(id)
+            .await?
             .ok_or_else(|| Error::not_found(format!("token {id}")))?;
+        let mut conn = self.redis().conn().await?;
         let (record, token) = fresh_token(&old.tenant);
         let record_json =
             serde_json::to_string(&record).map_err(|e| Error::Codec(e.to_string()))?;
