@@ -11,12 +11,7 @@ use serde_json::json;
 async fn registry_and_messages_over_http() {
     let env = TestEnv::new().await;
     let app = env.app();
-    let token = env
-        .bus
-        .create_token(&env.tenant("web"))
-        .await
-        .unwrap()
-        .token;
+    let token = env.token("web").await;
     env.grant(&env.tenant("web"), 100).await;
     let t = Some(token.as_str());
 
@@ -182,12 +177,7 @@ async fn registry_and_messages_over_http() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Another tenant sees nothing of it.
-    let other = env
-        .bus
-        .create_token(&env.tenant("other"))
-        .await
-        .unwrap()
-        .token;
+    let other = env.token("other").await;
     let (status, _) = call(
         &app,
         "GET",
@@ -205,7 +195,7 @@ async fn registry_and_messages_over_http() {
 async fn invoke_and_respond_over_http() {
     let env = TestEnv::new().await;
     let app = env.app();
-    let token = env.bus.create_token(&env.tenant("iv")).await.unwrap().token;
+    let token = env.token("iv").await;
     env.grant(&env.tenant("iv"), 100).await;
     for instance in ["orc-1", "spec-1"] {
         let (status, _) = call(

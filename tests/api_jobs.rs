@@ -21,19 +21,11 @@ fn job_body(items: usize) -> Value {
     })
 }
 
-async fn token_for(env: &TestEnv, tenant: &str) -> String {
-    env.bus
-        .create_token(&env.tenant(tenant))
-        .await
-        .unwrap()
-        .token
-}
-
 #[tokio::test]
 async fn the_job_lifecycle_over_http_keeps_the_original_contract() {
     let env = TestEnv::new().await;
     let app = env.app();
-    let token = token_for(&env, "acme").await;
+    let token = env.token("acme").await;
     let t = Some(token.as_str());
 
     // Credits are granted by the admin only.
@@ -216,8 +208,8 @@ async fn no_token_or_a_bad_token_is_401() {
 async fn another_tenants_job_is_404_for_every_operation() {
     let env = TestEnv::new().await;
     let app = env.app();
-    let a = token_for(&env, "tenant-a").await;
-    let b = token_for(&env, "tenant-b").await;
+    let a = env.token("tenant-a").await;
+    let b = env.token("tenant-b").await;
     env.grant(&env.tenant("tenant-b"), 100).await;
     let (_, job) = call(&app, "POST", "/api/v1/jobs", Some(&b), Some(job_body(2))).await;
     let id = job["id"].as_str().unwrap().to_string();
@@ -259,7 +251,7 @@ async fn another_tenants_job_is_404_for_every_operation() {
 async fn bad_input_is_a_4xx_json_error_naming_the_field_and_changes_nothing() {
     let env = TestEnv::new().await;
     let app = env.app();
-    let token = token_for(&env, "strict").await;
+    let token = env.token("strict").await;
     env.grant(&env.tenant("strict"), 1000).await;
     let t = Some(token.as_str());
     let keys_before = env.keys().await;
@@ -427,7 +419,7 @@ async fn bad_input_is_a_4xx_json_error_naming_the_field_and_changes_nothing() {
 async fn insufficient_credit_is_402_with_required_and_available() {
     let env = TestEnv::new().await;
     let app = env.app();
-    let token = token_for(&env, "broke").await;
+    let token = env.token("broke").await;
     env.grant(&env.tenant("broke"), 3).await;
     let (status, resp) = call(
         &app,
@@ -447,7 +439,7 @@ async fn insufficient_credit_is_402_with_required_and_available() {
 async fn a_claim_can_long_poll_until_an_item_is_retried() {
     let env = TestEnv::new().await;
     let app = env.app();
-    let token = token_for(&env, "poll").await;
+    let token = env.token("poll").await;
     env.grant(&env.tenant("poll"), 100).await;
     let (_, job) = call(
         &app,

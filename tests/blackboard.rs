@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use agentbus::blackboard::{
@@ -247,14 +246,6 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-});
-
 async fn run_mix(ops: Vec<Op>) {
     let env = TestEnv::new().await;
     let t = env.tenant("mix");
@@ -334,7 +325,7 @@ proptest! {
 
     #[test]
     fn aggregates_equal_a_recomputation_after_any_mix(ops in prop::collection::vec(op(), 1..30)) {
-        RUNTIME.block_on(run_mix(ops));
+        common::block_on(run_mix(ops));
     }
 }
 
@@ -563,12 +554,7 @@ async fn a_jobs_results_are_aggregated_into_a_namespace_as_items_complete() {
 async fn the_blackboard_over_http() {
     let env = TestEnv::new().await;
     let app = env.app();
-    let token = env
-        .bus
-        .create_token(&env.tenant("web"))
-        .await
-        .unwrap()
-        .token;
+    let token = env.token("web").await;
     env.grant(&env.tenant("web"), 1000).await;
     let t = Some(token.as_str());
 

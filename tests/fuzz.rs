@@ -138,12 +138,7 @@ impl Fixture {
         let (env, app, token) = runtime.block_on(async {
             let env = TestEnv::with_db().await;
             env.grant(&env.tenant("fuzz"), 1_000_000).await;
-            let token = env
-                .bus
-                .create_token(&env.tenant("fuzz"))
-                .await
-                .unwrap()
-                .token;
+            let token = env.token("fuzz").await;
             let app = env.app();
             (env, app, token)
         });

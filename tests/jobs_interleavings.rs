@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use agentbus::Error;
@@ -14,14 +13,6 @@ use common::{TestEnv, assert_balance_matches_ledger, assert_job_credits};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::json;
-
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-});
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -302,6 +293,6 @@ proptest! {
         items in 1usize..10,
         max_retries in 0i64..3,
     ) {
-        RUNTIME.block_on(run_case(ops, items, max_retries));
+        common::block_on(run_case(ops, items, max_retries));
     }
 }

@@ -91,12 +91,7 @@ async fn every_documented_operation_is_routed_and_no_other_method_is() {
     let env = TestEnv::new().await;
     let app = env.app();
     let doc = document();
-    let token = env
-        .bus
-        .create_token(&env.tenant("oa"))
-        .await
-        .expect("token")
-        .token;
+    let token = env.token("oa").await;
     let ops = operations(&doc);
     assert!(ops.len() >= 40, "only {} operations documented", ops.len());
     for (method, path, op) in &ops {
@@ -161,8 +156,7 @@ async fn documented_integer_bounds_and_enums_are_the_enforced_ones() {
     // The invocation audit lives in Postgres.
     let env = TestEnv::with_db().await;
     let app = env.app();
-    let tenant = env.tenant("oa");
-    let token = env.bus.create_token(&tenant).await.expect("token").token;
+    let token = env.token("oa").await;
     let doc = document();
     let mut checked = 0;
     for (method, path, op) in operations(&doc) {
@@ -218,8 +212,7 @@ async fn documented_integer_bounds_and_enums_are_the_enforced_ones() {
 async fn required_bodies_are_required_and_unknown_fields_refused() {
     let env = TestEnv::new().await;
     let app = env.app();
-    let tenant = env.tenant("oa");
-    let token = env.bus.create_token(&tenant).await.expect("token").token;
+    let token = env.token("oa").await;
     let doc = document();
     for (method, path, op) in operations(&doc) {
         let Some(body) = op.get("requestBody") else {

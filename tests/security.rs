@@ -28,13 +28,8 @@ async fn a_token_past_its_rate_gets_429_with_retry_after_then_recovers() {
         rate_limit_burst: 3,
         ..ApiConfig::default()
     });
-    let token = env.bus.create_token(&env.tenant("rl")).await.unwrap().token;
-    let other = env
-        .bus
-        .create_token(&env.tenant("rl2"))
-        .await
-        .unwrap()
-        .token;
+    let token = env.token("rl").await;
+    let other = env.token("rl2").await;
     let mut limited = None;
     for _ in 0..20 {
         let req = Request::builder()
@@ -208,12 +203,7 @@ async fn one_tenants_token_never_reaches_another_tenants_state_on_any_endpoint()
     let b = env.tenant("tenant-b");
     env.grant(&b, 1000).await;
     env.grant(&env.tenant("tenant-a"), 1000).await;
-    let token_a = env
-        .bus
-        .create_token(&env.tenant("tenant-a"))
-        .await
-        .unwrap()
-        .token;
+    let token_a = env.token("tenant-a").await;
 
     // Tenant B's world: a job with a held item, agents, a message, an invocation, blackboard entries.
     let job = env

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use agentbus::bus::{AgentBus, Limits};
@@ -28,14 +27,6 @@ fn spec(task: &str, items: usize) -> JobSpec {
         (0..items).map(|i| json!(i)).collect(),
     )
 }
-
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-});
 
 async fn credits_match(items: usize, item_cents: i64, spawn_cents: i64) {
     let env = TestEnv::new().await;
@@ -72,7 +63,7 @@ proptest! {
 
     #[test]
     fn simulated_credits_equal_what_spawn_reserves(items in 1usize..300, item_cents in 0i64..5000, spawn_cents in 0i64..10000) {
-        RUNTIME.block_on(credits_match(items, item_cents, spawn_cents));
+        common::block_on(credits_match(items, item_cents, spawn_cents));
     }
 }
 

@@ -542,12 +542,7 @@ async fn the_audit_trail_is_queryable_over_http_once_mirrored() {
     assert_eq!(status, StatusCode::OK, "{trace}");
     assert_eq!(trace["invoke_id"], id.as_str());
     // Another tenant cannot see it.
-    let other = env
-        .bus
-        .create_token(&env.tenant("someone"))
-        .await
-        .unwrap()
-        .token;
+    let other = env.token("someone").await;
     let (status, _) = call(
         &app,
         "GET",

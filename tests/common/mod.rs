@@ -94,6 +94,15 @@ impl TestEnv {
         TenantId::new(name).expect("valid tenant")
     }
 
+    /// A new API token of tenant `name`.
+    pub async fn token(&self, name: &str) -> String {
+        self.bus
+            .create_token(&self.tenant(name))
+            .await
+            .expect("create token")
+            .token
+    }
+
     /// Grants whole credits to a tenant.
     pub async fn grant(&self, tenant: &TenantId, credits: i64) {
         self.bus
@@ -253,6 +262,19 @@ pub fn database_url_for(name: &str) -> String {
         .rsplit_once('/')
         .expect("DATABASE_URL has a database name");
     format!("{head}/{name}")
+}
+
+/// Runs `future` on one runtime shared by a test binary's property-test
+/// cases (proptest's runner is synchronous).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    });
+    RUNTIME.block_on(future)
 }
 
 /// One HTTP call to the app: returns status and JSON body (Null when empty).
