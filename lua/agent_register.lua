@@ -4,8 +4,15 @@
 -- KEYS[4] instances-of-agent set KEYS[5] instances-of-job set ('' key when no job)
 -- ARGV[1] instance id  ARGV[2] agent id  ARGV[3] job id or ''
 -- ARGV[4] capabilities (JSON text)  ARGV[5] status
--- Returns {'ok', registered_at}
+-- ARGV[6] most instances the tenant may have registered (a new one past it is refused)
+-- Returns {'ok', registered_at} or {'limit', registered}
 
+local max = tonumber(ARGV[6])
+if not max then return redis.error_reply('ERR most instances must be a number') end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  local n = redis.call('ZCARD', KEYS[1])
+  if n >= max then return {'limit', n} end
+end
 local now = now_ms()
 local old_job = redis.call('HGET', KEYS[2], 'job_id')
 local registered_at = redis.call('HGET', KEYS[2], 'registered_at') or now

@@ -31,7 +31,7 @@ saved_notify=$(redis-cli -u "$REDIS_URL" CONFIG GET notify-keyspace-events | tai
 
 db="agentbus_schemafuzz_$RANDOM"
 port=$((20000 + RANDOM % 20000))
-admin="admin-$RANDOM$RANDOM"
+admin="admin-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d " \n")"
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 export AGENTBUS_PREFIX="schemafuzz$RANDOM"
 # Limits out of the way: schemathesis is one busy client. No background

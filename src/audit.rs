@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::invoke::Invocation;
 use crate::keys::TenantId;
 use crate::money;
+use crate::payload::Payload;
 
 type AuditRow = (
     String,
@@ -37,8 +38,8 @@ fn to_invocation(r: AuditRow) -> Invocation {
         caller_instance_id: r.1,
         target_instance_id: r.2,
         job_id: r.3,
-        request_payload: r.4,
-        response_payload: r.5,
+        request_payload: r.4.into(),
+        response_payload: r.5.map(Payload::from),
         status: r.6,
         credits_charged: r.7,
         started_at: Some(r.8),

@@ -170,7 +170,7 @@ pub async fn messages(
             let (latency, received) = (latency.clone(), received.clone());
             let rx = bus.receiver(&tenant, me);
             receivers.push(tokio::spawn(rx.run(shutdown.clone(), move |m| {
-                let sent = m.payload["t"].as_u64().unwrap_or(0);
+                let sent = m.payload.json()["t"].as_u64().unwrap_or(0);
                 record(
                     &latency,
                     (started.elapsed().as_micros() as u64).saturating_sub(sent),

@@ -17,6 +17,14 @@ pub struct Limits {
     pub job_retention: Duration,
     /// Most items one job may have.
     pub max_items: usize,
+    /// Largest payload (item input or output, message, invocation request
+    /// or response), in bytes of JSON text.
+    pub max_payload_bytes: usize,
+    /// Most payload bytes one page of results or messages carries (at least
+    /// one entry per page, so a page is at most this plus one payload).
+    pub max_page_bytes: usize,
+    /// Most agent instances one tenant may have registered at once.
+    pub max_instances: usize,
     /// Most stalled entries one reclaim call handles.
     pub reclaim_batch: usize,
     /// An agent silent for longer than this is stale.
@@ -38,6 +46,9 @@ impl Default for Limits {
         Self {
             job_retention: Duration::from_secs(24 * 3600),
             max_items: 100_000,
+            max_payload_bytes: crate::payload::DEFAULT_MAX_BYTES,
+            max_page_bytes: 4 * 1024 * 1024,
+            max_instances: 10_000,
             reclaim_batch: 100,
             stale_after: Duration::from_secs(60),
             inbox_cap: 10_000,

@@ -62,6 +62,25 @@ pub struct Config {
     )]
     pub max_items: usize,
 
+    /// Largest payload (item input or output, message, invocation), in
+    /// bytes as stored (MessagePack).
+    #[arg(
+        long,
+        env = "AGENTBUS_MAX_PAYLOAD_BYTES",
+        default_value_t = crate::payload::DEFAULT_MAX_BYTES,
+        global = true
+    )]
+    pub max_payload_bytes: usize,
+
+    /// Most agent instances one tenant may have registered at once.
+    #[arg(
+        long,
+        env = "AGENTBUS_MAX_INSTANCES",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_instances: usize,
+
     /// Size of the Redis connection pool.
     #[arg(long, env = "AGENTBUS_REDIS_POOL", default_value_t = 16, global = true)]
     pub redis_pool: u32,
@@ -108,6 +127,8 @@ impl Config {
             prices: String::new(),
             job_retention_secs: 86_400,
             max_items: 100_000,
+            max_payload_bytes: crate::payload::DEFAULT_MAX_BYTES,
+            max_instances: 10_000,
             redis_pool: 16,
             pg_pool: 8,
             stale_after_secs: 60,
@@ -148,6 +169,8 @@ impl Config {
             Limits {
                 job_retention: Duration::from_secs(self.job_retention_secs.max(1)),
                 max_items: self.max_items,
+                max_payload_bytes: self.max_payload_bytes.max(1024),
+                max_instances: self.max_instances.max(1),
                 stale_after: Duration::from_secs(self.stale_after_secs.max(1)),
                 inbox_cap: self.inbox_cap.max(1),
                 max_deliveries: self.max_deliveries.max(1),
@@ -191,6 +214,39 @@ pub struct ServeConfig {
     /// Milliseconds between passes of the reaper (stale agents, expired invocations).
     #[arg(long, env = "AGENTBUS_REAP_INTERVAL_MS", default_value_t = 5000)]
     pub reap_interval_ms: u64,
+
+    /// Seconds a client has to send a request's headers; also how long a
+    /// kept-alive connection may stay idle.
+    #[arg(long, env = "AGENTBUS_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a client has to send a request's body.
+    #[arg(long, env = "AGENTBUS_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+
+    /// Connections open at once, per listener (more wait in the backlog).
+    #[arg(long, env = "AGENTBUS_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Request bodies held in memory at once, in bytes, across all requests.
+    #[arg(long, env = "AGENTBUS_MAX_INFLIGHT_BODY_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_inflight_body_bytes: usize,
+
+    /// Failed authentications per minute from one client address before 429.
+    #[arg(long, env = "AGENTBUS_AUTH_FAILURE_LIMIT", default_value_t = 30)]
+    pub auth_failure_limit: u32,
+
+    /// Token that may read `/metrics` on the API listener (the admin token may too).
+    #[arg(long, env = "AGENTBUS_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// A second listener serving only `/metrics`, without a token (e.g. a private address).
+    #[arg(long, env = "AGENTBUS_METRICS_BIND")]
+    pub metrics_bind: Option<std::net::SocketAddr>,
+
+    /// Label metrics with the tenant (one series per tenant: mind the cardinality).
+    #[arg(long, env = "AGENTBUS_METRICS_TENANT_LABEL")]
+    pub metrics_tenant_label: bool,
 
     /// Do not run the sink in this process (run `agentbus sink` elsewhere).
     #[arg(long, env = "AGENTBUS_NO_SINK")]
@@ -238,14 +294,49 @@ impl SinkConfig {
     }
 }
 
+/// Shortest admin or metrics token accepted at startup.
+pub const MIN_SECRET_LEN: usize = 32;
+
 impl ServeConfig {
-    pub fn api(&self) -> ApiConfig {
-        ApiConfig {
-            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+    /// Every default, as if no flag or variable were given.
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        // The defaults are those of the flags: written once, in the attributes.
+        let mut serve = <Only as clap::Parser>::parse_from(["agentbus"]).serve;
+        serve.admin_token = None;
+        serve.metrics_token = None;
+        serve.metrics_bind = None;
+        serve
+    }
+
+    pub fn api(&self) -> Result<ApiConfig> {
+        let secret = |var: &str, value: &Option<String>| -> Result<Option<String>> {
+            match value.as_deref().map(str::trim) {
+                None | Some("") => Ok(None),
+                Some(t) if t.len() < MIN_SECRET_LEN => Err(Error::Config {
+                    var: var.into(),
+                    reason: format!(
+                        "must be at least {MIN_SECRET_LEN} characters ({} given)",
+                        t.len()
+                    ),
+                }),
+                Some(t) => Ok(Some(t.to_string())),
+            }
+        };
+        Ok(ApiConfig {
+            admin_token: secret("AGENTBUS_ADMIN_TOKEN", &self.admin_token)?,
+            metrics_token: secret("AGENTBUS_METRICS_TOKEN", &self.metrics_token)?,
             max_body_bytes: self.max_body_bytes,
+            max_inflight_body_bytes: self.max_inflight_body_bytes.max(self.max_body_bytes),
+            body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
             rate_limit_per_sec: self.rate_limit.max(0.0),
             rate_limit_burst: self.rate_burst.max(1),
             concurrency_limit: self.concurrency_limit,
-        }
+            auth_failure_limit: self.auth_failure_limit,
+        })
     }
 }

@@ -209,15 +209,11 @@ pub async fn run(config: &Config) -> Result<DemoReport> {
 
     let admin_token = format!(
         "demo-admin-{}",
-        hex::encode(rand::rng().random::<[u8; 8]>())
+        hex::encode(rand::rng().random::<[u8; 16]>())
     );
     let serve = ServeConfig {
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin_token: Some(admin_token.clone()),
-        max_body_bytes: 16 * 1024 * 1024,
-        rate_limit: 1000.0,
-        rate_burst: 2000,
-        concurrency_limit: 256,
         reclaim_interval_ms: 200,
         reap_interval_ms: 500,
         no_sink: false,
@@ -226,6 +222,7 @@ pub async fn run(config: &Config) -> Result<DemoReport> {
             sink_batch: 1000,
             sink_takeover_secs: 30,
         },
+        ..ServeConfig::defaults()
     };
     let running = server::start(config, &serve).await?;
     let base = format!("http://{}/api/v1", running.addr);
@@ -310,7 +307,7 @@ async fn scenario(
             let (bus, tenant, me) = (bus.clone(), tenant.clone(), me.clone());
             async move {
                 if let Some(id) = m.invoke_id {
-                    let words = m.payload["text"]
+                    let words = m.payload.json()["text"]
                         .as_str()
                         .unwrap_or("")
                         .split_whitespace()
@@ -395,14 +392,14 @@ async fn scenario(
                 if !asked.swap(true, Ordering::SeqCst)
                     && let Ok(me) = me
                 {
-                    let mut req = InvokeRequest::new(&me, &specialist, item.input.clone());
+                    let mut req = InvokeRequest::new(&me, &specialist, item.input.json());
                     req.job_id = Some(id);
                     req.timeout_seconds = 10;
                     if let Ok(r) = bus.invoke(&tenant, &req).await {
                         *invoked.lock().await = Some(r.invoke_id);
                     }
                 }
-                Ok(json!({"doc": item.input["doc"], "score": (item.item_index % 97) as f64 / 10.0}))
+                Ok(json!({"doc": item.input.json()["doc"], "score": (item.item_index % 97) as f64 / 10.0}))
             }
         })));
     }
@@ -558,7 +555,9 @@ async fn scenario(
                     inv.status,
                     inv.duration_ms.unwrap_or(-1),
                     inv.credits_charged.unwrap_or_default(),
-                    inv.response_payload.unwrap_or(Value::Null)
+                    inv.response_payload
+                        .map(|p| p.json())
+                        .unwrap_or(Value::Null)
                 );
                 inv.status == "completed"
             }

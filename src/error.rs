@@ -29,6 +29,10 @@ pub enum Error {
         state: Option<Box<serde_json::value::RawValue>>,
     },
 
+    /// A per-tenant quota is used up (e.g. registered instances): 429.
+    #[error("limit reached: {what} (at most {max})")]
+    LimitReached { what: &'static str, max: usize },
+
     /// Missing or unknown credentials.
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
@@ -120,6 +124,11 @@ pub fn redis_code(err: &redis::RedisError) -> Option<String> {
 
 impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
+        // Answers the code expects (a group or stream gone, a blocked read
+        // ended because its stream was deleted) are outcomes, not failures.
+        if matches!(err.code(), Some("NOGROUP" | "UNBLOCKED" | "BUSYGROUP")) {
+            return Error::Redis(err);
+        }
         let kind =
             if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
                 "io"

@@ -19,12 +19,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::bus::{AgentBus, event_base};
-use crate::codec::{self, Reply};
+use crate::codec::Reply;
 use crate::error::{Error, Result};
 use crate::keys::{self, Ident, TenantId};
-use crate::messages::MAX_PAYLOAD_BYTES;
 use crate::metrics;
 use crate::money::{self, from_minor};
+use crate::payload::{Encode, Payload};
 use crate::scripts::scripts;
 
 pub const TIMEOUT_SECS: (i64, i64) = (1, 300);
@@ -40,7 +40,7 @@ pub struct InvokeRequest {
     pub caller_instance_id: Ident,
     pub target_instance_id: Ident,
     #[serde(default)]
-    pub request_payload: serde_json::Value,
+    pub request_payload: Payload,
     #[serde(default = "default_timeout")]
     #[schemars(range(min = TIMEOUT_SECS.0, max = TIMEOUT_SECS.1))]
     pub timeout_seconds: i64,
@@ -49,11 +49,11 @@ pub struct InvokeRequest {
 }
 
 impl InvokeRequest {
-    pub fn new(caller: &Ident, target: &Ident, payload: serde_json::Value) -> Self {
+    pub fn new(caller: &Ident, target: &Ident, payload: impl Into<Payload>) -> Self {
         Self {
             caller_instance_id: caller.clone(),
             target_instance_id: target.clone(),
-            request_payload: payload,
+            request_payload: payload.into(),
             timeout_seconds: default_timeout(),
             job_id: None,
         }
@@ -65,7 +65,7 @@ impl InvokeRequest {
 pub struct InvokeResult {
     pub success: bool,
     pub invoke_id: String,
-    pub response_payload: Option<serde_json::Value>,
+    pub response_payload: Option<Payload>,
     pub error: Option<String>,
     pub timeout: bool,
     pub latency_ms: u64,
@@ -78,8 +78,8 @@ pub struct Invocation {
     pub caller_instance_id: String,
     pub target_instance_id: String,
     pub job_id: Option<Uuid>,
-    pub request_payload: serde_json::Value,
-    pub response_payload: Option<serde_json::Value>,
+    pub request_payload: Payload,
+    pub response_payload: Option<Payload>,
     pub status: String,
     #[serde(with = "money::json_opt")]
     pub credits_charged: Option<Decimal>,
@@ -93,9 +93,9 @@ impl Invocation {
     fn from_hash(invoke_id: &str, h: &HashMap<String, Vec<u8>>) -> Result<Self> {
         let text = |k: &str| h.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
         let int = |k: &str| text(k).and_then(|v| v.parse::<i64>().ok());
-        let payload = |k: &str| -> Result<Option<serde_json::Value>> {
+        let payload = |k: &str| -> Result<Option<Payload>> {
             match h.get(k) {
-                Some(v) if !v.is_empty() => Ok(Some(codec::decode_json(v)?)),
+                Some(v) if !v.is_empty() => Ok(Some(Payload::from_msgpack(v)?)),
                 _ => Ok(None),
             }
         };
@@ -105,7 +105,7 @@ impl Invocation {
             caller_instance_id: text("caller").unwrap_or_default(),
             target_instance_id: text("target").unwrap_or_default(),
             job_id: text("job").and_then(|j| Uuid::parse_str(&j).ok()),
-            request_payload: payload("request")?.unwrap_or(serde_json::Value::Null),
+            request_payload: payload("request")?.unwrap_or_default(),
             response_payload: payload("response")?,
             credits_charged: int("credits_charged").map(from_minor),
             started_at: int("started_at").and_then(DateTime::from_timestamp_millis),
@@ -147,13 +147,9 @@ impl AgentBus {
                 format!("must be between {} and {}", TIMEOUT_SECS.0, TIMEOUT_SECS.1),
             ));
         }
-        let request = codec::encode(&req.request_payload)?;
-        if request.len() > MAX_PAYLOAD_BYTES {
-            return Err(Error::invalid(
-                "request_payload",
-                format!("larger than {MAX_PAYLOAD_BYTES} bytes"),
-            ));
-        }
+        let request = req
+            .request_payload
+            .encode_checked("request_payload", self.limits().max_payload_bytes)?;
         let invoke_id = new_invoke_id();
         let timeout = Duration::from_secs(req.timeout_seconds as u64);
         let started = Instant::now();
@@ -217,7 +213,7 @@ impl AgentBus {
         let latency_ms = started.elapsed().as_millis() as u64;
         if let Some(entry) = answer {
             let status = entry.text("status").unwrap_or_default().to_string();
-            let payload = codec::decode_json(entry.get("payload").unwrap_or_default())?;
+            let payload = Payload::from_msgpack(entry.get("payload").unwrap_or_default())?;
             let error = entry
                 .text("error")
                 .filter(|e| !e.is_empty())
@@ -300,18 +296,13 @@ impl AgentBus {
         &self,
         tenant: &TenantId,
         invoke_id: &str,
-        response: &serde_json::Value,
+        response: &impl Encode,
         error: Option<&str>,
         responder: Option<&Ident>,
     ) -> Result<(String, i64)> {
         validate_invoke_id(invoke_id)?;
-        let response = codec::encode(response)?;
-        if response.len() > MAX_PAYLOAD_BYTES {
-            return Err(Error::invalid(
-                "response_payload",
-                format!("larger than {MAX_PAYLOAD_BYTES} bytes"),
-            ));
-        }
+        let response =
+            response.encode_checked("response_payload", self.limits().max_payload_bytes)?;
         if let Some(e) = error
             && e.len() > 4096
         {

@@ -20,18 +20,17 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::bus::{AgentBus, event_base};
-use crate::codec::{self, Reply, StreamEntry};
+use crate::codec::{Reply, StreamEntry};
 use crate::error::{Error, Result, redis_code};
 use crate::jobs::validate_stream_id;
 use crate::keys::{self, Ident, TenantId};
 use crate::metrics;
 use crate::money::from_minor;
+use crate::payload::{Encode, Payload};
 use crate::replies::ReplyWaiter;
 use crate::scripts::scripts;
 
 const GROUP: &str = "inbox";
-/// Largest message payload accepted (encoded).
-pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 /// A message to send.
 #[derive(Clone, Debug)]
@@ -39,18 +38,18 @@ pub struct OutgoingMessage {
     pub from: Ident,
     pub to: Ident,
     pub message_type: String,
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     pub job_id: Option<Uuid>,
     pub reply_to: Option<String>,
 }
 
 impl OutgoingMessage {
-    pub fn new(from: &Ident, to: &Ident, message_type: &str, payload: serde_json::Value) -> Self {
+    pub fn new(from: &Ident, to: &Ident, message_type: &str, payload: impl Into<Payload>) -> Self {
         Self {
             from: from.clone(),
             to: to.clone(),
             message_type: message_type.to_string(),
-            payload,
+            payload: payload.into(),
             job_id: None,
             reply_to: None,
         }
@@ -111,7 +110,7 @@ pub struct Message {
     pub message_type: String,
     pub job_id: Option<Uuid>,
     pub reply_to_id: Option<String>,
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     pub sent_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invoke_id: Option<String>,
@@ -121,6 +120,9 @@ pub struct Message {
     pub status: Option<MessageStatus>,
     #[serde(skip)]
     pub reply_stream: Option<String>,
+    /// Why the stored payload could not be decoded (then `payload` is null).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecodable: Option<String>,
 }
 
 fn non_empty(s: Option<&str>) -> Option<String> {
@@ -128,7 +130,14 @@ fn non_empty(s: Option<&str>) -> Option<String> {
 }
 
 impl Message {
+    /// The message of an inbox entry; a payload that is not MessagePack
+    /// reads as null with the reason in `undecodable`, never as an error.
     pub fn from_entry(e: &StreamEntry) -> Result<Self> {
+        let (payload, undecodable) =
+            match Payload::from_msgpack(e.get("payload").unwrap_or_default()) {
+                Ok(p) => (p, None),
+                Err(err) => (Payload::null(), Some(err.to_string())),
+            };
         Ok(Message {
             message_id: e.text("id").unwrap_or_default().to_string(),
             entry_id: e.id.clone(),
@@ -136,7 +145,8 @@ impl Message {
             message_type: e.text("type").unwrap_or("response").to_string(),
             job_id: e.text("job").and_then(|j| Uuid::parse_str(j).ok()),
             reply_to_id: non_empty(e.text("reply_to")),
-            payload: codec::decode_json(e.get("payload").unwrap_or_default())?,
+            payload,
+            undecodable,
             sent_at: e.int("ts").and_then(DateTime::from_timestamp_millis),
             invoke_id: non_empty(e.text("invoke_id")),
             deadline: e.int("deadline").and_then(DateTime::from_timestamp_millis),
@@ -205,7 +215,7 @@ impl AgentBus {
         tenant: &TenantId,
         original: &Message,
         from: &Ident,
-        payload: serde_json::Value,
+        payload: impl Into<Payload>,
     ) -> Result<SentMessage> {
         let to = Ident::new("from_instance_id", original.from_instance_id.as_str())?;
         let mut msg = OutgoingMessage::new(from, &to, "response", payload);
@@ -253,13 +263,9 @@ impl AgentBus {
         if let Some(r) = &msg.reply_to {
             keys::validate_id("reply_to_id", r, keys::MAX_ID_LEN)?;
         }
-        let payload = codec::encode(&msg.payload)?;
-        if payload.len() > MAX_PAYLOAD_BYTES {
-            return Err(Error::invalid(
-                "payload",
-                format!("larger than {MAX_PAYLOAD_BYTES} bytes"),
-            ));
-        }
+        let payload = msg
+            .payload
+            .encode_checked("payload", self.limits().max_payload_bytes)?;
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
         let reply = Reply::new(
@@ -310,8 +316,9 @@ impl AgentBus {
         job: &Uuid,
         from: &Ident,
         message_type: &str,
-        payload: serde_json::Value,
+        payload: impl Into<Payload>,
     ) -> Result<Vec<String>> {
+        let payload = payload.into();
         let mut conn = self.redis().conn().await?;
         let members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys(tenant).agents_of_job(Some(job)))
@@ -654,10 +661,38 @@ impl Receiver {
             _ => Vec::new(),
         };
         // Handled ones whose acknowledgement is still queued are not handed out twice.
-        Ok(entries
+        let entries = entries
             .into_iter()
             .filter(|m| !self.to_ack.contains(&m.entry_id))
-            .collect())
+            .collect();
+        self.set_aside_poison(entries).await
+    }
+
+    /// Dead-letters, each alone and with its reason, the messages whose
+    /// payload cannot be decoded; returns the others, to be delivered.
+    async fn set_aside_poison(&self, messages: Vec<Message>) -> Result<Vec<Message>> {
+        let (poison, good): (Vec<Message>, Vec<Message>) =
+            messages.into_iter().partition(|m| m.undecodable.is_some());
+        if poison.is_empty() {
+            return Ok(good);
+        }
+        let keys = self.bus.keys(&self.tenant);
+        let mut call = scripts().inbox_poison.prepare_invoke();
+        call.key(keys.inbox(&self.instance))
+            .key(keys.dlq())
+            .arg(format!(
+                "undecodable payload: {}",
+                poison[0].undecodable.as_deref().unwrap_or_default()
+            ));
+        for m in &poison {
+            call.arg(&m.entry_id);
+        }
+        let mut conn = self.bus.redis().conn().await?;
+        let dead: i64 = call.invoke_async(&mut conn).await?;
+        metrics::poison("message");
+        metrics::messages_dead_lettered(&self.tenant, dead.max(0) as u64);
+        tracing::warn!(instance = %self.instance, dead, "undecodable messages dead-lettered");
+        Ok(good)
     }
 
     /// Re-creates the inbox group after it went missing (e.g. Redis came back
@@ -750,6 +785,7 @@ impl Receiver {
             .iter()
             .map(Message::from_entry)
             .collect::<Result<Vec<_>>>()?;
+        let messages = self.set_aside_poison(messages).await?;
         let now = chrono::Utc::now();
         for m in &messages {
             metrics::message_delivered(

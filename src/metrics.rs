@@ -2,10 +2,12 @@
 //! per thing measured, so names and labels live in one place.
 //!
 //! Every name starts with `agentbus_`. Labels are bounded: a tenant at most
+//! (only with `AGENTBUS_METRICS_TENANT_LABEL`; else `all`)
 //! (plus small fixed sets such as an operation or an outcome), never an id.
 //! Without an installed recorder (library use, tests) every call is a no-op.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
@@ -22,6 +24,9 @@ const BUCKETS: &[f64] = &[
 const JOB_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
 ];
+
+/// The tenant label's value when tenants are not labelled.
+const ALL_TENANTS: &str = "all";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -132,10 +137,35 @@ fn describe() {
         "agentbus_http_request_duration_seconds",
         "API requests, by method and status class"
     );
+    describe_gauge!("agentbus_http_connections", "HTTP connections open");
+    describe_counter!(
+        "agentbus_http_panics_total",
+        "Handlers that panicked (answered 500; the process goes on)"
+    );
+    describe_counter!(
+        "agentbus_auth_failures_total",
+        "Requests refused for a missing or unknown token"
+    );
+    describe_counter!(
+        "agentbus_poison_entries_total",
+        "Undecodable stream entries dead-lettered alone, by kind"
+    );
+}
+
+static TENANT_LABEL: AtomicBool = AtomicBool::new(false);
+
+/// Whether metrics carry the tenant (`AGENTBUS_METRICS_TENANT_LABEL`): off
+/// by default, since it makes one series per tenant; then `tenant="all"`.
+pub fn set_tenant_label(on: bool) {
+    TENANT_LABEL.store(on, Ordering::Relaxed);
 }
 
 fn t(tenant: &TenantId) -> String {
-    tenant.to_string()
+    if TENANT_LABEL.load(Ordering::Relaxed) {
+        tenant.to_string()
+    } else {
+        ALL_TENANTS.to_string()
+    }
 }
 
 pub fn job_spawned(tenant: &TenantId, took: Duration) {
@@ -220,9 +250,46 @@ pub fn sink_batch(took: Duration, events: usize, commit_lags: impl Iterator<Item
     }
 }
 
-pub fn sink_lag(tenant: &str, events: u64, oldest_secs: f64) {
-    gauge!("agentbus_sink_lag_events", "tenant" => tenant.to_string()).set(events as f64);
-    gauge!("agentbus_sink_lag_seconds", "tenant" => tenant.to_string()).set(oldest_secs);
+/// Sink lag per tenant, or (without tenant labels) the events summed and
+/// the oldest age over every tenant.
+pub fn sink_lag<'a>(lags: impl Iterator<Item = (&'a str, u64, f64)>) {
+    if TENANT_LABEL.load(Ordering::Relaxed) {
+        for (tenant, events, oldest_secs) in lags {
+            gauge!("agentbus_sink_lag_events", "tenant" => tenant.to_string()).set(events as f64);
+            gauge!("agentbus_sink_lag_seconds", "tenant" => tenant.to_string()).set(oldest_secs);
+        }
+    } else {
+        let (events, oldest) = lags.fold((0u64, 0f64), |(e, o), (_, events, oldest)| {
+            (e + events, o.max(oldest))
+        });
+        gauge!("agentbus_sink_lag_events", "tenant" => ALL_TENANTS).set(events as f64);
+        gauge!("agentbus_sink_lag_seconds", "tenant" => ALL_TENANTS).set(oldest);
+    }
+}
+
+static OPEN_CONNECTIONS: AtomicI64 = AtomicI64::new(0);
+
+pub fn connection_opened() {
+    let n = OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1;
+    gauge!("agentbus_http_connections").set(n as f64);
+}
+
+pub fn connection_closed() {
+    let n = OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed) - 1;
+    gauge!("agentbus_http_connections").set(n as f64);
+}
+
+pub fn http_panic() {
+    counter!("agentbus_http_panics_total").increment(1);
+}
+
+pub fn auth_failed() {
+    counter!("agentbus_auth_failures_total").increment(1);
+}
+
+/// A stored payload that could not be decoded, dead-lettered where it was read.
+pub fn poison(kind: &'static str) {
+    counter!("agentbus_poison_entries_total", "kind" => kind).increment(1);
 }
 
 pub fn reclaimer_run() {

@@ -191,9 +191,15 @@ impl AgentBus {
             .arg(reg.job_id.map(|j| j.to_string()).unwrap_or_default())
             .arg(capabilities)
             .arg(AgentStatus::Running.as_str())
+            .arg(self.limits().max_instances)
             .invoke_async(&mut conn)
             .await?;
-        Reply::new(reply)?;
+        if Reply::new(reply)?.tag()? == "limit" {
+            return Err(Error::LimitReached {
+                what: "agent instances registered by this tenant",
+                max: self.limits().max_instances,
+            });
+        }
         drop(conn);
         self.agent(tenant, &instance).await
     }

@@ -1,9 +1,14 @@
 //! `agentbus serve`: the HTTP API plus the background tasks (reclaimer,
-//! reaper, sink), with graceful shutdown on SIGINT/SIGTERM.
+//! reaper, sink), with graceful shutdown on SIGINT/SIGTERM. Owns the
+//! connection limits: a cap on open connections and a header/idle timeout.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -11,12 +16,14 @@ use crate::api::{self, AppState};
 use crate::config::{Config, ServeConfig};
 use crate::error::{Error, Result};
 use crate::jobs::reclaim;
-use crate::reaper;
 use crate::sink::Sink;
+use crate::{metrics, reaper};
 
 /// A running server: its address, and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The metrics-only listener, when `AGENTBUS_METRICS_BIND` is set.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -33,10 +40,12 @@ impl Running {
 
 /// Starts the API and the background tasks; returns once listening.
 pub async fn start(config: &Config, serve: &ServeConfig) -> Result<Running> {
+    let api_config = serve.api()?;
     let bus = config.bus()?;
     let db = config.postgres()?;
+    crate::metrics::set_tenant_label(serve.metrics_tenant_label);
     let metrics = crate::metrics::install();
-    let state = AppState::new(bus.clone(), db, serve.api(), metrics.clone());
+    let state = AppState::new(bus.clone(), db, api_config, metrics.clone());
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     // Histogram samples wait in memory until drained: drain them even when nobody scrapes.
@@ -66,31 +75,130 @@ pub async fn start(config: &Config, serve: &ServeConfig) -> Result<Running> {
         tasks.push(tokio::spawn(sink.run(shutdown.clone())));
     }
 
-    let listener = tokio::net::TcpListener::bind(serve.bind)
-        .await
-        .map_err(|e| Error::Config {
-            var: "AGENTBUS_BIND".into(),
-            reason: format!("cannot listen on {}: {e}", serve.bind),
-        })?;
-    let addr = listener.local_addr().map_err(|e| Error::Config {
-        var: "AGENTBUS_BIND".into(),
-        reason: e.to_string(),
-    })?;
+    let listener = bind(serve.bind, "AGENTBUS_BIND").await?;
+    let addr = local_addr(&listener, "AGENTBUS_BIND")?;
     tracing::info!(%addr, "agentbus listening");
-    let stop = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        let served = axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "server stopped");
+    let limits = ConnLimits::of(serve);
+    tasks.push(tokio::spawn(accept_loop(
+        listener,
+        api::router(state.clone()),
+        limits.clone(),
+        shutdown.clone(),
+    )));
+    let metrics_addr = match serve.metrics_bind {
+        Some(at) => {
+            let listener = bind(at, "AGENTBUS_METRICS_BIND").await?;
+            let at = local_addr(&listener, "AGENTBUS_METRICS_BIND")?;
+            tracing::info!(addr = %at, "metrics listening");
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
+                api::metrics_router(state),
+                limits,
+                shutdown.clone(),
+            )));
+            Some(at)
         }
-    }));
+        None => None,
+    };
     Ok(Running {
         addr,
+        metrics_addr,
         shutdown,
         tasks,
     })
+}
+
+async fn bind(at: SocketAddr, var: &str) -> Result<TcpListener> {
+    TcpListener::bind(at).await.map_err(|e| Error::Config {
+        var: var.into(),
+        reason: format!("cannot listen on {at}: {e}"),
+    })
+}
+
+fn local_addr(listener: &TcpListener, var: &str) -> Result<SocketAddr> {
+    listener.local_addr().map_err(|e| Error::Config {
+        var: var.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// What one listener allows each connection.
+#[derive(Clone, Debug)]
+struct ConnLimits {
+    /// Time to send a request's headers; also how long a kept-alive
+    /// connection may sit idle before the next request.
+    header_timeout: Duration,
+    max_connections: usize,
+}
+
+impl ConnLimits {
+    fn of(serve: &ServeConfig) -> Self {
+        Self {
+            header_timeout: Duration::from_secs(serve.header_timeout_secs.max(1)),
+            max_connections: serve.max_connections.max(1),
+        }
+    }
+}
+
+/// Accepts connections up to the cap (past it, new ones wait in the
+/// kernel's backlog) and serves each with HTTP/1.1 and the header/idle
+/// timeout; on shutdown, lets requests in flight finish.
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(100)
+        .keep_alive(true);
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        metrics::connection_opened();
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(ConnectInfo(peer))),
+        );
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended");
+            }
+            metrics::connection_closed();
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Requests in flight get a bounded time to finish.
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => {
+            tracing::warn!("connections still open after 30 s; closing");
+        }
+    }
 }
 
 /// Serves until SIGINT or SIGTERM.

@@ -10,7 +10,7 @@
 //! job and on each other; the simulation then gives the critical path, the
 //! total credits, and the chance each stage is reached.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bus::AgentBus;
 use crate::error::{Error, Result};
-use crate::jobs::JobSpec;
+use crate::jobs::{JobSpec, Settings, check_settings};
 use crate::keys::{self, TenantId};
 use crate::money::{self, from_minor};
 use crate::registry::{AgentFilter, AgentStatus};
@@ -49,7 +49,11 @@ pub struct StageSpec {
     #[serde(default)]
     pub max_retries: Option<i64>,
     /// Names of stages (or `job`, the job itself) that must finish first.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "crate::bounded::vec::<_, _, MAX_DEPENDS_ON>"
+    )]
+    #[schemars(length(max = MAX_DEPENDS_ON))]
     pub depends_on: Vec<String>,
 }
 
@@ -513,10 +517,12 @@ impl AgentBus {
         job: &Estimate,
         stages: &[StageSpec],
     ) -> Result<Graph> {
-        let mut names: HashSet<&str> = HashSet::from([JOB_STAGE]);
+        check_stage_shape(stages)?;
+        // Index 0 is the job; stage i is index i + 1.
+        let mut index: HashMap<&str, usize> = HashMap::from([(JOB_STAGE, 0)]);
         for (i, s) in stages.iter().enumerate() {
             keys::validate_id(&format!("stages[{i}].name"), &s.name, keys::MAX_ID_LEN)?;
-            if !names.insert(&s.name) {
+            if index.insert(&s.name, i + 1).is_some() {
                 return Err(Error::invalid(
                     format!("stages[{i}].name"),
                     format!(
@@ -526,84 +532,134 @@ impl AgentBus {
                 ));
             }
         }
+        let mut deps: Vec<Vec<usize>> = vec![Vec::new()];
         for (i, s) in stages.iter().enumerate() {
-            if let Some(d) = s.depends_on.iter().find(|d| !names.contains(d.as_str())) {
+            let mut own = Vec::with_capacity(s.depends_on.len());
+            for d in &s.depends_on {
+                let Some(&at) = index.get(d.as_str()) else {
+                    return Err(Error::invalid(
+                        format!("stages[{i}].depends_on"),
+                        format!("no stage named {d:?}"),
+                    ));
+                };
+                if !own.contains(&at) {
+                    own.push(at);
+                }
+            }
+            deps.push(own);
+        }
+        let mut dependents = vec![0usize; deps.len()];
+        for d in deps.iter().flatten() {
+            dependents[*d] += 1;
+            if dependents[*d] > MAX_FAN_OUT {
+                let name = if *d == 0 {
+                    JOB_STAGE
+                } else {
+                    &stages[*d - 1].name
+                };
                 return Err(Error::invalid(
-                    format!("stages[{i}].depends_on"),
-                    format!("no stage named {d:?}"),
+                    "stages",
+                    format!("at most {MAX_FAN_OUT} stages may depend on one stage ({name:?})"),
                 ));
             }
         }
-        let mut nodes: HashMap<String, Node> = HashMap::new();
-        nodes.insert(
-            JOB_STAGE.into(),
-            Node::new(self, spec.items.len(), job, vec![]),
-        );
-        for (i, s) in stages.iter().enumerate() {
-            // Each stage is validated like a job of its own.
-            let mut stage_spec = spec.clone();
-            stage_spec.items = vec![serde_json::Value::Null; s.items];
-            stage_spec.task = s.task.clone().unwrap_or_else(|| spec.task.clone());
-            stage_spec.worker_agent = s
-                .worker_agent
-                .clone()
-                .unwrap_or_else(|| spec.worker_agent.clone());
-            stage_spec.parallelism = s.parallelism.unwrap_or(spec.parallelism);
-            stage_spec.timeout_per_item = s.timeout_per_item.unwrap_or(spec.timeout_per_item);
-            stage_spec.max_retries = s.max_retries.unwrap_or(spec.max_retries);
-            stage_spec
-                .validate(self.limits().max_items)
-                .map_err(|e| match e {
-                    Error::Invalid { field, reason } => {
-                        Error::invalid(format!("stages[{i}].{field}"), reason)
+        let order = topological_order(&deps).map_err(|cycle| {
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|&n| {
+                    if n == 0 {
+                        JOB_STAGE
+                    } else {
+                        stages[n - 1].name.as_str()
                     }
-                    other => other,
-                })?;
-            let history = self
-                .task_history(tenant, &stage_spec.worker_agent, &stage_spec.task)
-                .await?;
+                })
+                .collect();
+            Error::invalid(
+                "stages",
+                format!("dependency cycle: {}", names.join(" -> ")),
+            )
+        })?;
+
+        // Each stage is checked like a job of its own, and estimated from its
+        // history (read once per worker agent and task).
+        let mut histories: HashMap<(&str, &str), Option<TaskHistory>> = HashMap::new();
+        let mut nodes = vec![Node::new(self, spec.items.len(), job)];
+        for (i, s) in stages.iter().enumerate() {
+            let worker_agent = s.worker_agent.as_deref().unwrap_or(&spec.worker_agent);
+            let task = s.task.as_deref().unwrap_or(&spec.task);
+            let settings = Settings {
+                worker_agent,
+                task,
+                items: s.items,
+                parallelism: s.parallelism.unwrap_or(spec.parallelism),
+                timeout_per_item: s.timeout_per_item.unwrap_or(spec.timeout_per_item),
+                max_retries: s.max_retries.unwrap_or(spec.max_retries),
+            };
+            check_settings(&settings, self.limits().max_items).map_err(|e| match e {
+                Error::Invalid { field, reason } => {
+                    Error::invalid(format!("stages[{i}].{field}"), reason)
+                }
+                other => other,
+            })?;
+            let history = match histories.get(&(worker_agent, task)) {
+                Some(h) => h.clone(),
+                None => {
+                    let h = self.task_history(tenant, worker_agent, task).await?;
+                    histories.insert((worker_agent, task), h.clone());
+                    h
+                }
+            };
             let e = estimate(
                 history.as_ref(),
                 s.items,
-                stage_spec.parallelism,
-                stage_spec.timeout_per_item,
-                stage_spec.max_retries,
+                settings.parallelism,
+                settings.timeout_per_item,
+                settings.max_retries,
             );
-            nodes.insert(
-                s.name.clone(),
-                Node::new(self, s.items, &e, s.depends_on.clone()),
-            );
+            nodes.push(Node::new(self, s.items, &e));
         }
-        let order = topological_order(&nodes)?;
 
         // Earliest start on the p50 schedule, the critical path, reach chances.
-        let mut finish: HashMap<&str, (f64, Option<&str>)> = HashMap::new();
-        let mut ancestors: HashMap<&str, HashSet<&str>> = HashMap::new();
-        let mut out = Vec::new();
-        for name in &order {
-            let node = &nodes[name.as_str()];
-            let (start, via) = node
-                .deps
-                .iter()
-                .map(|d| (finish[d.as_str()].0, Some(d.as_str())))
-                .fold((0.0, None), |a, b| if b.0 > a.0 { b } else { a });
-            finish.insert(name, (start + node.p50, via));
-            let mut anc: HashSet<&str> = HashSet::new();
-            for d in &node.deps {
-                anc.insert(d);
-                anc.extend(ancestors[d.as_str()].iter().copied());
+        // Ancestor sets are bitsets: stages are capped, so this stays small.
+        let words = nodes.len().div_ceil(64);
+        let mut ancestors: Vec<Vec<u64>> = vec![Vec::new(); nodes.len()];
+        let mut finish: Vec<(f64, Option<usize>)> = vec![(0.0, None); nodes.len()];
+        let name = |n: usize| -> String {
+            if n == 0 {
+                JOB_STAGE.to_string()
+            } else {
+                stages[n - 1].name.clone()
             }
-            let reach = anc.iter().map(|a| nodes[*a].success).product::<f64>();
-            ancestors.insert(name, anc);
+        };
+        let mut out = Vec::with_capacity(nodes.len());
+        for &n in &order {
+            let node = &nodes[n];
+            let (start, via) = deps[n]
+                .iter()
+                .map(|&d| (finish[d].0, Some(d)))
+                .fold((0.0, None), |a, b| if b.0 > a.0 { b } else { a });
+            finish[n] = (start + node.p50, via);
+            let mut anc = vec![0u64; words];
+            for &d in &deps[n] {
+                anc[d / 64] |= 1 << (d % 64);
+                for (w, a) in anc.iter_mut().zip(&ancestors[d]) {
+                    *w |= a;
+                }
+            }
+            let reach = (0..nodes.len())
+                .filter(|a| anc[a / 64] & (1 << (a % 64)) != 0)
+                .map(|a| nodes[a].success)
+                .product::<f64>();
+            ancestors[n] = anc;
             out.push(StageEstimate {
-                name: name.clone(),
+                name: name(n),
                 items: node.items,
                 credits: node.credits,
                 duration: DurationRange {
                     p50_seconds: node.p50,
                     p95_seconds: node.p95,
                 },
-                depends_on: node.deps.clone(),
+                depends_on: deps[n].iter().map(|&d| name(d)).collect(),
                 start_seconds: start,
                 finish_seconds: start + node.p50,
                 reach_probability: reach,
@@ -612,12 +668,13 @@ impl AgentBus {
         }
         let (mut at, end) = finish
             .iter()
+            .enumerate()
             .max_by(|a, b| a.1.0.total_cmp(&b.1.0))
-            .map(|(k, v)| (*k, v.0))
-            .unwrap_or((JOB_STAGE, 0.0));
-        let mut path = vec![at.to_string()];
-        while let Some((_, Some(prev))) = finish.get(at) {
-            path.push(prev.to_string());
+            .map(|(n, f)| (n, f.0))
+            .unwrap_or((0, 0.0));
+        let mut path = vec![name(at)];
+        while let Some(prev) = finish[at].1 {
+            path.push(name(prev));
             at = prev;
         }
         path.reverse();
@@ -632,6 +689,31 @@ impl AgentBus {
 
 /// The name by which stages depend on the job itself.
 const JOB_STAGE: &str = "job";
+/// Most stages one simulation may add to its job.
+pub const MAX_STAGES: usize = 200;
+/// Most stages one stage may depend on (fan-in).
+pub const MAX_DEPENDS_ON: usize = 32;
+/// Most stages that may depend on one stage (fan-out).
+pub const MAX_FAN_OUT: usize = 32;
+
+/// The caps on a stage graph's size, checked before anything is built for it.
+fn check_stage_shape(stages: &[StageSpec]) -> Result<()> {
+    if stages.len() > MAX_STAGES {
+        return Err(Error::invalid(
+            "stages",
+            format!("at most {MAX_STAGES} stages ({} given)", stages.len()),
+        ));
+    }
+    for (i, s) in stages.iter().enumerate() {
+        if s.depends_on.len() > MAX_DEPENDS_ON {
+            return Err(Error::invalid(
+                format!("stages[{i}].depends_on"),
+                format!("at most {MAX_DEPENDS_ON} stages"),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// One stage of the graph, estimated.
 struct Node {
@@ -641,57 +723,63 @@ struct Node {
     p95: f64,
     /// Chance it finishes without an item failing for good.
     success: f64,
-    deps: Vec<String>,
 }
 
 impl Node {
-    fn new(bus: &AgentBus, items: usize, e: &Estimate, deps: Vec<String>) -> Self {
+    fn new(bus: &AgentBus, items: usize, e: &Estimate) -> Self {
         Node {
             items,
             credits: cost_breakdown(bus, items).total,
             p50: e.p50_s,
             p95: e.p95_s,
             success: (1.0 - e.permanent_failure).powf(items as f64),
-            deps,
         }
     }
 }
 
-/// Stages so that each comes after those it depends on; a cycle is an error naming it.
-fn topological_order(nodes: &HashMap<String, Node>) -> Result<Vec<String>> {
-    fn visit<'a>(
-        name: &'a str,
-        nodes: &'a HashMap<String, Node>,
-        done: &mut HashSet<&'a str>,
-        path: &mut Vec<&'a str>,
-        order: &mut Vec<String>,
-    ) -> Result<()> {
-        if done.contains(name) {
-            return Ok(());
+/// Nodes ordered so each comes after those it depends on (Kahn's algorithm:
+/// a loop, never recursion, whatever the depth). On a cycle, the error holds
+/// the cycle's nodes in order.
+fn topological_order(deps: &[Vec<usize>]) -> std::result::Result<Vec<usize>, Vec<usize>> {
+    let n = deps.len();
+    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (node, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(node);
         }
-        if path.contains(&name) {
-            path.push(name);
-            return Err(Error::invalid(
-                "stages",
-                format!("dependency cycle: {}", path.join(" -> ")),
-            ));
-        }
-        path.push(name);
-        for d in &nodes[name].deps {
-            visit(d, nodes, done, path, order)?;
-        }
-        path.pop();
-        done.insert(name);
-        order.push(name.to_string());
-        Ok(())
     }
-    let mut names: Vec<&String> = nodes.keys().collect();
-    names.sort();
-    let (mut done, mut order) = (HashSet::new(), Vec::new());
-    for n in names {
-        visit(n, nodes, &mut done, &mut Vec::new(), &mut order)?;
+    let mut ready: std::collections::VecDeque<usize> =
+        (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(node) = ready.pop_front() {
+        order.push(node);
+        for &next in &dependents[node] {
+            waiting[next] -= 1;
+            if waiting[next] == 0 {
+                ready.push_back(next);
+            }
+        }
     }
-    Ok(order)
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Every node left waits on another one left: walk back until a node repeats.
+    let mut seen = vec![usize::MAX; n];
+    let mut walk = Vec::new();
+    let mut at = (0..n).find(|&i| waiting[i] > 0).unwrap_or(0);
+    while seen[at] == usize::MAX {
+        seen[at] = walk.len();
+        walk.push(at);
+        at = deps[at]
+            .iter()
+            .copied()
+            .find(|&d| waiting[d] > 0)
+            .unwrap_or(at);
+    }
+    let mut cycle: Vec<usize> = walk[seen[at]..].to_vec();
+    cycle.push(cycle[0]);
+    Err(cycle)
 }
 
 #[cfg(test)]

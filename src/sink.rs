@@ -842,9 +842,11 @@ impl Sink {
             if last_lag_report.elapsed() >= LAG_REPORT_EVERY {
                 last_lag_report = Instant::now();
                 if let Ok(status) = self.bus.outbox_status().await {
-                    for s in status {
-                        metrics::sink_lag(&s.tenant, s.events, s.oldest_age_secs);
-                    }
+                    metrics::sink_lag(
+                        status
+                            .iter()
+                            .map(|s| (s.tenant.as_str(), s.events, s.oldest_age_secs)),
+                    );
                 }
             }
             if failed {

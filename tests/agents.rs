@@ -189,7 +189,7 @@ async fn hundred_agents_exchange_messages_none_lost_none_twice_in_order() {
             let received = received.clone();
             let me_name = me_name.clone();
             async move {
-                let seq = m.payload["seq"].as_u64().ok_or("no seq")?;
+                let seq = m.payload.json()["seq"].as_u64().ok_or("no seq")?;
                 received
                     .lock()
                     .unwrap()
@@ -414,7 +414,7 @@ async fn request_reply_wait_for_message_and_broadcast() {
             &t2,
             &m,
             &answerer2,
-            json!({"answer": m.payload["q"].as_i64().unwrap() * 2}),
+            json!({"answer": m.payload.json()["q"].as_i64().unwrap() * 2}),
         )
         .await
         .unwrap();
@@ -485,10 +485,10 @@ fn spawn_target(
                 let Some(invoke_id) = m.invoke_id.clone() else {
                     return Ok(());
                 };
-                if m.payload["sleep_ms"].is_u64() {
+                if m.payload.json()["sleep_ms"].is_u64() {
                     return Ok(()); // never answers
                 }
-                let result = if m.payload["fail"] == json!(true) {
+                let result = if m.payload.json()["fail"] == json!(true) {
                     bus.respond(
                         &t,
                         &invoke_id,
@@ -498,7 +498,7 @@ fn spawn_target(
                     )
                     .await
                 } else {
-                    let x = m.payload["x"].as_i64().unwrap_or(0);
+                    let x = m.payload.json()["x"].as_i64().unwrap_or(0);
                     bus.respond(&t, &invoke_id, &json!({"y": x * 2}), None, Some(&me))
                         .await
                 };
@@ -532,7 +532,10 @@ async fn invoke_success_error_timeout_and_bad_targets_keep_credits_exact() {
         .unwrap();
     assert!(ok.success, "{ok:?}");
     assert!(ok.invoke_id.starts_with("inv_") && ok.invoke_id.len() == 20);
-    assert_eq!(ok.response_payload, Some(json!({"y": 42})));
+    assert_eq!(
+        ok.response_payload.map(|p| p.json()),
+        Some(json!({"y": 42}))
+    );
     assert!(!ok.timeout);
     let b = env.bus.balance(&t).await.unwrap();
     assert_eq!((b.spent, b.reserved), (Decimal::from(10), Decimal::ZERO));

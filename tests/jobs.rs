@@ -48,7 +48,7 @@ async fn thousand_items_fifty_workers_each_item_completed_and_charged_exactly_on
             async move {
                 *handled.lock().unwrap().entry(item.item_index).or_default() += 1;
                 tokio::task::yield_now().await;
-                Ok(json!({ "doubled": item.input["n"].as_i64().unwrap_or(-1) * 2 }))
+                Ok(json!({ "doubled": item.input.json()["n"].as_i64().unwrap_or(-1) * 2 }))
             }
         })));
     }
@@ -84,7 +84,7 @@ async fn thousand_items_fifty_workers_each_item_completed_and_charged_exactly_on
     assert!(
         results
             .iter()
-            .all(|r| r.output["doubled"] == json!(r.item_index * 2))
+            .all(|r| r.output.json()["doubled"] == json!(r.item_index * 2))
     );
 
     let balance = env.bus.balance(&tenant).await.unwrap();

@@ -53,6 +53,8 @@ fn value(samples: &HashMap<String, f64>, name: &str, want: &[(&str, &str)]) -> f
 async fn every_metric_is_exported_with_the_right_counts_and_the_dashboard_uses_only_those() {
     let env = TestEnv::with_db().await;
     let app = env.app();
+    // Per-tenant labels are opt-in (AGENTBUS_METRICS_TENANT_LABEL); this test turns them on.
+    agentbus::metrics::set_tenant_label(true);
     let t = env.tenant("observed");
     let tl = [("tenant", "observed")];
     env.grant(&t, 10_000).await;
@@ -196,9 +198,20 @@ async fn every_metric_is_exported_with_the_right_counts_and_the_dashboard_uses_o
         .await
         .unwrap();
 
-    // A backend error: reading the inbox of an instance that has none.
+    // A missing inbox is an outcome (NOGROUP), not a backend error...
     let mut ghost = bus.receiver(&t, &Ident::new("i", "ghost").unwrap());
     assert!(ghost.recv(Duration::from_millis(10)).await.is_err());
+    // ...while Redis refusing a command is one: a bystander's balance hash
+    // replaced by a string answers WRONGTYPE.
+    let broken = env.tenant("broken");
+    let mut conn = env.conn().await;
+    redis::cmd("SET")
+        .arg(bus.keys(&broken).credits())
+        .arg("not a hash")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(bus.balance(&broken).await.is_err());
 
     // Background passes, then the sink mirrors everything.
     reclaim::reclaim_once(bus).await.unwrap();
@@ -228,7 +241,9 @@ async fn every_metric_is_exported_with_the_right_counts_and_the_dashboard_uses_o
     let token = bus.create_token(&t).await.unwrap().token;
     let (status, _) = call(&app, "GET", "/api/v1/credits", Some(&token), None).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = call(&app, "GET", "/metrics", None, None).await;
+    let (status, _) = call(&app, "GET", "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "/metrics needs a token");
+    let (status, body) = call(&app, "GET", "/metrics", Some(common::ADMIN_TOKEN), None).await;
     assert_eq!(status, StatusCode::OK);
     let text = body.as_str().expect("metrics are text").to_string();
     let m = parse(&text);

@@ -45,7 +45,7 @@ fn start_receiver(
     let task = tokio::spawn(rx.run(shutdown.clone(), move |m: Message| {
         let log = log.clone();
         async move {
-            let n = m.payload["n"].as_i64().unwrap_or(-1);
+            let n = m.payload.json()["n"].as_i64().unwrap_or(-1);
             let mut log = log.lock().unwrap();
             let first = !log.iter().any(|(t, k)| t == &m.message_type && *k == n);
             log.push((m.message_type.clone(), n));

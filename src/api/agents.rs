@@ -3,17 +3,18 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::extract::{ApiJson, OptionalJson, Params, path_uuid};
+use super::extract::{ApiJson, ApiPath, OptionalJson, Params, path_uuid};
 use super::{ApiError, ApiResult, AppState, Tenant};
 use crate::keys::Ident;
 use crate::messages::{Message, MessageFilter, MessageStatus, OutgoingMessage};
+use crate::payload::Payload;
 use crate::registry::{AgentFilter, AgentStatus, Instance, Registration};
 
 pub(super) const MAX_WAIT_MS: u64 = 30_000;
@@ -54,7 +55,7 @@ pub struct HeartbeatBody {
 pub async fn heartbeat(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     OptionalJson(body): OptionalJson<HeartbeatBody>,
 ) -> ApiResult<Json<Value>> {
     let id = instance(&id)?;
@@ -67,7 +68,7 @@ pub async fn heartbeat(
 pub async fn get_one(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Instance>> {
     Ok(Json(state.bus.agent(&tenant, &instance(&id)?).await?))
 }
@@ -75,7 +76,7 @@ pub async fn get_one(
 pub async fn deregister(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let id = instance(&id)?;
     state.bus.deregister_agent(&tenant, &id).await?;
@@ -124,7 +125,7 @@ pub struct SendBody {
     from_instance_id: Ident,
     message_type: String,
     #[serde(default)]
-    payload: Value,
+    payload: Payload,
     #[serde(default)]
     job_id: Option<Uuid>,
     #[serde(default)]
@@ -134,7 +135,7 @@ pub struct SendBody {
 pub async fn send(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SendBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let to = instance(&id)?;
@@ -166,7 +167,7 @@ pub struct MessagePage {
 pub async fn list_messages(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     params: Params,
 ) -> ApiResult<Json<MessagePage>> {
     let id = instance(&id)?;
@@ -217,7 +218,7 @@ pub async fn list_messages(
 pub async fn receive(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     params: Params,
 ) -> ApiResult<Json<MessagePage>> {
     let id = instance(&id)?;
@@ -236,7 +237,7 @@ pub async fn receive(
 pub async fn read(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((id, message_id)): Path<(String, String)>,
+    ApiPath((id, message_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let id = instance(&id)?;
     let acked = state
@@ -262,7 +263,7 @@ pub struct BroadcastBody {
     #[serde(default = "broadcast_type")]
     message_type: String,
     #[serde(default)]
-    payload: Value,
+    payload: Payload,
 }
 
 fn broadcast_type() -> String {
@@ -272,7 +273,7 @@ fn broadcast_type() -> String {
 pub async fn broadcast(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(job_id): Path<String>,
+    ApiPath(job_id): ApiPath<String>,
     ApiJson(body): ApiJson<BroadcastBody>,
 ) -> ApiResult<Json<Value>> {
     let job_id = path_uuid("job_id", &job_id)?;

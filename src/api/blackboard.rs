@@ -4,16 +4,19 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{ApiJson, OptionalJson, Params};
+use super::extract::{ApiJson, ApiPath, OptionalJson, Params};
 use super::{ApiError, ApiResult, AppState, Tenant};
-use crate::blackboard::{Blackboard, Bound, CasOutcome, Fence, LockAction, LockOutcome};
+use crate::blackboard::{
+    Blackboard, Bound, CasOutcome, Fence, LockAction, LockOutcome, MAX_VALUE_BYTES,
+};
 use crate::keys::{Ident, TenantId};
+use crate::payload::Payload;
 
 const DEFAULT_NAMESPACE: &str = "default";
 /// Longest TTL accepted, in seconds (30 days).
@@ -36,10 +39,17 @@ fn ttl(secs: Option<u64>) -> Result<Option<Duration>, ApiError> {
     }
 }
 
+/// A value as the blackboard stores it: size checked on the text, before a
+/// tree is built for it.
+fn bb_value(field: &str, raw: &Payload) -> ApiResult<Value> {
+    raw.check_size(field, MAX_VALUE_BYTES)?;
+    Ok(raw.json())
+}
+
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutBody {
-    value: Value,
+    value: Payload,
     /// Seconds until the entry expires.
     #[serde(default)]
     #[schemars(range(min = 1, max = MAX_TTL_SECS))]
@@ -68,7 +78,12 @@ async fn put_in(
     body: PutBody,
 ) -> ApiResult<Json<Value>> {
     let existed = board(state, tenant, ns)?
-        .set(&key, &body.value, ttl(body.ttl)?, body.fence.as_ref())
+        .set(
+            &key,
+            &bb_value("value", &body.value)?,
+            ttl(body.ttl)?,
+            body.fence.as_ref(),
+        )
         .await?;
     Ok(Json(
         json!({ "success": true, "key": key, "created": !existed }),
@@ -164,7 +179,7 @@ async fn lock_in(
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     get_in(&state, &tenant, DEFAULT_NAMESPACE, key).await
 }
@@ -172,7 +187,7 @@ pub async fn get(
 pub async fn put(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<PutBody>,
 ) -> ApiResult<Json<Value>> {
     put_in(&state, &tenant, DEFAULT_NAMESPACE, key, body).await
@@ -181,7 +196,7 @@ pub async fn put(
 pub async fn increment(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
     OptionalJson(body): OptionalJson<IncrementBody>,
 ) -> ApiResult<Json<Value>> {
     increment_in(&state, &tenant, DEFAULT_NAMESPACE, key, body).await
@@ -190,7 +205,7 @@ pub async fn increment(
 pub async fn lock(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<LockBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     lock_in(&state, &tenant, DEFAULT_NAMESPACE, name, body).await
@@ -201,7 +216,7 @@ pub async fn lock(
 pub async fn ns_get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((ns, key)): Path<(String, String)>,
+    ApiPath((ns, key)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     get_in(&state, &tenant, &ns, key).await
 }
@@ -209,7 +224,7 @@ pub async fn ns_get(
 pub async fn ns_put(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((ns, key)): Path<(String, String)>,
+    ApiPath((ns, key)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<PutBody>,
 ) -> ApiResult<Json<Value>> {
     put_in(&state, &tenant, &ns, key, body).await
@@ -225,7 +240,7 @@ pub struct DeleteBody {
 pub async fn ns_delete(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((ns, key)): Path<(String, String)>,
+    ApiPath((ns, key)): ApiPath<(String, String)>,
     OptionalJson(body): OptionalJson<DeleteBody>,
 ) -> ApiResult<Json<Value>> {
     let existed = board(&state, &tenant, &ns)?
@@ -239,8 +254,8 @@ pub async fn ns_delete(
 pub struct CasBody {
     /// The value expected now; `null` or absent means "no entry".
     #[serde(default)]
-    expected: Option<Value>,
-    value: Value,
+    expected: Option<Payload>,
+    value: Payload,
     /// Seconds until the entry expires.
     #[serde(default)]
     #[schemars(range(min = 1, max = MAX_TTL_SECS))]
@@ -252,15 +267,19 @@ pub struct CasBody {
 pub async fn ns_cas(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((ns, key)): Path<(String, String)>,
+    ApiPath((ns, key)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<CasBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let expected = body.expected.filter(|v| !v.is_null());
+    let expected = match &body.expected {
+        Some(e) => Some(bb_value("expected", e)?).filter(|v| !v.is_null()),
+        None => None,
+    };
+    let value = bb_value("value", &body.value)?;
     let outcome = board(&state, &tenant, &ns)?
         .compare_and_set(
             &key,
             expected.as_ref(),
-            &body.value,
+            &value,
             ttl(body.ttl)?,
             body.fence.as_ref(),
         )
@@ -277,7 +296,7 @@ pub async fn ns_cas(
 pub async fn ns_increment(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((ns, key)): Path<(String, String)>,
+    ApiPath((ns, key)): ApiPath<(String, String)>,
     OptionalJson(body): OptionalJson<IncrementBody>,
 ) -> ApiResult<Json<Value>> {
     increment_in(&state, &tenant, &ns, key, body).await
@@ -286,7 +305,7 @@ pub async fn ns_increment(
 pub async fn ns_lock(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((ns, name)): Path<(String, String)>,
+    ApiPath((ns, name)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<LockBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     lock_in(&state, &tenant, &ns, name, body).await
@@ -295,7 +314,7 @@ pub async fn ns_lock(
 pub async fn ns_keys(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(ns): Path<String>,
+    ApiPath(ns): ApiPath<String>,
     params: Params,
 ) -> ApiResult<Json<Value>> {
     let limit = params.number("limit", 100usize, 1, 1000)?;
@@ -313,7 +332,7 @@ pub async fn ns_keys(
 pub async fn ns_range(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(ns): Path<String>,
+    ApiPath(ns): ApiPath<String>,
     params: Params,
 ) -> ApiResult<Json<Value>> {
     let min = Bound::parse("min", params.text("min").unwrap_or("-inf"))?;
@@ -329,7 +348,7 @@ pub async fn ns_range(
 pub async fn ns_top(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(ns): Path<String>,
+    ApiPath(ns): ApiPath<String>,
     params: Params,
 ) -> ApiResult<Json<Value>> {
     let k = params.number("k", 10usize, 1, 1000)?;
@@ -351,7 +370,7 @@ pub async fn ns_top(
 pub async fn ns_aggregate(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(ns): Path<String>,
+    ApiPath(ns): ApiPath<String>,
 ) -> ApiResult<Json<crate::blackboard::Aggregate>> {
     Ok(Json(board(&state, &tenant, &ns)?.aggregate().await?))
 }

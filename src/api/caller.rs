@@ -4,12 +4,16 @@
 //! other bearer token must be a tenant's (`auth::authenticate`), and then
 //! passes that token's rate limit (a GCRA in Redis, shared by every agentbus
 //! process) and concurrency limit (in-flight requests, per process). Refusals
-//! are 401 (no or unknown token) and 429 with `Retry-After`.
+//! are 401 (no or unknown token) and 429 with `Retry-After`. Failed
+//! authentications are limited per client address, and `/metrics` has its
+//! own token.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -50,6 +54,72 @@ impl ConcurrencyLimiter {
     }
 }
 
+/// Failed authentications per client address (this process): a token
+/// bucket of `limit` per minute. Past it, the address gets 429 before its
+/// token is even looked at, so guessing costs a minute per `limit` tries.
+#[derive(Default)]
+pub struct FailureLimiter {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+/// Addresses remembered at most; full buckets are forgotten first.
+const MAX_TRACKED_ADDRESSES: usize = 100_000;
+
+impl FailureLimiter {
+    fn refill(entry: &mut (f64, Instant), limit: u32, now: Instant) {
+        let per_sec = f64::from(limit) / 60.0;
+        entry.0 =
+            (entry.0 + now.duration_since(entry.1).as_secs_f64() * per_sec).min(f64::from(limit));
+        entry.1 = now;
+    }
+
+    /// Seconds until `ip` may try again, when it has used up its failures.
+    pub fn blocked_for(&self, ip: IpAddr, limit: u32) -> Option<u64> {
+        if limit == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.get_mut(&ip)?;
+        Self::refill(entry, limit, now);
+        (entry.0 < 1.0).then(|| ((1.0 - entry.0) * 60.0 / f64::from(limit)).ceil() as u64)
+    }
+
+    /// Counts one failed authentication of `ip`.
+    pub fn failed(&self, ip: IpAddr, limit: u32) {
+        if limit == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_TRACKED_ADDRESSES && !map.contains_key(&ip) {
+            map.retain(|_, e| {
+                Self::refill(e, limit, now);
+                e.0 < f64::from(limit)
+            });
+            if map.len() >= MAX_TRACKED_ADDRESSES {
+                // Every tracked address is failing: keep the newest half.
+                let cut = map.len() / 2;
+                let mut ages: Vec<Instant> = map.values().map(|e| e.1).collect();
+                ages.sort_unstable();
+                let before = ages[cut];
+                map.retain(|_, e| e.1 >= before);
+            }
+        }
+        let entry = map.entry(ip).or_insert((f64::from(limit), now));
+        Self::refill(entry, limit, now);
+        entry.0 -= 1.0;
+    }
+}
+
+/// The client's address, when the request came over a real connection.
+fn client_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(axum::http::header::AUTHORIZATION)?;
     let value = value.to_str().ok()?;
@@ -65,11 +135,65 @@ fn too_many(message: &str, retry_after_secs: u64) -> Response {
         .into_response()
 }
 
+/// Refuses (401, counted against the address) or, past the address's
+/// failure limit, 429 before looking at the token.
+fn refuse(state: &AppState, ip: Option<IpAddr>, err: Error) -> Response {
+    if let (Some(ip), Error::Unauthorized(_)) = (ip, &err) {
+        state
+            .auth_failures
+            .failed(ip, state.config.auth_failure_limit);
+        crate::metrics::auth_failed();
+    }
+    ApiError::from(err).into_response()
+}
+
+fn check_address(state: &AppState, ip: Option<IpAddr>) -> Option<Response> {
+    let wait = state
+        .auth_failures
+        .blocked_for(ip?, state.config.auth_failure_limit)?;
+    Some(too_many(
+        "too many failed authentications from this address",
+        wait,
+    ))
+}
+
+/// `/metrics` on the API listener: the metrics token or the admin token.
+pub async fn metrics_reader(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let ip = client_ip(&parts);
+    if let Some(refused) = check_address(&state, ip) {
+        return refused;
+    }
+    let config = &state.config;
+    let allowed = bearer(&parts).is_some_and(|token| {
+        [&config.metrics_token, &config.admin_token]
+            .into_iter()
+            .flatten()
+            .any(|secret| secure_eq(secret, token))
+    });
+    if !allowed {
+        return refuse(
+            &state,
+            ip,
+            Error::Unauthorized("metrics need AGENTBUS_METRICS_TOKEN (or the admin token)"),
+        );
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
 /// The authentication and limits middleware of `/api/v1`.
 pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
+    let ip = client_ip(&parts);
+    if let Some(refused) = check_address(&state, ip) {
+        return refused;
+    }
     let Some(token) = bearer(&parts).map(str::to_string) else {
-        return ApiError::from(Error::Unauthorized("missing bearer token")).into_response();
+        return refuse(&state, ip, Error::Unauthorized("missing bearer token"));
     };
     let config = &state.config;
     if let Some(admin) = &config.admin_token
@@ -80,7 +204,7 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     }
     let (tenant, token_id) = match state.bus.authenticate_with_id(&token).await {
         Ok(found) => found,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return refuse(&state, ip, e),
     };
     if config.rate_limit_per_sec > 0.0 {
         match state

@@ -50,48 +50,129 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
     }
 }
 
+/// Reads a body whole, within the process-wide budget of body bytes in
+/// memory (a request waits its turn rather than push the process over it)
+/// and within the body timeout (a client that trickles its body is cut off).
 async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::field(
-                status,
-                "body",
-                format!(
-                    "request body larger than {} bytes",
-                    state.config.max_body_bytes
-                ),
+    let config = &state.config;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > config.max_body_bytes) {
+        return Err(too_large(config.max_body_bytes));
+    }
+    // Without a length, reserve for the largest body allowed.
+    let reserve_kib = declared
+        .unwrap_or(config.max_body_bytes)
+        .div_ceil(1024)
+        .clamp(1, u32::MAX as usize) as u32;
+    let deadline = tokio::time::Instant::now() + config.body_timeout;
+    let _permit = match tokio::time::timeout_at(
+        deadline,
+        state.body_budget.clone().acquire_many_owned(reserve_kib),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many request bodies in memory; retry later",
             )
-        } else {
-            ApiError::field(status, "body", rejection.body_text())
+            .retry_after(1));
         }
+    };
+    match tokio::time::timeout_at(deadline, Bytes::from_request(req, state)).await {
+        Err(_) => Err(ApiError::field(
+            StatusCode::REQUEST_TIMEOUT,
+            "body",
+            format!(
+                "the body did not arrive within {} s",
+                config.body_timeout.as_secs()
+            ),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(rejection)) => {
+            let status = rejection.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                Err(too_large(config.max_body_bytes))
+            } else {
+                Err(ApiError::field(status, "body", rejection.body_text()))
+            }
+        }
+    }
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::field(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body",
+        format!("request body larger than {max} bytes"),
+    )
+}
+
+/// Path parameters; a malformed path (e.g. invalid UTF-8) is a JSON 400.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(t)) => Ok(ApiPath(t)),
+            Err(e) => Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "path",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
+/// A body read whole but not parsed: the handler parses it (with bounds of
+/// its own) straight from the bytes, never through a tree of values.
+pub struct RawJson(pub Bytes);
+
+impl FromRequest<AppState> for RawJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "body",
+                "a JSON body is required",
+            ));
+        }
+        Ok(RawJson(bytes))
+    }
+}
+
+/// Parses JSON text; errors name the field under `prefix`.
+pub fn parse_json_at<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, ApiError> {
+    parse_json(bytes).map_err(|mut e| {
+        if !prefix.is_empty()
+            && let Some(field) = e.body.error.field.as_mut()
+        {
+            *field = if field == "body" {
+                prefix.to_string()
+            } else {
+                format!("{prefix}{field}")
+            };
+        }
+        e
     })
 }
 
-/// Deserializes a JSON value already read (so two endpoints taking the same
-/// body report the same errors); errors name the field under `prefix`.
-pub fn from_value<T: DeserializeOwned>(
-    value: serde_json::Value,
-    prefix: &str,
-) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        let field = if path == "." || path.is_empty() {
-            field_of_message(&inner.to_string()).unwrap_or_else(|| "body".into())
-        } else {
-            path
-        };
-        let field = if prefix.is_empty() {
-            field
-        } else {
-            format!("{prefix}{field}")
-        };
-        ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, &field, inner.to_string())
-    })
-}
-
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();

@@ -1,18 +1,19 @@
 //! `/api/v1/invocations`: invoke (long-poll), respond, and the audit trail.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::extract::{ApiJson, Params, path_uuid};
+use super::extract::{ApiJson, ApiPath, Params, path_uuid};
 use super::{ApiError, ApiResult, AppState, Tenant};
 use crate::audit::{self, AuditFilter};
 use crate::error::Error;
 use crate::invoke::{Invocation, InvokeRequest, InvokeResult};
 use crate::keys::Ident;
+use crate::payload::Payload;
 
 pub async fn invoke(
     State(state): State<AppState>,
@@ -27,7 +28,7 @@ pub async fn invoke(
 pub struct RespondBody {
     invoke_id: String,
     #[serde(default)]
-    response_payload: Value,
+    response_payload: Payload,
     /// A target-reported error: the invocation ends as `failed`.
     #[serde(default)]
     error: Option<String>,
@@ -62,7 +63,7 @@ pub async fn respond(
 pub async fn get_one(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(invoke_id): Path<String>,
+    ApiPath(invoke_id): ApiPath<String>,
 ) -> ApiResult<Json<Invocation>> {
     match state.bus.invocation(&tenant, &invoke_id).await {
         Err(Error::NotFound(_)) => Ok(Json(

@@ -3,19 +3,24 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
 
-use super::extract::{ApiJson, OptionalJson, Params, from_value, path_uuid};
+use super::extract::{
+    ApiPath, OptionalJson, Params, RawJson, parse_json, parse_json_at, path_uuid,
+};
 use super::{ApiError, ApiResult, AppState, Tenant};
+use crate::bounded;
 use crate::jobs::{
     CancelOutcome, ClaimedItem, CompleteOutcome, FailOutcome, ItemResult, Job, JobPage, JobSpec,
     validate_stream_id,
 };
-use crate::simulate::{Simulation, StageSpec};
+use crate::payload::Payload;
+use crate::simulate::{MAX_STAGES, Simulation, StageSpec};
 
 /// Longest a claim may long-poll.
 pub(super) const MAX_WAIT_MS: u64 = 30_000;
@@ -24,12 +29,16 @@ pub(super) const MAX_CLAIM_COUNT: usize = 100;
 pub async fn create(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    ApiJson(body): ApiJson<Value>,
+    RawJson(body): RawJson,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
-    // Parsed from a value, exactly as simulate parses the same body.
-    let spec: JobSpec = from_value(body, "")?;
+    let spec = parse_spec(&state, &body)?;
     let job = state.bus.spawn_job(&tenant, &spec).await?;
     Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// A job's spec from JSON text, items counted while they are parsed.
+fn parse_spec(state: &AppState, body: &[u8]) -> ApiResult<JobSpec> {
+    bounded::with_item_limit(state.bus.limits().max_items, || parse_json(body))
 }
 
 /// The body of `POST /jobs/simulate`: a job's spec plus optional further stages.
@@ -41,8 +50,9 @@ pub async fn create(
 pub struct SimulateRequest {
     #[serde(flatten)]
     job: JobSpec,
-    /// Further stages of work to estimate with the job.
+    /// Further stages of work to estimate with the job (at most 200).
     #[serde(default)]
+    #[schemars(length(max = MAX_STAGES))]
     stages: Vec<StageSpec>,
 }
 
@@ -50,20 +60,32 @@ pub struct SimulateRequest {
 pub async fn simulate(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    ApiJson(mut body): ApiJson<Value>,
+    RawJson(body): RawJson,
 ) -> ApiResult<Json<Simulation>> {
-    let stages: Vec<StageSpec> = match body.as_object_mut().and_then(|o| o.remove("stages")) {
-        Some(v) => from_value(v, "stages")?,
+    // Top-level fields kept as text (no tree): `stages` is split off, the
+    // rest is parsed exactly as `POST /jobs` parses it.
+    let mut fields: BTreeMap<String, Box<RawValue>> = parse_json(&body)?;
+    let stages: Vec<StageSpec> = match fields.remove("stages") {
+        Some(raw) => parse_stages(raw.get())?,
         None => Vec::new(),
     };
-    let spec: JobSpec = from_value(body, "")?;
+    let rest = serde_json::to_vec(&fields)
+        .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "body", e.to_string()))?;
+    let spec = parse_spec(&state, &rest)?;
     Ok(Json(state.bus.simulate(&tenant, &spec, &stages).await?))
+}
+
+fn parse_stages(text: &str) -> ApiResult<Vec<StageSpec>> {
+    #[derive(serde::Deserialize)]
+    #[serde(transparent)]
+    struct Stages(#[serde(deserialize_with = "bounded::vec::<_, _, MAX_STAGES>")] Vec<StageSpec>);
+    parse_json_at::<Stages>(text.as_bytes(), "stages").map(|s| s.0)
 }
 
 pub async fn get_one(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(job_id): Path<String>,
+    ApiPath(job_id): ApiPath<String>,
 ) -> ApiResult<Json<Job>> {
     let job_id = path_uuid("job_id", &job_id)?;
     Ok(Json(state.bus.job(&tenant, &job_id).await?))
@@ -91,7 +113,7 @@ pub struct ClaimResponse {
 pub async fn claim(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(job_id): Path<String>,
+    ApiPath(job_id): ApiPath<String>,
     params: Params,
 ) -> ApiResult<Json<ClaimResponse>> {
     let job_id = path_uuid("job_id", &job_id)?;
@@ -125,7 +147,7 @@ pub async fn claim(
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
     #[serde(default)]
-    output: Value,
+    output: Payload,
 }
 
 #[derive(Serialize)]
@@ -138,7 +160,7 @@ pub struct CompleteResponse {
 pub async fn complete(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((job_id, item_id)): Path<(String, String)>,
+    ApiPath((job_id, item_id)): ApiPath<(String, String)>,
     OptionalJson(body): OptionalJson<CompleteBody>,
 ) -> ApiResult<Json<CompleteResponse>> {
     let job_id = path_uuid("job_id", &job_id)?;
@@ -206,7 +228,7 @@ const MAX_ERROR_LEN: usize = 4096;
 pub async fn fail(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((job_id, item_id)): Path<(String, String)>,
+    ApiPath((job_id, item_id)): ApiPath<(String, String)>,
     OptionalJson(body): OptionalJson<FailBody>,
 ) -> ApiResult<Json<FailResponse>> {
     let job_id = path_uuid("job_id", &job_id)?;
@@ -253,7 +275,7 @@ pub struct CancelBody {
 pub async fn cancel(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(job_id): Path<String>,
+    ApiPath(job_id): ApiPath<String>,
     OptionalJson(body): OptionalJson<CancelBody>,
 ) -> ApiResult<Json<CancelOutcome>> {
     let job_id = path_uuid("job_id", &job_id)?;
@@ -284,7 +306,7 @@ pub struct ResultsPage {
 pub async fn results(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(job_id): Path<String>,
+    ApiPath(job_id): ApiPath<String>,
     params: Params,
 ) -> ApiResult<Json<ResultsPage>> {
     let job_id = path_uuid("job_id", &job_id)?;

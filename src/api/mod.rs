@@ -2,7 +2,9 @@
 //! mapping of library errors to JSON error responses.
 //!
 //! Every rejection is a JSON body `{"error": {"code", "message", "field"?}}`
-//! with a 4xx status for bad input, so clients can tell which field to fix.
+//! with a 4xx status for bad input, so clients can tell which field to fix;
+//! unknown routes and methods, bad paths and even a panicking handler answer
+//! JSON too.
 
 mod agents;
 mod blackboard;
@@ -46,24 +48,36 @@ use routes::v1_api;
 pub struct ApiConfig {
     /// Token allowed to grant credits and manage tokens; none disables admin calls.
     pub admin_token: Option<String>,
+    /// Token that may read `/metrics` (besides the admin token).
+    pub metrics_token: Option<String>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Request bodies held at once across all requests; more wait their turn.
+    pub max_inflight_body_bytes: usize,
+    /// Time a client has to send a whole body.
+    pub body_timeout: std::time::Duration,
     /// Requests per second per token (0: no limit), shared by all processes.
     pub rate_limit_per_sec: f64,
     /// Requests a token may send at once above its rate.
     pub rate_limit_burst: u32,
     /// Requests per token in flight at once in one process (0: no limit).
     pub concurrency_limit: usize,
+    /// Failed authentications per minute from one client address (0: no limit).
+    pub auth_failure_limit: u32,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             admin_token: None,
+            metrics_token: None,
             max_body_bytes: 16 * 1024 * 1024,
+            max_inflight_body_bytes: 128 * 1024 * 1024,
+            body_timeout: std::time::Duration::from_secs(30),
             rate_limit_per_sec: 1000.0,
             rate_limit_burst: 2000,
             concurrency_limit: 256,
+            auth_failure_limit: 30,
         }
     }
 }
@@ -76,6 +90,10 @@ pub struct AppState {
     /// Renders `/metrics` (none: the endpoint answers 404).
     pub metrics: Option<PrometheusHandle>,
     pub limiter: Arc<caller::ConcurrencyLimiter>,
+    /// Failed authentications per client address.
+    pub auth_failures: Arc<caller::FailureLimiter>,
+    /// Bytes of request bodies in memory now (`max_inflight_body_bytes` permits, in KiB).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -85,17 +103,21 @@ impl AppState {
         config: ApiConfig,
         metrics: Option<PrometheusHandle>,
     ) -> Self {
+        let budget_kib =
+            (config.max_inflight_body_bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         Self {
             bus,
             db,
             config: Arc::new(config),
             metrics,
             limiter: Arc::default(),
+            auth_failures: Arc::default(),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
         }
     }
 }
 
-/// The whole application: `/healthz`, `/readyz` and `/api/v1/...`.
+/// The whole application: `/healthz`, `/readyz`, `/metrics` and `/api/v1/...`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let (v1, document) = v1_api().finish();
@@ -110,7 +132,13 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(render_metrics))
+        .route(
+            "/metrics",
+            get(render_metrics).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                caller::metrics_reader,
+            )),
+        )
         .route(
             openapi::PATH,
             get(move || {
@@ -120,8 +148,57 @@ pub fn router(state: AppState) -> Router {
         )
         .nest("/api/v1", v1)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(catch_panic))
         .with_state(state)
+}
+
+/// Only `/metrics`, without a token: for a listener of its own
+/// (`AGENTBUS_METRICS_BIND`), e.g. on a private address.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(catch_panic))
+        .with_state(state)
+}
+
+/// A panic in a handler answers a JSON 500 and is counted; the process and
+/// every other request go on.
+async fn catch_panic(req: axum::extract::Request, next: middleware::Next) -> Response {
+    use futures::FutureExt;
+    let method = req.method().clone();
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::http_panic();
+            tracing::error!(%method, route = %path, "handler panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+            .into_response()
+        }
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
 }
 
 /// A span per API request (method, route, status) and its duration metric.
@@ -277,6 +354,12 @@ impl From<Error> for ApiError {
                 }),
                 retry_after_secs: None,
             },
+            e @ Error::LimitReached { .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "limit_reached",
+                e.to_string(),
+            )
+            .retry_after(60),
             Error::Unauthorized(why) => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
             }
@@ -314,3 +397,43 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_json_500_and_the_router_goes_on() {
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("handler bug");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route("/ok", get(|| async { "fine" }))
+            .layer(middleware::from_fn(catch_panic));
+        let get_it = |uri: &str| {
+            axum::http::Request::builder()
+                .uri(uri)
+                .body(axum::body::Body::empty())
+                .expect("request")
+        };
+        let resp = app
+            .clone()
+            .oneshot(get_it("/boom"))
+            .await
+            .expect("infallible");
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+        assert_eq!(json["error"]["code"], "internal");
+        let resp = app.oneshot(get_it("/ok")).await.expect("infallible");
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+}

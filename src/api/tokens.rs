@@ -2,13 +2,13 @@
 //! tokens. A token's secret is shown once, at creation or rotation.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{ApiJson, Params};
+use super::extract::{ApiJson, ApiPath, Params};
 use super::{Admin, ApiResult, AppState};
 use crate::auth::{NewToken, TokenInfo};
 use crate::keys::{self, TenantId};
@@ -49,7 +49,7 @@ pub async fn list(
 pub async fn rotate(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(token_id): Path<String>,
+    ApiPath(token_id): ApiPath<String>,
 ) -> ApiResult<Json<NewToken>> {
     keys::validate_id("token_id", &token_id, 64)?;
     Ok(Json(state.bus.rotate_token(&token_id).await?))
@@ -58,7 +58,7 @@ pub async fn rotate(
 pub async fn revoke(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(token_id): Path<String>,
+    ApiPath(token_id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     keys::validate_id("token_id", &token_id, 64)?;
     state.bus.revoke_token(&token_id).await?;

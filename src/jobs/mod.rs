@@ -18,11 +18,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::bus::{AgentBus, event_base};
-use crate::codec::{self, Reply, StreamEntry};
+use crate::codec::{Reply, StreamEntry};
 use crate::error::{Error, Result};
 use crate::keys::{self, Ident, TenantId, TenantKeys};
 use crate::metrics;
 use crate::money::{self, from_minor};
+use crate::payload::{Encode, Payload};
 use crate::scripts::scripts;
 
 /// Bounds of the original system, kept.
@@ -52,9 +53,11 @@ pub struct JobSpec {
     pub worker_agent: String,
     #[schemars(length(min = 1, max = MAX_TASK_LEN))]
     pub task: String,
-    /// One entry per item (any JSON); at most `AGENTBUS_MAX_ITEMS`.
+    /// One entry per item (any JSON, each at most `AGENTBUS_MAX_PAYLOAD_BYTES`);
+    /// at most `AGENTBUS_MAX_ITEMS`, counted while the body is parsed.
     #[schemars(length(min = 1))]
-    pub items: Vec<serde_json::Value>,
+    #[serde(deserialize_with = "crate::bounded::items")]
+    pub items: Vec<Payload>,
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = PARALLELISM.0, max = PARALLELISM.1))]
     pub parallelism: i64,
@@ -92,7 +95,7 @@ impl JobSpec {
             orchestrator_agent: orchestrator_agent.into(),
             worker_agent: worker_agent.into(),
             task: task.into(),
-            items,
+            items: items.into_iter().map(Payload::from).collect(),
             parallelism: default_parallelism(),
             timeout_per_item: default_timeout(),
             max_retries: default_retries(),
@@ -107,40 +110,63 @@ impl JobSpec {
             &self.orchestrator_agent,
             keys::MAX_ID_LEN,
         )?;
-        keys::validate_id("worker_agent", &self.worker_agent, keys::MAX_ID_LEN)?;
-        if self.task.trim().is_empty() {
-            return Err(Error::invalid("task", "must not be empty"));
-        }
-        if self.task.len() > MAX_TASK_LEN || self.task.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "task",
-                format!("at most {MAX_TASK_LEN} characters, no control characters"),
-            ));
-        }
-        if self.items.is_empty() {
-            return Err(Error::invalid("items", "must hold at least one item"));
-        }
-        if self.items.len() > max_items {
-            return Err(Error::invalid(
-                "items",
-                format!(
-                    "at most {max_items} items per job ({} given)",
-                    self.items.len()
-                ),
-            ));
-        }
-        in_range("parallelism", self.parallelism, PARALLELISM)?;
-        in_range(
-            "timeout_per_item",
-            self.timeout_per_item,
-            TIMEOUT_PER_ITEM_SECS,
+        check_settings(
+            &Settings {
+                worker_agent: &self.worker_agent,
+                task: &self.task,
+                items: self.items.len(),
+                parallelism: self.parallelism,
+                timeout_per_item: self.timeout_per_item,
+                max_retries: self.max_retries,
+            },
+            max_items,
         )?;
-        in_range("max_retries", self.max_retries, MAX_RETRIES)?;
         if let Some(field) = self.aggregate.as_ref().and_then(|a| a.field.as_ref()) {
             keys::validate_id("aggregate.field", field, keys::MAX_ID_LEN)?;
         }
         Ok(())
     }
+}
+
+/// The settings a job (or a simulated stage) is checked by, without its items.
+pub struct Settings<'a> {
+    pub worker_agent: &'a str,
+    pub task: &'a str,
+    pub items: usize,
+    pub parallelism: i64,
+    pub timeout_per_item: i64,
+    pub max_retries: i64,
+}
+
+/// Checks a job's settings; the first violation names its field.
+pub fn check_settings(s: &Settings<'_>, max_items: usize) -> Result<()> {
+    keys::validate_id("worker_agent", s.worker_agent, keys::MAX_ID_LEN)?;
+    if s.task.trim().is_empty() {
+        return Err(Error::invalid("task", "must not be empty"));
+    }
+    if s.task.len() > MAX_TASK_LEN || s.task.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "task",
+            format!("at most {MAX_TASK_LEN} characters, no control characters"),
+        ));
+    }
+    if s.items == 0 {
+        return Err(Error::invalid("items", "must hold at least one item"));
+    }
+    if s.items > max_items {
+        return Err(Error::invalid(
+            "items",
+            format!("at most {max_items} items per job ({} given)", s.items),
+        ));
+    }
+    in_range("parallelism", s.parallelism, PARALLELISM)?;
+    in_range(
+        "timeout_per_item",
+        s.timeout_per_item,
+        TIMEOUT_PER_ITEM_SECS,
+    )?;
+    in_range("max_retries", s.max_retries, MAX_RETRIES)?;
+    Ok(())
 }
 
 fn in_range(field: &str, value: i64, (lo, hi): (i64, i64)) -> Result<()> {
@@ -309,20 +335,26 @@ pub struct ClaimedItem {
     /// The stream entry id; names both the item and this delivery.
     pub item_id: String,
     pub item_index: i64,
-    pub input: serde_json::Value,
+    pub input: Payload,
     /// Earlier attempts of this item (0 on the first delivery).
     pub retry_count: i64,
+    /// Why the stored input could not be decoded (then `input` is null):
+    /// the worker should fail the item rather than guess.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecodable: Option<String>,
 }
 
 impl ClaimedItem {
     pub(crate) fn from_entry(entry: &StreamEntry) -> Result<Self> {
+        let (input, undecodable) = decode_or_poison(entry.get("input"), "item");
         Ok(ClaimedItem {
             item_id: entry.id.clone(),
             item_index: entry
                 .int("idx")
                 .ok_or_else(|| Error::protocol("item entry without idx"))?,
-            input: codec::decode_json(entry.get("input").unwrap_or_default())?,
+            input,
             retry_count: entry.int("attempt").unwrap_or(0),
+            undecodable,
         })
     }
 }
@@ -372,8 +404,23 @@ pub struct CancelOutcome {
 pub struct ItemResult {
     pub result_id: String,
     pub item_index: i64,
-    pub output: serde_json::Value,
+    pub output: Payload,
     pub completed_at: Option<DateTime<Utc>>,
+    /// Why the stored output could not be decoded (then `output` is null).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecodable: Option<String>,
+}
+
+/// A stored payload, or null and the reason when it is not MessagePack:
+/// one bad entry never fails the page or batch it is read with.
+fn decode_or_poison(bytes: Option<&[u8]>, kind: &'static str) -> (Payload, Option<String>) {
+    match Payload::from_msgpack(bytes.unwrap_or_default()) {
+        Ok(p) => (p, None),
+        Err(e) => {
+            metrics::poison(kind);
+            (Payload::null(), Some(e.to_string()))
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -476,8 +523,9 @@ impl AgentBus {
             )
             .arg(keys.task_stats(&spec.task))
             .arg(keys.agent_task_stats(&spec.worker_agent, &spec.task));
-        for item in &spec.items {
-            call.arg(codec::encode(item)?);
+        let max_payload = self.limits().max_payload_bytes;
+        for (i, item) in spec.items.iter().enumerate() {
+            call.arg(item.encode_checked(&format!("items[{i}]"), max_payload)?);
         }
         let started = std::time::Instant::now();
         let mut conn = self.redis().conn().await?;
@@ -493,6 +541,21 @@ impl AgentBus {
             }),
             "exists" => Err(Error::conflict(format!("job {id} already exists"))),
             other => Err(Error::protocol(format!("job_spawn answered {other}"))),
+        }
+    }
+
+    /// Why a job cannot deliver any more: 409 with its state when it ended,
+    /// else not found.
+    async fn ended_job_error(&self, tenant: &TenantId, job: &Uuid) -> Error {
+        match self.job(tenant, job).await {
+            Ok(j) => {
+                let status = j.status.as_str();
+                Error::conflict_with(
+                    format!("job {job} is {status}"),
+                    &serde_json::json!({ "status": status }),
+                )
+            }
+            Err(e) => e,
         }
     }
 
@@ -604,12 +667,15 @@ impl AgentBus {
                 .arg(keys.job_items(job))
                 .arg(">")
                 .to_owned();
-            let value: Value = blocking.query(&read, wait).await.map_err(|e| match e {
-                Error::Redis(ref r) if r.code() == Some("NOGROUP") => {
-                    Error::not_found(format!("job {job}"))
+            let value: Value = match blocking.query(&read, wait).await {
+                Ok(v) => v,
+                // The job ended while this claim waited (its stream is gone):
+                // answer what a claim after the end gets.
+                Err(Error::Redis(ref r)) if matches!(r.code(), Some("NOGROUP" | "UNBLOCKED")) => {
+                    return Err(self.ended_job_error(tenant, job).await);
                 }
-                other => other,
-            })?;
+                Err(other) => return Err(other),
+            };
             items = StreamEntry::from_read_reply(&value)?
                 .iter()
                 .map(ClaimedItem::from_entry)
@@ -624,11 +690,12 @@ impl AgentBus {
         &self,
         tenant: &TenantId,
         job: &Uuid,
-        outputs: &[(String, serde_json::Value)],
+        outputs: &[(String, impl Encode)],
     ) -> Result<Vec<CompleteOutcome>> {
+        let max = self.limits().max_payload_bytes;
         let encoded = outputs
             .iter()
-            .map(|(id, out)| Ok((id.as_str(), codec::encode(out)?)))
+            .map(|(id, out)| Ok((id.as_str(), out.encode_checked("output", max)?)))
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<(&str, &[u8])> = encoded.iter().map(|(id, b)| (*id, b.as_slice())).collect();
         self.complete_encoded(tenant, job, &refs).await
@@ -835,9 +902,11 @@ impl AgentBus {
             .iter()
             .map(|v| {
                 let e = StreamEntry::from_value(v)?;
+                let (output, undecodable) = decode_or_poison(e.get("output"), "result");
                 Ok(ItemResult {
                     item_index: e.int("idx").unwrap_or(-1),
-                    output: codec::decode_json(e.get("output").unwrap_or_default())?,
+                    output,
+                    undecodable,
                     completed_at: e.int("ts").and_then(millis_to_time),
                     result_id: e.id,
                 })
