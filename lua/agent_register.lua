@@ -5,10 +5,11 @@
 -- ARGV[1] instance id  ARGV[2] agent id  ARGV[3] job id or ''
 -- ARGV[4] capabilities (JSON text)  ARGV[5] status
 -- ARGV[6] most instances the tenant may have registered (a new one past it is refused)
--- Returns {'ok', registered_at} or {'limit', registered}
+-- Returns {'ok', registered_at} or {'limit', registered}; the limit is
+-- checked before the first write.
 
 local max = tonumber(ARGV[6])
-if not max then return redis.error_reply('ERR most instances must be a number') end
+if not max or max < 1 then return redis.error_reply('ERR most instances must be a number >= 1') end
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   local n = redis.call('ZCARD', KEYS[1])
   if n >= max then return {'limit', n} end

@@ -1,32 +1,24 @@
 -- inbox_poison: dead-letter inbox entries whose payload cannot be decoded,
--- each alone, the moment a consumer first reads them; the rest of the batch
--- is delivered as usual. Entries already gone are skipped.
+-- each alone and with its own reason, the moment a consumer first reads
+-- them; the rest of the batch is delivered as usual. Entries already gone
+-- are skipped.
+-- Includes: common (dead_letter_message)
 -- KEYS[1] inbox stream   KEYS[2] dead-letter stream
--- ARGV[1] reason (text)  ARGV[2..] entry ids
--- Returns the number dead-lettered.
+-- ARGV pairs: entry id (a stream id), reason (text, at most 1024 bytes)
+-- Returns the number dead-lettered. Every argument is checked before the
+-- first write.
 
-if #ARGV < 2 then return 0 end
-for i = 2, #ARGV do
+if #ARGV % 2 ~= 0 then return redis.error_reply('ERR arguments come in pairs: entry id, reason') end
+for i = 1, #ARGV, 2 do
   if not string.match(ARGV[i], '^%d+%-%d+$') then
-    return redis.error_reply('ERR entry id ' .. i - 1 .. ' is not a stream id')
+    return redis.error_reply('ERR entry id ' .. (i + 1) / 2 .. ' is not a stream id')
+  end
+  if #ARGV[i + 1] > 1024 then
+    return redis.error_reply('ERR reason ' .. (i + 1) / 2 .. ' is longer than 1024 bytes')
   end
 end
 local dead = 0
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  local r = redis.call('XRANGE', KEYS[1], id, id)
-  if r[1] then
-    local args = {'XADD', KEYS[2], '*', 'type', 'message', 'stream', KEYS[1], 'entry', id,
-      'reason', ARGV[1], 'deliveries', 1, 'ts', now_ms()}
-    local kv = r[1][2]
-    for j = 1, #kv, 2 do
-      args[#args + 1] = 'm.' .. kv[j]
-      args[#args + 1] = kv[j + 1]
-    end
-    redis.call(unpack(args))
-    redis.call('XACK', KEYS[1], 'inbox', id)
-    redis.call('XDEL', KEYS[1], id)
-    dead = dead + 1
-  end
+for i = 1, #ARGV, 2 do
+  dead = dead + dead_letter_message(KEYS[1], KEYS[2], ARGV[i], ARGV[i + 1], 1, false)
 end
 return dead

@@ -1,6 +1,7 @@
 -- inbox_redeliver: hand a consumer back its own unacknowledged messages that
 -- have been idle for at least ARGV[2] ms (after a crash or a failed handler);
 -- a message delivered ARGV[3] times already goes to the dead-letter stream.
+-- Includes: common (dead_letter_message)
 -- KEYS[1] inbox stream   KEYS[2] dead-letter stream
 -- ARGV[1] consumer (the instance id)  ARGV[2] minimum idle (ms)
 -- ARGV[3] most deliveries  ARGV[4] most entries per call
@@ -13,21 +14,8 @@ local max = tonumber(ARGV[3])
 for _, p in ipairs(pending) do
   local id, deliveries = p[1], tonumber(p[4])
   if deliveries >= max then
-    local r = redis.call('XRANGE', KEYS[1], id, id)
-    local args = {'XADD', KEYS[2], '*', 'type', 'message', 'stream', KEYS[1], 'entry', id,
-      'reason', 'delivered ' .. deliveries .. ' times without acknowledgement',
-      'deliveries', deliveries, 'ts', now_ms()}
-    if r[1] then
-      local kv = r[1][2]
-      for i = 1, #kv, 2 do
-        args[#args + 1] = 'm.' .. kv[i]
-        args[#args + 1] = kv[i + 1]
-      end
-    end
-    redis.call(unpack(args))
-    redis.call('XACK', KEYS[1], 'inbox', id)
-    redis.call('XDEL', KEYS[1], id)
-    dead = dead + 1
+    dead = dead + dead_letter_message(KEYS[1], KEYS[2], id,
+      'delivered ' .. deliveries .. ' times without acknowledgement', deliveries, true)
   else
     again[#again + 1] = id
   end

@@ -46,6 +46,7 @@ fn to_invocation(r: AuditRow) -> Invocation {
         completed_at: r.9,
         duration_ms: r.10.map(i64::from),
         error_message: r.11,
+        undecodable: None,
     }
 }
 

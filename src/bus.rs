@@ -18,7 +18,7 @@ pub struct Limits {
     /// Most items one job may have.
     pub max_items: usize,
     /// Largest payload (item input or output, message, invocation request
-    /// or response), in bytes of JSON text.
+    /// or response), in bytes as stored (MessagePack).
     pub max_payload_bytes: usize,
     /// Most payload bytes one page of results or messages carries (at least
     /// one entry per page, so a page is at most this plus one payload).

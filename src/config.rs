@@ -72,6 +72,16 @@ pub struct Config {
     )]
     pub max_payload_bytes: usize,
 
+    /// Most bytes of stored entries one page of results or messages carries
+    /// (a page always holds at least one entry).
+    #[arg(
+        long,
+        env = "AGENTBUS_MAX_PAGE_BYTES",
+        default_value_t = 4 * 1024 * 1024,
+        global = true
+    )]
+    pub max_page_bytes: usize,
+
     /// Most agent instances one tenant may have registered at once.
     #[arg(
         long,
@@ -128,6 +138,7 @@ impl Config {
             job_retention_secs: 86_400,
             max_items: 100_000,
             max_payload_bytes: crate::payload::DEFAULT_MAX_BYTES,
+            max_page_bytes: 4 * 1024 * 1024,
             max_instances: 10_000,
             redis_pool: 16,
             pg_pool: 8,
@@ -170,6 +181,7 @@ impl Config {
                 job_retention: Duration::from_secs(self.job_retention_secs.max(1)),
                 max_items: self.max_items,
                 max_payload_bytes: self.max_payload_bytes.max(1024),
+                max_page_bytes: self.max_page_bytes.max(1),
                 max_instances: self.max_instances.max(1),
                 stale_after: Duration::from_secs(self.stale_after_secs.max(1)),
                 inbox_cap: self.inbox_cap.max(1),
@@ -298,7 +310,9 @@ impl SinkConfig {
 pub const MIN_SECRET_LEN: usize = 32;
 
 impl ServeConfig {
-    /// Every default, as if no flag or variable were given.
+    /// The settings of `agentbus serve` without flags: the flags' defaults,
+    /// with the environment's `AGENTBUS_*` variables applied (secrets and
+    /// the metrics listener excepted, which stay unset).
     pub fn defaults() -> Self {
         #[derive(clap::Parser)]
         struct Only {

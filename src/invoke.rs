@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::keys::{self, Ident, TenantId};
 use crate::metrics;
 use crate::money::{self, from_minor};
-use crate::payload::{Encode, Payload};
+use crate::payload::{self, Encode, Payload};
 use crate::scripts::scripts;
 
 pub const TIMEOUT_SECS: (i64, i64) = (1, 300);
@@ -87,26 +87,33 @@ pub struct Invocation {
     pub completed_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
     pub error_message: Option<String>,
+    /// Why a stored payload could not be decoded (that payload reads as null).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecodable: Option<String>,
 }
 
 impl Invocation {
     fn from_hash(invoke_id: &str, h: &HashMap<String, Vec<u8>>) -> Result<Self> {
         let text = |k: &str| h.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
         let int = |k: &str| text(k).and_then(|v| v.parse::<i64>().ok());
-        let payload = |k: &str| -> Result<Option<Payload>> {
-            match h.get(k) {
-                Some(v) if !v.is_empty() => Ok(Some(Payload::from_msgpack(v)?)),
-                _ => Ok(None),
-            }
+        let mut undecodable = None;
+        let mut payload = |k: &str| -> Option<Payload> {
+            let bytes = h.get(k).filter(|v| !v.is_empty())?;
+            let (p, why) = payload::from_stored(Some(bytes), "invocation");
+            undecodable = undecodable.take().or(why.map(|w| format!("{k}: {w}")));
+            Some(p)
         };
+        let request_payload = payload("request").unwrap_or_default();
+        let response_payload = payload("response");
         let status = text("status").unwrap_or_default();
         Ok(Invocation {
             invoke_id: invoke_id.to_string(),
             caller_instance_id: text("caller").unwrap_or_default(),
             target_instance_id: text("target").unwrap_or_default(),
             job_id: text("job").and_then(|j| Uuid::parse_str(&j).ok()),
-            request_payload: payload("request")?.unwrap_or_default(),
-            response_payload: payload("response")?,
+            request_payload,
+            response_payload,
+            undecodable,
             credits_charged: int("credits_charged").map(from_minor),
             started_at: int("started_at").and_then(DateTime::from_timestamp_millis),
             completed_at: int("completed_at").and_then(DateTime::from_timestamp_millis),
@@ -213,11 +220,13 @@ impl AgentBus {
         let latency_ms = started.elapsed().as_millis() as u64;
         if let Some(entry) = answer {
             let status = entry.text("status").unwrap_or_default().to_string();
-            let payload = Payload::from_msgpack(entry.get("payload").unwrap_or_default())?;
+            let (payload, undecodable) = payload::from_stored(entry.get("payload"), "response");
+            // A response that cannot be decoded reads as null, and says why.
             let error = entry
                 .text("error")
                 .filter(|e| !e.is_empty())
-                .map(str::to_string);
+                .map(str::to_string)
+                .or_else(|| undecodable.map(|why| format!("undecodable response payload: {why}")));
             let outcome = if status == "completed" {
                 "success"
             } else {

@@ -29,6 +29,7 @@ pub mod load;
 pub mod messages;
 pub mod metrics;
 pub mod money;
+pub mod pages;
 pub mod payload;
 pub mod prices;
 pub mod reaper;

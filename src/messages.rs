@@ -26,7 +26,7 @@ use crate::jobs::validate_stream_id;
 use crate::keys::{self, Ident, TenantId};
 use crate::metrics;
 use crate::money::from_minor;
-use crate::payload::{Encode, Payload};
+use crate::payload::{self, Encode, Payload};
 use crate::replies::ReplyWaiter;
 use crate::scripts::scripts;
 
@@ -133,11 +133,7 @@ impl Message {
     /// The message of an inbox entry; a payload that is not MessagePack
     /// reads as null with the reason in `undecodable`, never as an error.
     pub fn from_entry(e: &StreamEntry) -> Result<Self> {
-        let (payload, undecodable) =
-            match Payload::from_msgpack(e.get("payload").unwrap_or_default()) {
-                Ok(p) => (p, None),
-                Err(err) => (Payload::null(), Some(err.to_string())),
-            };
+        let (payload, undecodable) = payload::from_stored(e.get("payload"), "message");
         Ok(Message {
             message_id: e.text("id").unwrap_or_default().to_string(),
             entry_id: e.id.clone(),
@@ -154,6 +150,14 @@ impl Message {
             reply_stream: non_empty(e.text("reply_stream")),
         })
     }
+}
+
+/// A page of an inbox listing, and where the next one starts.
+#[derive(Debug, Default, Serialize)]
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    /// Pass as `after` for the next page (none when the inbox was read to its end).
+    pub next: Option<String>,
 }
 
 /// Filters of `GET /agents/{id}/messages`.
@@ -469,38 +473,37 @@ impl AgentBus {
         tenant: &TenantId,
         instance: &Ident,
         filter: &MessageFilter,
+        after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Message>> {
+    ) -> Result<MessagePage> {
         let inbox = self.keys(tenant).inbox(instance);
-        let start = match filter.since {
-            Some(t) => format!("{}-0", t.timestamp_millis().max(0)),
-            None => "-".to_string(),
+        let start = match (after, filter.since) {
+            (Some(id), _) => {
+                validate_stream_id("after", id)?;
+                format!("({id}")
+            }
+            // Entries of that millisecond on: after the last id of the one before.
+            (None, Some(t)) if t.timestamp_millis() > 0 => {
+                format!("({}-{}", t.timestamp_millis() - 1, u64::MAX)
+            }
+            (None, _) => "-".to_string(),
         };
+        // Filters skip entries: look at a window of several pages' worth,
+        // itself bounded in bytes.
         let scan = (limit * 5).clamp(100, 5000);
-        let mut conn = self.redis().conn().await?;
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&inbox)
-            .query_async(&mut conn)
-            .await?;
-        if !exists {
-            drop(conn);
+        let Some(page) = self.stream_page(&inbox, &inbox, &start, scan).await? else {
             // No inbox: unknown instance, unless it is registered (then empty).
             self.agent(tenant, instance).await?;
-            return Ok(Vec::new());
-        }
-        let (window, groups): (Value, Value) = redis::pipe()
-            .cmd("XRANGE")
-            .arg(&inbox)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(scan)
-            .cmd("XINFO")
+            return Ok(MessagePage::default());
+        };
+        let window_next = page.next();
+        let window = page.entries;
+        let mut conn = self.redis().conn().await?;
+        let groups: Value = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(&inbox)
             .query_async(&mut conn)
             .await?;
-        let window = entries(window)?;
         let last_delivered = last_delivered_id(&groups);
         let pending_ids: HashSet<String> =
             if let (Some(first), Some(last)) = (window.first(), window.last()) {
@@ -539,11 +542,18 @@ impl AgentBus {
             if keep {
                 out.push(m);
                 if out.len() >= limit {
-                    break;
+                    let next = out.last().map(|m| m.entry_id.clone());
+                    return Ok(MessagePage {
+                        messages: out,
+                        next,
+                    });
                 }
             }
         }
-        Ok(out)
+        Ok(MessagePage {
+            messages: out,
+            next: window_next,
+        })
     }
 }
 
@@ -678,18 +688,15 @@ impl Receiver {
         }
         let keys = self.bus.keys(&self.tenant);
         let mut call = scripts().inbox_poison.prepare_invoke();
-        call.key(keys.inbox(&self.instance))
-            .key(keys.dlq())
-            .arg(format!(
-                "undecodable payload: {}",
-                poison[0].undecodable.as_deref().unwrap_or_default()
-            ));
+        call.key(keys.inbox(&self.instance)).key(keys.dlq());
         for m in &poison {
-            call.arg(&m.entry_id);
+            call.arg(&m.entry_id).arg(format!(
+                "undecodable payload: {}",
+                m.undecodable.as_deref().unwrap_or_default()
+            ));
         }
         let mut conn = self.bus.redis().conn().await?;
         let dead: i64 = call.invoke_async(&mut conn).await?;
-        metrics::poison("message");
         metrics::messages_dead_lettered(&self.tenant, dead.max(0) as u64);
         tracing::warn!(instance = %self.instance, dead, "undecodable messages dead-lettered");
         Ok(good)

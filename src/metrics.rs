@@ -43,6 +43,7 @@ pub fn install() -> Option<PrometheusHandle> {
             match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => {
                     describe();
+                    zero_rare_series();
                     Some(handle)
                 }
                 Err(e) => {
@@ -53,6 +54,21 @@ pub fn install() -> Option<PrometheusHandle> {
         })
         .clone()
 }
+
+/// Series of rare events exist from the start (at 0), so a dashboard or an
+/// alert sees them before the first one happens.
+fn zero_rare_series() {
+    gauge!("agentbus_http_connections").set(0.0);
+    counter!("agentbus_http_panics_total").absolute(0);
+    counter!("agentbus_auth_failures_total").absolute(0);
+    for kind in POISON_KINDS {
+        counter!("agentbus_poison_entries_total", "kind" => *kind).absolute(0);
+    }
+}
+
+/// What an undecodable stored payload was: an item's input, a result, a
+/// message, an invocation's response (as answered) or its stored trace.
+const POISON_KINDS: &[&str] = &["item", "result", "message", "response", "invocation"];
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};

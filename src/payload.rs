@@ -132,6 +132,19 @@ impl Encode for serde_json::Value {
     }
 }
 
+/// A stored payload read leniently: bytes that are not one MessagePack
+/// value read as null plus the reason (counted as poison of `kind`), so one
+/// bad entry never fails the page or batch it is read with.
+pub fn from_stored(bytes: Option<&[u8]>, kind: &'static str) -> (Payload, Option<String>) {
+    match Payload::from_msgpack(bytes.unwrap_or_default()) {
+        Ok(p) => (p, None),
+        Err(e) => {
+            crate::metrics::poison(kind);
+            (Payload::null(), Some(e.to_string()))
+        }
+    }
+}
+
 impl Default for Payload {
     fn default() -> Self {
         Self::null()

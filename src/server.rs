@@ -178,9 +178,13 @@ async fn accept_loop(
         };
         metrics::connection_opened();
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(
-            app.clone().layer(axum::Extension(ConnectInfo(peer))),
-        );
+        // The router is shared (cloning it is a reference count); each
+        // request only gets the peer's address put in its extensions.
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
+        });
         let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -267,10 +267,12 @@ async fn hundred_agents_exchange_messages_none_lost_none_twice_in_order() {
                 status: Some(MessageStatus::Delivered),
                 ..Default::default()
             },
+            None,
             500,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
     assert!(unread.is_empty());
 }
 
@@ -296,9 +298,10 @@ async fn unacked_messages_come_back_then_dead_letter_and_replay() {
         assert_eq!(got[0].message_id, sent.message_id);
         let listed = env
             .bus
-            .list_messages(&t, &me, &MessageFilter::default(), 10)
+            .list_messages(&t, &me, &MessageFilter::default(), None, 10)
             .await
-            .unwrap();
+            .unwrap()
+            .messages;
         assert_eq!(listed[0].status, Some(MessageStatus::Delivered));
         drop(rx);
     }
@@ -329,9 +332,10 @@ async fn unacked_messages_come_back_then_dead_letter_and_replay() {
     assert_eq!(rx.ack(&[got[0].message_id.as_str()]).await.unwrap(), 1);
     let listed = env
         .bus
-        .list_messages(&t, &me, &MessageFilter::default(), 10)
+        .list_messages(&t, &me, &MessageFilter::default(), None, 10)
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
     assert_eq!(listed.last().unwrap().status, Some(MessageStatus::Read));
     drop(rx);
     let mut rx = env.bus.receiver(&t, &me);

@@ -30,6 +30,35 @@ fn job(items: Value) -> Value {
     json!({"orchestrator_agent": "orc", "worker_agent": "w", "task": "t", "items": items})
 }
 
+/// Spawns a job of `items` over HTTP; its id.
+async fn spawn(app: &axum::Router, token: &str, items: Value) -> String {
+    let (status, resp) = call(app, "POST", "/api/v1/jobs", Some(token), Some(job(items))).await;
+    assert_eq!(status, StatusCode::CREATED, "{resp}");
+    resp["id"].as_str().expect("job id").to_string()
+}
+
+/// Claims up to `count` items of `job` for `worker`.
+async fn claim(app: &axum::Router, token: &str, job: &str, worker: &str, count: usize) -> Value {
+    let uri = format!("/api/v1/jobs/{job}/claim?worker_instance_id={worker}&count={count}");
+    let (status, resp) = call(app, "POST", &uri, Some(token), None).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    resp
+}
+
+/// Registers `instance` (of agent `a`); the status answered.
+async fn register(app: &axum::Router, token: &str, instance: &str) -> StatusCode {
+    let body = json!({"agent_id": "a", "instance_id": instance});
+    call(
+        app,
+        "POST",
+        "/api/v1/agents/register",
+        Some(token),
+        Some(body),
+    )
+    .await
+    .0
+}
+
 #[tokio::test]
 async fn deep_and_wide_stage_graphs_are_refused_without_recursion() {
     let env = TestEnv::new().await;
@@ -148,7 +177,6 @@ async fn huge_counts_are_checked_before_anything_is_allocated() {
     // Once a 32 TB allocation: now a 422 naming the stage's items.
     let mut body = job(json!([1]));
     body["stages"] = json!([{"name": "s", "items": 1_000_000_000_000u64}]);
-    let started = Instant::now();
     let (status, resp) = call(
         &app,
         "POST",
@@ -159,7 +187,6 @@ async fn huge_counts_are_checked_before_anything_is_allocated() {
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resp}");
     assert_eq!(field(&resp), "stages[0].items", "{resp}");
-    assert!(started.elapsed() < Duration::from_secs(5));
     // Counts past u64 are refused by the parser, naming the field.
     let mut body = job(json!([1]));
     body["stages"] = json!([{"name": "s", "items": 1e30}]);
@@ -237,29 +264,8 @@ async fn payloads_past_their_limit_are_refused_naming_the_field() {
     assert_eq!(field(&resp), "items[1]", "{resp}");
     assert_eq!(before, env.snapshot().await);
 
-    let (status, resp) = call(
-        &app,
-        "POST",
-        "/api/v1/jobs",
-        Some(&token),
-        Some(job(json!([1]))),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{resp}");
-    let id = resp["job_id"]
-        .as_str()
-        .or(resp["id"].as_str())
-        .unwrap_or_default()
-        .to_string();
-    let (status, claim) = call(
-        &app,
-        "POST",
-        &format!("/api/v1/jobs/{id}/claim?worker_instance_id=w1"),
-        Some(&token),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{claim}");
+    let id = spawn(&app, &token, json!([1])).await;
+    let claim = claim(&app, &token, &id, "w1", 1).await;
     let item = claim["item_id"].as_str().unwrap_or_default();
     let before = env.snapshot().await;
     let (status, resp) = call(
@@ -301,15 +307,7 @@ async fn an_undecodable_inbox_entry_is_dead_lettered_alone() {
     let token = env.token("t").await;
     env.grant(&tenant, 100).await;
     for id in ["rx", "tx"] {
-        let (status, resp) = call(
-            &app,
-            "POST",
-            "/api/v1/agents/register",
-            Some(&token),
-            Some(json!({"agent_id": "a", "instance_id": id})),
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{resp}");
+        assert_eq!(register(&app, &token, id).await, StatusCode::CREATED);
     }
     let send = |n: i64| json!({"from_instance_id": "tx", "message_type": "m", "payload": {"n": n}});
     let (status, _) = call(
@@ -399,30 +397,9 @@ async fn a_claim_waiting_on_a_job_that_ends_gets_its_state() {
     let tenant = env.tenant("t");
     let token = env.token("t").await;
     env.grant(&tenant, 100).await;
-    let (status, resp) = call(
-        &app,
-        "POST",
-        "/api/v1/jobs",
-        Some(&token),
-        Some(job(json!([1]))),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{resp}");
-    let id = resp["job_id"]
-        .as_str()
-        .or(resp["id"].as_str())
-        .unwrap_or_default()
-        .to_string();
+    let id = spawn(&app, &token, json!([1])).await;
     // Take the only item, so the next claim waits.
-    let (status, _) = call(
-        &app,
-        "POST",
-        &format!("/api/v1/jobs/{id}/claim?worker_instance_id=w1"),
-        Some(&token),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    claim(&app, &token, &id, "w1", 1).await;
     let waiting = {
         let app = app.clone();
         let token = token.clone();
@@ -486,51 +463,27 @@ async fn registration_stops_at_the_tenant_instance_limit() {
     .await;
     let app = env.app();
     let token = env.token("t").await;
-    let register = |id: &str| json!({"agent_id": "a", "instance_id": id});
     for id in ["i1", "i2", "i3"] {
-        let (status, _) = call(
-            &app,
-            "POST",
-            "/api/v1/agents/register",
-            Some(&token),
-            Some(register(id)),
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(register(&app, &token, id).await, StatusCode::CREATED);
     }
     let before = env.snapshot().await;
-    let (status, body) = call(
+    let body = json!({"agent_id": "a", "instance_id": "i4"});
+    let (status, resp) = call(
         &app,
         "POST",
         "/api/v1/agents/register",
         Some(&token),
-        Some(register("i4")),
+        Some(body),
     )
     .await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-    assert_eq!(body["error"]["code"], json!("limit_reached"));
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{resp}");
+    assert_eq!(resp["error"]["code"], json!("limit_reached"));
     assert_eq!(before, env.snapshot().await);
     // Re-registering one already there is not a new instance.
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/api/v1/agents/register",
-        Some(&token),
-        Some(register("i2")),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(register(&app, &token, "i2").await, StatusCode::CREATED);
     // Another tenant has its own quota.
     let other = env.token("other").await;
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/api/v1/agents/register",
-        Some(&other),
-        Some(register("i4")),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(register(&app, &other, "i4").await, StatusCode::CREATED);
 }
 
 /// A real `agentbus serve` (no sink) over this test's key prefix.
@@ -620,10 +573,7 @@ async fn metrics_need_their_token_or_their_own_listener() {
         &get(&format!("authorization: Bearer {metrics_token}\r\n")),
     )
     .await;
-    assert!(
-        with.starts_with("HTTP/1.1 200") || with.starts_with("HTTP/1.1 404"),
-        "{with}"
-    );
+    assert!(with.starts_with("HTTP/1.1 200"), "{with}");
     let tenant = env.token("t").await;
     let wrong = http(
         running.addr,
@@ -633,10 +583,7 @@ async fn metrics_need_their_token_or_their_own_listener() {
     assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
     let own = running.metrics_addr.expect("metrics listener");
     let open = http(own, &get("")).await;
-    assert!(
-        open.starts_with("HTTP/1.1 200") || open.starts_with("HTTP/1.1 404"),
-        "{open}"
-    );
+    assert!(open.starts_with("HTTP/1.1 200"), "{open}");
     let api = http(
         own,
         "GET /api/v1/credits HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
@@ -704,5 +651,246 @@ async fn half_sent_and_idle_connections_are_closed() {
         .await
         .starts_with("HTTP/1.1 200")
     );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn pages_stop_at_their_byte_bound_and_next_continues() {
+    let env = TestEnv::with_limits(Limits {
+        max_page_bytes: 10_000,
+        ..Limits::default()
+    })
+    .await;
+    let app = env.app();
+    let tenant = env.tenant("t");
+    let token = env.token("t").await;
+    env.grant(&tenant, 1000).await;
+    let big = "x".repeat(2000);
+
+    // Twenty results of ~2 KB each: no page holds more than ~10 KB.
+    let id = spawn(&app, &token, json!(vec![0; 20])).await;
+    let claimed = claim(&app, &token, &id, "w1", 20).await;
+    for item in claimed["items"].as_array().expect("items") {
+        let item_id = item["item_id"].as_str().expect("item id");
+        let uri = format!("/api/v1/jobs/{id}/items/{item_id}/complete");
+        let (status, resp) = call(
+            &app,
+            "POST",
+            &uri,
+            Some(&token),
+            Some(json!({"output": big})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{resp}");
+    }
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    for _ in 0..20 {
+        let uri = format!("/api/v1/jobs/{id}/results?limit=1000{after}");
+        let (status, page) = call(&app, "GET", &uri, Some(&token), None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let results = page["results"].as_array().cloned().unwrap_or_default();
+        assert!(
+            (1..=6).contains(&results.len()),
+            "{} results in a page",
+            results.len()
+        );
+        seen.extend(results.iter().filter_map(|r| r["item_index"].as_i64()));
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>(), "every result once");
+
+    // The same for an inbox listing.
+    for instance in ["rx", "tx"] {
+        assert_eq!(register(&app, &token, instance).await, StatusCode::CREATED);
+    }
+    for n in 0..20 {
+        let body =
+            json!({"from_instance_id": "tx", "message_type": "m", "payload": {"n": n, "pad": big}});
+        let (status, _) = call(
+            &app,
+            "POST",
+            "/api/v1/agents/rx/messages",
+            Some(&token),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    for _ in 0..20 {
+        let uri = format!("/api/v1/agents/rx/messages?limit=500{after}");
+        let (status, page) = call(&app, "GET", &uri, Some(&token), None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let messages = page["messages"].as_array().cloned().unwrap_or_default();
+        assert!(messages.len() <= 6, "{} messages in a page", messages.len());
+        seen.extend(messages.iter().filter_map(|m| m["payload"]["n"].as_i64()));
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..20).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    let (status, resp) = call(
+        &app,
+        "GET",
+        "/api/v1/agents/rx/messages?after=nope",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resp}");
+    assert_eq!(field(&resp), "after");
+}
+
+#[tokio::test]
+async fn scripts_refuse_bad_arguments_before_writing() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("t");
+    let token = env.token("t").await;
+    let app = env.app();
+    assert_eq!(register(&app, &token, "rx").await, StatusCode::CREATED);
+    let keys = env.bus.keys(&tenant);
+    let rx = Ident::new("i", "rx").expect("ident");
+    let mut conn = env.conn().await;
+    let entry: String = redis::cmd("XADD")
+        .arg(keys.inbox(&rx))
+        .arg("*")
+        .arg("payload")
+        .arg(&b"\xc1"[..])
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
+    let scripts = agentbus::scripts::scripts();
+    let before = env.snapshot().await;
+    // inbox_poison: a good pair first, then a bad one: nothing is moved.
+    for args in [
+        vec![
+            entry.clone(),
+            "why".into(),
+            "not-an-id".into(),
+            "why".into(),
+        ],
+        vec![entry.clone()],
+        vec![entry.clone(), "x".repeat(2000)],
+    ] {
+        let mut call = scripts.inbox_poison.prepare_invoke();
+        call.key(keys.inbox(&rx)).key(keys.dlq());
+        for a in &args {
+            call.arg(a);
+        }
+        let answer: redis::RedisResult<i64> = call.invoke_async(&mut conn).await;
+        assert!(answer.is_err(), "{args:?} accepted");
+        assert_eq!(before, env.snapshot().await, "{args:?} wrote");
+    }
+    // agent_register: an instance limit that is not a number.
+    let answer: redis::RedisResult<redis::Value> = scripts
+        .agent_register
+        .key(keys.agents())
+        .key(keys.agent(&Ident::new("i", "new").expect("ident")))
+        .key(keys.inbox(&Ident::new("i", "new").expect("ident")))
+        .key(keys.agents_of_type(&Ident::new("a", "a").expect("ident")))
+        .key(keys.agents_of_job(None))
+        .arg("new")
+        .arg("a")
+        .arg("")
+        .arg("[]")
+        .arg("running")
+        .arg("many")
+        .invoke_async(&mut conn)
+        .await;
+    assert!(answer.is_err());
+    assert_eq!(before, env.snapshot().await);
+    // stream_page: a start that is not a cursor.
+    let answer: redis::RedisResult<redis::Value> = scripts
+        .stream_page
+        .key(keys.inbox(&rx))
+        .key(keys.inbox(&rx))
+        .arg("0-0 + COUNT 1")
+        .arg(10)
+        .arg(1000)
+        .invoke_async(&mut conn)
+        .await;
+    assert!(answer.is_err());
+    assert_eq!(before, env.snapshot().await);
+    // And the good call moves the one entry, alone.
+    let moved: i64 = scripts
+        .inbox_poison
+        .key(keys.inbox(&rx))
+        .key(keys.dlq())
+        .arg(&entry)
+        .arg("undecodable payload: test")
+        .invoke_async(&mut conn)
+        .await
+        .expect("inbox_poison");
+    assert_eq!(moved, 1);
+    assert_ne!(before, env.snapshot().await);
+}
+
+#[tokio::test]
+async fn request_bodies_in_memory_stay_within_the_budget() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("t");
+    let token = env.token("t").await;
+    env.grant(&tenant, 100).await;
+    let job = env
+        .bus
+        .spawn_job(
+            &tenant,
+            &agentbus::jobs::JobSpec::new("o", "w", "t", vec![json!(1)]),
+        )
+        .await
+        .expect("spawn");
+    let running = serve(&env, |s| {
+        s.max_body_bytes = 64 * 1024;
+        s.max_inflight_body_bytes = 64 * 1024;
+        s.body_timeout_secs = 1;
+    })
+    .await;
+    let addr = running.addr;
+    let id = job.id;
+    // Take the only item, so the next claim long-polls.
+    let take = format!(
+        "POST /api/v1/jobs/{id}/claim?worker_instance_id=w1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    assert!(http(addr, &take).await.starts_with("HTTP/1.1 200"));
+    // A long-poll carrying a 60 KB body holds 60 of the 64 KB for 4 s.
+    let body = "x".repeat(60_000);
+    let hold = format!(
+        "POST /api/v1/jobs/{id}/claim?worker_instance_id=w2&wait_ms=4000 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let holder = tokio::spawn(async move { http(addr, &hold).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another body of 10 KB does not fit: refused after the body timeout, not held.
+    let small = "y".repeat(10_000);
+    let other = format!(
+        "POST /api/v1/jobs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{small}",
+        small.len()
+    );
+    let answer = http(addr, &other).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after"),
+        "{answer}"
+    );
+    // A request without a body needs no share.
+    let get = format!(
+        "GET /api/v1/credits HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    );
+    assert!(http(addr, &get).await.starts_with("HTTP/1.1 200"));
+    assert!(holder.await.expect("holder").starts_with("HTTP/1.1 200"));
+    // Once the long-poll ended, the budget is back.
+    let answer = http(addr, &other).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     running.stop().await;
 }

@@ -77,7 +77,8 @@ async fn thousand_items_fifty_workers_each_item_completed_and_charged_exactly_on
         .bus
         .job_results(&tenant, &job.id, None, 2000)
         .await
-        .unwrap();
+        .unwrap()
+        .results;
     let mut seen: Vec<i64> = results.iter().map(|r| r.item_index).collect();
     seen.sort();
     assert_eq!(seen, (0..1000).collect::<Vec<_>>());

@@ -87,3 +87,25 @@ local function trim_acked(stream, group)
   end
   if min_id then redis.call('XTRIM', stream, 'MINID', '~', min_id) end
 end
+
+-- Moves one inbox entry to the dead-letter stream: its fields kept as
+-- `m.<field>`, then acknowledged and deleted from the inbox. An entry no
+-- longer in the stream (trimmed) is still recorded when `record_missing`;
+-- otherwise it is skipped. Answers 1 when recorded, else 0.
+local function dead_letter_message(inbox, dlq, id, reason, deliveries, record_missing)
+  local r = redis.call('XRANGE', inbox, id, id)
+  if not r[1] and not record_missing then return 0 end
+  local args = {'XADD', dlq, '*', 'type', 'message', 'stream', inbox, 'entry', id,
+    'reason', reason, 'deliveries', deliveries, 'ts', now_ms()}
+  if r[1] then
+    local kv = r[1][2]
+    for i = 1, #kv, 2 do
+      args[#args + 1] = 'm.' .. kv[i]
+      args[#args + 1] = kv[i + 1]
+    end
+  end
+  redis.call(unpack(args))
+  redis.call('XACK', inbox, 'inbox', id)
+  redis.call('XDEL', inbox, id)
+  return 1
+end

@@ -158,10 +158,20 @@ pub async fn send(
     ))
 }
 
+/// Messages delivered by one receive.
+#[derive(Serialize)]
+pub struct Received {
+    messages: Vec<Message>,
+    count: usize,
+}
+
 #[derive(Serialize)]
 pub struct MessagePage {
     messages: Vec<Message>,
     count: usize,
+    /// Pass as `after` for the next page (a page also stops at
+    /// `AGENTBUS_MAX_PAGE_BYTES` of entries).
+    next: Option<String>,
 }
 
 pub async fn list_messages(
@@ -205,13 +215,14 @@ pub async fn list_messages(
             .transpose()?,
     };
     let limit = params.number("limit", 100usize, 1, 500)?;
-    let messages = state
+    let page = state
         .bus
-        .list_messages(&tenant, &id, &filter, limit)
+        .list_messages(&tenant, &id, &filter, params.text("after"), limit)
         .await?;
     Ok(Json(MessagePage {
-        count: messages.len(),
-        messages,
+        count: page.messages.len(),
+        messages: page.messages,
+        next: page.next,
     }))
 }
 
@@ -220,7 +231,7 @@ pub async fn receive(
     Tenant(tenant): Tenant,
     ApiPath(id): ApiPath<String>,
     params: Params,
-) -> ApiResult<Json<MessagePage>> {
+) -> ApiResult<Json<Received>> {
     let id = instance(&id)?;
     let count = params.number("count", 10usize, 1, 500)?;
     let wait = params.number("wait_ms", 0u64, 0, MAX_WAIT_MS)?;
@@ -228,7 +239,7 @@ pub async fn receive(
         .bus
         .receive_messages(&tenant, &id, count, Duration::from_millis(wait))
         .await?;
-    Ok(Json(MessagePage {
+    Ok(Json(Received {
         count: messages.len(),
         messages,
     }))

@@ -138,11 +138,13 @@ fn too_many(message: &str, retry_after_secs: u64) -> Response {
 /// Refuses (401, counted against the address) or, past the address's
 /// failure limit, 429 before looking at the token.
 fn refuse(state: &AppState, ip: Option<IpAddr>, err: Error) -> Response {
-    if let (Some(ip), Error::Unauthorized(_)) = (ip, &err) {
-        state
-            .auth_failures
-            .failed(ip, state.config.auth_failure_limit);
+    if let Error::Unauthorized(_) = err {
         crate::metrics::auth_failed();
+        if let Some(ip) = ip {
+            state
+                .auth_failures
+                .failed(ip, state.config.auth_failure_limit);
+        }
     }
     ApiError::from(err).into_response()
 }

@@ -50,42 +50,14 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
     }
 }
 
-/// Reads a body whole, within the process-wide budget of body bytes in
-/// memory (a request waits its turn rather than push the process over it)
-/// and within the body timeout (a client that trickles its body is cut off).
+/// Reads a body whole within the body timeout (a client that trickles its
+/// body is cut off). Its memory is accounted for by [`super::body_budget`].
 async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     let config = &state.config;
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > config.max_body_bytes) {
+    if declared_length(&req).is_some_and(|n| n > config.max_body_bytes) {
         return Err(too_large(config.max_body_bytes));
     }
-    // Without a length, reserve for the largest body allowed.
-    let reserve_kib = declared
-        .unwrap_or(config.max_body_bytes)
-        .div_ceil(1024)
-        .clamp(1, u32::MAX as usize) as u32;
-    let deadline = tokio::time::Instant::now() + config.body_timeout;
-    let _permit = match tokio::time::timeout_at(
-        deadline,
-        state.body_budget.clone().acquire_many_owned(reserve_kib),
-    )
-    .await
-    {
-        Ok(Ok(p)) => p,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "too many request bodies in memory; retry later",
-            )
-            .retry_after(1));
-        }
-    };
-    match tokio::time::timeout_at(deadline, Bytes::from_request(req, state)).await {
+    match tokio::time::timeout(config.body_timeout, Bytes::from_request(req, state)).await {
         Err(_) => Err(ApiError::field(
             StatusCode::REQUEST_TIMEOUT,
             "body",
@@ -104,6 +76,14 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
             }
         }
     }
+}
+
+/// The body length a request announces (`Content-Length`), if any.
+pub(super) fn declared_length(req: &Request) -> Option<usize> {
+    req.headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
 }
 
 fn too_large(max: usize) -> ApiError {

@@ -299,7 +299,8 @@ pub async fn cancel(
 pub struct ResultsPage {
     results: Vec<ItemResult>,
     count: usize,
-    /// Pass as `after` to get the next page.
+    /// Pass as `after` to get the next page (absent at the end; a page also
+    /// stops at `AGENTBUS_MAX_PAGE_BYTES` of outputs).
     next: Option<String>,
 }
 
@@ -311,15 +312,13 @@ pub async fn results(
 ) -> ApiResult<Json<ResultsPage>> {
     let job_id = path_uuid("job_id", &job_id)?;
     let limit = params.number("limit", 100usize, 1, 1000)?;
-    let results = state
+    let page = state
         .bus
         .job_results(&tenant, &job_id, params.text("after"), limit)
         .await?;
     Ok(Json(ResultsPage {
-        count: results.len(),
-        next: (results.len() == limit)
-            .then(|| results.last().map(|r| r.result_id.clone()))
-            .flatten(),
-        results,
+        count: page.results.len(),
+        next: page.next,
+        results: page.results,
     }))
 }

@@ -150,8 +150,51 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), body_budget))
         .layer(middleware::from_fn(catch_panic))
         .with_state(state)
+}
+
+/// Holds the request's share of the process-wide budget of body bytes
+/// (`max_inflight_body_bytes`) for the whole request — while its body is
+/// read, parsed and handled — so the bodies in memory at once stay under
+/// it. A request announcing no length reserves the largest body allowed; one
+/// without a body reserves nothing. Past the body timeout without a share,
+/// 503 with `Retry-After`.
+async fn body_budget(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    use axum::body::HttpBody;
+    let config = &state.config;
+    let hint = req.body().size_hint();
+    let bytes = if hint.exact() == Some(0) {
+        0
+    } else {
+        extract::declared_length(&req)
+            .unwrap_or(config.max_body_bytes)
+            .min(config.max_body_bytes)
+    };
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    if kib == 0 {
+        return next.run(req).await;
+    }
+    let share = tokio::time::timeout(
+        config.body_timeout,
+        state.body_budget.clone().acquire_many_owned(kib),
+    )
+    .await;
+    let Ok(Ok(_share)) = share else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many request bodies in memory; retry later",
+        )
+        .retry_after(1)
+        .into_response();
+    };
+    next.run(req).await
 }
 
 /// Only `/metrics`, without a token: for a listener of its own
@@ -169,12 +212,8 @@ pub fn metrics_router(state: AppState) -> Router {
 /// every other request go on.
 async fn catch_panic(req: axum::extract::Request, next: middleware::Next) -> Response {
     use futures::FutureExt;
-    let method = req.method().clone();
-    let path = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    // Cheap to keep (reference-counted): only read when a handler panicked.
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     match std::panic::AssertUnwindSafe(next.run(req))
         .catch_unwind()
         .await
@@ -182,7 +221,7 @@ async fn catch_panic(req: axum::extract::Request, next: middleware::Next) -> Res
         Ok(response) => response,
         Err(_) => {
             metrics::http_panic();
-            tracing::error!(%method, route = %path, "handler panicked");
+            tracing::error!(%method, path = uri.path(), "handler panicked");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

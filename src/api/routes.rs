@@ -97,7 +97,7 @@ pub(super) fn v1_api() -> Api {
                 "jobs",
                 "Completed items' outputs, in order",
             )
-            .text("after", "the item id to continue after")
+            .text("after", "the `next` of the previous page (a result id)")
             .int("limit", 100, 1, 1000),
             jobs::results,
         )
@@ -185,6 +185,7 @@ pub(super) fn v1_api() -> Api {
             .text("message_type", "only messages of this type")
             .uuid("job_id")
             .query_time("since")
+            .text("after", "the `next` of the previous page (an entry id)")
             .int("limit", 100, 1, 500),
             agents::list_messages,
         )

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::keys::{self, Ident, TenantId, TenantKeys};
 use crate::metrics;
 use crate::money::{self, from_minor};
-use crate::payload::{Encode, Payload};
+use crate::payload::{self, Encode, Payload};
 use crate::scripts::scripts;
 
 /// Bounds of the original system, kept.
@@ -346,7 +346,7 @@ pub struct ClaimedItem {
 
 impl ClaimedItem {
     pub(crate) fn from_entry(entry: &StreamEntry) -> Result<Self> {
-        let (input, undecodable) = decode_or_poison(entry.get("input"), "item");
+        let (input, undecodable) = payload::from_stored(entry.get("input"), "item");
         Ok(ClaimedItem {
             item_id: entry.id.clone(),
             item_index: entry
@@ -411,16 +411,12 @@ pub struct ItemResult {
     pub undecodable: Option<String>,
 }
 
-/// A stored payload, or null and the reason when it is not MessagePack:
-/// one bad entry never fails the page or batch it is read with.
-fn decode_or_poison(bytes: Option<&[u8]>, kind: &'static str) -> (Payload, Option<String>) {
-    match Payload::from_msgpack(bytes.unwrap_or_default()) {
-        Ok(p) => (p, None),
-        Err(e) => {
-            metrics::poison(kind);
-            (Payload::null(), Some(e.to_string()))
-        }
-    }
+/// A page of a job's results, and where the next one starts.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResultPage {
+    pub results: Vec<ItemResult>,
+    /// Pass as `after` for the next page (none at the end).
+    pub next: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -864,14 +860,15 @@ impl AgentBus {
         }
     }
 
-    /// Outputs in completion order, after the result id `after` (exclusive).
+    /// Outputs in completion order, after the result id `after`: a page of
+    /// at most `limit` results and `Limits::max_page_bytes` of outputs.
     pub async fn job_results(
         &self,
         tenant: &TenantId,
         job: &Uuid,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<ItemResult>> {
+    ) -> Result<ResultPage> {
         let keys = self.keys(tenant);
         let start = match after {
             Some(id) => {
@@ -880,38 +877,26 @@ impl AgentBus {
             }
             None => "-".into(),
         };
-        let mut conn = self.redis().conn().await?;
-        let (exists, value): (bool, Value) = redis::pipe()
-            .cmd("EXISTS")
-            .arg(keys.job(job))
-            .cmd("XRANGE")
-            .arg(keys.job_results(job))
-            .arg(start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit.max(1))
-            .query_async(&mut conn)
-            .await?;
-        if !exists {
-            return Err(Error::not_found(format!("job {job}")));
-        }
-        let Value::Array(entries) = value else {
-            return Ok(Vec::new());
-        };
-        entries
-            .iter()
-            .map(|v| {
-                let e = StreamEntry::from_value(v)?;
-                let (output, undecodable) = decode_or_poison(e.get("output"), "result");
-                Ok(ItemResult {
+        let page = self
+            .stream_page(&keys.job_results(job), &keys.job(job), &start, limit)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("job {job}")))?;
+        let next = page.next();
+        let results = page
+            .entries
+            .into_iter()
+            .map(|e| {
+                let (output, undecodable) = payload::from_stored(e.get("output"), "result");
+                ItemResult {
                     item_index: e.int("idx").unwrap_or(-1),
                     output,
                     undecodable,
                     completed_at: e.int("ts").and_then(millis_to_time),
                     result_id: e.id,
-                })
+                }
             })
-            .collect()
+            .collect();
+        Ok(ResultPage { results, next })
     }
 
     /// Ids of the tenant's running jobs (what the reclaimer visits).
