@@ -61,6 +61,15 @@ out=bench/RESULTS.md.tmp
   echo "The three masters run on the same two cores as everything else (see docs/scaling.md)."
   echo
   clean
+  echo "### HTTP request path (median of $runs runs)"
+  echo
+  echo "| server | GET /healthz req/s | CPU per request | GET /api/v1/credits req/s | CPU per request |"
+  echo "|---|---|---|---|---|"
+  bench/http.sh "$runs" "$bin"
+  echo
+  echo '`bench/http.sh`: `agentbus serve` without sink, rate limit off, wrk with 50 connections for 10 s; CPU is that of the server process (user + system) per request answered.'
+  echo
+  clean
   # Filling a million entries takes minutes: three runs are enough here.
   "$bin" bench blackboard --runs 3 --sizes 10000,100000,1000000 --samples 500
 } > "$out"

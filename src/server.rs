@@ -79,9 +79,11 @@ pub async fn start(config: &Config, serve: &ServeConfig) -> Result<Running> {
     let addr = local_addr(&listener, "AGENTBUS_BIND")?;
     tracing::info!(%addr, "agentbus listening");
     let limits = ConnLimits::of(serve);
+    let guard = api::Guard::new(&state);
     tasks.push(tokio::spawn(accept_loop(
         listener,
         api::router(state.clone()),
+        guard.clone(),
         limits.clone(),
         shutdown.clone(),
     )));
@@ -93,6 +95,7 @@ pub async fn start(config: &Config, serve: &ServeConfig) -> Result<Running> {
             tasks.push(tokio::spawn(accept_loop(
                 listener,
                 api::metrics_router(state),
+                guard,
                 limits,
                 shutdown.clone(),
             )));
@@ -141,11 +144,13 @@ impl ConnLimits {
 }
 
 /// Accepts connections up to the cap (past it, new ones wait in the
-/// kernel's backlog) and serves each with HTTP/1.1 and the header/idle
-/// timeout; on shutdown, lets requests in flight finish.
+/// kernel's backlog) and serves each with HTTP/1.1, the header/idle timeout
+/// and the request guard (body budget, panics); on shutdown, lets requests
+/// in flight finish.
 async fn accept_loop(
     listener: TcpListener,
     app: axum::Router,
+    guard: api::Guard,
     limits: ConnLimits,
     shutdown: CancellationToken,
 ) {
@@ -154,7 +159,6 @@ async fn accept_loop(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_headers(100)
         .keep_alive(true);
     loop {
         let slot = tokio::select! {
@@ -179,11 +183,15 @@ async fn accept_loop(
         metrics::connection_opened();
         let _ = stream.set_nodelay(true);
         // The router is shared (cloning it is a reference count); each
-        // request only gets the peer's address put in its extensions.
-        let app = app.clone();
+        // request gets the peer's address and passes the guard.
+        let (app, guard) = (app.clone(), guard.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
+            let (app, guard) = (app.clone(), guard.clone());
+            async move {
+                let response = guard.serve(app, req.map(axum::body::Body::new)).await;
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let conn = graceful.watch(conn);

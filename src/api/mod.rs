@@ -11,6 +11,7 @@ mod blackboard;
 mod caller;
 mod credits;
 mod extract;
+mod guard;
 mod health;
 mod invocations;
 mod jobs;
@@ -40,6 +41,7 @@ use crate::error::Error;
 use crate::{metrics, money};
 
 pub use extract::{Admin, Tenant};
+pub use guard::Guard;
 pub use routes::openapi_document;
 use routes::v1_api;
 
@@ -150,51 +152,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), body_budget))
-        .layer(middleware::from_fn(catch_panic))
         .with_state(state)
-}
-
-/// Holds the request's share of the process-wide budget of body bytes
-/// (`max_inflight_body_bytes`) for the whole request — while its body is
-/// read, parsed and handled — so the bodies in memory at once stay under
-/// it. A request announcing no length reserves the largest body allowed; one
-/// without a body reserves nothing. Past the body timeout without a share,
-/// 503 with `Retry-After`.
-async fn body_budget(
-    State(state): State<AppState>,
-    req: axum::extract::Request,
-    next: middleware::Next,
-) -> Response {
-    use axum::body::HttpBody;
-    let config = &state.config;
-    let hint = req.body().size_hint();
-    let bytes = if hint.exact() == Some(0) {
-        0
-    } else {
-        extract::declared_length(&req)
-            .unwrap_or(config.max_body_bytes)
-            .min(config.max_body_bytes)
-    };
-    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-    if kib == 0 {
-        return next.run(req).await;
-    }
-    let share = tokio::time::timeout(
-        config.body_timeout,
-        state.body_budget.clone().acquire_many_owned(kib),
-    )
-    .await;
-    let Ok(Ok(_share)) = share else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "too many request bodies in memory; retry later",
-        )
-        .retry_after(1)
-        .into_response();
-    };
-    next.run(req).await
 }
 
 /// Only `/metrics`, without a token: for a listener of its own
@@ -204,32 +162,7 @@ pub fn metrics_router(state: AppState) -> Router {
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(catch_panic))
         .with_state(state)
-}
-
-/// A panic in a handler answers a JSON 500 and is counted; the process and
-/// every other request go on.
-async fn catch_panic(req: axum::extract::Request, next: middleware::Next) -> Response {
-    use futures::FutureExt;
-    // Cheap to keep (reference-counted): only read when a handler panicked.
-    let (method, uri) = (req.method().clone(), req.uri().clone());
-    match std::panic::AssertUnwindSafe(next.run(req))
-        .catch_unwind()
-        .await
-    {
-        Ok(response) => response,
-        Err(_) => {
-            metrics::http_panic();
-            tracing::error!(%method, path = uri.path(), "handler panicked");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-            .into_response()
-        }
-    }
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -436,43 +369,3 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-
-    #[tokio::test]
-    async fn a_panicking_handler_answers_json_500_and_the_router_goes_on() {
-        let app = Router::new()
-            .route(
-                "/boom",
-                get(|| async {
-                    if std::hint::black_box(true) {
-                        panic!("handler bug");
-                    }
-                    "unreachable"
-                }),
-            )
-            .route("/ok", get(|| async { "fine" }))
-            .layer(middleware::from_fn(catch_panic));
-        let get_it = |uri: &str| {
-            axum::http::Request::builder()
-                .uri(uri)
-                .body(axum::body::Body::empty())
-                .expect("request")
-        };
-        let resp = app
-            .clone()
-            .oneshot(get_it("/boom"))
-            .await
-            .expect("infallible");
-        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
-        assert_eq!(json["error"]["code"], "internal");
-        let resp = app.oneshot(get_it("/ok")).await.expect("infallible");
-        assert_eq!(resp.status(), StatusCode::OK);
-    }
-}
