@@ -30,6 +30,20 @@ fn job(items: Value) -> Value {
     json!({"orchestrator_agent": "orc", "worker_agent": "w", "task": "t", "items": items})
 }
 
+/// Simulates a one-item job with `stages`.
+async fn simulate_stages(app: &axum::Router, token: &str, stages: Value) -> (StatusCode, Value) {
+    let mut body = job(json!([1]));
+    body["stages"] = stages;
+    call(
+        app,
+        "POST",
+        "/api/v1/jobs/simulate",
+        Some(token),
+        Some(body),
+    )
+    .await
+}
+
 /// Spawns a job of `items` over HTTP; its id.
 async fn spawn(app: &axum::Router, token: &str, items: Value) -> String {
     let (status, resp) = call(app, "POST", "/api/v1/jobs", Some(token), Some(job(items))).await;
@@ -70,16 +84,7 @@ async fn deep_and_wide_stage_graphs_are_refused_without_recursion() {
             |i| json!({"name": format!("s{i}"), "items": 1, "depends_on": [format!("s{}", i + 1)]}),
         )
         .collect();
-    let mut body = job(json!([1]));
-    body["stages"] = json!(chain);
-    let (status, resp) = call(
-        &app,
-        "POST",
-        "/api/v1/jobs/simulate",
-        Some(&token),
-        Some(body),
-    )
-    .await;
+    let (status, resp) = simulate_stages(&app, &token, json!(chain)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resp}");
     assert!(field(&resp).starts_with("stages"), "{resp}");
 
@@ -95,16 +100,7 @@ async fn deep_and_wide_stage_graphs_are_refused_without_recursion() {
             json!({"name": format!("s{i}"), "items": 1, "depends_on": [dep]})
         })
         .collect();
-    let mut body = job(json!([1]));
-    body["stages"] = json!(chain);
-    let (status, resp) = call(
-        &app,
-        "POST",
-        "/api/v1/jobs/simulate",
-        Some(&token),
-        Some(body),
-    )
-    .await;
+    let (status, resp) = simulate_stages(&app, &token, json!(chain)).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
     assert_eq!(
         resp["graph"]["critical_path"].as_array().map(Vec::len),
@@ -112,17 +108,13 @@ async fn deep_and_wide_stage_graphs_are_refused_without_recursion() {
     );
 
     // A cycle is named; fan-in and fan-out past their caps are refused.
-    let mut body = job(json!([1]));
-    body["stages"] = json!([
-        {"name": "a", "items": 1, "depends_on": ["b"]},
-        {"name": "b", "items": 1, "depends_on": ["a"]}
-    ]);
-    let (status, resp) = call(
+    let (status, resp) = simulate_stages(
         &app,
-        "POST",
-        "/api/v1/jobs/simulate",
-        Some(&token),
-        Some(body),
+        &token,
+        json!([
+            {"name": "a", "items": 1, "depends_on": ["b"]},
+            {"name": "b", "items": 1, "depends_on": ["a"]}
+        ]),
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -136,16 +128,7 @@ async fn deep_and_wide_stage_graphs_are_refused_without_recursion() {
     let fan_out: Vec<Value> = (0..40)
         .map(|i| json!({"name": format!("f{i}"), "items": 1, "depends_on": ["job"]}))
         .collect();
-    let mut body = job(json!([1]));
-    body["stages"] = json!(fan_out);
-    let (status, resp) = call(
-        &app,
-        "POST",
-        "/api/v1/jobs/simulate",
-        Some(&token),
-        Some(body),
-    )
-    .await;
+    let (status, resp) = simulate_stages(&app, &token, json!(fan_out)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resp}");
     assert_eq!(field(&resp), "stages");
     let names: Vec<String> = (0..40).map(|i| format!("g{i}")).collect();
@@ -154,16 +137,7 @@ async fn deep_and_wide_stage_graphs_are_refused_without_recursion() {
         .map(|n| json!({"name": n, "items": 1}))
         .collect();
     stages.push(json!({"name": "all", "items": 1, "depends_on": names}));
-    let mut body = job(json!([1]));
-    body["stages"] = json!(stages);
-    let (status, resp) = call(
-        &app,
-        "POST",
-        "/api/v1/jobs/simulate",
-        Some(&token),
-        Some(body),
-    )
-    .await;
+    let (status, resp) = simulate_stages(&app, &token, json!(stages)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resp}");
     assert!(field(&resp).contains("depends_on"), "{resp}");
     bystander(&env, &app).await;
@@ -175,29 +149,16 @@ async fn huge_counts_are_checked_before_anything_is_allocated() {
     let app = env.app();
     let token = env.token("attacker").await;
     // Once a 32 TB allocation: now a 422 naming the stage's items.
-    let mut body = job(json!([1]));
-    body["stages"] = json!([{"name": "s", "items": 1_000_000_000_000u64}]);
-    let (status, resp) = call(
+    let (status, resp) = simulate_stages(
         &app,
-        "POST",
-        "/api/v1/jobs/simulate",
-        Some(&token),
-        Some(body),
+        &token,
+        json!([{"name": "s", "items": 1_000_000_000_000u64}]),
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resp}");
     assert_eq!(field(&resp), "stages[0].items", "{resp}");
     // Counts past u64 are refused by the parser, naming the field.
-    let mut body = job(json!([1]));
-    body["stages"] = json!([{"name": "s", "items": 1e30}]);
-    let (status, resp) = call(
-        &app,
-        "POST",
-        "/api/v1/jobs/simulate",
-        Some(&token),
-        Some(body),
-    )
-    .await;
+    let (status, resp) = simulate_stages(&app, &token, json!([{"name": "s", "items": 1e30}])).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resp}");
     assert!(field(&resp).starts_with("stages"), "{resp}");
     bystander(&env, &app).await;
