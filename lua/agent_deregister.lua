@@ -1,19 +1,19 @@
--- agent_deregister: remove an instance from the registry. Its inbox stays
--- readable (replay) until it expires after ARGV[2] seconds.
+-- agent_deregister: remove an instance from the registry and its indexes.
+-- Its inbox stays readable (replay) until it expires after ARGV[2] seconds.
+-- Includes: common.lua, registry.lua
 -- KEYS[1] agents zset  KEYS[2] agent hash  KEYS[3] inbox stream
--- KEYS[4] an instances-of-agent set, KEYS[5] an instances-of-job set: the
--- caller does not know the instance's type and job, so the script names the
--- right sets by replacing the last part of these (same tenant, same slot).
 -- ARGV[1] instance id  ARGV[2] inbox retention (seconds)
+-- ARGV[3..5] registry index prefixes: by type, by job, by status
 -- Returns {'ok'} | {'missing'}
 
-local v = redis.call('HMGET', KEYS[2], 'agent_id', 'job_id')
+local idx = registry_prefixes(ARGV[3], ARGV[4], ARGV[5])
+if not idx then return redis.error_reply('ERR registry index prefixes must not be empty') end
+local retention = tonumber(ARGV[2])
+if not retention or retention < 1 then return redis.error_reply('ERR retention must be >= 1') end
+local v = redis.call('HMGET', KEYS[2], 'agent_id', 'job_id', 'status')
 if not v[1] then return {'missing'} end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('SREM', (string.gsub(KEYS[4], '[^:]+$', v[1])), ARGV[1])
-if v[2] and v[2] ~= '' then
-  redis.call('SREM', (string.gsub(KEYS[5], '[^:]+$', v[2])), ARGV[1])
-end
-redis.call('EXPIRE', KEYS[3], ARGV[2])
+registry_unindex(idx, ARGV[1], v[1], v[2], v[3])
+redis.call('EXPIRE', KEYS[3], retention)
 return {'ok'}

@@ -1,32 +1,32 @@
 -- agent_register: register (or re-register) an agent instance and create its inbox.
+-- Includes: common.lua, registry.lua
 -- KEYS[1] agents zset (instance -> last heartbeat ms)
 -- KEYS[2] agent hash             KEYS[3] inbox stream
--- KEYS[4] instances-of-agent set KEYS[5] instances-of-job set ('' key when no job)
 -- ARGV[1] instance id  ARGV[2] agent id  ARGV[3] job id or ''
 -- ARGV[4] capabilities (JSON text)  ARGV[5] status
 -- ARGV[6] most instances the tenant may have registered (a new one past it is refused)
--- Returns {'ok', registered_at} or {'limit', registered}; the limit is
+-- ARGV[7..9] registry index prefixes: by type, by job, by status
+-- Returns {'ok', registered_at} or {'limit', registered}; everything is
 -- checked before the first write.
 
 local max = tonumber(ARGV[6])
 if not max or max < 1 then return redis.error_reply('ERR most instances must be a number >= 1') end
+local idx = registry_prefixes(ARGV[7], ARGV[8], ARGV[9])
+if not idx then return redis.error_reply('ERR registry index prefixes must not be empty') end
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   local n = redis.call('ZCARD', KEYS[1])
   if n >= max then return {'limit', n} end
 end
 local now = now_ms()
-local old_job = redis.call('HGET', KEYS[2], 'job_id')
-local registered_at = redis.call('HGET', KEYS[2], 'registered_at') or now
+local old = redis.call('HMGET', KEYS[2], 'agent_id', 'job_id', 'status', 'registered_at')
+local registered_at = old[4] or now
+-- Re-registering may change type, job or status: leave the old indexes.
+registry_unindex(idx, ARGV[1], old[1], old[2], old[3])
 redis.call('HSET', KEYS[2], 'instance_id', ARGV[1], 'agent_id', ARGV[2], 'job_id', ARGV[3],
   'capabilities', ARGV[4], 'status', ARGV[5], 'registered_at', registered_at, 'heartbeat_at', now)
 redis.call('PERSIST', KEYS[2])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[1])
-if ARGV[3] ~= '' then redis.call('SADD', KEYS[5], ARGV[1]) end
-if old_job and old_job ~= '' and old_job ~= ARGV[3] then
-  -- Moved to another job: leave the old job's set (same tenant, same slot).
-  redis.call('SREM', (string.gsub(KEYS[5], '[^:]+$', old_job)), ARGV[1])
-end
+registry_index(idx, ARGV[1], ARGV[2], ARGV[3], ARGV[5], now)
 ensure_inbox(KEYS[3])
 redis.call('PERSIST', KEYS[3])
 return {'ok', registered_at}

@@ -259,20 +259,43 @@ impl TenantKeys {
     }
 
     pub fn agent(&self, instance: &Ident) -> String {
-        self.key(&format!("agent:{instance}"))
+        format!("{}{instance}", self.agent_prefix())
     }
 
-    /// Set of instances of one agent type.
+    /// What `agent` puts before the instance id (the reaper names hashes from it).
+    pub fn agent_prefix(&self) -> String {
+        self.key("agent:")
+    }
+
+    /// Registry index: zset of the instances of one agent type, by last heartbeat.
     pub fn agents_of_type(&self, agent_id: &Ident) -> String {
-        self.key(&format!("agents:type:{agent_id}"))
+        format!("{}{agent_id}", self.agents_of_type_prefix())
     }
 
-    /// Set of instances working on one job (`_` stands for "no job").
-    pub fn agents_of_job(&self, job: Option<&Uuid>) -> String {
-        match job {
-            Some(job) => self.key(&format!("agents:job:{job}")),
-            None => self.key("agents:job:_"),
-        }
+    /// Registry index: zset of the instances working on one job, by last heartbeat.
+    pub fn agents_of_job(&self, job: &Uuid) -> String {
+        format!("{}{job}", self.agents_of_job_prefix())
+    }
+
+    /// Registry index: zset of the instances whose stored status is `status`
+    /// (starting, running, idle, stopped or stale), by last heartbeat.
+    pub fn agents_with_status(&self, status: &str) -> String {
+        format!("{}{status}", self.agents_with_status_prefix())
+    }
+
+    /// The prefixes of the three registry indexes, for the registry scripts:
+    /// they learn an instance's type, job and status from its hash, so they
+    /// append that value to the prefix (same tenant, same slot).
+    pub fn agents_of_type_prefix(&self) -> String {
+        self.key("agents:by-type:")
+    }
+
+    pub fn agents_of_job_prefix(&self) -> String {
+        self.key("agents:by-job:")
+    }
+
+    pub fn agents_with_status_prefix(&self) -> String {
+        self.key("agents:by-status:")
     }
 
     /// Stream of messages to one instance; group `inbox`.

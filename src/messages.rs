@@ -324,8 +324,10 @@ impl AgentBus {
     ) -> Result<Vec<String>> {
         let payload = payload.into();
         let mut conn = self.redis().conn().await?;
-        let members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys(tenant).agents_of_job(Some(job)))
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys(tenant).agents_of_job(job))
+            .arg(0)
+            .arg(-1)
             .query_async(&mut conn)
             .await?;
         drop(conn);

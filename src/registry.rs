@@ -113,6 +113,38 @@ pub struct AgentFilter {
     pub status: Option<AgentStatus>,
 }
 
+impl AgentFilter {
+    fn matches(&self, i: &Instance) -> bool {
+        self.agent_id
+            .as_ref()
+            .is_none_or(|a| a.as_str() == i.agent_id)
+            && self.job_id.is_none_or(|j| i.job_id == Some(j))
+            && self.status.is_none_or(|s| i.status == s)
+    }
+}
+
+/// A score bound of a registry index read.
+#[derive(Clone, Copy)]
+enum Bound {
+    Inf,
+    /// At or above (as a lower bound).
+    From(i64),
+    /// Strictly below (as an upper bound).
+    Below(i64),
+}
+
+impl Bound {
+    /// The ZRANGEBYSCORE argument; `Inf` is +inf as a maximum, -inf as a minimum.
+    fn arg(self, as_max: bool) -> String {
+        match self {
+            Bound::Inf if as_max => "+inf".into(),
+            Bound::Inf => "-inf".into(),
+            Bound::From(v) => v.to_string(),
+            Bound::Below(v) => format!("({v}"),
+        }
+    }
+}
+
 const MAX_CAPABILITIES_BYTES: usize = 16 * 1024;
 
 fn millis(ms: Option<&String>) -> Option<DateTime<Utc>> {
@@ -184,14 +216,15 @@ impl AgentBus {
             .key(keys.agents())
             .key(keys.agent(&instance))
             .key(keys.inbox(&instance))
-            .key(keys.agents_of_type(&reg.agent_id))
-            .key(keys.agents_of_job(reg.job_id.as_ref()))
             .arg(instance.as_str())
             .arg(reg.agent_id.as_str())
             .arg(reg.job_id.map(|j| j.to_string()).unwrap_or_default())
             .arg(capabilities)
             .arg(AgentStatus::Running.as_str())
             .arg(self.limits().max_instances)
+            .arg(keys.agents_of_type_prefix())
+            .arg(keys.agents_of_job_prefix())
+            .arg(keys.agents_with_status_prefix())
             .invoke_async(&mut conn)
             .await?;
         if Reply::new(reply)?.tag()? == "limit" {
@@ -228,6 +261,9 @@ impl AgentBus {
                 .key(keys.agent(instance))
                 .arg(instance.as_str())
                 .arg(status.map(|s| s.as_str()).unwrap_or(""))
+                .arg(keys.agents_of_type_prefix())
+                .arg(keys.agents_of_job_prefix())
+                .arg(keys.agents_with_status_prefix())
                 .invoke_async(&mut conn)
                 .await?,
         )?;
@@ -247,10 +283,11 @@ impl AgentBus {
                 .key(keys.agents())
                 .key(keys.agent(instance))
                 .key(keys.inbox(instance))
-                .key(keys.agents_of_type(&Ident::new("agent_id", "_")?))
-                .key(keys.agents_of_job(None))
                 .arg(instance.as_str())
                 .arg(self.limits().inbox_retention.as_secs().max(1))
+                .arg(keys.agents_of_type_prefix())
+                .arg(keys.agents_of_job_prefix())
+                .arg(keys.agents_with_status_prefix())
                 .invoke_async(&mut conn)
                 .await?,
         )?;
@@ -271,72 +308,147 @@ impl AgentBus {
     }
 
     /// Instances matching the filter, most recent heartbeat first.
+    ///
+    /// Reads one registry index (type, else job, else status, else all) in
+    /// heartbeat order and stops at `limit` matches: a single filter costs
+    /// O(limit); a combined one reads that index until `limit` match.
     pub async fn list_agents(
         &self,
         tenant: &TenantId,
         filter: &AgentFilter,
         limit: usize,
     ) -> Result<Vec<Instance>> {
-        let keys = self.keys(tenant);
-        let mut conn = self.redis().conn().await?;
-        let ids: Vec<String> = if let Some(agent_id) = &filter.agent_id {
-            redis::cmd("SMEMBERS")
-                .arg(keys.agents_of_type(agent_id))
-                .query_async(&mut conn)
-                .await?
-        } else if let Some(job) = &filter.job_id {
-            redis::cmd("SMEMBERS")
-                .arg(keys.agents_of_job(Some(job)))
-                .query_async(&mut conn)
-                .await?
-        } else {
-            redis::cmd("ZREVRANGE")
-                .arg(keys.agents())
-                .arg(0)
-                .arg(if filter.status.is_some() {
-                    -1
-                } else {
-                    limit as i64 - 1
-                })
-                .query_async(&mut conn)
-                .await?
-        };
-        if ids.is_empty() {
+        if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.cmd("HGETALL")
-                .arg(keys.agent(&Ident::new("instance_id", id.as_str())?));
+        let keys = self.keys(tenant);
+        let cutoff = self.stale_cutoff_ms();
+        // (index, lowest score, highest score) to read, newest first.
+        let sources: Vec<(String, Bound, Bound)> = if let Some(agent_id) = &filter.agent_id {
+            vec![(keys.agents_of_type(agent_id), Bound::Inf, Bound::Inf)]
+        } else if let Some(job) = &filter.job_id {
+            vec![(keys.agents_of_job(job), Bound::Inf, Bound::Inf)]
+        } else if let Some(status) = filter.status {
+            match status {
+                // Marked stale, or live by their record but silent past the cutoff.
+                AgentStatus::Stale => {
+                    let mut v = vec![(
+                        keys.agents_with_status(AgentStatus::Stale.as_str()),
+                        Bound::Inf,
+                        Bound::Inf,
+                    )];
+                    for live in [
+                        AgentStatus::Starting,
+                        AgentStatus::Running,
+                        AgentStatus::Idle,
+                    ] {
+                        v.push((
+                            keys.agents_with_status(live.as_str()),
+                            Bound::Inf,
+                            Bound::Below(cutoff),
+                        ));
+                    }
+                    v
+                }
+                AgentStatus::Stopped => vec![(
+                    keys.agents_with_status(status.as_str()),
+                    Bound::Inf,
+                    Bound::Inf,
+                )],
+                live => vec![(
+                    keys.agents_with_status(live.as_str()),
+                    Bound::From(cutoff),
+                    Bound::Inf,
+                )],
+            }
+        } else {
+            vec![(keys.agents(), Bound::Inf, Bound::Inf)]
+        };
+        let mut out = Vec::new();
+        for (index, min, max) in sources {
+            out.extend(
+                self.read_index(tenant, &index, min, max, filter, limit)
+                    .await?,
+            );
         }
-        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
-        let mut out: Vec<Instance> = hashes
-            .iter()
-            .filter_map(|h| self.instance_from_hash(h))
-            .filter(|i| {
-                filter
-                    .agent_id
-                    .as_ref()
-                    .is_none_or(|a| a.as_str() == i.agent_id)
-            })
-            .filter(|i| filter.job_id.is_none_or(|j| i.job_id == Some(j)))
-            .filter(|i| filter.status.is_none_or(|s| i.status == s))
-            .collect();
         out.sort_by_key(|i| std::cmp::Reverse(i.heartbeat_at));
         out.truncate(limit);
         Ok(out)
     }
 
+    fn stale_cutoff_ms(&self) -> i64 {
+        Utc::now().timestamp_millis()
+            - i64::try_from(self.limits().stale_after.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Up to `limit` instances of one index (scores within bounds, newest
+    /// first) that match the whole filter, read a page at a time.
+    async fn read_index(
+        &self,
+        tenant: &TenantId,
+        index: &str,
+        min: Bound,
+        max: Bound,
+        filter: &AgentFilter,
+        limit: usize,
+    ) -> Result<Vec<Instance>> {
+        let keys = self.keys(tenant);
+        let page = limit.clamp(16, 500);
+        let mut conn = self.redis().conn().await?;
+        let mut out = Vec::new();
+        let mut offset = 0usize;
+        loop {
+            let ids: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
+                .arg(index)
+                .arg(max.arg(true))
+                .arg(min.arg(false))
+                .arg("LIMIT")
+                .arg(offset)
+                .arg(page)
+                .query_async(&mut conn)
+                .await?;
+            if ids.is_empty() {
+                return Ok(out);
+            }
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                // An id that is not a valid identifier was not written by us: skip it.
+                if let Ok(id) = Ident::new("instance_id", id.as_str()) {
+                    pipe.cmd("HGETALL").arg(keys.agent(&id));
+                }
+            }
+            let hashes: Vec<HashMap<String, String>> = if pipe.is_empty() {
+                Vec::new()
+            } else {
+                pipe.query_async(&mut conn).await?
+            };
+            out.extend(
+                hashes
+                    .iter()
+                    .filter_map(|h| self.instance_from_hash(h))
+                    .filter(|i| filter.matches(i)),
+            );
+            if out.len() >= limit || ids.len() < page {
+                return Ok(out);
+            }
+            offset += page;
+        }
+    }
+
     /// Marks instances silent past `stale_after` as stale. Returns how many.
     pub async fn reap_agents(&self, tenant: &TenantId) -> Result<i64> {
-        let cutoff = Utc::now().timestamp_millis()
-            - i64::try_from(self.limits().stale_after.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = self.stale_cutoff_ms();
+        let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
         Ok(scripts()
             .agent_reap
-            .key(self.keys(tenant).agents())
+            .key(keys.agents())
             .arg(cutoff)
             .arg(500)
+            .arg(keys.agent_prefix())
+            .arg(keys.agents_of_type_prefix())
+            .arg(keys.agents_of_job_prefix())
+            .arg(keys.agents_with_status_prefix())
             .invoke_async(&mut conn)
             .await?)
     }

@@ -78,10 +78,26 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     job_fail: job_script!("job_fail.lua"),
     job_reclaim: job_script!("job_reclaim.lua"),
     job_cancel: job_script!("job_cancel.lua"),
-    agent_register: lua!("include/common.lua", "agent_register.lua"),
-    agent_heartbeat: lua!("include/common.lua", "agent_heartbeat.lua"),
-    agent_deregister: lua!("include/common.lua", "agent_deregister.lua"),
-    agent_reap: lua!("include/common.lua", "agent_reap.lua"),
+    agent_register: lua!(
+        "include/common.lua",
+        "include/registry.lua",
+        "agent_register.lua"
+    ),
+    agent_heartbeat: lua!(
+        "include/common.lua",
+        "include/registry.lua",
+        "agent_heartbeat.lua"
+    ),
+    agent_deregister: lua!(
+        "include/common.lua",
+        "include/registry.lua",
+        "agent_deregister.lua"
+    ),
+    agent_reap: lua!(
+        "include/common.lua",
+        "include/registry.lua",
+        "agent_reap.lua"
+    ),
     message_send: lua!("include/common.lua", "message_send.lua"),
     inbox_redeliver: lua!("include/common.lua", "inbox_redeliver.lua"),
     inbox_poison: lua!("include/common.lua", "inbox_poison.lua"),

@@ -456,7 +456,11 @@ impl AgentBus {
                     agent_id: keys::Ident::new("worker_agent", spec.worker_agent.as_str()).ok(),
                     ..AgentFilter::default()
                 },
-                1000,
+                // Live instances heartbeat most recently, so they come first:
+                // reading `parallelism` of them is enough to compare.
+                usize::try_from(spec.parallelism)
+                    .unwrap_or(0)
+                    .clamp(1, 1000),
             )
             .await?
             .iter()

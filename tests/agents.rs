@@ -663,3 +663,166 @@ async fn a_caller_that_vanishes_has_its_invocation_expired_by_the_sweeper() {
     assert_eq!(ends.len(), 1);
     assert_eq!(ends[0].text("status"), Some("timeout"));
 }
+
+/// Members of one registry index, sorted.
+async fn index(env: &TestEnv, key: String) -> Vec<String> {
+    let mut conn = env.conn().await;
+    let mut v: Vec<String> = redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn registry_indexes_follow_type_job_and_status_and_listing_stops_at_the_limit() {
+    let env = TestEnv::with_limits(Limits {
+        stale_after: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let t = env.tenant("idx");
+    let keys = env.bus.keys(&t);
+    let (j1, j2) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let reg = |agent: &str, instance: &str| {
+        Registration::new(agent)
+            .unwrap()
+            .instance(instance)
+            .unwrap()
+    };
+    for n in 0..300 {
+        let r = reg("bulk", &format!("b{n:03}")).job(j1);
+        env.bus.register_agent(&t, &r).await.unwrap();
+    }
+    let x = env
+        .bus
+        .register_agent(&t, &reg("bulk", "x").job(j1))
+        .await
+        .unwrap();
+    assert_eq!(
+        index(&env, keys.agents_of_type(&id("bulk"))).await.len(),
+        301
+    );
+
+    // Re-registered as another type on another job: it leaves the old indexes.
+    env.bus
+        .register_agent(&t, &reg("rare", "x").job(j2))
+        .await
+        .unwrap();
+    assert_eq!(
+        index(&env, keys.agents_of_type(&id("bulk"))).await.len(),
+        300
+    );
+    assert_eq!(index(&env, keys.agents_of_type(&id("rare"))).await, ["x"]);
+    assert_eq!(index(&env, keys.agents_of_job(&j1)).await.len(), 300);
+    assert_eq!(index(&env, keys.agents_of_job(&j2)).await, ["x"]);
+    let filter =
+        |agent: Option<&str>, job: Option<uuid::Uuid>, status: Option<AgentStatus>| AgentFilter {
+            agent_id: agent.map(id),
+            job_id: job,
+            status,
+        };
+    // The newest heartbeat comes first and the limit is honoured.
+    let one = env
+        .bus
+        .list_agents(&t, &filter(Some("bulk"), None, None), 1)
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].instance_id, "b299");
+    let page = env
+        .bus
+        .list_agents(&t, &filter(None, Some(j1), None), 250)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 250, "a listing past one index page continues");
+
+    // A status change moves it between status indexes.
+    env.bus
+        .heartbeat(&t, &id("x"), Some(AgentStatus::Idle))
+        .await
+        .unwrap();
+    assert_eq!(index(&env, keys.agents_with_status("idle")).await, ["x"]);
+    assert_eq!(
+        index(&env, keys.agents_with_status("running")).await.len(),
+        300
+    );
+    let idle = env
+        .bus
+        .list_agents(&t, &filter(None, None, Some(AgentStatus::Idle)), 10)
+        .await
+        .unwrap();
+    assert_eq!(idle.len(), 1);
+    assert_eq!(idle[0].instance_id, x.instance_id);
+    // A combined filter reads one index until the limit matches.
+    let both = env
+        .bus
+        .list_agents(
+            &t,
+            &filter(Some("bulk"), Some(j1), Some(AgentStatus::Running)),
+            5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.len(), 5);
+
+    // Silent: stale on read (before the reaper), then moved by the reaper.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    env.bus.heartbeat(&t, &id("b000"), None).await.unwrap();
+    let stale = env
+        .bus
+        .list_agents(&t, &filter(None, None, Some(AgentStatus::Stale)), 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        stale.len(),
+        300,
+        "silent instances read as stale before reaping"
+    );
+    let running = env
+        .bus
+        .list_agents(&t, &filter(None, None, Some(AgentStatus::Running)), 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        running
+            .iter()
+            .map(|i| i.instance_id.as_str())
+            .collect::<Vec<_>>(),
+        ["b000"]
+    );
+    env.bus.reap_agents(&t).await.unwrap();
+    assert_eq!(
+        index(&env, keys.agents_with_status("stale")).await.len(),
+        300
+    );
+    assert_eq!(
+        index(&env, keys.agents_with_status("running")).await,
+        ["b000"]
+    );
+    assert!(
+        index(&env, keys.agents_with_status("idle"))
+            .await
+            .is_empty()
+    );
+
+    // Deregistered: gone from every index.
+    env.bus.deregister_agent(&t, &id("x")).await.unwrap();
+    env.bus.deregister_agent(&t, &id("b000")).await.unwrap();
+    assert!(
+        index(&env, keys.agents_of_type(&id("rare")))
+            .await
+            .is_empty()
+    );
+    assert!(index(&env, keys.agents_of_job(&j2)).await.is_empty());
+    assert!(
+        index(&env, keys.agents_with_status("running"))
+            .await
+            .is_empty()
+    );
+    assert_eq!(index(&env, keys.agents_of_job(&j1)).await.len(), 299);
+}

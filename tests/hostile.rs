@@ -753,24 +753,31 @@ async fn scripts_refuse_bad_arguments_before_writing() {
         assert!(answer.is_err(), "{args:?} accepted");
         assert_eq!(before, env.snapshot().await, "{args:?} wrote");
     }
-    // agent_register: an instance limit that is not a number.
-    let answer: redis::RedisResult<redis::Value> = scripts
-        .agent_register
-        .key(keys.agents())
-        .key(keys.agent(&Ident::new("i", "new").expect("ident")))
-        .key(keys.inbox(&Ident::new("i", "new").expect("ident")))
-        .key(keys.agents_of_type(&Ident::new("a", "a").expect("ident")))
-        .key(keys.agents_of_job(None))
-        .arg("new")
-        .arg("a")
-        .arg("")
-        .arg("[]")
-        .arg("running")
-        .arg("many")
-        .invoke_async(&mut conn)
-        .await;
-    assert!(answer.is_err());
-    assert_eq!(before, env.snapshot().await);
+    // agent_register: an instance limit that is not a number, then an
+    // index prefix missing.
+    for (max, prefix) in [
+        ("many", keys.agents_with_status_prefix()),
+        ("5", String::new()),
+    ] {
+        let answer: redis::RedisResult<redis::Value> = scripts
+            .agent_register
+            .key(keys.agents())
+            .key(keys.agent(&Ident::new("i", "new").expect("ident")))
+            .key(keys.inbox(&Ident::new("i", "new").expect("ident")))
+            .arg("new")
+            .arg("a")
+            .arg("")
+            .arg("[]")
+            .arg("running")
+            .arg(max)
+            .arg(keys.agents_of_type_prefix())
+            .arg(keys.agents_of_job_prefix())
+            .arg(prefix)
+            .invoke_async(&mut conn)
+            .await;
+        assert!(answer.is_err(), "{max} accepted");
+        assert_eq!(before, env.snapshot().await, "{max} wrote");
+    }
     // stream_page: a start that is not a cursor.
     let answer: redis::RedisResult<redis::Value> = scripts
         .stream_page
