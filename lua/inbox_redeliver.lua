@@ -5,8 +5,15 @@
 -- KEYS[1] inbox stream   KEYS[2] dead-letter stream
 -- ARGV[1] consumer (the instance id)  ARGV[2] minimum idle (ms)
 -- ARGV[3] most deliveries  ARGV[4] most entries per call
+-- ARGV[5] most bytes of field values handed back ('' for no bound; a call
+-- hands back at least one entry when one is due)
 -- Returns {entries, dead_lettered} with entries as XCLAIM returns them.
 
+local max_b = nil
+if ARGV[5] ~= '' then
+  max_b = tonumber(ARGV[5])
+  if not max_b or max_b < 1 then return redis.error_reply('ERR most bytes must be >= 1') end
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{}, 0} end
 local pending = redis.call('XPENDING', KEYS[1], 'inbox', 'IDLE', ARGV[2], '-', '+', ARGV[4], ARGV[1])
 local again, dead = {}, 0
@@ -21,7 +28,24 @@ for _, p in ipairs(pending) do
   end
 end
 local entries = {}
-if #again > 0 then
+if #again > 0 and not max_b then
   entries = redis.call('XCLAIM', KEYS[1], 'inbox', ARGV[1], 0, unpack(again))
+elseif #again > 0 then
+  -- Measured before claimed: one past the bound stays pending, untouched.
+  local bytes = 0
+  for _, id in ipairs(again) do
+    local r = redis.call('XRANGE', KEYS[1], id, id)
+    local size = 0
+    if r[1] then
+      local kv = r[1][2]
+      for j = 2, #kv, 2 do size = size + #kv[j] end
+    end
+    if #entries > 0 and bytes + size > max_b then break end
+    local claimed = redis.call('XCLAIM', KEYS[1], 'inbox', ARGV[1], 0, id)
+    if claimed[1] then
+      entries[#entries + 1] = claimed[1]
+      bytes = bytes + size
+    end
+  end
 end
 return {entries, dead}

@@ -71,8 +71,8 @@ pub struct Config {
         global = true
     )]
     pub max_payload_bytes: usize,
-
-    /// Most bytes of stored entries one page of results or messages carries
+    /// Most bytes of stored entries one page of results or messages, or one
+    /// REST receive, carries (a page always holds at least one entry).
     /// (a page always holds at least one entry).
     #[arg(
         long,

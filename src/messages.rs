@@ -357,6 +357,7 @@ impl AgentBus {
             instance: instance.clone(),
             conn: self.redis().blocking(),
             batch: 64,
+            max_bytes: None,
             next_redeliver: None,
             to_ack: Vec::new(),
         }
@@ -465,6 +466,7 @@ impl AgentBus {
     ) -> Result<Vec<Message>> {
         let mut rx = self.receiver(tenant, instance);
         rx.batch = count.max(1);
+        rx.max_bytes = Some(self.limits().max_page_bytes);
         rx.next_redeliver = Some(Instant::now());
         rx.recv(wait).await
     }
@@ -628,6 +630,8 @@ pub struct Receiver {
     instance: Ident,
     conn: crate::conn::BlockingConn,
     batch: usize,
+    /// Most bytes of entries per read (REST receive); `None`: count only.
+    max_bytes: Option<usize>,
     /// When to hand back unacknowledged messages next (`None`: at once, with no idle minimum).
     next_redeliver: Option<Instant>,
     /// Entries handled and not yet acknowledged: sent ahead of the next read.
@@ -656,6 +660,7 @@ impl Receiver {
                 .arg(min_idle.as_millis() as u64)
                 .arg(limits.max_deliveries)
                 .arg(self.batch)
+                .arg(self.max_bytes.map(|b| b.to_string()).unwrap_or_default())
                 .invoke_async(&mut conn)
                 .await?,
         )?;
@@ -757,6 +762,9 @@ impl Receiver {
                 return Ok(again);
             }
         }
+        if let Some(max_bytes) = self.max_bytes {
+            return self.take(max_bytes, wait).await;
+        }
         let inbox = self.bus.keys(&self.tenant).inbox(&self.instance);
         let mut read = redis::cmd("XREADGROUP");
         read.arg("GROUP")
@@ -794,6 +802,68 @@ impl Receiver {
             .iter()
             .map(Message::from_entry)
             .collect::<Result<Vec<_>>>()?;
+        self.deliver(messages).await
+    }
+
+    /// New messages bounded in bytes as well as count (REST receive): taken
+    /// at once when there are any, else one waited for, then the rest taken.
+    async fn take(&mut self, max_bytes: usize, wait: Duration) -> Result<Vec<Message>> {
+        let mut messages = self.take_now(self.batch, max_bytes).await?;
+        if messages.is_empty() && !wait.is_zero() {
+            let inbox = self.bus.keys(&self.tenant).inbox(&self.instance);
+            let mut read = redis::cmd("XREADGROUP");
+            // One entry is at most the payload limit: safe to wait for.
+            read.arg("GROUP")
+                .arg(GROUP)
+                .arg(self.instance.as_str())
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(wait.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&inbox)
+                .arg(">");
+            let value = self.conn.query::<Value>(&read, wait).await?;
+            let entries = StreamEntry::from_read_reply(&value)?;
+            let used: usize = entries
+                .iter()
+                .flat_map(|e| e.fields.iter().map(|(_, v)| v.len()))
+                .sum();
+            messages = entries
+                .iter()
+                .map(Message::from_entry)
+                .collect::<Result<Vec<_>>>()?;
+            if !messages.is_empty() && self.batch > 1 && used < max_bytes {
+                let more = self.take_now(self.batch - 1, max_bytes - used).await?;
+                messages.extend(more);
+            }
+        }
+        self.deliver(messages).await
+    }
+
+    async fn take_now(&self, count: usize, max_bytes: usize) -> Result<Vec<Message>> {
+        let keys = self.bus.keys(&self.tenant);
+        let mut conn = self.bus.redis().conn().await?;
+        let value: Value = scripts()
+            .inbox_take
+            .key(keys.inbox(&self.instance))
+            .arg(self.instance.as_str())
+            .arg(count)
+            .arg(max_bytes.max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        match value {
+            Value::Array(items) => items
+                .iter()
+                .filter(|v| !matches!(v, Value::Nil))
+                .map(|v| StreamEntry::from_value(v).and_then(|e| Message::from_entry(&e)))
+                .collect(),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Sets aside undecodable messages and counts the delivered ones.
+    async fn deliver(&self, messages: Vec<Message>) -> Result<Vec<Message>> {
         let messages = self.set_aside_poison(messages).await?;
         let now = chrono::Utc::now();
         for m in &messages {

@@ -619,6 +619,7 @@ async fn half_sent_and_idle_connections_are_closed() {
 async fn pages_stop_at_their_byte_bound_and_next_continues() {
     let env = TestEnv::with_limits(Limits {
         max_page_bytes: 10_000,
+        redeliver_after: Duration::from_millis(1500),
         ..Limits::default()
     })
     .await;
@@ -701,6 +702,35 @@ async fn pages_stop_at_their_byte_bound_and_next_continues() {
         (0..20).collect::<Vec<_>>(),
         "every message once, in order"
     );
+
+    // Receiving: new messages, then (unacknowledged) the same handed back,
+    // each batch within the byte bound whatever the count asked.
+    for pass in ["new", "handed back"] {
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let (status, got) = call(
+                &app,
+                "POST",
+                "/api/v1/agents/rx/messages/receive?count=500",
+                Some(&token),
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{got}");
+            let messages = got["messages"].as_array().cloned().unwrap_or_default();
+            assert!(messages.len() <= 6, "{pass}: {} in a batch", messages.len());
+            if messages.is_empty() {
+                break;
+            }
+            seen.extend(messages.iter().filter_map(|m| m["payload"]["n"].as_i64()));
+        }
+        assert_eq!(
+            seen,
+            (0..20).collect::<Vec<_>>(),
+            "{pass}: each once, in order"
+        );
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+    }
     let (status, resp) = call(
         &app,
         "GET",
@@ -790,6 +820,19 @@ async fn scripts_refuse_bad_arguments_before_writing() {
         .await;
     assert!(answer.is_err());
     assert_eq!(before, env.snapshot().await);
+    // inbox_take: counts and bounds out of range.
+    for (count, bytes) in [("0", "10"), ("20000", "10"), ("5", "0"), ("5", "lots")] {
+        let answer: redis::RedisResult<redis::Value> = scripts
+            .inbox_take
+            .key(keys.inbox(&rx))
+            .arg("rx")
+            .arg(count)
+            .arg(bytes)
+            .invoke_async(&mut conn)
+            .await;
+        assert!(answer.is_err(), "{count} {bytes} accepted");
+        assert_eq!(before, env.snapshot().await, "{count} {bytes} wrote");
+    }
     // And the good call moves the one entry, alone.
     let moved: i64 = scripts
         .inbox_poison
