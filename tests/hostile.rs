@@ -161,6 +161,25 @@ async fn huge_counts_are_checked_before_anything_is_allocated() {
     let (status, resp) = simulate_stages(&app, &token, json!([{"name": "s", "items": 1e30}])).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resp}");
     assert!(field(&resp).starts_with("stages"), "{resp}");
+    // A field given twice is refused, not "the last one wins" (as POST /jobs
+    // refuses it); so is an object of 60,000 fields, at once.
+    let twice = br#"{"orchestrator_agent":"o","worker_agent":"w","task":"t","items":1,"items":5}"#;
+    let many: String = (0..60_000).map(|n| format!("\"f{n}\":0,")).collect();
+    let many = format!("{{{many}\"items\":1}}");
+    for (body, name) in [(twice.to_vec(), "items"), (many.into_bytes(), "body")] {
+        for path in ["/api/v1/jobs/simulate", "/api/v1/jobs"] {
+            let req = Request::post(path)
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body.clone()))
+                .expect("request");
+            let (status, resp) = call_raw(&app, req).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {resp}");
+            if path.ends_with("simulate") {
+                assert_eq!(field(&resp), name, "{resp}");
+            }
+        }
+    }
     bystander(&env, &app).await;
 }
 

@@ -653,3 +653,69 @@ async fn unknown_jobs_are_not_found() {
         Err(Error::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn a_worker_fails_an_undecodable_item_for_good_without_calling_its_handler() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("poison-item");
+    env.grant(&tenant, 100).await;
+    let job = env.bus.spawn_job(&tenant, &spec(3)).await.unwrap();
+    // Another process rewrites item 1 with bytes that are not MessagePack.
+    let items = env.bus.keys(&tenant).job_items(&job.id);
+    let mut conn = env.conn().await;
+    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        .arg(&items)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (id, fields) = entries
+        .iter()
+        .find(|(_, f)| f.iter().any(|(k, v)| k == "idx" && v == b"1"))
+        .unwrap();
+    let _: i64 = redis::cmd("XDEL")
+        .arg(&items)
+        .arg(id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Same item index (an entry id's sequence names it), a later time.
+    let last_ms: u64 = entries
+        .last()
+        .and_then(|(id, _)| id.split('-').next()?.parse().ok())
+        .unwrap();
+    let mut add = redis::cmd("XADD");
+    add.arg(&items).arg(format!("{}-1", last_ms + 1));
+    for (k, v) in fields {
+        add.arg(k);
+        if k == "input" {
+            add.arg(&b"\xc1\x00"[..]);
+        } else {
+            add.arg(v);
+        }
+    }
+    let _: String = add.query_async(&mut conn).await.unwrap();
+
+    let handled: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let seen = handled.clone();
+    let worker = Worker::new(env.bus.clone(), tenant.clone(), job.id, "w").unwrap();
+    let report = worker
+        .run(move |item| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(item.item_index);
+                Ok(json!({"ok": true}))
+            }
+        })
+        .await
+        .unwrap();
+    let mut handled = handled.lock().unwrap().clone();
+    handled.sort();
+    assert_eq!(handled, [0, 2], "the undecodable item reached the handler");
+    assert_eq!((report.completed, report.failed, report.retried), (2, 1, 0));
+    let job = env.bus.job(&tenant, &job.id).await.unwrap();
+    assert_eq!(job.progress.failed, 1);
+    assert_job_credits(&job);
+    assert_balance_matches_ledger(&env, &tenant).await;
+}

@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
 
 use super::extract::{
     ApiPath, OptionalJson, Params, RawJson, parse_json, parse_json_at, path_uuid,
@@ -64,15 +63,64 @@ pub async fn simulate(
 ) -> ApiResult<Json<Simulation>> {
     // Top-level fields kept as text (no tree): `stages` is split off, the
     // rest is parsed exactly as `POST /jobs` parses it.
-    let mut fields: BTreeMap<String, Box<RawValue>> = parse_json(&body)?;
-    let stages: Vec<StageSpec> = match fields.remove("stages") {
-        Some(raw) => parse_stages(raw.get())?,
-        None => Vec::new(),
-    };
-    let rest = serde_json::to_vec(&fields)
-        .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "body", e.to_string()))?;
-    let spec = parse_spec(&state, &rest)?;
+    let TopLevel(fields) = parse_json(&body)?;
+    let mut stages = Vec::new();
+    let mut rest = String::from("{");
+    for (name, raw) in &fields {
+        if name == "stages" {
+            stages = parse_stages(raw.get())?;
+            continue;
+        }
+        if rest.len() > 1 {
+            rest.push(',');
+        }
+        rest.push_str(
+            &serde_json::to_string(name)
+                .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "body", e.to_string()))?,
+        );
+        rest.push(':');
+        rest.push_str(raw.get());
+    }
+    rest.push('}');
+    let spec = parse_spec(&state, rest.as_bytes())?;
     Ok(Json(state.bus.simulate(&tenant, &spec, &stages).await?))
+}
+
+/// The top-level fields of a JSON object as text, in order; a field given
+/// twice is refused (as `POST /jobs` refuses it) instead of the last winning.
+struct TopLevel(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = TopLevel;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TopLevel, A::Error> {
+                let mut fields: Vec<(String, Box<RawValue>)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    // A job spec has a dozen fields: more is not one (and the
+                    // duplicate check stays cheap).
+                    if fields.len() == 64 {
+                        return Err(serde::de::Error::custom("at most 64 top-level fields"));
+                    }
+                    if fields.iter().any(|(n, _)| *n == name) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate field `{name}`"
+                        )));
+                    }
+                    fields.push((name, map.next_value()?));
+                }
+                Ok(TopLevel(fields))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
 }
 
 fn parse_stages(text: &str) -> ApiResult<Vec<StageSpec>> {

@@ -331,11 +331,17 @@ impl Worker {
                 let tally = tally.clone();
                 tokio::spawn(async move {
                     let item_id = item.item_id.clone();
-                    let result = match handler(item).await {
-                        Ok(output) => {
-                            codec::encode(&output).map_err(|e| ItemError::fatal(e.to_string()))
-                        }
-                        Err(e) => Err(e),
+                    // Input that cannot be decoded will not decode on a retry
+                    // either: failed for good (dead-lettered, credits released)
+                    // without reaching the handler.
+                    let result = match &item.undecodable {
+                        Some(why) => Err(ItemError::fatal(format!("undecodable input: {why}"))),
+                        None => match handler(item).await {
+                            Ok(output) => {
+                                codec::encode(&output).map_err(|e| ItemError::fatal(e.to_string()))
+                            }
+                            Err(e) => Err(e),
+                        },
                     };
                     tally.unanswered.fetch_add(1, Ordering::AcqRel);
                     let outcome = Outcome {
