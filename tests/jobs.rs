@@ -663,7 +663,8 @@ async fn a_worker_fails_an_undecodable_item_for_good_without_calling_its_handler
     // Another process rewrites item 1 with bytes that are not MessagePack.
     let items = env.bus.keys(&tenant).job_items(&job.id);
     let mut conn = env.conn().await;
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let entries: Vec<Entry> = redis::cmd("XRANGE")
         .arg(&items)
         .arg("-")
         .arg("+")
