@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use agentbus::Limits;
 use agentbus::blackboard::Bound;
 use agentbus::codec;
 use agentbus::jobs::validate_stream_id;
@@ -16,7 +17,7 @@ use axum::http::Request;
 use common::TestEnv;
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 proptest! {
@@ -130,13 +131,25 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// Redis only, with these limits (small ones make large inputs cheap to try).
+    fn with_limits(limits: Limits) -> Self {
+        Self::build(Some(limits))
+    }
+
+    fn build(limits: Option<Limits>) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let (env, app, token) = runtime.block_on(async {
-            let env = TestEnv::with_db().await;
+            let env = match limits {
+                Some(limits) => TestEnv::with_limits(limits).await,
+                None => TestEnv::with_db().await,
+            };
             env.grant(&env.tenant("fuzz"), 1_000_000).await;
             let token = env.token("fuzz").await;
             let app = env.app();
@@ -304,4 +317,209 @@ fn arbitrary_paths_and_queries_never_get_a_5xx() {
         }
         Ok(())
     });
+}
+
+/// Counts as a careless or hostile client writes them: zero, small, at and
+/// past every limit, past i64 and u64, negative, fractional, as text.
+fn count() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        (0i64..300).prop_map(Value::from),
+        prop::sample::select(vec![
+            json!(-1),
+            json!(0),
+            json!(31),
+            json!(32),
+            json!(33),
+            json!(200),
+            json!(201),
+            json!(100_000),
+            json!(100_001),
+            json!(1_000_000_000_000u64),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(1e30),
+            json!(0.5),
+            json!("12"),
+        ]),
+    ]
+}
+
+/// Stage graphs: chains, fans, random edges (cycles, unknown and repeated
+/// names included), up to twice the stage cap and wider than the fan cap.
+fn stage_graph() -> impl Strategy<Value = Value> {
+    (
+        0usize..400,
+        0usize..4,
+        prop::collection::vec((count(), 0usize..48, any::<u64>()), 1..8),
+    )
+        .prop_map(|(n, shape, per)| {
+            let stages: Vec<Value> = (0..n)
+                .map(|i| {
+                    let (items, fan, seed) = &per[i % per.len()];
+                    let depends: Vec<String> = match shape {
+                        0 => vec![format!("s{}", i + 1)],
+                        1 => (0..*fan).map(|j| format!("s{j}")).collect(),
+                        2 => (0..*fan)
+                            .map(|j| {
+                                format!("s{}", (seed.wrapping_mul(j as u64 + 7)) % (n as u64 + 2))
+                            })
+                            .collect(),
+                        _ => vec![format!("s{}", i % 3); *fan],
+                    };
+                    json!({"name": format!("s{i}"), "items": items, "depends_on": depends})
+                })
+                .collect();
+            Value::Array(stages)
+        })
+}
+
+#[test]
+fn stage_graphs_and_counts_of_any_shape_never_get_a_5xx() {
+    let f = Fixture::with_limits(Limits::default());
+    f.run(
+        150,
+        (stage_graph(), count(), count()),
+        |f, (stages, items, parallelism)| {
+            let n = stages.as_array().map_or(0, Vec::len);
+            let body = json!({"orchestrator_agent": "o", "worker_agent": "w", "task": "t",
+                "items": items, "parallelism": parallelism, "stages": stages});
+            let started = std::time::Instant::now();
+            let status = f.send(
+                "POST",
+                "/api/v1/jobs/simulate",
+                serde_json::to_vec(&body).unwrap(),
+            )?;
+            prop_assert!(status < 500, "simulate with {n} stages: {status}");
+            prop_assert!(n <= 200 || status == 422, "{n} stages answered {status}");
+            // Bounded work, not a benchmark: generous for a debug build.
+            prop_assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{n} stages took {:?}",
+                started.elapsed()
+            );
+            let spawn = json!({"orchestrator_agent": "o", "worker_agent": "w", "task": "t",
+                "items": items, "parallelism": parallelism});
+            let status = f.send("POST", "/api/v1/jobs", serde_json::to_vec(&spawn).unwrap())?;
+            prop_assert!(status < 500, "spawn: {status}");
+            Ok(())
+        },
+    );
+}
+
+/// Text with NUL and other control characters, quotes, backslashes and
+/// non-ASCII: into every free-text field a client sends.
+fn hostile_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[\\x00-\\x1f\\x7f\"\\\\a-z\u{00e9}\u{202e}\u{fffd}]{0,24}",
+        Just("\0".to_string()),
+        Just("bad\u{0}reason".to_string()),
+        Just("\u{0}\u{0}\u{0}".to_string()),
+    ]
+}
+
+#[test]
+fn control_characters_and_large_payloads_never_get_a_5xx() {
+    const MAX: usize = 4096;
+    let f = Fixture::with_limits(Limits {
+        max_payload_bytes: MAX,
+        ..Limits::default()
+    });
+    f.runtime.block_on(async {
+        let (s, r) = common::call(
+            &f.app,
+            "POST",
+            "/api/v1/agents/register",
+            Some(&f.token),
+            Some(json!({"agent_id": "a", "instance_id": "fz"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{r}");
+    });
+    // Around the payload limit: the stored size (MessagePack) decides.
+    // Blackboard values have their own, fixed limit (README).
+    const BB: usize = agentbus::blackboard::MAX_VALUE_BYTES;
+    let size = prop_oneof![0usize..64, (MAX - 64)..(MAX + 64), (4 * MAX)..(4 * MAX + 8)];
+    f.run(200, (0usize..8, hostile_text(), size), |f, (case, text, size)| {
+        let size = if matches!(case, 4 | 5) && size > 64 { size + BB - MAX } else { size };
+        let limit = if matches!(case, 4 | 5) { BB } else { MAX };
+        let pad = "x".repeat(size);
+        let (method, uri, body) = match case {
+            0 => ("POST", "/api/v1/jobs", json!({"orchestrator_agent": "o", "worker_agent": "w", "task": text, "items": [{"t": text, "pad": pad}]})),
+            1 => ("POST", "/api/v1/agents/register", json!({"agent_id": "a", "instance_id": "fz", "capabilities": [text, pad]})),
+            2 => ("POST", "/api/v1/agents/fz/messages", json!({"from_instance_id": "fz", "message_type": text, "payload": {"t": text, "pad": pad}})),
+            3 => ("POST", "/api/v1/agents/fz/messages", json!({"from_instance_id": "fz", "message_type": "m", "payload": format!("{text}{pad}")})),
+            4 => ("PUT", "/api/v1/namespaces/ns/entries/k", json!({"value": {"t": text, "pad": pad}})),
+            5 => ("PUT", "/api/v1/blackboard/k", json!({"value": format!("{text}{pad}")})),
+            6 => ("POST", "/api/v1/invocations", json!({"caller_instance_id": "fz", "target_instance_id": "nobody", "request_payload": {"t": text, "pad": pad}})),
+            _ => ("POST", "/api/v1/jobs/00000000-0000-0000-0000-000000000000/cancel", json!({"reason": text})),
+        };
+        let status = f.send(method, uri, serde_json::to_vec(&body).unwrap())?;
+        prop_assert!(status < 500, "{method} {uri} ({size} bytes): {status}");
+        prop_assert!(size <= limit + 128 || !(200..300).contains(&status) || case == 1,
+            "{method} {uri} stored {size} bytes past a {limit}-byte limit");
+        Ok(())
+    });
+}
+
+#[test]
+fn bytes_that_are_not_messagepack_in_streams_never_get_a_5xx() {
+    let f = Fixture::with_limits(Limits::default());
+    let tenant = f.env.tenant("fuzz");
+    let keys = f.env.bus.keys(&tenant);
+    // A job with a claimed item, and a registered instance with an inbox.
+    let job = f.runtime.block_on(async {
+        let app = &f.app;
+        let (s, j) = common::call(app, "POST", "/api/v1/jobs", Some(&f.token),
+            Some(json!({"orchestrator_agent": "o", "worker_agent": "w", "task": "t", "items": [1, 2]}))).await;
+        assert_eq!(s, 201, "{j}");
+        let (s, r) = common::call(app, "POST", "/api/v1/agents/register", Some(&f.token),
+            Some(json!({"agent_id": "a", "instance_id": "fz"}))).await;
+        assert_eq!(s, 201, "{r}");
+        j["id"].as_str().unwrap().to_string()
+    });
+    let job_id: uuid::Uuid = job.parse().unwrap();
+    let rx = Ident::new("i", "fz").unwrap();
+    f.run(
+        150,
+        (0usize..3, prop::collection::vec(any::<u8>(), 0..64)),
+        |f, (target, bytes)| {
+            let (stream, field) = match target {
+                0 => (keys.job_results(&job_id), "output"),
+                1 => (keys.inbox(&rx), "payload"),
+                _ => (keys.job_items(&job_id), "input"),
+            };
+            f.runtime.block_on(async {
+                let mut conn = f.env.conn().await;
+                let mut add = redis::cmd("XADD");
+                add.arg(&stream)
+                    .arg("*")
+                    .arg("idx")
+                    .arg(0)
+                    .arg("id")
+                    .arg("fz")
+                    .arg(field)
+                    .arg(&bytes);
+                let _: String = add.query_async(&mut conn).await.unwrap();
+            });
+            for (method, uri) in [
+                ("GET", format!("/api/v1/jobs/{job}/results")),
+                ("GET", "/api/v1/agents/fz/messages".to_string()),
+                (
+                    "POST",
+                    "/api/v1/agents/fz/messages/receive?count=5".to_string(),
+                ),
+                (
+                    "POST",
+                    format!("/api/v1/jobs/{job}/claim?worker_instance_id=w&count=5"),
+                ),
+            ] {
+                let status = f.send(method, &uri, Vec::new())?;
+                prop_assert!(
+                    status < 500,
+                    "{method} {uri} after {bytes:?} in {field}: {status}"
+                );
+            }
+            Ok(())
+        },
+    );
 }
