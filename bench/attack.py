@@ -17,6 +17,7 @@ it. Standard library only, so CI needs nothing installed.
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import random
 import socket
@@ -35,6 +36,7 @@ ap.add_argument("--idle-seconds", type=float, default=5)
 ap.add_argument("--mem-mib", type=int, default=512)
 ap.add_argument("--p99-ms", type=float, default=None)
 ap.add_argument("--port", type=int, default=18190)
+ap.add_argument("--only", default=None, help="comma-separated attack numbers (diagnosis)")
 args = ap.parse_args()
 
 PORT = args.port
@@ -82,7 +84,25 @@ if os.access(base, os.W_OK):
     os.mkdir(cgroup)
     with open(f"{cgroup}/memory.limit_in_bytes", "w") as f:
         f.write(str(args.mem_mib * 1024 * 1024))
-server = subprocess.Popen([args.binary, "serve"], env=env, stderr=subprocess.PIPE)
+server = subprocess.Popen([args.binary, "serve"], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+
+
+def cleanup():
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    if cgroup and os.path.isdir(cgroup):
+        os.rmdir(cgroup)
+
+
+import atexit  # noqa: E402
+
+atexit.register(cleanup)
 if cgroup:
     with open(f"{cgroup}/cgroup.procs", "w") as f:
         f.write(str(server.pid))
@@ -112,12 +132,20 @@ def request(conn, method, path, token=None, body=None, raw=None):
     return resp.status, payload
 
 
-def call(method, path, token=None, body=None, raw=None):
-    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
+# Each party from its own loopback address, as they would be from their own
+# hosts: the per-address auth-failure limit must not lock out the others.
+ATTACKER, GUESSER, BYSTANDER = "127.0.0.3", "127.0.0.4", "127.0.0.2"
+
+
+def call(method, path, token=None, body=None, raw=None, source=ATTACKER, parse=True):
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60, source_address=(source, 0))
     try:
         status, payload = request(conn, method, path, token, body, raw)
     finally:
         conn.close()
+    if not parse:
+        # The attacker's own CPU is the machine's too: no JSON parse it does not need.
+        return status, None
     try:
         return status, json.loads(payload or b"null")
     except ValueError:
@@ -130,7 +158,7 @@ big = "x" * (MIB - 64)
 job = {"orchestrator_agent": "orc", "worker_agent": "w", "task": "t", "items": [0] * 12}
 st, spawned = call("POST", "/api/v1/jobs", attacker, job)
 assert st == 201, (st, spawned)
-results_job = spawned["job_id"]
+results_job = spawned["id"]
 st, claimed = call("POST", f"/api/v1/jobs/{results_job}/claim?worker_instance_id=w1&count=12", attacker)
 for item in claimed["items"]:
     call("POST", f"/api/v1/jobs/{results_job}/items/{item['item_id']}/complete", attacker, {"output": big})
@@ -146,7 +174,7 @@ for _ in range(20):
 chain = {"orchestrator_agent": "o", "worker_agent": "w", "task": "t", "items": [0],
          "stages": [{"name": f"s{i}", "items": 1, "depends_on": [f"s{i + 1}"]} for i in range(8000)]}
 chain_body = json.dumps(chain).encode()
-widest = {"orchestrator_agent": "o", "worker_agent": "w", "task": "t", "items": 100000,
+widest = {"orchestrator_agent": "o", "worker_agent": "w", "task": "t", "items": [0] * 100000,
           "stages": [{"name": f"s{i}", "items": 100000,
                       "depends_on": [f"s{j}" for j in range(max(0, i - 32), i)]} for i in range(200)]}
 widest_body = json.dumps(widest).encode()
@@ -178,12 +206,20 @@ def attack(cls, fn):
 
 
 def post_raw(path, token, raw):
-    return lambda: call("POST", path, token, raw=raw)[0]
+    return lambda: call("POST", path, token, raw=raw, parse=False)[0]
+
+
+def get(path):
+    return lambda: call("GET", path, attacker, parse=False)[0]
 
 
 def ended_claim():
     st, j = call("POST", "/api/v1/jobs", attacker, {**job, "items": [0]})
-    jid = j["job_id"]
+    if st != 201:
+        return st
+    jid = j["id"]
+    # Its one item taken first, so the next claim waits until the cancel.
+    call("POST", f"/api/v1/jobs/{jid}/claim?worker_instance_id=w9&count=1", attacker)
     t = threading.Timer(0.2, lambda: call("POST", f"/api/v1/jobs/{jid}/cancel", attacker, {"reason": "r"}))
     t.start()
     st, _ = call("POST", f"/api/v1/jobs/{jid}/claim?worker_instance_id=w9&count=1&wait_ms=5000", attacker)
@@ -194,7 +230,7 @@ def ended_claim():
 def slowloris():
     socks = []
     for _ in range(100):
-        s = socket.create_connection(("127.0.0.1", PORT))
+        s = socket.create_connection(("127.0.0.1", PORT), source_address=(ATTACKER, 0))
         s.sendall(b"GET /api/v1/credits HTTP/1.1\r\nhost: x\r\n")
         socks.append(s)
     time.sleep(2)
@@ -210,7 +246,7 @@ def slowloris():
 
 
 def auth_guess():
-    return call("GET", "/api/v1/tokens", uuid.uuid4().hex * 2)[0]
+    return call("GET", "/api/v1/tokens", uuid.uuid4().hex * 2, source=GUESSER)[0]
 
 
 n_reg = [0]
@@ -228,11 +264,11 @@ attacks = [
            {**job, "items": 1, "stages": [{"name": "s", "items": 10**12}]})[0]),
     attack("simulate the largest allowed graph", post_raw("/api/v1/jobs/simulate", attacker, widest_body)),
     attack("spawn with 14 MiB of items", post_raw("/api/v1/jobs", attacker, flood_body)),
-    attack("read 12 MiB of results", lambda: call("GET", f"/api/v1/jobs/{results_job}/results?limit=1000", attacker)[0]),
-    attack("list 12 MiB inbox with poison", lambda: call("GET", "/api/v1/agents/rx/messages?limit=500", attacker)[0]),
-    attack("receive 500 from that inbox", lambda: call("POST", "/api/v1/agents/rx/messages/receive?count=500", attacker)[0]),
+    attack("read 12 MiB of results", get(f"/api/v1/jobs/{results_job}/results?limit=1000")),
+    attack("list 12 MiB inbox with poison", get("/api/v1/agents/rx/messages?limit=500")),
+    attack("receive 500 from that inbox", post_raw("/api/v1/agents/rx/messages/receive?count=500", attacker, b"")),
     attack("register instances past the limit", register),
-    attack("list one agent of 10K", lambda: call("GET", "/api/v1/agents?agent_id=flood&limit=1", attacker)[0]),
+    attack("list one agent of 10K", get("/api/v1/agents?agent_id=flood&limit=1")),
     attack("claim waiting on a job that ends", ended_claim),
     attack("half-sent headers", slowloris),
     attack("admin token guesses", auth_guess),
@@ -260,7 +296,10 @@ def sample():
 
 
 def bystand(seconds, halt):
-    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+    def connect():
+        return http.client.HTTPConnection("127.0.0.1", PORT, timeout=30, source_address=(BYSTANDER, 0))
+
+    conn = connect()
     lat, failures = [], Counter()
     end = time.monotonic() + seconds
     while time.monotonic() < end and not halt.is_set():
@@ -269,7 +308,7 @@ def bystand(seconds, halt):
             st, _ = request(conn, "GET", "/api/v1/credits", bystander)
         except (OSError, http.client.HTTPException) as e:
             failures[type(e).__name__] += 1
-            conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+            conn = connect()
             continue
         lat.append((time.perf_counter() - t0) * 1000)
         if st != 200:
@@ -283,16 +322,50 @@ def pct(v, p):
     return round(v[min(len(v) - 1, int(len(v) * p))], 2) if v else None
 
 
+def bystander_process(out, idle_done):
+    """Its own process: the attacker's threads hold this one's GIL."""
+    idle = bystand(args.idle_seconds, threading.Event())
+    idle_done.set()
+    under = bystand(args.seconds, threading.Event())
+    out.put((idle, under))
+
+
+def cpu_seconds():
+    """CPU used so far by the server, Redis and this (attacking) process."""
+    tck = os.sysconf("SC_CLK_TCK")
+    try:
+        with open(f"/proc/{server.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        srv = (int(fields[11]) + int(fields[12])) / tck
+    except OSError:
+        srv = 0.0
+    info = redis_cmd("INFO", "cpu").decode(errors="replace")
+    red = sum(float(line.split(":")[1]) for line in info.splitlines()
+              if line.startswith(("used_cpu_sys:", "used_cpu_user:")))
+    me = os.times()
+    return srv, red, me.user + me.system
+
+
+ctx = multiprocessing.get_context("fork")
+out, idle_done = ctx.Queue(), ctx.Event()
+proc = ctx.Process(target=bystander_process, args=(out, idle_done))
+proc.start()
 sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
-idle, idle_fail = bystand(args.idle_seconds, threading.Event())
+idle_done.wait()
 rss_idle = rss_kib()
-for a in attacks:
-    a.start()
-under, under_fail = bystand(args.seconds, died)
+cpu0, t0 = cpu_seconds(), time.monotonic()
+only = set(args.only.split(",")) if args.only else None
+for n, a in enumerate(attacks):
+    if only is None or str(n) in only:
+        a.start()
+(idle, idle_fail), (under, under_fail) = out.get()
+cpu1, t1 = cpu_seconds(), time.monotonic()
+proc.join()
 stop.set()
 for a in attacks:
-    a.join(timeout=90)
+    if a.is_alive():
+        a.join(timeout=90)
 alive = server.poll() is None and not died.is_set()
 try:
     with open(f"/proc/{server.pid}/status") as f:
@@ -300,13 +373,7 @@ try:
 except (OSError, StopIteration):
     hwm = peak[0]
 peak_kib = max(peak[0], hwm)
-server.terminate()
-try:
-    server.wait(timeout=10)
-except subprocess.TimeoutExpired:
-    server.kill()
-if cgroup:
-    os.rmdir(cgroup)
+cleanup()
 redis_keys = redis_cmd("EVAL", "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) n = n + 1 end return n", 0, PREFIX + ":*")
 
 summary = {
@@ -318,6 +385,9 @@ summary = {
     "bystander_idle_ms": {"p50": pct(idle, 0.5), "p99": pct(idle, 0.99), "n": len(idle)},
     "bystander_under_attack_ms": {"p50": pct(under, 0.5), "p99": pct(under, 0.99), "n": len(under),
                                   "failures": dict(under_fail)},
+    "cpu_share_under_attack": {
+        name: round((b - a) / (t1 - t0), 2) for name, a, b in zip(("server", "redis", "attacker"), cpu0, cpu1)
+    },
     "answers": {k: dict(v) for k, v in answers.items()},
 }
 print(json.dumps(summary, indent=1))

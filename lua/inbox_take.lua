@@ -31,9 +31,11 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
 end
 if not last then return redis.error_reply('NOGROUP no inbox group for this instance') end
 
-local n, bytes, start = 0, 0, '(' .. last
+-- The first read measures one entry; later ones are sized from the average,
+-- so at most one entry past the bound is copied (never a chunk of large ones).
+local n, bytes, start, chunk = 0, 0, '(' .. last, 1
 while n < max_n do
-  local want = math.min(32, max_n - n)
+  local want = math.min(chunk, max_n - n)
   local chunk = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', want)
   local stop = #chunk < want
   for _, e in ipairs(chunk) do
@@ -45,6 +47,8 @@ while n < max_n do
     start = '(' .. e[1]
   end
   if stop then break end
+  local average = math.max(1, math.floor(bytes / math.max(n, 1)))
+  chunk = math.max(1, math.min(64, math.floor((max_b - bytes) / average) + 1))
 end
 if n == 0 then return {} end
 local read = redis.call('XREADGROUP', 'GROUP', 'inbox', ARGV[1], 'COUNT', n, 'STREAMS', KEYS[1], '>')

@@ -248,6 +248,11 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTBUS_AUTH_FAILURE_LIMIT", default_value_t = 30)]
     pub auth_failure_limit: u32,
 
+    /// Heavy requests (large bodies, simulations, pages, receives) handled at
+    /// once, each on a thread of its own; more wait their turn.
+    #[arg(long, env = "AGENTBUS_MAX_HEAVY_REQUESTS", default_value_t = 16)]
+    pub max_heavy_requests: usize,
+
     /// Token that may read `/metrics` on the API listener (the admin token may too).
     #[arg(long, env = "AGENTBUS_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
@@ -351,6 +356,7 @@ impl ServeConfig {
             rate_limit_burst: self.rate_burst.max(1),
             concurrency_limit: self.concurrency_limit,
             auth_failure_limit: self.auth_failure_limit,
+            max_heavy_requests: self.max_heavy_requests.max(1),
         })
     }
 }

@@ -1,13 +1,12 @@
-//! Pages of a stream bounded in entries and in bytes (`lua/stream_page.lua`):
+//! Pages of a stream bounded in entries and in bytes:
 //! what one listing holds in memory does not grow with what was stored,
 //! and a `next` cursor continues where a page stopped.
 
 use redis::Value;
 
 use crate::bus::AgentBus;
-use crate::codec::{Reply, StreamEntry};
+use crate::codec::StreamEntry;
 use crate::error::{Error, Result};
-use crate::scripts::scripts;
 
 /// One page of a stream.
 #[derive(Debug)]
@@ -26,13 +25,21 @@ impl StreamPage {
     }
 }
 
+/// About the most bytes one read of a page asks Redis for.
+const CHUNK_BYTES: usize = 1024 * 1024;
+
 /// Most entries one page may ask for.
 pub const MAX_PAGE_ENTRIES: usize = 10_000;
 
 impl AgentBus {
     /// Up to `count` entries of `stream` after `start` (`-` or `(<id>`),
-    /// at most `Limits::max_page_bytes` of field values plus one entry;
-    /// `None` when `must_exist` (the stream itself, or e.g. its job) does not exist.
+    /// at most `Limits::max_page_bytes` of field values (a page always has
+    /// an entry when one is left); `None` when `must_exist` (the stream
+    /// itself, or e.g. its job) does not exist.
+    ///
+    /// Read in chunks sized from the entries seen so far, one command each,
+    /// so Redis serves other clients between them and reads at most one
+    /// entry past the bound (never a whole chunk of large entries).
     pub(crate) async fn stream_page(
         &self,
         stream: &str,
@@ -40,31 +47,72 @@ impl AgentBus {
         start: &str,
         count: usize,
     ) -> Result<Option<StreamPage>> {
+        if start != "-"
+            && !start
+                .strip_prefix('(')
+                .is_some_and(|id| crate::jobs::validate_stream_id("after", id).is_ok())
+        {
+            return Err(Error::invalid("after", "must be - or (<stream id>"));
+        }
+        let count = count.clamp(1, MAX_PAGE_ENTRIES);
+        let max_bytes = self.limits().max_page_bytes.max(1);
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(
-            scripts()
-                .stream_page
-                .key(stream)
-                .key(must_exist)
-                .arg(start)
-                .arg(count.clamp(1, MAX_PAGE_ENTRIES))
-                .arg(self.limits().max_page_bytes.max(1))
-                .invoke_async(&mut conn)
-                .await?,
-        )?;
-        if reply.tag()? == "missing" {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(must_exist)
+            .query_async(&mut conn)
+            .await?;
+        if !exists {
             return Ok(None);
         }
-        let entries = match reply.get(1)? {
-            Value::Array(items) => items
-                .iter()
-                .map(StreamEntry::from_value)
-                .collect::<Result<Vec<_>>>()?,
-            other => return Err(Error::protocol(format!("stream_page entries {other:?}"))),
-        };
-        Ok(Some(StreamPage {
-            entries,
-            more: reply.i64(2)? == 1,
-        }))
+        let mut entries: Vec<StreamEntry> = Vec::new();
+        let mut bytes = 0usize;
+        let mut cursor = start.to_string();
+        // The first read measures one entry; later ones are sized from the average.
+        let mut chunk = 1usize;
+        loop {
+            let want = chunk.min(count - entries.len());
+            let value: Value = redis::cmd("XRANGE")
+                .arg(stream)
+                .arg(&cursor)
+                .arg("+")
+                .arg("COUNT")
+                .arg(want)
+                .query_async(&mut conn)
+                .await?;
+            let Value::Array(items) = value else {
+                return Err(Error::protocol(format!("XRANGE answered {value:?}")));
+            };
+            let got = items.len();
+            for item in &items {
+                let entry = StreamEntry::from_value(item)?;
+                let size: usize = entry.fields.iter().map(|(_, v)| v.len()).sum();
+                if !entries.is_empty() && bytes + size > max_bytes {
+                    return Ok(Some(StreamPage {
+                        entries,
+                        more: true,
+                    }));
+                }
+                bytes += size;
+                cursor = format!("({}", entry.id);
+                entries.push(entry);
+                if entries.len() == count {
+                    return Ok(Some(StreamPage {
+                        entries,
+                        more: true,
+                    }));
+                }
+            }
+            if got < want {
+                return Ok(Some(StreamPage {
+                    entries,
+                    more: false,
+                }));
+            }
+            // About what is left of the page, and at most ~1 MiB per command:
+            // a big read keeps Redis from every other client while it copies.
+            let average = (bytes / entries.len().max(1)).max(1);
+            let left = max_bytes.saturating_sub(bytes).min(CHUNK_BYTES);
+            chunk = (left / average).clamp(1, 64);
+        }
     }
 }

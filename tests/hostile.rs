@@ -827,18 +827,6 @@ async fn scripts_refuse_bad_arguments_before_writing() {
         assert!(answer.is_err(), "{max} accepted");
         assert_eq!(before, env.snapshot().await, "{max} wrote");
     }
-    // stream_page: a start that is not a cursor.
-    let answer: redis::RedisResult<redis::Value> = scripts
-        .stream_page
-        .key(keys.inbox(&rx))
-        .key(keys.inbox(&rx))
-        .arg("0-0 + COUNT 1")
-        .arg(10)
-        .arg(1000)
-        .invoke_async(&mut conn)
-        .await;
-    assert!(answer.is_err());
-    assert_eq!(before, env.snapshot().await);
     // inbox_take: counts and bounds out of range.
     for (count, bytes) in [("0", "10"), ("20000", "10"), ("5", "0"), ("5", "lots")] {
         let answer: redis::RedisResult<redis::Value> = scripts

@@ -66,6 +66,8 @@ pub struct ApiConfig {
     pub concurrency_limit: usize,
     /// Failed authentications per minute from one client address (0: no limit).
     pub auth_failure_limit: u32,
+    /// Heavy requests (see `guard`) handled at once; more wait their turn.
+    pub max_heavy_requests: usize,
 }
 
 impl Default for ApiConfig {
@@ -80,6 +82,7 @@ impl Default for ApiConfig {
             rate_limit_burst: 2000,
             concurrency_limit: 256,
             auth_failure_limit: 30,
+            max_heavy_requests: 16,
         }
     }
 }
@@ -96,6 +99,8 @@ pub struct AppState {
     pub auth_failures: Arc<caller::FailureLimiter>,
     /// Bytes of request bodies in memory now (`max_inflight_body_bytes` permits, in KiB).
     pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// Heavy requests being handled now (`max_heavy_requests` permits).
+    pub heavy: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -107,6 +112,7 @@ impl AppState {
     ) -> Self {
         let budget_kib =
             (config.max_inflight_body_bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let config_heavy = config.max_heavy_requests;
         Self {
             bus,
             db,
@@ -115,6 +121,9 @@ impl AppState {
             limiter: Arc::default(),
             auth_failures: Arc::default(),
             body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
+            heavy: Arc::new(tokio::sync::Semaphore::new(
+                config_heavy.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
         }
     }
 }
