@@ -48,9 +48,9 @@ impl AgentBus {
         count: usize,
     ) -> Result<Option<StreamPage>> {
         if start != "-"
-            && !start
+            && start
                 .strip_prefix('(')
-                .is_some_and(|id| crate::jobs::validate_stream_id("after", id).is_ok())
+                .is_none_or(|id| crate::jobs::validate_stream_id("after", id).is_err())
         {
             return Err(Error::invalid("after", "must be - or (<stream id>"));
         }
