@@ -36,6 +36,7 @@ ap.add_argument("--idle-seconds", type=float, default=5)
 ap.add_argument("--mem-mib", type=int, default=512)
 ap.add_argument("--p99-ms", type=float, default=None)
 ap.add_argument("--port", type=int, default=18190)
+ap.add_argument("--line", action="store_true", help="one Markdown sentence instead of JSON")
 ap.add_argument("--only", default=None, help="comma-separated attack numbers (diagnosis)")
 args = ap.parse_args()
 
@@ -390,7 +391,13 @@ summary = {
     },
     "answers": {k: dict(v) for k, v in answers.items()},
 }
-print(json.dumps(summary, indent=1))
+if args.line:
+    i, u = summary["bystander_idle_ms"], summary["bystander_under_attack_ms"]
+    print(f"Server alive: {alive}; peak RSS {summary['peak_rss_mib']} MiB of {args.mem_mib}; "
+          f"bystander GET /credits p50/p99 idle {i['p50']}/{i['p99']} ms, "
+          f"under attack {u['p50']}/{u['p99']} ms.")
+else:
+    print(json.dumps(summary, indent=1))
 bad = []
 if not alive:
     bad.append("the server died")

@@ -70,6 +70,11 @@ out=bench/RESULTS.md.tmp
   echo '`bench/http.sh`: `agentbus serve` without sink, rate limit off, wrk with 50 connections for 10 s; CPU is that of the server process (user + system) per request answered.'
   echo
   clean
+  echo "### Under attack (one run of bench/attack.py, 512 MiB cgroup)"
+  echo
+  python3 bench/attack.py "$bin" --seconds 20 --p99-ms 50 --line || echo "(a bound was missed: the line above says which)"
+  echo
+  clean
   # Filling a million entries takes minutes: three runs are enough here.
   "$bin" bench blackboard --runs 3 --sizes 10000,100000,1000000 --samples 500
 } > "$out"
