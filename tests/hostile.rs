@@ -912,3 +912,70 @@ async fn request_bodies_in_memory_stay_within_the_budget() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn heavy_requests_are_bounded_and_a_slow_body_holds_no_slot() {
+    let env = TestEnv::new().await;
+    let running = serve(&env, |s| {
+        s.max_heavy_requests = 1;
+        s.body_timeout_secs = 5;
+    })
+    .await;
+    let addr = running.addr;
+    let attacker = env.token("attacker").await;
+    let other = env.token("other").await;
+    // Simulations announced and trickled: none may take the one heavy slot
+    // while its body is in transit.
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            format!(
+                "POST /api/v1/jobs/simulate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {attacker}\r\ncontent-type: application/json\r\ncontent-length: 200000\r\n\r\n{{\"items\":["
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another tenant's heavy request (a simulation) is answered at once.
+    let body = job(json!([1, 2, 3])).to_string();
+    let started = Instant::now();
+    let answer = http(
+        addr,
+        &format!(
+            "POST /api/v1/jobs/simulate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {other}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited {:?} behind bodies in transit",
+        started.elapsed()
+    );
+    // Many heavy requests at once share the one slot: each is answered.
+    let mut all = Vec::new();
+    for _ in 0..6 {
+        let (body, other) = (body.clone(), other.clone());
+        all.push(tokio::spawn(async move {
+            http(
+                addr,
+                &format!(
+                    "POST /api/v1/jobs/simulate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {other}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                ),
+            )
+            .await
+        }));
+    }
+    for answer in all {
+        let answer = answer.await.expect("task");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    drop(slow);
+    running.stop().await;
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -179,7 +180,7 @@ pub async fn list_messages(
     Tenant(tenant): Tenant,
     ApiPath(id): ApiPath<String>,
     params: Params,
-) -> ApiResult<Json<MessagePage>> {
+) -> ApiResult<Response> {
     let id = instance(&id)?;
     let filter = MessageFilter {
         status: params
@@ -215,15 +216,24 @@ pub async fn list_messages(
             .transpose()?,
     };
     let limit = params.number("limit", 100usize, 1, 500)?;
-    let page = state
-        .bus
-        .list_messages(&tenant, &id, &filter, params.text("after"), limit)
-        .await?;
-    Ok(Json(MessagePage {
-        count: page.messages.len(),
-        messages: page.messages,
-        next: page.next,
-    }))
+    let after = params.text("after").map(str::to_string);
+    let work = state.clone();
+    Ok(state
+        .heavy(async move {
+            work.bus
+                .list_messages(&tenant, &id, &filter, after.as_deref(), limit)
+                .await
+                .map(|page| {
+                    Json(MessagePage {
+                        count: page.messages.len(),
+                        messages: page.messages,
+                        next: page.next,
+                    })
+                })
+                .map_err(ApiError::from)
+                .into_response()
+        })
+        .await)
 }
 
 pub async fn receive(

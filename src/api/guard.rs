@@ -7,12 +7,6 @@
 //!   under the budget. A request announcing no length reserves the largest
 //!   body allowed; one without a body reserves nothing. Past the body
 //!   timeout without a share: 503 with `Retry-After`;
-//! - a request that may hold a CPU for milliseconds (a body over 64 KiB, a
-//!   simulation, a page of results or messages, a receive) runs on the
-//!   blocking pool, not on an async worker: the workers stay free for every
-//!   other request and the OS shares the cores between the heavy ones. At
-//!   most `max_heavy_requests` run at once (bounding their memory and
-//!   threads); others wait up to the body timeout, then 503;
 //! - a panic in a handler answers a JSON 500 and is counted; the process and
 //!   every other request go on.
 
@@ -30,24 +24,11 @@ use tower::ServiceExt;
 use super::{ApiConfig, ApiError, AppState, extract};
 use crate::metrics;
 
-/// Bodies above this many KiB are parsed off the async workers.
-const HEAVY_BODY_KIB: u32 = 64;
-
-/// Routes whose work grows with what they read or compute (up to their
-/// limits): a simulation, pages of results or messages, a receive.
-fn heavy_route(method: &axum::http::Method, path: &str) -> bool {
-    path.ends_with("/simulate")
-        || path.ends_with("/results")
-        || path.ends_with("/receive")
-        || (method == axum::http::Method::GET && path.ends_with("/messages"))
-}
-
 /// What the guard needs of the application's state.
 #[derive(Clone)]
 pub struct Guard {
     config: Arc<ApiConfig>,
     budget: Arc<Semaphore>,
-    heavy: Arc<Semaphore>,
 }
 
 impl Guard {
@@ -55,7 +36,6 @@ impl Guard {
         Self {
             config: state.config.clone(),
             budget: state.body_budget.clone(),
-            heavy: state.heavy.clone(),
         }
     }
 
@@ -83,23 +63,10 @@ impl Guard {
         };
         // Cheap to keep (reference-counted): only read when a handler panicked.
         let (method, uri) = (req.method().clone(), req.uri().clone());
-        let heavy = kib > HEAVY_BODY_KIB || heavy_route(&method, uri.path());
-        let handled = std::panic::AssertUnwindSafe(app.oneshot(req)).catch_unwind();
-        let outcome = if heavy {
-            // Bounded: what heavy requests hold in memory and the threads they use.
-            let wait = self.heavy.clone().acquire_owned();
-            let Ok(Ok(_slot)) = tokio::time::timeout(self.config.body_timeout, wait).await else {
-                return busy("too many heavy requests at once; retry later");
-            };
-            let runtime = tokio::runtime::Handle::current();
-            match tokio::task::spawn_blocking(move || runtime.block_on(handled)).await {
-                Ok(outcome) => outcome,
-                Err(e) => Err(Box::new(e) as Box<dyn std::any::Any + Send>),
-            }
-        } else {
-            handled.await
-        };
-        match outcome {
+        match std::panic::AssertUnwindSafe(app.oneshot(req))
+            .catch_unwind()
+            .await
+        {
             Ok(Ok(response)) => response,
             Ok(Err(never)) => match never {},
             Err(_) => {
@@ -116,7 +83,7 @@ impl Guard {
     }
 }
 
-fn busy(message: &str) -> Response {
+pub(super) fn busy(message: &str) -> Response {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
         .retry_after(1)
         .into_response()

@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -12,12 +14,13 @@ use serde_json::value::RawValue;
 use super::extract::{
     ApiPath, OptionalJson, Params, RawJson, parse_json, parse_json_at, path_uuid,
 };
-use super::{ApiError, ApiResult, AppState, Tenant};
+use super::{ApiError, ApiResult, AppState, HEAVY_BODY_BYTES, Tenant};
 use crate::bounded;
 use crate::jobs::{
     CancelOutcome, ClaimedItem, CompleteOutcome, FailOutcome, ItemResult, Job, JobPage, JobSpec,
     validate_stream_id,
 };
+use crate::keys::TenantId;
 use crate::payload::Payload;
 use crate::simulate::{MAX_STAGES, Simulation, StageSpec};
 
@@ -29,10 +32,20 @@ pub async fn create(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     RawJson(body): RawJson,
-) -> ApiResult<(StatusCode, Json<Job>)> {
-    let spec = parse_spec(&state, &body)?;
-    let job = state.bus.spawn_job(&tenant, &spec).await?;
-    Ok((StatusCode::CREATED, Json(job)))
+) -> Response {
+    async fn spawn(state: AppState, tenant: TenantId, body: Bytes) -> Response {
+        let spawned = async {
+            let spec = parse_spec(&state, &body)?;
+            let job = state.bus.spawn_job(&tenant, &spec).await?;
+            ApiResult::Ok((StatusCode::CREATED, Json(job)))
+        };
+        spawned.await.into_response()
+    }
+    if body.len() > HEAVY_BODY_BYTES {
+        state.clone().heavy(spawn(state, tenant, body)).await
+    } else {
+        spawn(state, tenant, body).await
+    }
 }
 
 /// A job's spec from JSON text, items counted while they are parsed.
@@ -60,10 +73,21 @@ pub async fn simulate(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     RawJson(body): RawJson,
+) -> Response {
+    let work = state.clone();
+    state
+        .heavy(async move { simulate_now(&work, &tenant, &body).await.into_response() })
+        .await
+}
+
+async fn simulate_now(
+    state: &AppState,
+    tenant: &TenantId,
+    body: &[u8],
 ) -> ApiResult<Json<Simulation>> {
     // Top-level fields kept as text (no tree): `stages` is split off, the
     // rest is parsed exactly as `POST /jobs` parses it.
-    let TopLevel(fields) = parse_json(&body)?;
+    let TopLevel(fields) = parse_json(body)?;
     let mut stages = Vec::new();
     let mut rest = String::from("{");
     for (name, raw) in &fields {
@@ -82,8 +106,8 @@ pub async fn simulate(
         rest.push_str(raw.get());
     }
     rest.push('}');
-    let spec = parse_spec(&state, rest.as_bytes())?;
-    Ok(Json(state.bus.simulate(&tenant, &spec, &stages).await?))
+    let spec = parse_spec(state, rest.as_bytes())?;
+    Ok(Json(state.bus.simulate(tenant, &spec, &stages).await?))
 }
 
 /// The top-level fields of a JSON object as text, in order; a field given
@@ -357,16 +381,26 @@ pub async fn results(
     Tenant(tenant): Tenant,
     ApiPath(job_id): ApiPath<String>,
     params: Params,
-) -> ApiResult<Json<ResultsPage>> {
+) -> ApiResult<Response> {
     let job_id = path_uuid("job_id", &job_id)?;
     let limit = params.number("limit", 100usize, 1, 1000)?;
-    let page = state
-        .bus
-        .job_results(&tenant, &job_id, params.text("after"), limit)
-        .await?;
-    Ok(Json(ResultsPage {
-        count: page.results.len(),
-        next: page.next,
-        results: page.results,
-    }))
+    let after = params.text("after").map(str::to_string);
+    let work = state.clone();
+    Ok(state
+        .heavy(async move {
+            let page = work
+                .bus
+                .job_results(&tenant, &job_id, after.as_deref(), limit)
+                .await;
+            page.map(|page| {
+                Json(ResultsPage {
+                    count: page.results.len(),
+                    next: page.next,
+                    results: page.results,
+                })
+            })
+            .map_err(ApiError::from)
+            .into_response()
+        })
+        .await)
 }

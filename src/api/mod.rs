@@ -128,6 +128,43 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Runs a heavy request's work — one whose CPU grows with what it reads
+    /// or computes, up to its limits: a large body's parse, a simulation, a
+    /// page of results or messages, with its serialization — on the blocking
+    /// pool, so the async workers stay free for every other request and the
+    /// OS shares the cores. Called once the body has arrived (a slow client
+    /// holds no slot) and never around a long-poll. At most
+    /// `max_heavy_requests` at once, bounding their memory and threads;
+    /// others wait up to the body timeout, then 503 `busy`.
+    pub(crate) async fn heavy<F>(&self, work: F) -> Response
+    where
+        F: std::future::Future<Output = Response> + Send + 'static,
+    {
+        let wait = self.heavy.clone().acquire_owned();
+        let Ok(Ok(_slot)) = tokio::time::timeout(self.config.body_timeout, wait).await else {
+            return guard::busy("too many heavy requests at once; retry later");
+        };
+        let runtime = tokio::runtime::Handle::current();
+        match tokio::task::spawn_blocking(move || runtime.block_on(work)).await {
+            Ok(response) => response,
+            // Raised again here, for the guard to answer and count.
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+                .into_response(),
+            },
+        }
+    }
+}
+
+/// Bodies larger than this are parsed as heavy work ([`AppState::heavy`]).
+pub(crate) const HEAVY_BODY_BYTES: usize = 64 * 1024;
+
 /// The whole application: `/healthz`, `/readyz`, `/metrics` and `/api/v1/...`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
