@@ -1,14 +1,12 @@
 //! The `agentbus` command line: parses arguments and runs one subcommand.
 
 use std::io::IsTerminal;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ServeConfig, SinkConfig};
@@ -699,8 +697,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     amount,
                     reason,
                 } => {
-                    let Ok(amount) = Decimal::from_str(&amount) else {
-                        bail!("amount: {amount:?} is not a decimal number");
+                    let amount = match crate::money::parse_credits(&amount) {
+                        Ok(amount) => amount,
+                        Err(e) => bail!("amount: {e}"),
                     };
                     bus.grant_credits(
                         &tenant(&t)?,

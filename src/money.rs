@@ -29,7 +29,9 @@ pub fn to_minor(field: &str, credits: Decimal) -> Result<i64> {
             format!("at most {SCALE} decimal places ({credits} given)"),
         ));
     }
-    let minor = normalized * Decimal::from(10i64.pow(SCALE));
+    let minor = normalized
+        .checked_mul(Decimal::from(10i64.pow(SCALE)))
+        .ok_or_else(|| Error::invalid(field, "too large"))?;
     let minor: i64 = minor
         .trunc()
         .try_into()
@@ -38,6 +40,43 @@ pub fn to_minor(field: &str, credits: Decimal) -> Result<i64> {
         return Err(Error::invalid(field, "too large"));
     }
     Ok(minor)
+}
+
+/// Parses an amount exactly as documented (`^-?[0-9]{1,14}(\.[0-9]{1,2})?$`,
+/// the API's pattern; a leading `-` parses, for `to_minor` to refuse as
+/// negative): nothing is rounded, and no `+`, `_`, exponent or space.
+pub fn parse_credits(text: &str) -> std::result::Result<Decimal, String> {
+    const EXPECTED: &str =
+        "expected an amount of credits: up to 14 digits and at most two decimals, e.g. 12.50";
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (whole, fraction) = match digits.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (digits, None),
+    };
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    // 14 digits hold the largest balance (MAX_MINOR); `to_minor` refuses more.
+    let well_formed = (1..=14).contains(&whole.len())
+        && all_digits(whole)
+        && fraction.is_none_or(|f| (1..=SCALE as usize).contains(&f.len()) && all_digits(f));
+    if !well_formed {
+        let shown: String = text.chars().take(48).collect();
+        return Err(format!("{EXPECTED}, got {shown:?}"));
+    }
+    let mut minor: i64 = 0;
+    let fraction = fraction.unwrap_or("");
+    for b in whole.bytes().chain(
+        fraction
+            .bytes()
+            .chain(std::iter::repeat(b'0'))
+            .take(SCALE as usize),
+    ) {
+        // At most 15 digits: cannot overflow i64.
+        minor = minor * 10 + i64::from(b - b'0');
+    }
+    Ok(Decimal::new(
+        if text.starts_with('-') { -minor } else { minor },
+        SCALE,
+    ))
 }
 
 /// Converts minor units back to credits with two decimal places.
@@ -70,22 +109,20 @@ pub mod json {
             "description": "Credits: at most two decimals, as a number or a string.",
             "anyOf": [
                 { "type": "number", "minimum": 0 },
-                { "type": "string", "pattern": "^[0-9]{1,13}(\\.[0-9]{1,2})?$" },
+                { "type": "string", "pattern": "^[0-9]{1,14}(\\.[0-9]{1,2})?$" },
             ],
         })
     }
 
-    /// Accepts a JSON number or a JSON string holding a decimal.
+    /// Accepts a JSON number or a JSON string holding an amount
+    /// ([`parse_credits`]: exact, never rounded).
     pub(crate) fn parse(text: &str) -> std::result::Result<Decimal, String> {
         let text = text.trim();
         let inner = text
             .strip_prefix('"')
             .and_then(|t| t.strip_suffix('"'))
             .unwrap_or(text);
-        inner
-            .parse::<Decimal>()
-            .or_else(|_| Decimal::from_scientific(inner))
-            .map_err(|_| format!("expected a decimal amount, got {text}"))
+        parse_credits(inner)
     }
 }
 
@@ -162,6 +199,49 @@ mod tests {
         assert!(to_minor("a", Decimal::from_str("0.001").unwrap()).is_err());
         assert!(to_minor("a", Decimal::from_str("-1").unwrap()).is_err());
         assert!(to_minor("a", Decimal::from_str("1e20").unwrap_or(Decimal::MAX)).is_err());
+    }
+
+    #[test]
+    fn amounts_parse_exactly_as_documented_or_not_at_all() {
+        for (text, minor) in [
+            ("0", 0),
+            ("7", 700),
+            ("12.5", 1250),
+            ("12.50", 1250),
+            ("0012.30", 1230),
+            ("9999999999999.99", 999_999_999_999_999),
+            ("10000000000000", MAX_MINOR),
+        ] {
+            let d = parse_credits(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(to_minor("a", d).unwrap(), minor, "{text}");
+        }
+        for text in [
+            "",
+            "+5",
+            "1_0",
+            " 5",
+            "5 ",
+            "1e2",
+            "0x10",
+            ".5",
+            "5.",
+            "1.2.3",
+            "--1",
+            "NaN",
+            "1.000000000000000000000000000001",
+            "0.00999999999999999999999999999999",
+            "0.001",
+            "12.500",
+            "79228162514264337593543950335",
+            "100000000000000",
+            &"9".repeat(100),
+        ] {
+            assert!(parse_credits(text).is_err(), "{text:?} parsed");
+        }
+        // Negative parses, and `to_minor` refuses it.
+        assert!(to_minor("a", parse_credits("-1").unwrap()).is_err());
+        // The largest decimal does not panic on its way to minor units.
+        assert!(to_minor("a", Decimal::MAX).is_err());
     }
 
     #[test]

@@ -3,9 +3,6 @@
 //! Defaults are the original system's; `AGENTBUS_PRICES` overrides any of
 //! them, e.g. `job_item=2.5,agent_invoke=10`.
 
-use std::str::FromStr;
-
-use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -45,9 +42,9 @@ impl Prices {
                 var: "AGENTBUS_PRICES".into(),
                 reason: format!("expected skill=credits, got {pair:?}"),
             })?;
-            let amount = Decimal::from_str(amount.trim()).map_err(|_| Error::Config {
+            let amount = money::parse_credits(amount.trim()).map_err(|e| Error::Config {
                 var: "AGENTBUS_PRICES".into(),
-                reason: format!("{skill}: {amount:?} is not a decimal"),
+                reason: format!("{skill}: {e}"),
             })?;
             let minor = money::to_minor(skill, amount).map_err(|e| Error::Config {
                 var: "AGENTBUS_PRICES".into(),
@@ -92,7 +89,16 @@ mod tests {
         assert_eq!(p.job_item, 250);
         assert_eq!(p.agent_invoke, 1000);
         assert_eq!(p.agent_spawn, 500);
-        for bad in ["job_item", "nope=1", "job_item=x", "job_item=0.001"] {
+        for bad in [
+            "job_item",
+            "nope=1",
+            "job_item=x",
+            "job_item=0.001",
+            // Once a panic at startup ("Multiplication overflowed").
+            "job_item=79228162514264337593543950335",
+            "job_item=1e2",
+            "job_item=+5",
+        ] {
             let err = Prices::parse_overrides(bad).unwrap_err().to_string();
             assert!(err.starts_with("AGENTBUS_PRICES"), "{err}");
         }

@@ -395,6 +395,36 @@ async fn bad_input_is_a_4xx_json_error_naming_the_field_and_changes_nothing() {
         (status, resp["error"]["field"].clone()),
         (StatusCode::UNPROCESSABLE_ENTITY, json!("amount"))
     );
+    // Amounts are parsed exactly as documented or refused: nothing rounded
+    // (past 28 digits or otherwise), no panic on the largest decimal, no
+    // `+`, `_` or exponent (issue 16).
+    for amount in [
+        "79228162514264337593543950335",
+        "\"79228162514264337593543950335\"",
+        "1.000000000000000000000000000001",
+        "0.00999999999999999999999999999999",
+        "\"0.00999999999999999999999999999999\"",
+        "\"1_0\"",
+        "\"+5\"",
+        "1e2",
+        "\"1e2\"",
+        "-1",
+        "1E400",
+    ] {
+        let req = axum::http::Request::post("/api/v1/credits/grant")
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(format!(
+                r#"{{"tenant": "strict", "amount": {amount}}}"#
+            )))
+            .unwrap();
+        let (status, resp) = common::call_raw(&app, req).await;
+        assert_eq!(
+            (status, resp["error"]["field"].clone()),
+            (StatusCode::UNPROCESSABLE_ENTITY, json!("amount")),
+            "{amount}: {resp}"
+        );
+    }
     let (status, resp) = call(
         &app,
         "POST",
