@@ -383,6 +383,31 @@ async fn bad_input_is_a_4xx_json_error_naming_the_field_and_changes_nothing() {
         (status, resp["error"]["field"].clone()),
         (StatusCode::UNPROCESSABLE_ENTITY, json!("item_id"))
     );
+    // An id past u64 is refused here, not by Redis as a 503 (issue 16).
+    for uri in [
+        format!("/api/v1/jobs/{some_id}/items/99999999999999999999-0/complete"),
+        format!("/api/v1/jobs/{some_id}/items/1-18446744073709551616/fail"),
+    ] {
+        let (status, resp) = call(&app, "POST", &uri, t, None).await;
+        assert_eq!(
+            (status, resp["error"]["field"].clone()),
+            (StatusCode::UNPROCESSABLE_ENTITY, json!("item_id")),
+            "{uri}: {resp}"
+        );
+    }
+    let (status, resp) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/jobs/{some_id}/results?after=99999999999999999999-0"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, resp["error"]["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("after")),
+        "{resp}"
+    );
     let (status, resp) = call(
         &app,
         "POST",

@@ -914,19 +914,13 @@ fn parse_uuid(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s).map_err(|_| Error::protocol(format!("job id {s:?} in index")))
 }
 
-/// Accepts `<ms>-<seq>` stream ids only.
+/// Accepts `<ms>-<seq>` stream ids only, each part a u64 as Redis holds it
+/// (past u64, Redis refuses the id and the caller would see a 503).
 pub fn validate_stream_id(field: &str, id: &str) -> Result<()> {
-    let ok = id
-        .split_once('-')
-        .map(|(a, b)| {
-            !a.is_empty()
-                && !b.is_empty()
-                && a.len() <= 20
-                && b.len() <= 20
-                && a.bytes().all(|c| c.is_ascii_digit())
-                && b.bytes().all(|c| c.is_ascii_digit())
-        })
-        .unwrap_or(false);
+    let part = |p: &str| {
+        !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()) && p.parse::<u64>().is_ok()
+    };
+    let ok = id.split_once('-').is_some_and(|(a, b)| part(a) && part(b));
     if ok {
         Ok(())
     } else {
