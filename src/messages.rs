@@ -766,16 +766,7 @@ impl Receiver {
             return self.take(max_bytes, wait).await;
         }
         let inbox = self.bus.keys(&self.tenant).inbox(&self.instance);
-        let mut read = redis::cmd("XREADGROUP");
-        read.arg("GROUP")
-            .arg(GROUP)
-            .arg(self.instance.as_str())
-            .arg("COUNT")
-            .arg(self.batch);
-        if !wait.is_zero() {
-            read.arg("BLOCK").arg(wait.as_millis() as u64);
-        }
-        read.arg("STREAMS").arg(&inbox).arg(">");
+        let read = self.read_new(self.batch, wait);
         let result = if self.to_ack.is_empty() {
             self.conn.query::<Value>(&read, wait).await
         } else {
@@ -805,24 +796,29 @@ impl Receiver {
         self.deliver(messages).await
     }
 
+    /// XREADGROUP of up to `count` new entries, blocking up to `wait` (if any).
+    fn read_new(&self, count: usize, wait: Duration) -> redis::Cmd {
+        let inbox = self.bus.keys(&self.tenant).inbox(&self.instance);
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(GROUP)
+            .arg(self.instance.as_str())
+            .arg("COUNT")
+            .arg(count);
+        if !wait.is_zero() {
+            read.arg("BLOCK").arg(wait.as_millis() as u64);
+        }
+        read.arg("STREAMS").arg(&inbox).arg(">");
+        read
+    }
+
     /// New messages bounded in bytes as well as count (REST receive): taken
     /// at once when there are any, else one waited for, then the rest taken.
     async fn take(&mut self, max_bytes: usize, wait: Duration) -> Result<Vec<Message>> {
         let mut messages = self.take_now(self.batch, max_bytes).await?;
         if messages.is_empty() && !wait.is_zero() {
-            let inbox = self.bus.keys(&self.tenant).inbox(&self.instance);
-            let mut read = redis::cmd("XREADGROUP");
             // One entry is at most the payload limit: safe to wait for.
-            read.arg("GROUP")
-                .arg(GROUP)
-                .arg(self.instance.as_str())
-                .arg("COUNT")
-                .arg(1)
-                .arg("BLOCK")
-                .arg(wait.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&inbox)
-                .arg(">");
+            let read = self.read_new(1, wait);
             let value = self.conn.query::<Value>(&read, wait).await?;
             let entries = StreamEntry::from_read_reply(&value)?;
             let used: usize = entries
