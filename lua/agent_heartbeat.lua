@@ -7,6 +7,7 @@
 
 local idx = registry_prefixes(ARGV[3], ARGV[4], ARGV[5])
 if not idx then return redis.error_reply('ERR registry index prefixes must not be empty') end
+if ARGV[2] ~= '' and not registry_statuses[ARGV[2]] then return redis.error_reply('ERR unknown status') end
 local v = redis.call('HMGET', KEYS[2], 'agent_id', 'job_id', 'status')
 if not v[1] then return {'missing'} end
 local now = now_ms()

@@ -13,6 +13,8 @@ local max = tonumber(ARGV[6])
 if not max or max < 1 then return redis.error_reply('ERR most instances must be a number >= 1') end
 local idx = registry_prefixes(ARGV[7], ARGV[8], ARGV[9])
 if not idx then return redis.error_reply('ERR registry index prefixes must not be empty') end
+if ARGV[1] == '' or ARGV[2] == '' then return redis.error_reply('ERR instance and agent ids must not be empty') end
+if not registry_statuses[ARGV[5]] then return redis.error_reply('ERR unknown status') end
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   local n = redis.call('ZCARD', KEYS[1])
   if n >= max then return {'limit', n} end

@@ -1,7 +1,7 @@
 -- inbox_redeliver: hand a consumer back its own unacknowledged messages that
 -- have been idle for at least ARGV[2] ms (after a crash or a failed handler);
 -- a message delivered ARGV[3] times already goes to the dead-letter stream.
--- Includes: common (dead_letter_message)
+-- Includes: common (dead_letter_message, entry_bytes)
 -- KEYS[1] inbox stream   KEYS[2] dead-letter stream
 -- ARGV[1] consumer (the instance id)  ARGV[2] minimum idle (ms)
 -- ARGV[3] most deliveries  ARGV[4] most entries per call
@@ -9,6 +9,13 @@
 -- hands back at least one entry when one is due)
 -- Returns {entries, dead_lettered} with entries as XCLAIM returns them.
 
+local min_idle, max, count = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if ARGV[1] == '' then return redis.error_reply('ERR consumer must not be empty') end
+if not min_idle or min_idle < 0 then return redis.error_reply('ERR minimum idle must be >= 0') end
+if not max or max < 1 then return redis.error_reply('ERR most deliveries must be >= 1') end
+if not count or count < 1 or count > 10000 then
+  return redis.error_reply('ERR most entries must be 1..10000')
+end
 local max_b = nil
 if ARGV[5] ~= '' then
   max_b = tonumber(ARGV[5])
@@ -17,7 +24,6 @@ end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{}, 0} end
 local pending = redis.call('XPENDING', KEYS[1], 'inbox', 'IDLE', ARGV[2], '-', '+', ARGV[4], ARGV[1])
 local again, dead = {}, 0
-local max = tonumber(ARGV[3])
 for _, p in ipairs(pending) do
   local id, deliveries = p[1], tonumber(p[4])
   if deliveries >= max then
@@ -35,11 +41,7 @@ elseif #again > 0 then
   local bytes = 0
   for _, id in ipairs(again) do
     local r = redis.call('XRANGE', KEYS[1], id, id)
-    local size = 0
-    if r[1] then
-      local kv = r[1][2]
-      for j = 2, #kv, 2 do size = size + #kv[j] end
-    end
+    local size = r[1] and entry_bytes(r[1][2]) or 0
     if #entries > 0 and bytes + size > max_b then break end
     local claimed = redis.call('XCLAIM', KEYS[1], 'inbox', ARGV[1], 0, id)
     if claimed[1] then

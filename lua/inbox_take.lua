@@ -3,7 +3,7 @@
 -- group's last delivered one, then reads exactly those through the group.
 -- A take always has an entry when one is new (a single entry is at most the
 -- payload limit). Never blocks.
--- Includes: none
+-- Includes: common.lua (entry_bytes)
 -- KEYS[1] inbox stream (group 'inbox')
 -- ARGV[1] consumer (the instance id)
 -- ARGV[2] most entries (1..10000)   ARGV[3] most bytes (>= 1)
@@ -39,8 +39,7 @@ while n < max_n do
   local chunk = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', want)
   local stop = #chunk < want
   for _, e in ipairs(chunk) do
-    local size, kv = 0, e[2]
-    for j = 2, #kv, 2 do size = size + #kv[j] end
+    local size = entry_bytes(e[2])
     if n > 0 and bytes + size > max_b then stop = true break end
     n = n + 1
     bytes = bytes + size

@@ -624,6 +624,9 @@ fn stream_id_le(a: &str, b: &str) -> bool {
 }
 
 /// Reads one instance's inbox as its consumer, on a connection of its own.
+/// Most entries one script reads per call (the scripts refuse more).
+const MAX_READ: usize = 10_000;
+
 pub struct Receiver {
     bus: AgentBus,
     tenant: TenantId,
@@ -659,7 +662,7 @@ impl Receiver {
                 .arg(self.instance.as_str())
                 .arg(min_idle.as_millis() as u64)
                 .arg(limits.max_deliveries)
-                .arg(self.batch)
+                .arg(self.batch.min(MAX_READ))
                 .arg(self.max_bytes.map(|b| b.to_string()).unwrap_or_default())
                 .invoke_async(&mut conn)
                 .await?,
@@ -844,7 +847,7 @@ impl Receiver {
             .inbox_take
             .key(keys.inbox(&self.instance))
             .arg(self.instance.as_str())
-            .arg(count)
+            .arg(count.min(MAX_READ))
             .arg(max_bytes.max(1))
             .invoke_async(&mut conn)
             .await?;

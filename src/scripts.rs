@@ -101,7 +101,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     message_send: lua!("include/common.lua", "message_send.lua"),
     inbox_redeliver: lua!("include/common.lua", "inbox_redeliver.lua"),
     inbox_poison: lua!("include/common.lua", "inbox_poison.lua"),
-    inbox_take: lua!("inbox_take.lua"),
+    inbox_take: lua!("include/common.lua", "inbox_take.lua"),
     inbox_recover: lua!("inbox_recover.lua"),
     dlq_replay: lua!("include/common.lua", "dlq_replay.lua"),
     invoke_start: invoke_script!("invoke_start.lua"),

@@ -827,6 +827,93 @@ async fn scripts_refuse_bad_arguments_before_writing() {
         assert!(answer.is_err(), "{max} accepted");
         assert_eq!(before, env.snapshot().await, "{max} wrote");
     }
+    // The registry scripts: an unknown status, an empty id, a retention or
+    // cutoff that is not a number.
+    let rx_agent = keys.agent(&rx);
+    let prefixes = [
+        keys.agents_of_type_prefix(),
+        keys.agents_of_job_prefix(),
+        keys.agents_with_status_prefix(),
+    ];
+    for (instance, agent, status) in [
+        ("new", "a", "dancing"),
+        ("", "a", "running"),
+        ("new", "", "running"),
+    ] {
+        let answer: redis::RedisResult<redis::Value> = scripts
+            .agent_register
+            .key(keys.agents())
+            .key(keys.agent(&Ident::new("i", "new").expect("ident")))
+            .key(keys.inbox(&Ident::new("i", "new").expect("ident")))
+            .arg(instance)
+            .arg(agent)
+            .arg("")
+            .arg("[]")
+            .arg(status)
+            .arg(5)
+            .arg(&prefixes)
+            .invoke_async(&mut conn)
+            .await;
+        assert!(
+            answer.is_err(),
+            "register {instance:?} {agent:?} {status} accepted"
+        );
+        assert_eq!(before, env.snapshot().await, "register {status} wrote");
+    }
+    let answer: redis::RedisResult<redis::Value> = scripts
+        .agent_heartbeat
+        .key(keys.agents())
+        .key(&rx_agent)
+        .arg("rx")
+        .arg("dancing")
+        .arg(&prefixes)
+        .invoke_async(&mut conn)
+        .await;
+    assert!(answer.is_err(), "heartbeat with an unknown status accepted");
+    assert_eq!(before, env.snapshot().await, "heartbeat wrote");
+    let answer: redis::RedisResult<redis::Value> = scripts
+        .agent_deregister
+        .key(keys.agents())
+        .key(&rx_agent)
+        .key(keys.inbox(&rx))
+        .arg("rx")
+        .arg("forever")
+        .arg(&prefixes)
+        .invoke_async(&mut conn)
+        .await;
+    assert!(answer.is_err(), "deregister with a bad retention accepted");
+    assert_eq!(before, env.snapshot().await, "deregister wrote");
+    let answer: redis::RedisResult<redis::Value> = scripts
+        .agent_reap
+        .key(keys.agents())
+        .arg("soon")
+        .arg(500)
+        .arg(keys.agent_prefix())
+        .arg(&prefixes)
+        .invoke_async(&mut conn)
+        .await;
+    assert!(answer.is_err(), "reap with a bad cutoff accepted");
+    assert_eq!(before, env.snapshot().await, "reap wrote");
+    // inbox_redeliver: every argument out of range; the poison entry is
+    // pending for nobody, so a good call would not move it either — the
+    // point is that none of these gets as far as a write.
+    for args in [
+        ["", "0", "3", "10", ""],
+        ["rx", "-1", "3", "10", ""],
+        ["rx", "0", "0", "10", ""],
+        ["rx", "0", "3", "0", ""],
+        ["rx", "0", "3", "20000", ""],
+        ["rx", "0", "3", "10", "0"],
+    ] {
+        let mut call = scripts.inbox_redeliver.prepare_invoke();
+        call.key(keys.inbox(&rx)).key(keys.dlq());
+        for a in args {
+            call.arg(a);
+        }
+        let answer: redis::RedisResult<redis::Value> = call.invoke_async(&mut conn).await;
+        assert!(answer.is_err(), "redeliver {args:?} accepted");
+        assert_eq!(before, env.snapshot().await, "redeliver {args:?} wrote");
+    }
     // inbox_take: counts and bounds out of range.
     for (count, bytes) in [("0", "10"), ("20000", "10"), ("5", "0"), ("5", "lots")] {
         let answer: redis::RedisResult<redis::Value> = scripts

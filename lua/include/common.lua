@@ -92,6 +92,14 @@ end
 -- `m.<field>`, then acknowledged and deleted from the inbox. An entry no
 -- longer in the stream (trimmed) is still recorded when `record_missing`;
 -- otherwise it is skipped. Answers 1 when recorded, else 0.
+-- Bytes of an entry's field values (`kv` as XRANGE returns them): what
+-- byte-bounded reads count.
+local function entry_bytes(kv)
+  local size = 0
+  for j = 2, #kv, 2 do size = size + #kv[j] end
+  return size
+end
+
 local function dead_letter_message(inbox, dlq, id, reason, deliveries, record_missing)
   local r = redis.call('XRANGE', inbox, id, id)
   if not r[1] and not record_missing then return 0 end

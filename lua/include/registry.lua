@@ -23,3 +23,6 @@ local function registry_unindex(idx, instance, agent_id, job_id, status)
   if job_id and job_id ~= '' then redis.call('ZREM', idx.job .. job_id, instance) end
   if status and status ~= '' then redis.call('ZREM', idx.status .. status, instance) end
 end
+
+-- Statuses an instance may be stored with.
+local registry_statuses = {starting = true, running = true, idle = true, stopped = true, stale = true}
