@@ -11,7 +11,10 @@
 
 local B = bb_from_keys()
 local K_LOCK = KEYS[10]
-local name, action, holder, ttl = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local name = arg_text(3)
+local action = arg_one_of(4, {acquire = true, release = true, extend = true})
+local holder, ttl = arg_text(5), ARGV[6]
+if action ~= 'release' then arg_int(6, 1, 315360000000) end
 local v = redis.call('HMGET', K_LOCK, 'holder', 'token')
 local current, token = v[1], v[2]
 

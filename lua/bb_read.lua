@@ -7,11 +7,30 @@
 --   'keys' after ('' = start) limit  -> {'ok', key, JSON, key, JSON, ...}
 --   'range' min max offset limit     -> {'ok', key, JSON, ...} by score (min/max as ZRANGEBYSCORE takes them)
 --   'top' k order ('desc' | 'asc')   -> {'ok', key, JSON, ...}
---   'aggregate'                      -> {'ok', keys, count, sum_micro, min_key, min_json, max_key, max_json}
+--   'aggregate'                      -> {'ok', keys, count, sum_micro, min_key, min_json, max_key, max_json,
+--                                        sum_hi} (sum = sum_hi * 10^12 + sum_micro, see include/bb.lua)
 -- Or {'insufficient', price, available}.
 
 local B = bb_from_keys()
-local mode = ARGV[3]
+local mode = arg_one_of(3, {get = true, keys = true, range = true, top = true, aggregate = true})
+-- A score bound as ZRANGEBYSCORE takes it: [(]number, or -inf / +inf.
+local function arg_score(i)
+  local s = string.gsub(ARGV[i] or '', '^%(', '')
+  if s ~= '-inf' and s ~= '+inf' and s ~= 'inf' and not tonumber(s) then
+    arg_error(i, 'must be a score bound')
+  end
+end
+if mode == 'get' then arg_text(4)
+elseif mode == 'keys' then arg_int(5, 1, 100000)
+elseif mode == 'range' then
+  arg_score(4)
+  arg_score(5)
+  arg_int(6, 0, 1000000000)
+  arg_int(7, 1, 100000)
+elseif mode == 'top' then
+  arg_int(4, 1, 100000)
+  arg_one_of(5, {asc = true, desc = true})
+end
 local now = now_ms()
 sweep(B, now, 100)
 local ok, available = meter(KEYS[1], tonumber(ARGV[2]), 'blackboard_read')
@@ -44,10 +63,11 @@ elseif mode == 'top' then
   end
   return with_values(redis.call('ZREVRANGE', B.score, 0, k))
 elseif mode == 'aggregate' then
-  local a = redis.call('HMGET', B.agg, 'keys', 'count', 'sum')
+  local a = redis.call('HMGET', B.agg, 'keys', 'count', 'sum', 'sum_hi')
   local lo = redis.call('ZRANGE', B.score, 0, 0)
   local hi = redis.call('ZRANGE', B.score, -1, -1)
-  local out = {'ok', a[1] or '0', a[2] or '0', a[3] or '0', lo[1] or '', '', hi[1] or '', ''}
+  local out = {'ok', a[1] or '0', a[2] or '0', a[3] or '0', lo[1] or '', '', hi[1] or '', '',
+    a[4] or '0'}
   if lo[1] then out[6] = redis.call('HGET', B.vals, lo[1]) or '' end
   if hi[1] then out[8] = redis.call('HGET', B.vals, hi[1]) or '' end
   return out

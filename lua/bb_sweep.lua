@@ -7,7 +7,7 @@
 -- Returns the number removed.
 
 local B = bb_from_keys()
-local removed = sweep(B, now_ms(), tonumber(ARGV[3]))
+local removed = sweep(B, now_ms(), arg_int(3, 1, 100000))
 if redis.call('ZCARD', B.exp) == 0 then
   redis.call('SREM', B.namespaces, B.ns)
 end

@@ -5,6 +5,9 @@
 -- ARGV[1] event id base  ARGV[2] tenant
 -- Returns the total amount flushed (minor units).
 
+arg_text(1)
+arg_text(2)
+
 local fields = redis.call('HGETALL', KEYS[1])
 local ts, total = now_ms(), 0
 for i = 1, #fields, 2 do

@@ -7,10 +7,18 @@
 -- ARGV[4] skill          ARGV[5] amount (minor units, > 0)
 -- ARGV[6] job id or ''   ARGV[7] MessagePack context map
 -- ARGV[8] ceiling of total after a grant (minor units)
+-- Every argument is checked before the first write (amount in [1, MAX_MINOR]).
 -- Returns {'ok', total, reserved, spent} | {'insufficient', required, available}
 --       | {'over_reserved', required, reserved} | {'over_ceiling', ceiling}
 
-local op, amount = ARGV[3], tonumber(ARGV[5])
+arg_text(1)
+arg_text(2)
+local op = arg_one_of(3, {grant = true, reserve = true, spend = true, refund = true, charge = true})
+arg_text(4)
+local amount = arg_int(5, 1, MAX_MINOR)
+local ok_ctx, ctx = pcall(cmsgpack.unpack, ARGV[7])
+if not ok_ctx or type(ctx) ~= 'table' then arg_error(7, 'must be a MessagePack map') end
+local ceiling = arg_int(8, 0, MAX_MINOR)
 local total, reserved, spent = balance(KEYS[1])
 local available = total - reserved - spent
 
@@ -20,11 +28,10 @@ end
 if (op == 'spend' or op == 'refund') and amount > reserved then
   return {'over_reserved', int(amount), int(reserved)}
 end
-if op == 'grant' and total + amount > tonumber(ARGV[8]) then
+if op == 'grant' and total + amount > ceiling then
   return {'over_ceiling', ARGV[8]}
 end
 
-move_credits(KEYS[1], KEYS[2], ARGV[1], now_ms(), ARGV[2], ARGV[6], op, ARGV[4], amount,
-  cmsgpack.unpack(ARGV[7]))
+move_credits(KEYS[1], KEYS[2], ARGV[1], now_ms(), ARGV[2], ARGV[6], op, ARGV[4], amount, ctx)
 total, reserved, spent = balance(KEYS[1])
 return {'ok', int(total), int(reserved), int(spent)}

@@ -5,7 +5,8 @@
 -- ARGV[4] '1' when the caller's own timer fired (no need to wait for the deadline)
 -- Returns {'timeout', duration_ms} | {'missing'} | {'not_pending', status} | {'not_due'}
 
-local v = redis.call('HMGET', K_INVOKE, 'status', 'deadline', 'retention')
+arg_one_of(4, {['0'] = true, ['1'] = true})
+local v = redis.call('HMGET', K_INVOKE, 'status', 'deadline')
 if not v[1] then
   redis.call('ZREM', K_PENDING, INVOKE_ID)
   return {'missing'}
@@ -14,5 +15,4 @@ if v[1] ~= 'pending' then return {'not_pending', v[1]} end
 local now = now_ms()
 if ARGV[4] ~= '1' and now < tonumber(v[2]) then return {'not_due'} end
 local duration = finish_invoke('timeout', now, '', 'no response before the deadline')
-redis.call('EXPIRE', K_INVOKE, tonumber(v[3]))
 return {'timeout', duration}

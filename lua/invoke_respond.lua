@@ -9,7 +9,7 @@
 -- The reply stream is the one the invocation recorded (same tenant, same slot).
 -- Returns {'ok', status, duration_ms} | {'missing'} | {'not_pending', status} | {'wrong_responder'}
 
-local v = redis.call('HMGET', K_INVOKE, 'status', 'deadline', 'target', 'reply_stream', 'retention')
+local v = redis.call('HMGET', K_INVOKE, 'status', 'deadline', 'target', 'reply_stream')
 if not v[1] then return {'missing'} end
 if v[1] ~= 'pending' then return {'not_pending', v[1]} end
 if ARGV[6] ~= '' and ARGV[6] ~= v[3] then return {'wrong_responder'} end
@@ -20,7 +20,6 @@ if now > tonumber(v[2]) then
 end
 local status = ARGV[5] == '' and 'completed' or 'failed'
 local duration = finish_invoke(status, now, ARGV[4], ARGV[5])
-redis.call('EXPIRE', K_INVOKE, tonumber(v[5]))
 redis.call('XADD', v[4], 'MAXLEN', '~', 10000, '*', 'reply_to', INVOKE_ID, 'status', status,
   'ts', now, 'error', ARGV[5], 'payload', ARGV[4])
 redis.call('EXPIRE', v[4], 3600)

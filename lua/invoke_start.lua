@@ -1,5 +1,10 @@
 -- invoke_start: check the target, reserve the invoke price, record the
 -- invocation as pending (audit event) and deliver the request to the target.
+-- An invocation refused before it starts (unknown or stopped target, too
+-- little credit) is recorded too: status failed, its reason as the error,
+-- nothing reserved, one 'invoke_refused' audit event.
+-- The invoke hash has no TTL while pending: the reservation it records is
+-- released by whatever ends it (respond, expire, the sweeper), never by time.
 -- KEYS[1..4]: the invoke layout (see include/invoke.lua)
 -- KEYS[5] agents zset   KEYS[6] target agent hash   KEYS[7] target inbox stream
 -- ARGV[1..3]: event id base, tenant, invoke id
@@ -7,20 +12,47 @@
 -- ARGV[7] caller instance       ARGV[8] target instance   ARGV[9] job id or ''
 -- ARGV[10] MessagePack request  ARGV[11] timeout (ms)  ARGV[12] caller's reply stream
 -- ARGV[13] staleness limit (ms) ARGV[14] retention of the invoke hash after it ends (s)
--- Returns {'ok', started_at} | {'unknown_target'} | {'stale_target', status}
---       | {'insufficient', required, available} | {'exists'}
+-- Returns {'ok', started_at} | {'unknown_target'} | {'target_stopped', status}
+--       | {'insufficient_credits', required, available} | {'exists'}
+
+local price = arg_int(4, 0, MAX_MINOR)
+arg_int(5, 1, 1000000000)
+arg_text(6)
+arg_text(7)
+arg_text(8)
+arg_int(11, 1, 86400000)
+arg_text(12)
+arg_int(13, 1, 86400000)
+arg_int(14, 1, 315360000)
+if redis.call('EXISTS', K_INVOKE) == 1 then return {'exists'} end
+local now = now_ms()
+
+local function refuse(reason, detail)
+  redis.call('HSET', K_INVOKE, 'status', 'failed', 'caller', ARGV[7], 'target', ARGV[8],
+    'job', ARGV[9], 'request', ARGV[10], 'price', int(price), 'started_at', now,
+    'completed_at', now, 'duration_ms', 0, 'credits_charged', 0, 'response', '',
+    'error', reason .. ': ' .. detail, 'refused', reason)
+  redis.call('EXPIRE', K_INVOKE, tonumber(ARGV[14]))
+  audit_event('invoke_refused', now)
+end
 
 local status = redis.call('HGET', KEYS[6], 'status')
-if not status then return {'unknown_target'} end
-local now = now_ms()
+if not status then
+  refuse('unknown_target', 'no instance ' .. ARGV[8] .. ' is registered')
+  return {'unknown_target'}
+end
 local beat = tonumber(redis.call('ZSCORE', KEYS[5], ARGV[8]) or 0)
 if status == 'stale' or status == 'stopped' or now - beat > tonumber(ARGV[13]) then
-  return {'stale_target', status}
+  if status ~= 'stale' and status ~= 'stopped' then status = 'stale' end
+  refuse('target_stopped', 'instance ' .. ARGV[8] .. ' is ' .. status)
+  return {'target_stopped', status}
 end
-local price = tonumber(ARGV[4])
 local ok, available = can_afford(K_CREDITS, price)
-if not ok then return {'insufficient', int(price), int(available)} end
-if redis.call('EXISTS', K_INVOKE) == 1 then return {'exists'} end
+if not ok then
+  refuse('insufficient_credits', 'required ' .. int(price) .. ', available ' .. int(available)
+    .. ' (minor units)')
+  return {'insufficient_credits', int(price), int(available)}
+end
 
 move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, now, TENANT, ARGV[9], 'reserve', 'agent_invoke', price,
   {invoke_id = INVOKE_ID})
@@ -28,7 +60,6 @@ local deadline = now + tonumber(ARGV[11])
 redis.call('HSET', K_INVOKE, 'status', 'pending', 'caller', ARGV[7], 'target', ARGV[8],
   'job', ARGV[9], 'request', ARGV[10], 'price', int(price), 'started_at', now,
   'deadline', deadline, 'reply_stream', ARGV[12], 'retention', ARGV[14])
-redis.call('EXPIRE', K_INVOKE, math.ceil(tonumber(ARGV[11]) / 1000) + tonumber(ARGV[14]))
 redis.call('ZADD', K_PENDING, deadline, INVOKE_ID)
 audit_event('invoke_start', now)
 

@@ -7,6 +7,8 @@
 -- Returns {'ok', entry...} with entry = {id, {field, value, ...}}
 --       | {'missing'} | {'not_running', status}
 
+arg_text(5)
+arg_int(6, 1, 100000)
 local status = redis.call('HGET', K_JOB, 'status')
 if not status then return {'missing'} end
 if status ~= 'running' then return {'not_running', status} end

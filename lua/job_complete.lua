@@ -13,6 +13,7 @@
 -- delivery-to-completion ms of each completed item.
 --       | {'missing'} | {'not_running', status}
 
+if #ARGV < 6 or (#ARGV - 4) % 2 ~= 0 then arg_error(5, 'must be pairs of entry id and output') end
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'agg_ns', 'agg_field')
 local status, cost, total = v[1], tonumber(v[2]), tonumber(v[3])
 -- The job may aggregate numeric outputs into a blackboard namespace.

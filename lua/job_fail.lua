@@ -8,6 +8,7 @@
 --   failure ended it, else 0 and '')
 --       | {'missing'} | {'not_running', status}
 
+arg_one_of(7, {['0'] = true, ['1'] = true})
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'max_retries')
 local status, cost, total, max_retries = v[1], tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
 if not status then return {'missing'} end

@@ -8,6 +8,8 @@
 --   (ended, status: how long the job lasted (ms) and how it ended, when this
 --   call ended it, else 0 and '')
 
+arg_text(5)
+arg_int(6, 1, 100000)
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'timeout_ms', 'max_retries')
 local status, cost, timeout_ms, max_retries = v[1], tonumber(v[2]), v[3], tonumber(v[4])
 if not status then

@@ -12,10 +12,18 @@
 -- ARGV[17..] one MessagePack input per item
 -- Returns {'ok', reserved, available_after} | {'insufficient', required, available} | {'exists'}
 
-local item_cost, overhead = tonumber(ARGV[5]), tonumber(ARGV[6])
-local task = ARGV[7]
+local item_cost, overhead = arg_int(5, 0, MAX_MINOR), arg_int(6, 0, MAX_MINOR)
+local task = arg_text(7)
+arg_text(9)
+arg_int(10, 1, 2147483647)
+arg_int(11, 1, 2147483647000)
+arg_int(12, 0, 2147483647)
 local n = #ARGV - 16
+if n < 1 then arg_error(17, 'at least one item') end
+-- Doubles are exact here: both terms are checked before they are multiplied
+-- past 2^53 only when the job could never be paid anyway.
 local required = overhead + n * item_cost
+if required > MAX_MINOR then arg_error(5, 'the job would reserve more than any balance holds') end
 
 local total, reserved, spent = balance(K_CREDITS)
 local available = total - reserved - spent

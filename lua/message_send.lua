@@ -9,8 +9,15 @@
 --          caller's reply stream, given as KEYS[4])
 -- Returns {'ok', entry_id} | {'unknown_recipient'} | {'insufficient', required, available}
 
+arg_text(1)
+arg_text(2)
+local price = arg_int(3, 0, MAX_MINOR)
+arg_int(4, 1, 1000000000)
+arg_text(5)
+arg_text(6)
+arg_text(7)
+arg_one_of(12, {['0'] = true, ['1'] = true})
 if ARGV[12] == '1' and redis.call('EXISTS', KEYS[3]) == 0 then return {'unknown_recipient'} end
-local price = tonumber(ARGV[3])
 local ok, available = can_afford(KEYS[1], price)
 if not ok then return {'insufficient', int(price), int(available)} end
 

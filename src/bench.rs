@@ -97,7 +97,7 @@ pub async fn jobs(bus: &AgentBus, runs: usize) -> Result<String> {
                 .map(|i| serde_json::json!({ "i": i }))
                 .collect(),
         );
-        let need = crate::money::from_minor(bus.prices().job_reservation(100_000));
+        let need = bus.prices().job_reservation(100_000);
         bus.grant_credits(&tenant, need, serde_json::json!({}))
             .await?;
         let started = std::time::Instant::now();

@@ -462,7 +462,11 @@ impl Blackboard {
         call.arg("aggregate");
         let r = self.run("aggregate", call).await?;
         let count = r.i64(2)?;
-        let sum = Decimal::new(r.i64(3)?, 6).normalize();
+        // Two fields hold the sum (see lua/include/bb.lua): hi * 10^12 + lo micro-units.
+        let micro = i128::from(r.i64(8)?) * 1_000_000_000_000 + i128::from(r.i64(3)?);
+        let sum = Decimal::try_from_i128_with_scale(micro, 6)
+            .map_err(|e| Error::protocol(format!("blackboard sum: {e}")))?
+            .normalize();
         let value_at = |i: usize| -> Result<Option<Value>> {
             let json = r.str(i)?;
             if json.is_empty() {

@@ -13,7 +13,7 @@ use crate::config::{Config, ServeConfig, SinkConfig};
 use crate::db;
 use crate::keys::TenantId;
 use crate::sink::Sink;
-use crate::{bench, load, server, verify};
+use crate::{bench, load, server, stranded, verify};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -249,20 +249,32 @@ pub enum SinkAction {
 
 #[derive(Subcommand, Debug)]
 pub enum DlqAction {
-    /// List dead letters, oldest first.
+    /// List dead letters (or, with --events, outbox events Postgres refused), oldest first.
     List {
         #[arg(long)]
         tenant: String,
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        #[arg(long)]
+        events: bool,
     },
-    /// Move a dead-lettered message back to its inbox (or all of them with --all).
+    /// Move a dead-lettered message back to its inbox (or all of them with
+    /// --all); with --events, put refused outbox events back for the sink.
     Replay {
         #[arg(long)]
         tenant: String,
         entry_id: Option<String>,
         #[arg(long)]
         all: bool,
+        #[arg(long)]
+        events: bool,
+    },
+    /// Drop refused outbox events for good (their rows never reach Postgres).
+    Discard {
+        #[arg(long)]
+        tenant: String,
+        #[arg(required = true)]
+        entry_ids: Vec<String>,
     },
 }
 
@@ -472,13 +484,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 SinkAction::Status => {
                     println!(
-                        "{:<32} {:>10} {:>10} {:>12}",
-                        "tenant", "events", "in flight", "oldest (s)"
+                        "{:<32} {:>10} {:>10} {:>12} {:>10}",
+                        "tenant", "events", "in flight", "oldest (s)", "stranded"
                     );
+                    let mut stranded = 0;
                     for s in bus.outbox_status().await? {
                         println!(
-                            "{:<32} {:>10} {:>10} {:>12.1}",
-                            s.tenant, s.events, s.in_flight, s.oldest_age_secs
+                            "{:<32} {:>10} {:>10} {:>12.1} {:>10}",
+                            s.tenant, s.events, s.in_flight, s.oldest_age_secs, s.stranded
+                        );
+                        stranded += s.stranded;
+                    }
+                    if stranded > 0 {
+                        println!(
+                            "{stranded} event(s) refused by Postgres: see `agentbus dlq list --events`, fix the cause, then `agentbus dlq replay --events`"
                         );
                     }
                 }
@@ -500,7 +519,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq { action } => {
             let bus = config.bus()?;
             match action {
-                DlqAction::List { tenant: t, limit } => {
+                DlqAction::List {
+                    tenant: t,
+                    limit,
+                    events: false,
+                } => {
                     for d in bus
                         .dead_letters(&tenant(&t)?, None, limit.clamp(1, 10_000))
                         .await?
@@ -508,10 +531,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("{}", serde_json::to_string(&d)?);
                     }
                 }
+                DlqAction::List {
+                    tenant: t,
+                    limit,
+                    events: true,
+                } => {
+                    for e in bus.stranded_events(&tenant(&t)?, None, limit).await? {
+                        println!("{}", serde_json::to_string(&e)?);
+                    }
+                }
                 DlqAction::Replay {
                     tenant: t,
                     entry_id,
                     all,
+                    events: true,
+                } => {
+                    let t = tenant(&t)?;
+                    let ids: Vec<String> = match (entry_id, all) {
+                        (Some(id), false) => vec![id],
+                        (None, true) => bus
+                            .stranded_events(&t, None, stranded::MAX_IDS_PER_CALL)
+                            .await?
+                            .into_iter()
+                            .map(|e| e.entry_id)
+                            .collect(),
+                        _ => bail!("give one entry id, or --all"),
+                    };
+                    let done = bus.replay_stranded(&t, &ids).await?;
+                    println!("{}", serde_json::to_string(&done)?);
+                    if done.missing > 0 && done.replayed == 0 {
+                        bail!("no such stranded event");
+                    }
+                }
+                DlqAction::Replay {
+                    tenant: t,
+                    entry_id,
+                    all,
+                    events: false,
                 } => {
                     let t = tenant(&t)?;
                     let ids: Vec<String> = match (entry_id, all) {
@@ -529,6 +585,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         let new_id = bus.replay_dead_letter(&t, &id).await?;
                         println!("replayed {id} as {new_id}");
                     }
+                }
+                DlqAction::Discard {
+                    tenant: t,
+                    entry_ids,
+                } => {
+                    let gone = bus.discard_stranded(&tenant(&t)?, &entry_ids).await?;
+                    println!("discarded {gone} event(s)");
                 }
             }
         }
@@ -704,7 +767,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     bus.grant_credits(
                         &tenant(&t)?,
                         amount,
-                        serde_json::json!({ "reason": reason, "by": "cli" }),
+                        crate::credits::grant_context(&reason, "cli")?,
                     )
                     .await?
                 }

@@ -66,6 +66,16 @@ impl CreditOp {
     }
 }
 
+/// Longest reason a grant may carry.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// The ledger context of a grant: its reason (checked as free text bound for
+/// the mirror) and who granted it.
+pub fn grant_context(reason: &str, by: &str) -> Result<serde_json::Value> {
+    crate::text::check("reason", reason, MAX_REASON_BYTES)?;
+    Ok(serde_json::json!({ "reason": reason, "by": by }))
+}
+
 impl AgentBus {
     /// The tenant's current balance (zero for a tenant never granted anything).
     pub async fn balance(&self, tenant: &TenantId) -> Result<Balance> {
@@ -111,9 +121,16 @@ impl AgentBus {
         job: Option<Uuid>,
         context: serde_json::Value,
     ) -> Result<Balance> {
-        if minor <= 0 {
-            return Err(Error::invalid("amount", "must be greater than zero"));
+        if minor <= 0 || minor > money::MAX_MINOR {
+            return Err(Error::invalid(
+                "amount",
+                format!(
+                    "must be greater than zero and at most {}",
+                    money::from_minor(money::MAX_MINOR)
+                ),
+            ));
         }
+        crate::text::check_value("context", &context)?;
         let keys = self.keys(tenant);
         let context = match context {
             serde_json::Value::Object(_) => context,

@@ -21,6 +21,16 @@ pub enum Error {
         available: Decimal,
     },
 
+    /// An invocation refused before it started (`unknown_target`,
+    /// `target_stopped`, `insufficient_credits`): nothing was reserved, and
+    /// it is audited as failed under `invoke_id`.
+    #[error("{source} (invocation {invoke_id} refused: {reason})")]
+    InvokeRefused {
+        invoke_id: String,
+        reason: &'static str,
+        source: Box<Error>,
+    },
+
     /// The operation does not apply to the current state (e.g. cancelling a finished job).
     #[error("{message}")]
     Conflict {

@@ -26,8 +26,11 @@ use crate::metrics;
 use crate::money::{self, from_minor};
 use crate::payload::{self, Encode, Payload};
 use crate::scripts::scripts;
+use crate::text;
 
 pub const TIMEOUT_SECS: (i64, i64) = (1, 300);
+/// Longest error message a target may answer with.
+pub const MAX_ERROR_BYTES: usize = 4096;
 
 fn default_timeout() -> i64 {
     30
@@ -129,6 +132,16 @@ pub fn new_invoke_id() -> String {
     format!("inv_{}", hex::encode(rand::rng().random::<[u8; 8]>()))
 }
 
+/// An invocation refused before it started: audited as failed under its id.
+fn refused(invoke_id: &str, reason: &'static str, source: Error) -> Error {
+    metrics::invoke_refused();
+    Error::InvokeRefused {
+        invoke_id: invoke_id.to_string(),
+        reason,
+        source: Box::new(source),
+    }
+}
+
 pub fn validate_invoke_id(id: &str) -> Result<()> {
     let ok = id
         .strip_prefix("inv_")
@@ -154,6 +167,7 @@ impl AgentBus {
                 format!("must be between {} and {}", TIMEOUT_SECS.0, TIMEOUT_SECS.1),
             ));
         }
+        req.request_payload.check_mirrorable("request_payload")?;
         let request = req
             .request_payload
             .encode_checked("request_payload", self.limits().max_payload_bytes)?;
@@ -195,23 +209,32 @@ impl AgentBus {
         match reply.tag()?.as_str() {
             "ok" => {}
             "unknown_target" => {
-                return Err(Error::not_found(format!(
-                    "target instance {}",
-                    req.target_instance_id
-                )));
+                return Err(refused(
+                    &invoke_id,
+                    "unknown_target",
+                    Error::not_found(format!("target instance {}", req.target_instance_id)),
+                ));
             }
-            "stale_target" => {
-                return Err(Error::conflict(format!(
-                    "target instance {} is {} (not running or idle)",
-                    req.target_instance_id,
-                    reply.str(1).unwrap_or_else(|_| "stale".into())
-                )));
+            "target_stopped" => {
+                return Err(refused(
+                    &invoke_id,
+                    "target_stopped",
+                    Error::conflict(format!(
+                        "target instance {} is {} (not running or idle)",
+                        req.target_instance_id,
+                        reply.str(1).unwrap_or_else(|_| "stale".into())
+                    )),
+                ));
             }
-            "insufficient" => {
-                return Err(Error::InsufficientCredits {
-                    required: from_minor(reply.i64(1)?),
-                    available: from_minor(reply.i64(2)?),
-                });
+            "insufficient_credits" => {
+                return Err(refused(
+                    &invoke_id,
+                    "insufficient_credits",
+                    Error::InsufficientCredits {
+                        required: from_minor(reply.i64(1)?),
+                        available: from_minor(reply.i64(2)?),
+                    },
+                ));
             }
             other => return Err(Error::protocol(format!("invoke_start answered {other}"))),
         }
@@ -310,12 +333,11 @@ impl AgentBus {
         responder: Option<&Ident>,
     ) -> Result<(String, i64)> {
         validate_invoke_id(invoke_id)?;
+        response.check_mirrorable("response_payload")?;
         let response =
             response.encode_checked("response_payload", self.limits().max_payload_bytes)?;
-        if let Some(e) = error
-            && e.len() > 4096
-        {
-            return Err(Error::invalid("error", "at most 4096 bytes"));
+        if let Some(e) = error {
+            text::check("error", e, MAX_ERROR_BYTES)?;
         }
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;

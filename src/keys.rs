@@ -243,6 +243,12 @@ impl TenantKeys {
         self.key("dlq")
     }
 
+    /// Stream of outbox events Postgres refused (fields `m.*` the original
+    /// event, `reason`, `entry`, `ts`), kept until replayed or discarded.
+    pub fn outbox_dead(&self) -> String {
+        self.key("outbox:dead")
+    }
+
     /// Hash of item-duration histogram buckets and outcomes of one task.
     pub fn task_stats(&self, task: &str) -> String {
         self.key(&format!("stats:task:{task}"))
@@ -391,6 +397,7 @@ mod tests {
             keys.job(&job),
             keys.job_items(&job),
             keys.dlq(),
+            keys.outbox_dead(),
         ] {
             assert!(key.starts_with("ab:{acme}:"), "{key}");
         }

@@ -39,7 +39,9 @@ pub mod scripts;
 pub mod server;
 pub mod simulate;
 pub mod sink;
+pub mod stranded;
 pub mod telemetry;
+pub mod text;
 pub mod verify;
 
 pub use bus::{AgentBus, Limits};

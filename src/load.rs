@@ -314,7 +314,7 @@ pub async fn run(
     spec.timeout_per_item = options.timeout_per_item;
     spec.validate(bus.limits().max_items)?;
 
-    let need = money::from_minor(bus.prices().job_reservation(options.items));
+    let need = bus.prices().job_reservation(options.items);
     bus.grant_credits(
         &options.tenant,
         need,

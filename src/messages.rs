@@ -312,8 +312,10 @@ impl AgentBus {
         }
     }
 
-    /// Sends one message to every instance registered for `job` (each charged).
-    /// Returns the instances reached.
+    /// Sends one message to every instance registered for `job` but the
+    /// sender, all or nothing: every delivery's price is checked first and
+    /// charged once; with too little credit none is delivered. Returns the
+    /// instances reached.
     pub async fn broadcast(
         &self,
         tenant: &TenantId,
@@ -322,31 +324,60 @@ impl AgentBus {
         message_type: &str,
         payload: impl Into<Payload>,
     ) -> Result<Vec<String>> {
-        let payload = payload.into();
+        validate_type(message_type)?;
+        let payload = payload
+            .into()
+            .encode_checked("payload", self.limits().max_payload_bytes)?;
+        let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
         let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(self.keys(tenant).agents_of_job(job))
+            .arg(keys.agents_of_job(job))
             .arg(0)
             .arg(-1)
             .query_async(&mut conn)
             .await?;
-        drop(conn);
-        let mut reached = Vec::new();
-        for member in members {
-            let to = Ident::new("instance_id", member.as_str())?;
+        let mut call = scripts().message_broadcast.key(keys.credits());
+        call.key(keys.outbox());
+        let mut ids = Vec::new();
+        for member in &members {
+            // Index members were validated when registered; skip anything else.
+            let Ok(to) = Ident::new("instance_id", member.as_str()) else {
+                continue;
+            };
             if &to == from {
                 continue;
             }
-            let mut msg = OutgoingMessage::new(from, &to, message_type, payload.clone());
-            msg.job_id = Some(*job);
-            match self.send_message(tenant, &msg).await {
-                Ok(_) => reached.push(member),
-                // Deregistered meanwhile: nobody to reach.
-                Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+            call.key(keys.agent(&to)).key(keys.inbox(&to));
+            ids.push(Uuid::new_v4().to_string());
         }
-        Ok(reached)
+        call.arg(event_base())
+            .arg(tenant.as_str())
+            .arg(self.prices().agent_message)
+            .arg(self.limits().inbox_cap)
+            .arg(from.as_str())
+            .arg(message_type)
+            .arg(job.to_string())
+            .arg(payload);
+        for id in &ids {
+            call.arg(id);
+        }
+        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
+        match reply.tag()?.as_str() {
+            "ok" => {
+                let reached = reply.texts(1)?;
+                for _ in &reached {
+                    metrics::message_sent(tenant);
+                }
+                Ok(reached)
+            }
+            "insufficient" => Err(Error::InsufficientCredits {
+                required: from_minor(reply.i64(1)?),
+                available: from_minor(reply.i64(2)?),
+            }),
+            other => Err(Error::protocol(format!(
+                "message_broadcast answered {other}"
+            ))),
+        }
     }
 
     /// A receiver of `instance`'s inbox on a connection of its own.

@@ -131,6 +131,10 @@ fn describe() {
     );
     describe_gauge!("agentbus_sink_lag_events", "Outbox events not yet mirrored");
     describe_gauge!(
+        "agentbus_sink_stranded_events",
+        "Outbox events Postgres refused, waiting to be replayed (alert when above 0)"
+    );
+    describe_gauge!(
         "agentbus_sink_lag_seconds",
         "Age of the oldest unmirrored event"
     );
@@ -239,6 +243,11 @@ pub fn invoke(outcome: &'static str, took: Duration) {
     counter!("agentbus_invokes_total", "outcome" => outcome).increment(1);
 }
 
+/// An invocation refused before it started (no duration to record).
+pub fn invoke_refused() {
+    counter!("agentbus_invokes_total", "outcome" => "refused").increment(1);
+}
+
 pub fn message_sent(tenant: &TenantId) {
     counter!("agentbus_messages_sent_total", "tenant" => t(tenant)).increment(1);
 }
@@ -268,18 +277,23 @@ pub fn sink_batch(took: Duration, events: usize, commit_lags: impl Iterator<Item
 
 /// Sink lag per tenant, or (without tenant labels) the events summed and
 /// the oldest age over every tenant.
-pub fn sink_lag<'a>(lags: impl Iterator<Item = (&'a str, u64, f64)>) {
+/// Each item: (tenant, events waiting, age of the oldest, stranded events).
+pub fn sink_lag<'a>(lags: impl Iterator<Item = (&'a str, u64, f64, u64)>) {
     if TENANT_LABEL.load(Ordering::Relaxed) {
-        for (tenant, events, oldest_secs) in lags {
+        for (tenant, events, oldest_secs, stranded) in lags {
             gauge!("agentbus_sink_lag_events", "tenant" => tenant.to_string()).set(events as f64);
             gauge!("agentbus_sink_lag_seconds", "tenant" => tenant.to_string()).set(oldest_secs);
+            gauge!("agentbus_sink_stranded_events", "tenant" => tenant.to_string())
+                .set(stranded as f64);
         }
     } else {
-        let (events, oldest) = lags.fold((0u64, 0f64), |(e, o), (_, events, oldest)| {
-            (e + events, o.max(oldest))
-        });
+        let (events, oldest, stranded) = lags.fold(
+            (0u64, 0f64, 0u64),
+            |(e, o, s), (_, events, oldest, stranded)| (e + events, o.max(oldest), s + stranded),
+        );
         gauge!("agentbus_sink_lag_events", "tenant" => ALL_TENANTS).set(events as f64);
         gauge!("agentbus_sink_lag_seconds", "tenant" => ALL_TENANTS).set(oldest);
+        gauge!("agentbus_sink_stranded_events", "tenant" => ALL_TENANTS).set(stranded as f64);
     }
 }
 

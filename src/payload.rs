@@ -107,6 +107,10 @@ impl Payload {
 pub trait Encode {
     fn to_msgpack(&self) -> Result<Vec<u8>>;
 
+    /// Refuses (naming `field`) a value holding U+0000 in a string or key:
+    /// for payloads mirrored into Postgres (invocations), see [`crate::text`].
+    fn check_mirrorable(&self, field: &str) -> Result<()>;
+
     /// The MessagePack bytes, refused (naming `field`) past `max` bytes.
     fn encode_checked(&self, field: &str, max: usize) -> Result<Vec<u8>> {
         let bytes = self.to_msgpack()?;
@@ -124,11 +128,19 @@ impl Encode for Payload {
     fn to_msgpack(&self) -> Result<Vec<u8>> {
         Payload::to_msgpack(self)
     }
+
+    fn check_mirrorable(&self, field: &str) -> Result<()> {
+        crate::text::check_json(field, self.get())
+    }
 }
 
 impl Encode for serde_json::Value {
     fn to_msgpack(&self) -> Result<Vec<u8>> {
         crate::codec::encode(self)
+    }
+
+    fn check_mirrorable(&self, field: &str) -> Result<()> {
+        crate::text::check_value(field, self)
     }
 }
 

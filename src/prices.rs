@@ -8,6 +8,10 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::money;
 
+/// Largest invoke price, in minor units: what `invoke_audit.credits_charged`
+/// (DECIMAL(12,2)) holds.
+pub const MAX_INVOKE_PRICE: i64 = 999_999_999_999;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Prices {
     pub agent_spawn: i64,
@@ -52,6 +56,17 @@ impl Prices {
             })?;
             *prices.slot(skill.trim())? = minor;
         }
+        // The audit table (the seed's schema) holds an invocation's charge
+        // as DECIMAL(12,2): a price past it could never be mirrored.
+        if prices.agent_invoke > MAX_INVOKE_PRICE {
+            return Err(Error::Config {
+                var: "AGENTBUS_PRICES".into(),
+                reason: format!(
+                    "agent_invoke: at most {} (invoke_audit.credits_charged is DECIMAL(12,2))",
+                    money::from_minor(MAX_INVOKE_PRICE)
+                ),
+            });
+        }
         Ok(prices)
     }
 
@@ -74,8 +89,19 @@ impl Prices {
     }
 
     /// Credits a job of `items` items reserves at spawn: overhead plus every item.
-    pub fn job_reservation(&self, items: usize) -> i64 {
-        self.agent_spawn + self.job_item * items as i64
+    pub fn job_reservation(&self, items: usize) -> rust_decimal::Decimal {
+        money::from_minor(self.agent_spawn)
+            + money::from_minor(self.job_item) * rust_decimal::Decimal::from(items)
+    }
+
+    /// The same in minor units, when a balance could ever hold it
+    /// (at most [`money::MAX_MINOR`]): what the spawn script may add up.
+    pub fn job_reservation_minor(&self, items: usize) -> Option<i64> {
+        let items = i64::try_from(items).ok()?;
+        self.job_item
+            .checked_mul(items)?
+            .checked_add(self.agent_spawn)
+            .filter(|&m| m <= money::MAX_MINOR)
     }
 }
 
@@ -89,6 +115,14 @@ mod tests {
         assert_eq!(p.job_item, 250);
         assert_eq!(p.agent_invoke, 1000);
         assert_eq!(p.agent_spawn, 500);
+        assert_eq!(p.job_reservation_minor(3), Some(500 + 3 * 250));
+        let top = Prices::parse_overrides("agent_invoke=9999999999.99").unwrap();
+        assert_eq!(top.agent_invoke, MAX_INVOKE_PRICE);
+        assert_eq!(p.job_reservation(3).to_string(), "12.50");
+        let dear = Prices::parse_overrides("job_item=10000000000000").unwrap();
+        assert_eq!(dear.job_reservation_minor(1), None);
+        assert_eq!(dear.job_reservation_minor(usize::MAX), None);
+        assert_eq!(dear.job_reservation(2).to_string(), "20000000000005.00");
         for bad in [
             "job_item",
             "nope=1",
@@ -98,6 +132,7 @@ mod tests {
             "job_item=79228162514264337593543950335",
             "job_item=1e2",
             "job_item=+5",
+            "agent_invoke=10000000000",
         ] {
             let err = Prices::parse_overrides(bad).unwrap_err().to_string();
             assert!(err.starts_with("AGENTBUS_PRICES"), "{err}");

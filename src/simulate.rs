@@ -250,7 +250,7 @@ pub fn cost_breakdown(bus: &AgentBus, items: usize) -> CostBreakdown {
     CostBreakdown {
         job_overhead: from_minor(prices.agent_spawn),
         item_processing: from_minor(prices.job_item * items as i64),
-        total: from_minor(prices.job_reservation(items)),
+        total: prices.job_reservation(items),
     }
 }
 

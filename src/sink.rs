@@ -9,7 +9,8 @@
 //! commits, then acknowledges and deletes the entries. A crash anywhere
 //! before the acknowledgement means the batch is read again and written
 //! again to no effect. Postgres being down means waiting, not dropping. An
-//! event that can never be written goes to the dead-letter stream.
+//! event Postgres refuses is stranded: kept, counted and replayable (see
+//! [`crate::stranded`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::keys::TenantId;
 use crate::metrics;
 use crate::money::from_minor;
 use crate::scripts::scripts;
+use crate::text;
 
 pub const GROUP: &str = "sink";
 /// Most events per batch.
@@ -205,6 +207,7 @@ fn json_text(bytes: Option<&[u8]>) -> Result<Option<String>> {
         None | Some([]) => Ok(None),
         Some(b) => {
             let mut v = codec::decode_json(b)?;
+            text::value_for_postgres(&mut v);
             // Lua packs an empty table as an array; a context is an object.
             if v.as_array().is_some_and(Vec::is_empty) {
                 v = serde_json::json!({});
@@ -216,25 +219,30 @@ fn json_text(bytes: Option<&[u8]>) -> Result<Option<String>> {
     }
 }
 
+/// Text as Postgres can hold it (see [`crate::text`]).
+fn pg(s: &str) -> String {
+    text::for_postgres(s).into_owned()
+}
+
 fn parse_event(e: &StreamEntry) -> Result<Event> {
     let kind = need(e, "type")?;
-    let event_id = need(e, "id")?.to_string();
+    let event_id = pg(need(e, "id")?);
     let ts = need_int(e, "ts")?;
     Ok(match kind {
         "ledger" => Event::Ledger(LedgerRow {
             event_id,
-            job_id: e.text("job").unwrap_or_default().to_string(),
-            operation: need(e, "op")?.to_string(),
-            skill: need(e, "skill")?.to_string(),
+            job_id: pg(e.text("job").unwrap_or_default()),
+            operation: pg(need(e, "op")?),
+            skill: pg(need(e, "skill")?),
             amount: from_minor(need_int(e, "amount")?),
             context: json_text(e.get("ctx"))?.unwrap_or_else(|| "{}".into()),
             ts,
         }),
         "cancel" => Event::Cancel(CancelRow {
             event_id,
-            job_id: need(e, "job")?.to_string(),
-            cancelled_by: e.text("cancelled_by").unwrap_or_default().to_string(),
-            reason: e.text("reason").unwrap_or_default().to_string(),
+            job_id: pg(need(e, "job")?),
+            cancelled_by: pg(e.text("cancelled_by").unwrap_or_default()),
+            reason: pg(e.text("reason").unwrap_or_default()),
             items_completed: small(e, "items_completed")?,
             items_cancelled: small(e, "items_cancelled")?,
             refunded: from_minor(need_int(e, "refunded")?),
@@ -247,16 +255,16 @@ fn parse_event(e: &StreamEntry) -> Result<Event> {
                 "max_retries": opt_int(e, "max_retries"),
                 "credits_per_item": opt_int(e, "item_cost").map(from_minor),
                 "retried": opt_int(e, "retried"),
-                "cancelled_by": e.text("cancelled_by"),
-                "cancel_reason": e.text("cancel_reason"),
+                "cancelled_by": e.text("cancelled_by").map(pg),
+                "cancel_reason": e.text("cancel_reason").map(pg),
             });
             Event::Job(JobRow {
-                job_id: need(e, "job")?.to_string(),
-                orchestrator: e.text("orchestrator").unwrap_or_default().to_string(),
-                worker_agent: e.text("worker_agent").unwrap_or_default().to_string(),
-                task: need(e, "task")?.to_string(),
+                job_id: pg(need(e, "job")?),
+                orchestrator: pg(e.text("orchestrator").unwrap_or_default()),
+                worker_agent: pg(e.text("worker_agent").unwrap_or_default()),
+                task: pg(need(e, "task")?),
                 config: config.to_string(),
-                status: need(e, "status")?.to_string(),
+                status: pg(need(e, "status")?),
                 total: small(e, "total")?,
                 completed: small(e, "completed")?,
                 failed: small(e, "failed")?,
@@ -269,22 +277,19 @@ fn parse_event(e: &StreamEntry) -> Result<Event> {
                 ts,
             })
         }
-        "invoke_start" | "invoke_end" => Event::Invoke(InvokeRow {
-            invoke_id: need(e, "invoke_id")?.to_string(),
-            caller: need(e, "caller")?.to_string(),
-            target: need(e, "target")?.to_string(),
-            job_id: e.text("job").unwrap_or_default().to_string(),
+        "invoke_start" | "invoke_end" | "invoke_refused" => Event::Invoke(InvokeRow {
+            invoke_id: pg(need(e, "invoke_id")?),
+            caller: pg(need(e, "caller")?),
+            target: pg(need(e, "target")?),
+            job_id: pg(e.text("job").unwrap_or_default()),
             request: json_text(e.get("request"))?.unwrap_or_else(|| "null".into()),
             response: json_text(e.get("response"))?,
-            status: need(e, "status")?.to_string(),
+            status: pg(need(e, "status")?),
             credits_charged: opt_int(e, "credits_charged").map(from_minor),
             started_at: need_int(e, "started_at")?,
             completed_at: opt_int(e, "completed_at"),
             duration_ms: opt_int(e, "duration_ms").and_then(|d| i32::try_from(d).ok()),
-            error: e
-                .text("error")
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
+            error: e.text("error").filter(|s| !s.is_empty()).map(pg),
         }),
         other => {
             return Err(Error::Codec(format!(
@@ -665,7 +670,7 @@ impl Sink {
         };
         self.hook(SinkStage::Committed).await;
         if !poison.is_empty() {
-            self.dead_letter(tenant, &poison).await?;
+            self.bus.strand_events(tenant, &poison).await?;
         }
         self.ack(tenant, &entries).await?;
         let now = chrono::Utc::now().timestamp_millis();
@@ -759,31 +764,6 @@ impl Sink {
         Ok((written, refused))
     }
 
-    async fn dead_letter(&self, tenant: &TenantId, poison: &[(StreamEntry, String)]) -> Result<()> {
-        let keys = self.bus.keys(tenant);
-        let mut pipe = redis::pipe();
-        for (e, reason) in poison {
-            tracing::error!(tenant = %tenant, entry = %e.id, %reason, "sink: event dead-lettered");
-            let cmd = pipe.cmd("XADD").arg(keys.dlq()).arg("*");
-            cmd.arg("type")
-                .arg("event")
-                .arg("stream")
-                .arg(keys.outbox())
-                .arg("entry")
-                .arg(&e.id);
-            cmd.arg("reason")
-                .arg(reason)
-                .arg("ts")
-                .arg(chrono::Utc::now().timestamp_millis());
-            for (k, v) in &e.fields {
-                cmd.arg(format!("m.{k}")).arg(v.as_slice());
-            }
-        }
-        let mut conn = self.bus.redis().conn().await?;
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
-    }
-
     /// Acknowledges entries and trims the outbox below what any sink still holds.
     async fn ack(&self, tenant: &TenantId, entries: &[StreamEntry]) -> Result<()> {
         let mut conn = self.bus.redis().conn().await?;
@@ -845,7 +825,7 @@ impl Sink {
                     metrics::sink_lag(
                         status
                             .iter()
-                            .map(|s| (s.tenant.as_str(), s.events, s.oldest_age_secs)),
+                            .map(|s| (s.tenant.as_str(), s.events, s.oldest_age_secs, s.stranded)),
                     );
                 }
             }
@@ -884,6 +864,8 @@ pub struct OutboxStatus {
     pub in_flight: u64,
     /// Age of the oldest event, in seconds.
     pub oldest_age_secs: f64,
+    /// Events Postgres refused, kept in `outbox:dead` (see [`crate::stranded`]).
+    pub stranded: u64,
 }
 
 impl AgentBus {
@@ -893,9 +875,11 @@ impl AgentBus {
         for tenant in self.tenants().await? {
             let outbox = self.keys(&tenant).outbox();
             let mut conn = self.redis().conn().await?;
-            let (len, first): (u64, Value) = redis::pipe()
+            let (len, stranded, first): (u64, u64, Value) = redis::pipe()
                 .cmd("XLEN")
                 .arg(&outbox)
+                .cmd("XLEN")
+                .arg(self.keys(&tenant).outbox_dead())
                 .cmd("XRANGE")
                 .arg(&outbox)
                 .arg("-")
@@ -929,6 +913,7 @@ impl AgentBus {
                 oldest_age_secs: oldest
                     .map(|ms| (now - ms).max(0) as f64 / 1000.0)
                     .unwrap_or(0.0),
+                stranded,
             });
         }
         Ok(out)

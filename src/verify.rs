@@ -1,9 +1,15 @@
 //! `agentbus verify`: proves the money adds up once the sink has caught up.
 //!
 //! Per tenant it compares the Redis balance, the Postgres `credit_balances`
-//! row and the sums of `credit_ledger`; per job, the job's reserved, spent
-//! and refunded credits (from Redis while it is there, else from the jobs
-//! table) against its ledger rows. Any difference fails the check.
+//! row and the sums of `credit_ledger`; checks that `reserved` is exactly
+//! the sum of live reservations (jobs' still-reserved credits plus pending
+//! invocations); and counts outbox events Postgres refused (stranded). Per
+//! job — every job Redis, the jobs table or the ledger knows — it compares
+//! the job's reserved, spent and refunded credits against its ledger rows,
+//! and while Redis still holds the job, its status and figures against the
+//! jobs table (its figures once it ended: the table is written at spawn and
+//! at the end); a job past retention is checked against Postgres alone and
+//! must have ended there. Any difference fails the check.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -35,6 +41,11 @@ pub struct TenantCheck {
     pub redis: Triple,
     pub postgres: Triple,
     pub ledger: Triple,
+    /// Sum of live reservations in Redis: must equal `redis.reserved`.
+    #[serde(with = "money::json")]
+    pub live_reservations: Decimal,
+    /// Outbox events Postgres refused, not yet replayed (must be 0).
+    pub stranded_events: u64,
     pub ok: bool,
 }
 
@@ -56,6 +67,13 @@ pub struct JobCheck {
     pub source: &'static str,
     pub job: JobMoney,
     pub ledger: JobMoney,
+    /// The job's status in Redis (while it holds the job) and in Postgres.
+    pub redis_status: Option<String>,
+    pub postgres_status: Option<String>,
+    /// The jobs table's figures, when it has the job.
+    pub postgres: Option<JobMoney>,
+    /// What differs, in words (empty when ok).
+    pub problem: String,
     pub ok: bool,
 }
 
@@ -73,19 +91,33 @@ impl VerifyReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<24} {:>44} {:>44} {:>44}  ok",
-            "tenant", "redis total/reserved/spent", "postgres balance", "ledger sums"
+            "{:<24} {:>44} {:>44} {:>44} {:>20} {:>9}  ok",
+            "tenant",
+            "redis total/reserved/spent",
+            "postgres balance",
+            "ledger sums",
+            "live reservations",
+            "stranded"
         );
         let fmt = |t: &Triple| format!("{}/{}/{}", t.total, t.reserved, t.spent);
         for t in &self.tenants {
             let _ = writeln!(
                 out,
-                "{:<24} {:>44} {:>44} {:>44}  {}",
+                "{:<24} {:>44} {:>44} {:>44} {:>20} {:>9}  {}",
                 t.tenant,
                 fmt(&t.redis),
                 fmt(&t.postgres),
                 fmt(&t.ledger),
+                t.live_reservations,
+                t.stranded_events,
                 if t.ok { "yes" } else { "NO" }
+            );
+        }
+        for t in self.tenants.iter().filter(|t| t.stranded_events > 0) {
+            let _ = writeln!(
+                out,
+                "  {}: {} outbox event(s) refused by Postgres (agentbus dlq list --events --tenant {})",
+                t.tenant, t.stranded_events, t.tenant
             );
         }
         let bad: Vec<&JobCheck> = self.jobs.iter().filter(|j| !j.ok).collect();
@@ -97,19 +129,7 @@ impl VerifyReport {
             self.unmirrored_events
         );
         for j in bad {
-            let _ = writeln!(
-                out,
-                "  job {} ({}, {}): job {}/{}/{} vs ledger {}/{}/{} (reserved/spent/refunded)",
-                j.job_id,
-                j.tenant,
-                j.source,
-                j.job.reserved,
-                j.job.spent,
-                j.job.refunded,
-                j.ledger.reserved,
-                j.ledger.spent,
-                j.ledger.refunded
-            );
+            let _ = writeln!(out, "  job {} ({}): {}", j.job_id, j.tenant, j.problem);
         }
         let _ = writeln!(
             out,
@@ -199,72 +219,21 @@ pub async fn verify_tenants(
             reserved: reserve - spend - refund,
             spent: spend + charge,
         };
+        let stranded_events = bus.stranded_count(&tenant).await?;
+        let live_reservations = live_reservations(bus, &tenant).await?;
         tenants.push(TenantCheck {
             tenant: tenant.to_string(),
-            ok: redis == postgres && postgres == ledger,
+            ok: redis == postgres
+                && postgres == ledger
+                && stranded_events == 0
+                && live_reservations == redis.reserved,
             redis,
             postgres,
             ledger,
+            live_reservations,
+            stranded_events,
         });
-
-        // Per job: only the job's own skills (invokes and messages may name a job too).
-        let rows: Vec<(Uuid, Decimal, Decimal, Decimal)> = sqlx::query_as(
-            "SELECT job_id,
-                    COALESCE(SUM(amount) FILTER (WHERE operation = 'reserve'), 0),
-                    COALESCE(SUM(amount) FILTER (WHERE operation = 'spend'), 0),
-                    COALESCE(SUM(amount) FILTER (WHERE operation = 'refund'), 0)
-               FROM agents.credit_ledger
-              WHERE tenant_id = $1 AND job_id IS NOT NULL AND skill IN ('job', 'agent_spawn', 'job_item')
-              GROUP BY job_id",
-        )
-        .bind(tenant.as_str())
-        .fetch_all(pool)
-        .await?;
-        let pg_jobs: HashMap<Uuid, (Decimal, Decimal, Decimal)> = sqlx::query_as::<_, (Uuid, Decimal, Decimal, Decimal)>(
-            "SELECT id, credits_reserved, credits_spent, credits_refunded FROM agents.jobs WHERE tenant_id = $1",
-        )
-        .bind(tenant.as_str())
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|(id, r, s, f)| (id, (r, s, f)))
-        .collect();
-        for (job_id, reserved, spent, refunded) in rows {
-            let ledger = JobMoney {
-                reserved,
-                spent,
-                refunded,
-            };
-            let (source, job) = match bus.job(&tenant, &job_id).await {
-                Ok(j) => (
-                    "redis",
-                    JobMoney {
-                        reserved: j.credits.reserved,
-                        spent: j.credits.spent,
-                        refunded: j.credits.refunded,
-                    },
-                ),
-                Err(_) => {
-                    let (r, s, f) = pg_jobs.get(&job_id).copied().unwrap_or_default();
-                    (
-                        "postgres",
-                        JobMoney {
-                            reserved: r,
-                            spent: s,
-                            refunded: f,
-                        },
-                    )
-                }
-            };
-            jobs.push(JobCheck {
-                tenant: tenant.to_string(),
-                job_id,
-                source,
-                ok: job == ledger,
-                job,
-                ledger,
-            });
-        }
+        jobs.extend(check_jobs(bus, pool, &tenant).await?);
     }
     let ok = unmirrored == 0 && tenants.iter().all(|t| t.ok) && jobs.iter().all(|j| j.ok);
     Ok(VerifyReport {
@@ -273,4 +242,185 @@ pub async fn verify_tenants(
         jobs,
         ok,
     })
+}
+
+/// Credits reserved by what is still live in Redis: each job's reserved
+/// minus spent and refunded (zero once it ended), plus the price of every
+/// pending invocation. Read page by page.
+async fn live_reservations(bus: &AgentBus, tenant: &TenantId) -> Result<Decimal> {
+    const PAGE: isize = 500;
+    let keys = bus.keys(tenant);
+    let mut conn = bus.redis().conn().await?;
+    let mut minor: i128 = 0;
+    for (index, fields) in [
+        (keys.jobs(), &["reserved", "spent", "refunded"][..]),
+        (keys.pending_invokes(), &["price"][..]),
+    ] {
+        let is_jobs = fields.len() == 3;
+        let mut start = 0;
+        loop {
+            let ids: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&index)
+                .arg(start)
+                .arg(start + PAGE - 1)
+                .query_async(&mut conn)
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                let key = if is_jobs {
+                    match Uuid::parse_str(id) {
+                        Ok(job) => keys.job(&job),
+                        Err(_) => continue,
+                    }
+                } else {
+                    keys.invoke(id)
+                };
+                pipe.cmd("HMGET").arg(key).arg(fields);
+            }
+            let rows: Vec<Vec<Option<i64>>> = pipe.query_async(&mut conn).await?;
+            for row in rows {
+                let v = |i: usize| i128::from(row.get(i).copied().flatten().unwrap_or(0));
+                minor += if is_jobs { v(0) - v(1) - v(2) } else { v(0) };
+            }
+            if (ids.len() as isize) < PAGE {
+                break;
+            }
+            start += PAGE;
+        }
+    }
+    Decimal::try_from_i128_with_scale(minor, 2)
+        .map_err(|e| crate::error::Error::protocol(format!("live reservations: {e}")))
+}
+
+/// Every job of `tenant` that Redis, the jobs table or the ledger knows.
+async fn check_jobs(bus: &AgentBus, pool: &PgPool, tenant: &TenantId) -> Result<Vec<JobCheck>> {
+    // Per job: only the job's own skills (invokes and messages may name a job too).
+    let ledger: HashMap<Uuid, JobMoney> = sqlx::query_as::<_, (Uuid, Decimal, Decimal, Decimal)>(
+        "SELECT job_id,
+                COALESCE(SUM(amount) FILTER (WHERE operation = 'reserve'), 0),
+                COALESCE(SUM(amount) FILTER (WHERE operation = 'spend'), 0),
+                COALESCE(SUM(amount) FILTER (WHERE operation = 'refund'), 0)
+           FROM agents.credit_ledger
+          WHERE tenant_id = $1 AND job_id IS NOT NULL AND skill IN ('job', 'agent_spawn', 'job_item')
+          GROUP BY job_id",
+    )
+    .bind(tenant.as_str())
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(id, reserved, spent, refunded)| {
+        (
+            id,
+            JobMoney {
+                reserved,
+                spent,
+                refunded,
+            },
+        )
+    })
+    .collect();
+    let pg_jobs: HashMap<Uuid, (String, JobMoney)> =
+        sqlx::query_as::<_, (Uuid, String, Decimal, Decimal, Decimal)>(
+            "SELECT id, status, credits_reserved, credits_spent, credits_refunded
+               FROM agents.jobs WHERE tenant_id = $1",
+        )
+        .bind(tenant.as_str())
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|(id, status, reserved, spent, refunded)| {
+            (
+                id,
+                (
+                    status,
+                    JobMoney {
+                        reserved,
+                        spent,
+                        refunded,
+                    },
+                ),
+            )
+        })
+        .collect();
+    let mut ids: std::collections::BTreeSet<Uuid> = ledger.keys().copied().collect();
+    ids.extend(pg_jobs.keys().copied());
+    let mut conn = bus.redis().conn().await?;
+    let in_redis: Vec<String> = redis::cmd("ZRANGE")
+        .arg(bus.keys(tenant).jobs())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await?;
+    drop(conn);
+    ids.extend(in_redis.iter().filter_map(|id| Uuid::parse_str(id).ok()));
+
+    let mut out = Vec::with_capacity(ids.len());
+    for job_id in ids {
+        let in_ledger = ledger.get(&job_id).copied().unwrap_or_default();
+        let pg = pg_jobs.get(&job_id);
+        let redis = match bus.job(tenant, &job_id).await {
+            Ok(j) => Some(j),
+            Err(crate::error::Error::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let mut problems = Vec::new();
+        let (source, job) = match &redis {
+            Some(j) => (
+                "redis",
+                JobMoney {
+                    reserved: j.credits.reserved,
+                    spent: j.credits.spent,
+                    refunded: j.credits.refunded,
+                },
+            ),
+            None => ("postgres", pg.map(|(_, m)| *m).unwrap_or_default()),
+        };
+        let fmt = |m: &JobMoney| format!("{}/{}/{}", m.reserved, m.spent, m.refunded);
+        if job != in_ledger {
+            problems.push(format!(
+                "job {} (from {source}) vs ledger {} (reserved/spent/refunded)",
+                fmt(&job),
+                fmt(&in_ledger)
+            ));
+        }
+        match (&redis, pg) {
+            (_, None) => problems.push("missing from the jobs table".into()),
+            (Some(j), Some((status, money))) => {
+                if status != j.status.as_str() {
+                    problems.push(format!(
+                        "status {} in Redis but {status} in Postgres",
+                        j.status.as_str()
+                    ));
+                }
+                // The jobs table gets a job's figures at spawn and at its end.
+                let ended = !matches!(j.status.as_str(), "running" | "pending");
+                if ended && *money != job {
+                    problems.push(format!("jobs table {} vs Redis {}", fmt(money), fmt(&job)));
+                }
+            }
+            (None, Some((status, _))) => {
+                if status == "running" || status == "pending" {
+                    problems.push(format!(
+                        "{status} in Postgres but gone from Redis (its end never reached the mirror)"
+                    ));
+                }
+            }
+        }
+        out.push(JobCheck {
+            tenant: tenant.to_string(),
+            job_id,
+            source,
+            job,
+            ledger: in_ledger,
+            redis_status: redis.as_ref().map(|j| j.status.as_str().to_string()),
+            postgres_status: pg.map(|(s, _)| s.clone()),
+            postgres: pg.map(|(_, m)| *m),
+            ok: problems.is_empty(),
+            problem: problems.join("; "),
+        });
+    }
+    Ok(out)
 }

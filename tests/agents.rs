@@ -580,13 +580,22 @@ async fn invoke_success_error_timeout_and_bad_targets_keep_credits_exact() {
     let b = env.bus.balance(&t).await.unwrap();
     assert_eq!((b.spent, b.reserved), (Decimal::from(10), Decimal::ZERO));
 
-    // Unknown and stale targets: clear errors, nothing reserved, no events.
-    let starts_before = outbox_events(&env, &t, "invoke_start").await.len();
+    // Unknown and stale targets, and too little credit: clear errors naming
+    // the audited invocation, nothing reserved, one refused event each.
+    let refused_before = outbox_events(&env, &t, "invoke_refused").await.len();
     let unknown = env
         .bus
         .invoke(&t, &InvokeRequest::new(&caller, &id("ghost"), json!({})))
         .await;
-    assert!(matches!(unknown, Err(Error::NotFound(_))), "{unknown:?}");
+    let Err(Error::InvokeRefused {
+        invoke_id: unknown_id,
+        reason: "unknown_target",
+        source,
+    }) = unknown
+    else {
+        panic!("{unknown:?}")
+    };
+    assert!(matches!(*source, Error::NotFound(_)), "{source:?}");
     let sleeper = register(&env, &t, "spec", "sleeper").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     env.bus.heartbeat(&t, &caller, None).await.unwrap();
@@ -594,11 +603,37 @@ async fn invoke_success_error_timeout_and_bad_targets_keep_credits_exact() {
         .bus
         .invoke(&t, &InvokeRequest::new(&caller, &sleeper, json!({})))
         .await;
-    assert!(matches!(stale, Err(Error::Conflict { .. })), "{stale:?}");
-    assert_eq!(
-        outbox_events(&env, &t, "invoke_start").await.len(),
-        starts_before
-    );
+    let Err(Error::InvokeRefused {
+        invoke_id: stale_id,
+        reason: "target_stopped",
+        source,
+    }) = stale
+    else {
+        panic!("{stale:?}")
+    };
+    assert!(matches!(*source, Error::Conflict { .. }), "{source:?}");
+    let refused = outbox_events(&env, &t, "invoke_refused").await;
+    assert_eq!(refused.len(), refused_before + 2);
+    for (invoke_id, reason) in [
+        (&unknown_id, "unknown_target"),
+        (&stale_id, "target_stopped"),
+    ] {
+        let inv = env.bus.invocation(&t, invoke_id).await.unwrap();
+        assert_eq!(inv.status, "failed");
+        assert!(
+            inv.error_message
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with(reason),
+            "{inv:?}"
+        );
+        let event = refused
+            .iter()
+            .find(|e| e.text("invoke_id") == Some(invoke_id.as_str()))
+            .expect("refused event");
+        assert_eq!(event.text("status"), Some("failed"));
+        assert_eq!(event.int("credits_charged"), Some(0));
+    }
     let b = env.bus.balance(&t).await.unwrap();
     assert_eq!((b.spent, b.reserved), (Decimal::from(10), Decimal::ZERO));
 

@@ -86,7 +86,7 @@ impl Run {
         spec.timeout_per_item = ITEM_TIMEOUT_SECS;
         // Kills cost items deliveries; enough retries that none runs out.
         spec.max_retries = 10;
-        let need = agentbus::money::from_minor(bus.prices().job_reservation(ITEMS));
+        let need = bus.prices().job_reservation(ITEMS);
         bus.grant_credits(&tenant, need + Decimal::from(10), json!({}))
             .await
             .unwrap();

@@ -379,21 +379,108 @@ async fn a_poison_event_is_dead_lettered_and_does_not_block_the_stream() {
             .await
             .unwrap();
     assert_eq!(rows.len(), 2, "both good grants written: {rows:?}");
-    let dead = env.bus.dead_letters(&tenant, None, 10).await.unwrap();
-    assert_eq!(dead.len(), 2, "{dead:?}");
-    assert!(dead.iter().all(|d| d.kind == "event"));
+    // Both are stranded, visibly: listed with their reasons, counted by the
+    // status and the metric's source, and verify fails naming the tenant.
+    let stranded = env.bus.stranded_events(&tenant, None, 10).await.unwrap();
+    let ids: Vec<&str> = stranded
+        .iter()
+        .map(|e| e.event["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["bad.1", "bad.2"], "{stranded:?}");
+    assert!(stranded[0].reason.contains("amount"), "{stranded:?}");
+    assert!(stranded[1].reason.contains("check"), "{stranded:?}");
     assert!(
         env.bus
-            .outbox_status()
+            .dead_letters(&tenant, None, 10)
             .await
             .unwrap()
-            .iter()
-            .all(|s| s.events == 0)
+            .is_empty()
+    );
+    let status = env.bus.outbox_status().await.unwrap();
+    let mine = status.iter().find(|s| s.tenant == tenant.as_str()).unwrap();
+    assert_eq!((mine.events, mine.stranded), (0, 2));
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(!report.ok);
+    let table = report.to_table();
+    assert!(
+        table.contains("poison: 2 outbox event(s) refused by Postgres"),
+        "{table}"
+    );
+    // Junk that can never be written: discarded on purpose, verify is clean.
+    let entry_ids: Vec<String> = stranded.iter().map(|e| e.entry_id.clone()).collect();
+    assert_eq!(
+        env.bus.discard_stranded(&tenant, &entry_ids).await.unwrap(),
+        2
     );
     let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
         .await
         .unwrap();
     assert!(report.ok, "{}", report.to_table());
+}
+
+#[tokio::test]
+async fn an_event_postgres_refuses_is_replayed_once_the_cause_is_fixed() {
+    let env = TestEnv::with_db().await;
+    let tenant = env.tenant("repair");
+    // A constraint an operator added by mistake refuses grants above 100.
+    sqlx::query("ALTER TABLE agents.credit_ledger ADD CONSTRAINT too_strict CHECK (amount <= 100)")
+        .execute(env.pool())
+        .await
+        .unwrap();
+    env.grant(&tenant, 5).await;
+    env.grant(&tenant, 500).await;
+    env.grant(&tenant, 7).await;
+    drain(&env, "s1", &tenant).await;
+    let stranded = env.bus.stranded_events(&tenant, None, 10).await.unwrap();
+    assert_eq!(stranded.len(), 1, "{stranded:?}");
+    assert_eq!(stranded[0].event["amount"], "50000");
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(!report.ok, "a stranded grant must fail verify");
+    assert_eq!(report.tenants[0].stranded_events, 1);
+    assert_ne!(report.tenants[0].redis, report.tenants[0].ledger);
+
+    sqlx::query("ALTER TABLE agents.credit_ledger DROP CONSTRAINT too_strict")
+        .execute(env.pool())
+        .await
+        .unwrap();
+    let ids = vec![stranded[0].entry_id.clone()];
+    let done = env.bus.replay_stranded(&tenant, &ids).await.unwrap();
+    assert_eq!((done.replayed, done.missing), (1, 0));
+    // A second replay of the same entry finds nothing to do.
+    let again = env.bus.replay_stranded(&tenant, &ids).await.unwrap();
+    assert_eq!((again.replayed, again.missing), (0, 1));
+    drain(&env, "s1", &tenant).await;
+    // Writing the same event twice (an operator replaying a copy) adds nothing.
+    let mut conn = env.conn().await;
+    let _: String = redis::cmd("XADD")
+        .arg(env.bus.keys(&tenant).outbox())
+        .arg("*")
+        .arg(
+            stranded[0]
+                .event
+                .iter()
+                .filter(|(k, _)| k.as_str() != "ctx")
+                .flat_map(|(k, v)| [k.clone(), v.as_str().unwrap().to_string()])
+                .collect::<Vec<_>>(),
+        )
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drain(&env, "s1", &tenant).await;
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(report.ok, "{}", report.to_table());
+    assert_eq!(report.tenants[0].ledger.total, Decimal::from(512));
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents.credit_ledger")
+        .fetch_one(env.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

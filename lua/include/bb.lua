@@ -4,13 +4,20 @@
 -- value), agg (hash: keys, count, sum in micro-units), exp (zset key ->
 -- expiry ms), fence (hash lock -> last fencing token), namespaces (the
 -- tenant's set of namespaces with expiring entries), ns (its name).
--- Numbers are aggregated as integer micro-units (10^-6), so `sum` stays exact
--- under any sequence of writes.
+-- Numbers are aggregated as integer micro-units (10^-6), so the sum stays
+-- exact under any sequence of writes, and it cannot overflow: agg keeps it
+-- in two fields, sum (|sum| < 10^12 between calls) and sum_hi (units of
+-- 10^12), the total being sum_hi * 10^12 + sum. Bounds relied on: every
+-- number added or removed is at most 9e15 micro-units in magnitude (callers
+-- aggregate nothing larger), so sum stays below 2^53, exact in a Lua
+-- double, before it carries.
 
 -- Blackboard scripts take KEYS[1] credits hash and KEYS[2..9] the namespace
 -- (vals, nums, lex, score, agg, exp, fence, namespaces), ARGV[1] namespace,
 -- ARGV[2] price of the operation (minor units).
 local function bb_from_keys()
+  arg_text(1)
+  arg_int(2, 0, MAX_MINOR)
   return {vals = KEYS[2], nums = KEYS[3], lex = KEYS[4], score = KEYS[5], agg = KEYS[6],
     exp = KEYS[7], fence = KEYS[8], namespaces = KEYS[9], ns = ARGV[1]}
 end
@@ -34,12 +41,26 @@ local function meter(credits_key, price, skill)
   return true, available
 end
 
+local SUM_LIMB = 1000000000000
+
+-- Adds `micro` (a number, |micro| <= 9e15) to the namespace's sum, carrying
+-- into sum_hi so neither field ever nears the i64 limit.
+local function agg_add(B, micro)
+  local lo = redis.call('HINCRBY', B.agg, 'sum', int(micro))
+  if lo >= SUM_LIMB or lo <= -SUM_LIMB then
+    local rest = math.fmod(lo, SUM_LIMB)
+    local carry = (lo - rest) / SUM_LIMB
+    redis.call('HINCRBY', B.agg, 'sum_hi', int(carry))
+    redis.call('HINCRBY', B.agg, 'sum', int(-carry * SUM_LIMB))
+  end
+end
+
 -- Removes an entry from value, indexes and aggregates.
 local function bb_remove(B, key)
   local old = redis.call('HGET', B.nums, key)
   if old then
     redis.call('HINCRBY', B.agg, 'count', -1)
-    redis.call('HINCRBY', B.agg, 'sum', int(-tonumber(old)))
+    agg_add(B, -tonumber(old))
     redis.call('HDEL', B.nums, key)
     redis.call('ZREM', B.score, key)
   end
@@ -56,7 +77,7 @@ local function bb_put(B, key, json, micro, expire_at)
   local old = redis.call('HGET', B.nums, key)
   if old then
     redis.call('HINCRBY', B.agg, 'count', -1)
-    redis.call('HINCRBY', B.agg, 'sum', int(-tonumber(old)))
+    agg_add(B, -tonumber(old))
   end
   if redis.call('HSET', B.vals, key, json) == 1 then
     redis.call('HINCRBY', B.agg, 'keys', 1)
@@ -66,7 +87,7 @@ local function bb_put(B, key, json, micro, expire_at)
     redis.call('HSET', B.nums, key, micro)
     redis.call('ZADD', B.score, tonumber(micro) / 1000000, key)
     redis.call('HINCRBY', B.agg, 'count', 1)
-    redis.call('HINCRBY', B.agg, 'sum', micro)
+    agg_add(B, tonumber(micro))
   elseif old then
     redis.call('HDEL', B.nums, key)
     redis.call('ZREM', B.score, key)

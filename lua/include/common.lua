@@ -6,6 +6,40 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- Argument checks, for the top of a script (before its first write): a bad
+-- argument aborts the whole script with an error reply naming it.
+-- Amounts never pass MAX_MINOR (src/money.rs), so every balance, being at
+-- most a tenant's total, stays below 2^53 and exact in a Lua double.
+local MAX_MINOR = 1000000000000000
+
+local function arg_error(i, what)
+  error({err = 'ERR ARGV[' .. i .. '] ' .. what})
+end
+
+-- ARGV[i] as an integer in [lo, hi], written in decimal digits (no
+-- exponent, fraction or hex, which tonumber would take).
+local function arg_int(i, lo, hi)
+  local s = ARGV[i]
+  local n = s and string.match(s, '^%-?%d+$') and string.len(s) <= 20 and tonumber(s)
+  if not n or n < lo or n > hi then
+    arg_error(i, 'must be an integer in [' .. string.format('%d', lo) .. ', '
+      .. string.format('%d', hi) .. ']')
+  end
+  return n
+end
+
+-- ARGV[i], which must not be empty.
+local function arg_text(i)
+  if ARGV[i] == nil or ARGV[i] == '' then arg_error(i, 'must not be empty') end
+  return ARGV[i]
+end
+
+-- ARGV[i], which must be one of the keys of `set`.
+local function arg_one_of(i, set)
+  if ARGV[i] == nil or not set[ARGV[i]] then arg_error(i, 'is not an accepted value') end
+  return ARGV[i]
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

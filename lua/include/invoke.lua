@@ -4,7 +4,7 @@
 --   ARGV[1] event id base  ARGV[2] tenant  ARGV[3] invoke id
 
 local K_CREDITS, K_OUTBOX, K_INVOKE, K_PENDING = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local EVENT_BASE, TENANT, INVOKE_ID = ARGV[1], ARGV[2], ARGV[3]
+local EVENT_BASE, TENANT, INVOKE_ID = arg_text(1), arg_text(2), arg_text(3)
 
 -- An audit event carrying the whole invocation as it stands, so the sink can
 -- upsert the audit row from any event, in any order.
@@ -16,9 +16,10 @@ local function audit_event(kind, ts)
   redis.call(unpack(args))
 end
 
--- Ends a pending invocation: charge on success, release otherwise.
+-- Ends a pending invocation: charge on success, release otherwise. Only now
+-- does the hash get its TTL (the retention recorded at start).
 local function finish_invoke(status, ts, response, error_message)
-  local v = redis.call('HMGET', K_INVOKE, 'price', 'started_at', 'job')
+  local v = redis.call('HMGET', K_INVOKE, 'price', 'started_at', 'job', 'retention')
   local price, started = tonumber(v[1]), tonumber(v[2])
   local charged = 0
   if status == 'completed' then
@@ -32,6 +33,7 @@ local function finish_invoke(status, ts, response, error_message)
   redis.call('HSET', K_INVOKE, 'status', status, 'completed_at', ts, 'duration_ms', ts - started,
     'credits_charged', int(charged), 'response', response, 'error', error_message)
   redis.call('ZREM', K_PENDING, INVOKE_ID)
+  redis.call('EXPIRE', K_INVOKE, tonumber(v[4]) or 3600)
   audit_event('invoke_end', ts)
   return ts - started
 end

@@ -14,6 +14,10 @@ local K_CREDITS, K_OUTBOX, K_JOB, K_ITEMS, K_DONE = KEYS[1], KEYS[2], KEYS[3], K
 local K_RESULTS, K_ACTIVE, K_DLQ, K_JOBS = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local EVENT_BASE, TENANT, JOB_ID, RETENTION = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local GROUP = 'workers'
+arg_text(1)
+arg_text(2)
+arg_text(3)
+arg_int(4, 0, 3153600000)
 
 local function item_index(entry_id)
   local idx = string.match(entry_id, '^%d+%-(%d+)$')

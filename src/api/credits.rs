@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::extract::ApiJson;
 use super::{Admin, ApiResult, AppState, Tenant};
-use crate::credits::Balance;
+use crate::credits::{Balance, grant_context};
 use crate::keys::TenantId;
 use crate::money;
 
@@ -35,7 +35,7 @@ pub async fn grant(
     _admin: Admin,
     ApiJson(body): ApiJson<GrantBody>,
 ) -> ApiResult<Json<Balance>> {
-    let context = serde_json::json!({ "reason": body.reason.unwrap_or_default(), "by": "admin" });
+    let context = grant_context(&body.reason.unwrap_or_default(), "admin")?;
     Ok(Json(
         state
             .bus

@@ -353,15 +353,6 @@ pub async fn cancel(
     let job_id = path_uuid("job_id", &job_id)?;
     let reason = body.reason.unwrap_or_default();
     let by = body.cancelled_by.unwrap_or_else(|| "api".into());
-    for (field, value) in [("reason", &reason), ("cancelled_by", &by)] {
-        if value.len() > 1024 {
-            return Err(ApiError::field(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                field,
-                "at most 1024 bytes",
-            ));
-        }
-    }
     Ok(Json(
         state.bus.cancel_job(&tenant, &job_id, &by, &reason).await?,
     ))

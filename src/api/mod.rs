@@ -269,6 +269,11 @@ struct ErrorDetail {
     required: Option<Decimal>,
     #[serde(skip_serializing_if = "Option::is_none", with = "money::json_opt")]
     available: Option<Decimal>,
+    /// A refused invocation: its audited id and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invoke_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -336,6 +341,26 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
+        let err = match err {
+            Error::InvokeRefused {
+                invoke_id,
+                reason,
+                source,
+            } => {
+                let mut api = ApiError::plain(*source);
+                api.body.error.invoke_id = Some(invoke_id);
+                api.body.error.reason = Some(reason);
+                return api;
+            }
+            other => other,
+        };
+        ApiError::plain(err)
+    }
+}
+
+impl ApiError {
+    /// The response of an error that carries no other error inside it.
+    fn plain(err: Error) -> Self {
         match err {
             Error::Invalid { field, reason } => {
                 ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, &field, reason)

@@ -32,6 +32,8 @@ pub const TIMEOUT_PER_ITEM_SECS: (i64, i64) = (1, 3600);
 pub const MAX_RETRIES: (i64, i64) = (0, 10);
 /// Longest task description accepted.
 pub const MAX_TASK_LEN: usize = 200;
+/// Longest cancel reason or canceller name.
+pub const MAX_CANCEL_TEXT: usize = 1024;
 
 fn default_parallelism() -> i64 {
     10
@@ -487,6 +489,17 @@ impl AgentBus {
     pub async fn spawn_job(&self, tenant: &TenantId, spec: &JobSpec) -> Result<Job> {
         spec.validate(self.limits().max_items)?;
         let prices = self.prices();
+        // Past the largest balance no tenant could pay it; refused before Lua
+        // adds it up in doubles.
+        if prices.job_reservation_minor(spec.items.len()).is_none() {
+            return Err(Error::invalid(
+                "items",
+                format!(
+                    "this job would reserve {} credits, more than any balance can hold",
+                    prices.job_reservation(spec.items.len())
+                ),
+            ));
+        }
         let id = Uuid::new_v4();
         self.register_tenant(tenant).await?;
         let keys = self.keys(tenant);
@@ -703,6 +716,11 @@ impl AgentBus {
         job: &Uuid,
         outputs: &[(&str, &[u8])],
     ) -> Result<Vec<CompleteOutcome>> {
+        // An id Redis would refuse must not reach the script (an error there
+        // reads as "retry later"); nothing of the batch is applied.
+        for (id, _) in outputs {
+            validate_stream_id("item_id", id)?;
+        }
         let keys = self.keys(tenant);
         let mut call = job_call(
             &scripts().job_complete,
@@ -748,6 +766,7 @@ impl AgentBus {
         error_message: &str,
         retry: bool,
     ) -> Result<FailOutcome> {
+        validate_stream_id("item_id", item_id)?;
         let keys = self.keys(tenant);
         let mut call = job_call(
             &scripts().job_fail,
@@ -794,6 +813,8 @@ impl AgentBus {
         cancelled_by: &str,
         reason: &str,
     ) -> Result<CancelOutcome> {
+        crate::text::check("cancelled_by", cancelled_by, MAX_CANCEL_TEXT)?;
+        crate::text::check("reason", reason, MAX_CANCEL_TEXT)?;
         let keys = self.keys(tenant);
         let mut call = job_call(
             &scripts().job_cancel,

@@ -1,0 +1,1042 @@
+//! Money stays exact whatever the input: text the mirror cannot hold is
+//! refused where it enters, no reservation depends on a TTL, refused
+//! invocations are audited, a blackboard sum cannot overflow, a broadcast
+//! is all or nothing, every money script checks its arguments before its
+//! first write, and `verify` sees what it used to miss.
+
+mod common;
+
+use std::time::Duration;
+
+use agentbus::blackboard::Fence;
+use agentbus::invoke::{InvokeRequest, InvokeResult};
+use agentbus::jobs::{AggregateInto, CompleteOutcome, JobSpec};
+use agentbus::keys::Ident;
+use agentbus::registry::Registration;
+use agentbus::sink::{Sink, SinkOptions};
+use agentbus::verify::verify;
+use agentbus::{Error, TenantId};
+use axum::http::StatusCode;
+use common::{ADMIN_TOKEN, TestEnv, call, dec};
+use rust_decimal::Decimal;
+use serde_json::json;
+use uuid::Uuid;
+
+fn id(s: &str) -> Ident {
+    Ident::new("instance_id", s).unwrap()
+}
+
+async fn register(env: &TestEnv, t: &TenantId, agent: &str, instance: &str) -> Ident {
+    register_in(env, t, agent, instance, None).await
+}
+
+async fn register_in(
+    env: &TestEnv,
+    t: &TenantId,
+    agent: &str,
+    instance: &str,
+    job: Option<Uuid>,
+) -> Ident {
+    let mut reg = Registration::new(agent)
+        .unwrap()
+        .instance(instance)
+        .unwrap();
+    reg.job_id = job;
+    id(&env.bus.register_agent(t, &reg).await.unwrap().instance_id)
+}
+
+async fn drain(env: &TestEnv, t: &TenantId) {
+    let sink = Sink::new(
+        env.bus.clone(),
+        env.pool().clone(),
+        SinkOptions::new("money"),
+    );
+    while sink.drain_once(t).await.unwrap().events > 0 {}
+}
+
+/// Starts an invocation nobody answers yet; returns the caller's task and its id.
+async fn pending_invoke(
+    env: &TestEnv,
+    t: &TenantId,
+    caller: &Ident,
+    target: &Ident,
+    timeout_seconds: i64,
+) -> (
+    tokio::task::JoinHandle<agentbus::Result<InvokeResult>>,
+    String,
+) {
+    let mut conn = env.conn().await;
+    let pending = env.bus.keys(t).pending_invokes();
+    let before: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&pending)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut req = InvokeRequest::new(caller, target, json!({"q": 1}));
+    req.timeout_seconds = timeout_seconds;
+    let (bus, t2) = (env.bus.clone(), t.clone());
+    let task = tokio::spawn(async move { bus.invoke(&t2, &req).await });
+    for _ in 0..200 {
+        let now: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&pending)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(new) = now.into_iter().find(|i| !before.contains(i)) {
+            return (task, new);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the invocation never became pending");
+}
+
+/// Every control character, plus a few ordinary ones around them.
+fn control_characters() -> impl Iterator<Item = char> {
+    (0u32..0x20).chain(0x7f..0xa0).filter_map(char::from_u32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_bound_for_postgres_is_checked_where_it_enters() {
+    let env = TestEnv::with_db().await;
+    let t = env.tenant("text");
+    let token = env.token("text").await;
+    let app = env.app();
+    env.grant(&t, 1000).await;
+    let caller = register(&env, &t, "orc", "caller").await;
+    let target = register(&env, &t, "spec", "target").await;
+    let spec = JobSpec::new("orc", "w", "task", vec![json!(1), json!(2)]);
+    let job = env.bus.spawn_job(&t, &spec).await.unwrap().id;
+
+    let mut accepted_reasons = Vec::new();
+    for c in control_characters() {
+        let text = format!("a{c}b");
+        let whitespace = matches!(c, '\t' | '\n' | '\r');
+        // Cancel reason and canceller; admin grant reason.
+        for (field, body) in [
+            ("reason", json!({ "reason": text })),
+            ("cancelled_by", json!({ "cancelled_by": text })),
+        ] {
+            if whitespace {
+                continue;
+            }
+            let before = env.snapshot().await;
+            let (status, answer) = call(
+                &app,
+                "POST",
+                &format!("/api/v1/jobs/{job}/cancel"),
+                Some(&token),
+                Some(body),
+            )
+            .await;
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "U+{:04X}",
+                c as u32
+            );
+            assert_eq!(answer["error"]["field"], field, "{answer}");
+            assert_eq!(
+                before,
+                env.snapshot().await,
+                "{field} U+{:04X} wrote",
+                c as u32
+            );
+        }
+        let before = env.snapshot().await;
+        let (status, answer) = call(
+            &app,
+            "POST",
+            "/api/v1/credits/grant",
+            Some(ADMIN_TOKEN),
+            Some(json!({ "tenant": "text", "amount": "1", "reason": text })),
+        )
+        .await;
+        if whitespace {
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            accepted_reasons.push(text.clone());
+        } else {
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "U+{:04X}",
+                c as u32
+            );
+            assert_eq!(answer["error"]["field"], "reason", "{answer}");
+            assert_eq!(
+                before,
+                env.snapshot().await,
+                "grant U+{:04X} wrote",
+                c as u32
+            );
+        }
+        // An invocation's error text (plain text) and payloads (JSON, where
+        // only U+0000 is refused).
+        let err = env
+            .bus
+            .respond(&t, "inv_0000000000000000", &json!({}), Some(&text), None)
+            .await;
+        if whitespace {
+            assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
+        } else {
+            assert!(
+                matches!(&err, Err(Error::Invalid { field, .. }) if field == "error"),
+                "U+{:04X}: {err:?}",
+                c as u32
+            );
+        }
+        let payload = json!({ "k": text });
+        let refused = env
+            .bus
+            .invoke(
+                &t,
+                &InvokeRequest::new(&caller, &id("ghost"), payload.clone()),
+            )
+            .await;
+        if c == '\0' {
+            assert!(
+                matches!(&refused, Err(Error::Invalid { field, .. }) if field == "request_payload"),
+                "{refused:?}"
+            );
+        } else {
+            assert!(
+                matches!(refused, Err(Error::InvokeRefused { .. })),
+                "{refused:?}"
+            );
+        }
+        let nul_key = json!({ "k\u{0}": 1 });
+        let answered = env
+            .bus
+            .respond(&t, "inv_0000000000000000", &nul_key, None, None)
+            .await;
+        assert!(
+            matches!(&answered, Err(Error::Invalid { field, .. }) if field == "response_payload"),
+            "{answered:?}"
+        );
+    }
+    // A pending invocation cannot be answered with U+0000 in any form, and
+    // the refusals leave it pending; a proper answer then ends it.
+    let (task, invoke_id) = pending_invoke(&env, &t, &caller, &target, 10).await;
+    let before = env.snapshot().await;
+    for (response, error) in [
+        (json!({"a": "x\u{0}"}), None),
+        (json!(["\u{0}"]), None),
+        (json!({}), Some("boom\u{0}")),
+    ] {
+        let r = env
+            .bus
+            .respond(&t, &invoke_id, &response, error, Some(&target))
+            .await;
+        assert!(matches!(r, Err(Error::Invalid { .. })), "{r:?}");
+        assert_eq!(before, env.snapshot().await);
+    }
+    env.bus
+        .respond(
+            &t,
+            &invoke_id,
+            &json!({"ok": "tab\there"}),
+            None,
+            Some(&target),
+        )
+        .await
+        .unwrap();
+    assert!(task.await.unwrap().unwrap().success);
+    // A text with a newline is mirrored exactly.
+    env.bus
+        .cancel_job(&t, &job, "ops\tteam", "line one\nline two\r")
+        .await
+        .unwrap();
+    drain(&env, &t).await;
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(report.ok, "{}", report.to_table());
+    let (by, reason): (String, String) = sqlx::query_as(
+        "SELECT cancelled_by, reason FROM agents.job_cancellations WHERE job_id = $1",
+    )
+    .bind(job)
+    .fetch_one(env.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (by.as_str(), reason.as_str()),
+        ("ops\tteam", "line one\nline two\r")
+    );
+    let mirrored: Vec<String> = sqlx::query_scalar(
+        "SELECT context->>'reason' FROM agents.credit_ledger
+          WHERE operation = 'grant' AND context->>'by' = 'admin' ORDER BY id",
+    )
+    .fetch_all(env.pool())
+    .await
+    .unwrap();
+    assert_eq!(mirrored, accepted_reasons);
+    let response: serde_json::Value =
+        sqlx::query_scalar("SELECT response_payload FROM agents.invoke_audit WHERE invoke_id = $1")
+            .bind(&invoke_id)
+            .fetch_one(env.pool())
+            .await
+            .unwrap();
+    assert_eq!(response, json!({"ok": "tab\there"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoke_reservation_never_depends_on_a_ttl() {
+    let env = TestEnv::with_db().await;
+    let t = env.tenant("ttl");
+    env.grant(&t, 100).await;
+    let caller = register(&env, &t, "orc", "caller").await;
+    let target = register(&env, &t, "spec", "target").await;
+    let (task, invoke_id) = pending_invoke(&env, &t, &caller, &target, 1).await;
+    // The caller vanishes before its own timer ends the invocation.
+    task.abort();
+    let key = env.bus.keys(&t).invoke(&invoke_id);
+    let mut conn = env.conn().await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "a pending invocation's hash must not expire");
+    assert_eq!(
+        env.bus.balance(&t).await.unwrap().reserved,
+        Decimal::from(10)
+    );
+    drain(&env, &t).await;
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(report.ok, "{}", report.to_table());
+    assert_eq!(report.tenants[0].live_reservations, Decimal::from(10));
+    // Whenever a sweeper runs again — however late — it releases it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(env.bus.expire_due_invokes(&t).await.unwrap(), 1);
+    let b = env.bus.balance(&t).await.unwrap();
+    assert_eq!((b.reserved, b.spent), (Decimal::ZERO, Decimal::ZERO));
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0,
+        "an ended invocation is kept for its retention only"
+    );
+    drain(&env, &t).await;
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(report.ok, "{}", report.to_table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_invocations_are_audited_with_their_reason() {
+    let env = TestEnv::with_db().await;
+    let t = env.tenant("refused");
+    let token = env.token("refused").await;
+    let app = env.app();
+    env.grant(&t, 5).await;
+    register(&env, &t, "orc", "caller").await;
+    register(&env, &t, "spec", "target").await;
+    let before = env.bus.balance(&t).await.unwrap();
+    let mut refused = Vec::new();
+    for (target, status, reason) in [
+        ("ghost", StatusCode::NOT_FOUND, "unknown_target"),
+        // The invoke price (10) is more than the 5 granted.
+        (
+            "target",
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_credits",
+        ),
+    ] {
+        let (got, body) = call(
+            &app,
+            "POST",
+            "/api/v1/invocations",
+            Some(&token),
+            Some(json!({
+                "caller_instance_id": "caller",
+                "target_instance_id": target,
+                "request_payload": {"q": 1},
+            })),
+        )
+        .await;
+        assert_eq!(got, status, "{body}");
+        assert_eq!(body["error"]["reason"], reason, "{body}");
+        let invoke_id = body["error"]["invoke_id"].as_str().unwrap().to_string();
+        let (got, one) = call(
+            &app,
+            "GET",
+            &format!("/api/v1/invocations/{invoke_id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(got, StatusCode::OK, "{one}");
+        assert_eq!(one["status"], "failed");
+        refused.push((invoke_id, reason));
+    }
+    assert_eq!(env.bus.balance(&t).await.unwrap(), before);
+    drain(&env, &t).await;
+    for (invoke_id, reason) in &refused {
+        let (status, error, charged): (String, String, Option<Decimal>) = sqlx::query_as(
+            "SELECT status, error_message, credits_charged FROM agents.invoke_audit WHERE invoke_id = $1",
+        )
+        .bind(invoke_id)
+        .fetch_one(env.pool())
+        .await
+        .unwrap();
+        assert_eq!(status, "failed");
+        assert!(error.starts_with(reason), "{error}");
+        assert_eq!(charged, Some(Decimal::ZERO));
+    }
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(report.ok, "{}", report.to_table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackboard_sum_past_i64_stays_exact_and_jobs_aggregating_into_it_complete() {
+    let env = TestEnv::with_db().await;
+    let t = env.tenant("bbsum");
+    env.grant(&t, 10_000).await;
+    let ns = Ident::new("namespace", "totals").unwrap();
+    let bb = env.bus.blackboard(&t, &ns);
+    // 1100 values of 9e9 (9e15 micro-units each): past i64 (~9.22e18) from
+    // the 1025th on, where HINCRBY used to overflow after charging.
+    let n: i64 = 1100;
+    for i in 0..n {
+        bb.set(
+            &format!("k{i}"),
+            &json!(9_000_000_000i64),
+            None,
+            None::<&Fence>,
+        )
+        .await
+        .unwrap();
+    }
+    let agg = bb.aggregate().await.unwrap();
+    assert_eq!(agg.count, n);
+    assert_eq!(agg.sum, Decimal::from(9_000_000_000i64 * n));
+    // A job aggregating into the same namespace completes, charges and ends.
+    let mut spec = JobSpec::new("orc", "w", "task", vec![json!(1), json!(2)]);
+    spec.aggregate = Some(AggregateInto {
+        namespace: ns.clone(),
+        field: None,
+    });
+    let job = env.bus.spawn_job(&t, &spec).await.unwrap().id;
+    let items = env
+        .bus
+        .claim_items(&t, &job, "w1", 2, Duration::ZERO)
+        .await
+        .unwrap();
+    let outputs: Vec<(String, serde_json::Value)> = items
+        .iter()
+        .map(|i| (i.item_id.clone(), json!(-8_999_999_999.5)))
+        .collect();
+    let outcomes = env.bus.complete_items(&t, &job, &outputs).await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == CompleteOutcome::Completed));
+    let j = env.bus.job(&t, &job).await.unwrap();
+    assert_eq!(j.status.as_str(), "completed");
+    let agg = bb.aggregate().await.unwrap();
+    assert_eq!(agg.count, n + 2);
+    let expected = Decimal::from(9_000_000_000i64 * n) - Decimal::new(17_999_999_999, 0);
+    assert_eq!(agg.sum, expected);
+    // Removing every value brings the sum back to exactly zero.
+    for i in 0..n {
+        bb.delete(&format!("k{i}"), None).await.unwrap();
+    }
+    let agg = bb.aggregate().await.unwrap();
+    assert_eq!(agg.sum, Decimal::new(-17_999_999_999, 0));
+    // Every write and read was charged, exactly once each.
+    let b = env.bus.balance(&t).await.unwrap();
+    assert_eq!(b.spent, Decimal::from(2 * n + 3 + 5 + 2 * 2));
+    env.bus.flush_metering(&t).await.unwrap();
+    drain(&env, &t).await;
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(report.ok, "{}", report.to_table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_everyone_or_nobody() {
+    let env = TestEnv::with_db().await;
+    let t = env.tenant("bcast");
+    let token = env.token("bcast").await;
+    let app = env.app();
+    let job = Uuid::new_v4();
+    let sender = register_in(&env, &t, "orc", "sender", Some(job)).await;
+    for name in ["r1", "r2", "r3"] {
+        register_in(&env, &t, "w", name, Some(job)).await;
+    }
+    // Credit for two messages (2.00 each), not three.
+    env.grant(&t, 4).await;
+    let before = env.snapshot().await;
+    let (status, body) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{job}/broadcast"),
+        Some(&token),
+        Some(json!({ "from_instance_id": "sender", "payload": {"go": 1} })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(dec(&body["error"]["required"]), Decimal::from(6), "{body}");
+    assert_eq!(before, env.snapshot().await, "a refused broadcast wrote");
+    env.grant(&t, 2).await;
+    let (status, body) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{job}/broadcast"),
+        Some(&token),
+        Some(json!({ "from_instance_id": "sender", "payload": {"go": 1} })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["sent"], 3);
+    let b = env.bus.balance(&t).await.unwrap();
+    assert_eq!(b.spent, Decimal::from(6));
+    for name in ["r1", "r2", "r3"] {
+        let m = env
+            .bus
+            .wait_for_message(&t, &id(name), Duration::from_secs(1))
+            .await
+            .unwrap()
+            .expect("delivered");
+        assert_eq!(m.payload.json(), json!({"go": 1}));
+        assert_eq!(m.from_instance_id, sender.as_str());
+    }
+    drain(&env, &t).await;
+    let charges: Vec<Decimal> =
+        sqlx::query_scalar("SELECT amount FROM agents.credit_ledger WHERE skill = 'agent_message'")
+            .fetch_all(env.pool())
+            .await
+            .unwrap();
+    assert_eq!(charges, [Decimal::from(6)], "one charge for the broadcast");
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(report.ok, "{}", report.to_table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_sees_job_status_live_reservations_and_jobs_past_retention() {
+    let env = TestEnv::with_db().await;
+    let t = env.tenant("blind");
+    env.grant(&t, 100).await;
+    let caller = register(&env, &t, "orc", "caller").await;
+    let target = register(&env, &t, "spec", "target").await;
+    let spec = JobSpec::new("orc", "w", "task", vec![json!(1), json!(2), json!(3)]);
+    let cancelled = env.bus.spawn_job(&t, &spec).await.unwrap().id;
+    let expired = env.bus.spawn_job(&t, &spec).await.unwrap().id;
+    env.bus
+        .cancel_job(&t, &cancelled, "ops", "enough")
+        .await
+        .unwrap();
+    drain(&env, &t).await;
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(report.ok, "{}", report.to_table());
+    assert!(report.jobs.iter().any(|j| j.job_id == expired));
+
+    // 1. Postgres says running while Redis says cancelled.
+    sqlx::query("UPDATE agents.jobs SET status = 'running' WHERE id = $1")
+        .bind(cancelled)
+        .execute(env.pool())
+        .await
+        .unwrap();
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(!report.ok);
+    let bad: Vec<_> = report.jobs.iter().filter(|j| !j.ok).collect();
+    assert_eq!(bad.len(), 1, "{}", report.to_table());
+    assert_eq!(bad[0].job_id, cancelled);
+    assert!(
+        bad[0]
+            .problem
+            .contains("status cancelled in Redis but running in Postgres")
+    );
+    sqlx::query("UPDATE agents.jobs SET status = 'cancelled' WHERE id = $1")
+        .bind(cancelled)
+        .execute(env.pool())
+        .await
+        .unwrap();
+
+    // 2. A pending invocation's record vanishes: the sweeper can release
+    // nothing, and every balance still agrees with every other — only the
+    // live reservations show the stranded 10.00.
+    let (task, invoke_id) = pending_invoke(&env, &t, &caller, &target, 1).await;
+    task.abort();
+    let mut conn = env.conn().await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(env.bus.keys(&t).invoke(&invoke_id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.bus.expire_due_invokes(&t).await.unwrap();
+    drain(&env, &t).await;
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let tc = &report.tenants[0];
+    assert_eq!(tc.redis, tc.postgres);
+    assert_eq!(tc.postgres, tc.ledger);
+    assert_eq!(tc.redis.reserved - tc.live_reservations, Decimal::from(10));
+    assert!(!report.ok && !tc.ok, "{}", report.to_table());
+    // Put the record's money back the way an operator would: refund it.
+    env.bus
+        .move_credits(
+            &t,
+            agentbus::credits::CreditOp::Refund,
+            "agent_invoke",
+            1000,
+            None,
+            json!({"invoke_id": invoke_id, "reason": "operator"}),
+        )
+        .await
+        .unwrap();
+    drain(&env, &t).await;
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(report.ok, "{}", report.to_table());
+
+    // 3. A running job's keys are gone from Redis (as after retention) while
+    // Postgres still has it running: its end never reached the mirror.
+    let job_keys = [
+        env.bus.keys(&t).job(&expired),
+        env.bus.keys(&t).job_items(&expired),
+    ];
+    let _: i64 = redis::cmd("DEL")
+        .arg(&job_keys[..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("ZREM")
+        .arg(env.bus.keys(&t).jobs())
+        .arg(expired.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let bad: Vec<_> = report.jobs.iter().filter(|j| !j.ok).collect();
+    assert_eq!(bad.len(), 1, "{}", report.to_table());
+    assert_eq!((bad[0].job_id, bad[0].source), (expired, "postgres"));
+    assert!(
+        bad[0].problem.contains("gone from Redis"),
+        "{}",
+        bad[0].problem
+    );
+}
+
+/// One script call with its keys and arguments, bad at one place.
+struct Case {
+    name: &'static str,
+    script: &'static redis::Script,
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
+fn b(s: impl AsRef<[u8]>) -> Vec<u8> {
+    s.as_ref().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_scripts_check_every_argument_before_their_first_write() {
+    let env = TestEnv::new().await;
+    let t = env.tenant("args");
+    env.grant(&t, 1000).await;
+    let caller = register(&env, &t, "orc", "caller").await;
+    let target = register(&env, &t, "spec", "target").await;
+    let spec = JobSpec::new("orc", "w", "task", vec![json!(1), json!(2)]);
+    let job = env.bus.spawn_job(&t, &spec).await.unwrap().id;
+    let claimed = env
+        .bus
+        .claim_items(&t, &job, "w1", 1, Duration::ZERO)
+        .await
+        .unwrap();
+    let item = claimed[0].item_id.clone();
+    let ns = Ident::new("namespace", "n").unwrap();
+    let bb = env.bus.blackboard(&t, &ns);
+    bb.set("x", &json!(5), None, None::<&Fence>).await.unwrap();
+    let (task, invoke_id) = pending_invoke(&env, &t, &caller, &target, 30).await;
+
+    let s = agentbus::scripts::scripts();
+    let k = env.bus.keys(&t);
+    let job_keys = vec![
+        k.credits(),
+        k.outbox(),
+        k.job(&job),
+        k.job_items(&job),
+        k.job_done(&job),
+        k.job_results(&job),
+        k.active_jobs(),
+        k.dlq(),
+        k.jobs(),
+    ];
+    let job_args = |rest: &[&str]| -> Vec<Vec<u8>> {
+        let mut a = vec![b("ev"), b("args"), b(job.to_string()), b("3600")];
+        a.extend(rest.iter().map(b));
+        a
+    };
+    let bbk = k.blackboard(&ns);
+    let bb_keys = vec![
+        k.credits(),
+        bbk.vals.clone(),
+        bbk.nums.clone(),
+        bbk.lex.clone(),
+        bbk.score.clone(),
+        bbk.agg.clone(),
+        bbk.exp.clone(),
+        bbk.fence.clone(),
+        bbk.namespaces.clone(),
+    ];
+    let bb_args = |rest: &[&str]| -> Vec<Vec<u8>> {
+        let mut a = vec![b("n"), b("100")];
+        a.extend(rest.iter().map(b));
+        a
+    };
+    let inv_keys = vec![
+        k.credits(),
+        k.outbox(),
+        k.invoke(&invoke_id),
+        k.pending_invokes(),
+    ];
+    let ctx = agentbus::codec::encode(&json!({})).unwrap();
+    let payload = agentbus::codec::encode(&json!({"p": 1})).unwrap();
+    let new_invoke = "inv_00000000000000ff";
+    let mut start_keys = vec![
+        k.credits(),
+        k.outbox(),
+        k.invoke(new_invoke),
+        k.pending_invokes(),
+        k.agents(),
+        k.agent(&target),
+        k.inbox(&target),
+    ];
+    let start_args = |price: &str, timeout: &str| -> Vec<Vec<u8>> {
+        [
+            "ev", "args", new_invoke, price, "100", "m1", "caller", "target", "", "\u{80}",
+            timeout, "replies", "60000", "3600",
+        ]
+        .iter()
+        .map(b)
+        .collect()
+    };
+    let send_args = |price: &str, require: &str| -> Vec<Vec<u8>> {
+        let mut a: Vec<Vec<u8>> = ["ev", "args", price, "100", "m1", "caller", "note", "", ""]
+            .iter()
+            .map(b)
+            .collect();
+        a.push(payload.clone());
+        a.push(b(""));
+        a.push(b(require));
+        a
+    };
+    let credits_args = |op: &str, amount: &str, ctx: &[u8], ceiling: &str| -> Vec<Vec<u8>> {
+        vec![
+            b("ev"),
+            b("args"),
+            b(op),
+            b("grant"),
+            b(amount),
+            b(""),
+            b(ctx),
+            b(ceiling),
+        ]
+    };
+    let cases = vec![
+        Case {
+            name: "credits_move: unknown operation",
+            script: &s.credits_move,
+            keys: vec![k.credits(), k.outbox()],
+            args: credits_args("steal", "100", &ctx, "1000000"),
+        },
+        Case {
+            name: "credits_move: amount not a number",
+            script: &s.credits_move,
+            keys: vec![k.credits(), k.outbox()],
+            args: credits_args("grant", "1e3", &ctx, "1000000"),
+        },
+        Case {
+            name: "credits_move: amount past MAX_MINOR",
+            script: &s.credits_move,
+            keys: vec![k.credits(), k.outbox()],
+            args: credits_args("grant", "9223372036854775807", &ctx, "1000000"),
+        },
+        Case {
+            name: "credits_move: context not MessagePack",
+            script: &s.credits_move,
+            keys: vec![k.credits(), k.outbox()],
+            args: credits_args("grant", "100", b"\xc1", "1000000"),
+        },
+        Case {
+            name: "credits_move: ceiling missing",
+            script: &s.credits_move,
+            keys: vec![k.credits(), k.outbox()],
+            args: credits_args("grant", "100", &ctx, ""),
+        },
+        Case {
+            name: "job_spawn: cost not a number",
+            script: &s.job_spawn,
+            keys: job_keys.clone(),
+            args: job_args(&[
+                "x", "500", "task", "orc", "w", "1", "1000", "3", "", "", "h1", "h2", "\u{1}",
+            ]),
+        },
+        Case {
+            name: "job_spawn: no items",
+            script: &s.job_spawn,
+            keys: job_keys.clone(),
+            args: job_args(&[
+                "200", "500", "task", "orc", "w", "1", "1000", "3", "", "", "h1", "h2",
+            ]),
+        },
+        Case {
+            name: "job_spawn: reservation past any balance",
+            script: &s.job_spawn,
+            keys: job_keys.clone(),
+            args: job_args(&[
+                "1000000000000000",
+                "500",
+                "task",
+                "orc",
+                "w",
+                "1",
+                "1000",
+                "3",
+                "",
+                "",
+                "h1",
+                "h2",
+                "\u{1}",
+            ]),
+        },
+        Case {
+            name: "job_complete: odd pairs",
+            script: &s.job_complete,
+            keys: job_keys.clone(),
+            args: job_args(&[&item]),
+        },
+        Case {
+            name: "job_complete: retention not a number",
+            script: &s.job_complete,
+            keys: job_keys.clone(),
+            args: {
+                let mut a = job_args(&[&item, "\u{1}"]);
+                a[3] = b("soon");
+                a
+            },
+        },
+        Case {
+            name: "job_fail: retry flag",
+            script: &s.job_fail,
+            keys: job_keys.clone(),
+            args: job_args(&[&item, "err", "maybe"]),
+        },
+        Case {
+            name: "job_claim: count",
+            script: &s.job_claim,
+            keys: job_keys.clone(),
+            args: job_args(&["w1", "-1"]),
+        },
+        Case {
+            name: "job_reclaim: consumer",
+            script: &s.job_reclaim,
+            keys: job_keys.clone(),
+            args: job_args(&["", "10"]),
+        },
+        Case {
+            name: "job_cancel: empty job id",
+            script: &s.job_cancel,
+            keys: job_keys.clone(),
+            args: {
+                let mut a = job_args(&["ops", "why"]);
+                a[2] = b("");
+                a
+            },
+        },
+        Case {
+            name: "invoke_start: price",
+            script: &s.invoke_start,
+            keys: start_keys.clone(),
+            args: start_args("ten", "1000"),
+        },
+        Case {
+            name: "invoke_start: timeout",
+            script: &s.invoke_start,
+            keys: start_keys.clone(),
+            args: start_args("1000", "0"),
+        },
+        Case {
+            name: "invoke_respond: empty invoke id",
+            script: &s.invoke_respond,
+            keys: inv_keys.clone(),
+            args: vec![b("ev"), b("args"), b(""), payload.clone(), b(""), b("")],
+        },
+        Case {
+            name: "invoke_expire: force flag",
+            script: &s.invoke_expire,
+            keys: inv_keys.clone(),
+            args: vec![b("ev"), b("args"), b(&invoke_id), b("yes")],
+        },
+        Case {
+            name: "message_send: price",
+            script: &s.message_send,
+            keys: vec![k.credits(), k.outbox(), k.agent(&target), k.inbox(&target)],
+            args: send_args("-5", "1"),
+        },
+        Case {
+            name: "message_send: recipient flag",
+            script: &s.message_send,
+            keys: vec![k.credits(), k.outbox(), k.agent(&target), k.inbox(&target)],
+            args: send_args("200", "2"),
+        },
+        Case {
+            name: "message_broadcast: ids do not match recipients",
+            script: &s.message_broadcast,
+            keys: vec![k.credits(), k.outbox(), k.agent(&target), k.inbox(&target)],
+            args: vec![
+                b("ev"),
+                b("args"),
+                b("200"),
+                b("100"),
+                b("caller"),
+                b("note"),
+                b(job.to_string()),
+                payload.clone(),
+            ],
+        },
+        Case {
+            name: "bb_write: mode",
+            script: &s.bb_write,
+            keys: bb_keys.clone(),
+            args: bb_args(&["upsert", "y", "1", "1000000", "0", "", "", ""]),
+        },
+        Case {
+            name: "bb_write: micro-units past the bound",
+            script: &s.bb_write,
+            keys: bb_keys.clone(),
+            args: bb_args(&["set", "y", "1", "9000000000000001", "0", "", "", ""]),
+        },
+        Case {
+            name: "bb_write: ttl",
+            script: &s.bb_write,
+            keys: bb_keys.clone(),
+            args: bb_args(&["set", "y", "1", "1000000", "-1", "", "", ""]),
+        },
+        Case {
+            name: "bb_write: price",
+            script: &s.bb_write,
+            keys: bb_keys.clone(),
+            args: {
+                let mut a = bb_args(&["set", "y", "1", "1000000", "0", "", "", ""]);
+                a[1] = b("free");
+                a
+            },
+        },
+        Case {
+            name: "bb_increment: amount",
+            script: &s.bb_increment,
+            keys: bb_keys.clone(),
+            args: bb_args(&["x", "1.5", "", ""]),
+        },
+        Case {
+            name: "bb_increment: fencing token",
+            script: &s.bb_increment,
+            keys: bb_keys.clone(),
+            args: bb_args(&["x", "1", "lock", "t"]),
+        },
+        Case {
+            name: "bb_read: unknown mode (was charged, then failed)",
+            script: &s.bb_read,
+            keys: bb_keys.clone(),
+            args: bb_args(&["peek"]),
+        },
+        Case {
+            name: "bb_read: range bound",
+            script: &s.bb_read,
+            keys: bb_keys.clone(),
+            args: bb_args(&["range", "low", "+inf", "0", "10"]),
+        },
+        Case {
+            name: "bb_read: top order",
+            script: &s.bb_read,
+            keys: bb_keys.clone(),
+            args: bb_args(&["top", "3", "sideways"]),
+        },
+        Case {
+            name: "bb_lock: action",
+            script: &s.bb_lock,
+            keys: {
+                let mut v = bb_keys.clone();
+                v.push(bbk.lock(&Ident::new("l", "l").unwrap()));
+                v
+            },
+            args: bb_args(&["l", "grab", "me", "1000"]),
+        },
+        Case {
+            name: "bb_lock: ttl",
+            script: &s.bb_lock,
+            keys: {
+                let mut v = bb_keys.clone();
+                v.push(bbk.lock(&Ident::new("l", "l").unwrap()));
+                v
+            },
+            args: bb_args(&["l", "acquire", "me", "0"]),
+        },
+        Case {
+            name: "bb_sweep: limit",
+            script: &s.bb_sweep,
+            keys: bb_keys.clone(),
+            args: bb_args(&["0"]),
+        },
+        Case {
+            name: "credits_flush: empty tenant",
+            script: &s.credits_flush,
+            keys: vec![k.credits(), k.outbox()],
+            args: vec![b("ev"), b("")],
+        },
+    ];
+    start_keys.clear();
+    let mut conn = env.conn().await;
+    let before = env.snapshot().await;
+    for case in &cases {
+        let mut call = case.script.prepare_invoke();
+        for key in &case.keys {
+            call.key(key);
+        }
+        for arg in &case.args {
+            call.arg(arg.as_slice());
+        }
+        let answer: redis::RedisResult<redis::Value> = call.invoke_async(&mut conn).await;
+        let err = answer.expect_err(case.name);
+        assert!(
+            err.to_string().contains("ARGV") || err.to_string().contains("KEYS"),
+            "{}: {err}",
+            case.name
+        );
+        assert_eq!(before, env.snapshot().await, "{} wrote", case.name);
+    }
+    // The state they were refused against still works.
+    env.bus
+        .respond(&t, &invoke_id, &json!(1), None, Some(&target))
+        .await
+        .unwrap();
+    assert!(task.await.unwrap().unwrap().success);
+    let done = env
+        .bus
+        .complete_items(&t, &job, &[(item, json!(1))])
+        .await
+        .unwrap();
+    assert_eq!(done, [CompleteOutcome::Completed]);
+}
