@@ -338,6 +338,72 @@ async fn repeated_and_out_of_order_events_converge() {
 }
 
 #[tokio::test]
+async fn u0000_in_events_of_an_older_version_is_mended_not_stranded() {
+    let env = TestEnv::with_db().await;
+    let tenant = env.tenant("older");
+    env.bus.register_tenant(&tenant).await.unwrap();
+    let job = uuid::Uuid::new_v4().to_string();
+    // What a version that did not check text at the edge could append.
+    xadd(
+        &env,
+        &tenant,
+        &[
+            ("type", s("cancel")),
+            ("id", s("c1.1")),
+            ("ts", s("1700000000000")),
+            ("job", s(&job)),
+            ("cancelled_by", s("ops\u{0}")),
+            ("reason", s("bad\u{0}reason")),
+            ("items_completed", s("0")),
+            ("items_cancelled", s("2")),
+            ("refunded", s("400")),
+        ],
+    )
+    .await;
+    xadd(
+        &env,
+        &tenant,
+        &[
+            ("type", s("ledger")),
+            ("id", s("g1.1")),
+            ("ts", s("1700000000000")),
+            ("job", s("")),
+            ("op", s("grant")),
+            ("skill", s("grant")),
+            ("amount", s("5000")),
+            (
+                "ctx",
+                agentbus::codec::encode(&json!({"reason": "promo\u{0}", "k\u{0}": 1})).unwrap(),
+            ),
+        ],
+    )
+    .await;
+    drain(&env, "s1", &tenant).await;
+    assert!(
+        env.bus
+            .stranded_events(&tenant, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (by, reason): (String, String) =
+        sqlx::query_as("SELECT cancelled_by, reason FROM agents.job_cancellations")
+            .fetch_one(env.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (by.as_str(), reason.as_str()),
+        ("ops\u{FFFD}", "bad\u{FFFD}reason")
+    );
+    let context: serde_json::Value =
+        sqlx::query_scalar("SELECT context FROM agents.credit_ledger WHERE event_id = 'g1.1'")
+            .fetch_one(env.pool())
+            .await
+            .unwrap();
+    assert_eq!(context, json!({"reason": "promo\u{FFFD}", "k\u{FFFD}": 1}));
+}
+
+#[tokio::test]
 async fn a_poison_event_is_dead_lettered_and_does_not_block_the_stream() {
     let env = TestEnv::with_db().await;
     let tenant = env.tenant("poison");
