@@ -9,7 +9,7 @@
 
 local B = bb_from_keys()
 local key, delta = arg_text(3), arg_int(4, -18000000000000000, 18000000000000000)
-if ARGV[5] ~= '' then arg_int(6, 0, 9007199254740991) end
+if ARGV[5] ~= '' then arg_digits(6) end
 if fenced_out(B, ARGV[5], ARGV[6]) then return {'fenced'} end
 local now = now_ms()
 expire_if_due(B, key, now)

@@ -14,7 +14,7 @@ local B = bb_from_keys()
 local mode, key = arg_one_of(3, {set = true, cas = true, delete = true}), arg_text(4)
 if ARGV[6] ~= '' then arg_int(6, -9000000000000000, 9000000000000000) end
 arg_int(7, 0, 315360000000)
-if ARGV[9] ~= '' then arg_int(10, 0, 9007199254740991) end
+if ARGV[9] ~= '' then arg_digits(10) end
 if fenced_out(B, ARGV[9], ARGV[10]) then return {'fenced'} end
 local now = now_ms()
 expire_if_due(B, key, now)

@@ -16,14 +16,14 @@
 --       | {'insufficient_credits', required, available} | {'exists'}
 
 local price = arg_int(4, 0, MAX_MINOR)
-arg_int(5, 1, 1000000000)
+arg_int(5, 1, MAX_MINOR)
 arg_text(6)
 arg_text(7)
 arg_text(8)
 arg_int(11, 1, 86400000)
 arg_text(12)
-arg_int(13, 1, 86400000)
-arg_int(14, 1, 315360000)
+arg_int(13, 1, MAX_MINOR)
+arg_int(14, 1, MAX_MINOR)
 if redis.call('EXISTS', K_INVOKE) == 1 then return {'exists'} end
 local now = now_ms()
 

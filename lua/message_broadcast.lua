@@ -15,7 +15,7 @@
 arg_text(1)
 arg_text(2)
 local price = arg_int(3, 0, MAX_MINOR)
-arg_int(4, 1, 1000000000)
+arg_int(4, 1, MAX_MINOR)
 arg_text(5)
 arg_text(6)
 local pairs_n = (#KEYS - 2) / 2

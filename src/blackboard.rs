@@ -29,6 +29,9 @@ use crate::scripts::scripts;
 
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 256;
+/// Most entries one read returns, and the largest offset (as bb_read.lua checks).
+const MAX_READ: usize = 100_000;
+const MAX_OFFSET: usize = 1_000_000_000;
 /// Largest JSON value accepted.
 pub const MAX_VALUE_BYTES: usize = 256 * 1024;
 /// Numbers up to this magnitude are aggregated (micro-units stay exact in Lua).
@@ -426,7 +429,9 @@ impl Blackboard {
             validate_key(a)?;
         }
         let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
-        call.arg("keys").arg(after.unwrap_or("")).arg(limit.max(1));
+        call.arg("keys")
+            .arg(after.unwrap_or(""))
+            .arg(limit.clamp(1, MAX_READ));
         Self::entries(&self.run("keys", call).await?)
     }
 
@@ -442,8 +447,8 @@ impl Blackboard {
         call.arg("range")
             .arg(min.arg(true))
             .arg(max.arg(false))
-            .arg(offset)
-            .arg(limit.max(1));
+            .arg(offset.min(MAX_OFFSET))
+            .arg(limit.clamp(1, MAX_READ));
         Self::entries(&self.run("range", call).await?)
     }
 
@@ -451,7 +456,7 @@ impl Blackboard {
     pub async fn top(&self, k: usize, descending: bool) -> Result<Vec<Entry>> {
         let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
         call.arg("top")
-            .arg(k.max(1))
+            .arg(k.clamp(1, MAX_READ))
             .arg(if descending { "desc" } else { "asc" });
         Self::entries(&self.run("top", call).await?)
     }
@@ -520,7 +525,7 @@ impl Blackboard {
     /// Removes up to `limit` expired entries. Returns how many.
     pub async fn sweep(&self, limit: usize) -> Result<i64> {
         let mut call = self.call(&scripts().bb_sweep, 0);
-        call.arg(limit.max(1));
+        call.arg(limit.clamp(1, MAX_READ));
         let mut conn = self.bus.redis().conn().await?;
         Ok(call.invoke_async(&mut conn).await?)
     }

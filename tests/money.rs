@@ -1040,3 +1040,41 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         .unwrap();
     assert_eq!(done, [CompleteOutcome::Completed]);
 }
+
+#[tokio::test]
+async fn any_number_a_client_may_pass_is_judged_not_refused_by_redis() {
+    let env = TestEnv::new().await;
+    let t = env.tenant("extremes");
+    env.grant(&t, 100).await;
+    let ns = Ident::new("namespace", "n").unwrap();
+    let bb = env.bus.blackboard(&t, &ns);
+    // Fencing tokens at the ends of i64 are stale tokens (409), not a
+    // script error (503).
+    for token in [i64::MAX, i64::MIN, -1] {
+        let fence = Fence {
+            lock: Ident::new("lock", "l").unwrap(),
+            token,
+        };
+        let set = bb.set("k", &json!(1), None, Some(&fence)).await;
+        assert!(
+            matches!(set, Err(Error::Conflict { .. })),
+            "{token}: {set:?}"
+        );
+        let inc = bb.increment("k", &json!(1), Some(&fence)).await;
+        assert!(
+            matches!(inc, Err(Error::Conflict { .. })),
+            "{token}: {inc:?}"
+        );
+    }
+    // Counts past what one script call takes are clamped, not refused.
+    assert!(bb.top(usize::MAX, true).await.unwrap().is_empty());
+    assert!(bb.keys_page(None, usize::MAX).await.unwrap().is_empty());
+    let spec = JobSpec::new("orc", "w", "task", vec![json!(1)]);
+    let job = env.bus.spawn_job(&t, &spec).await.unwrap().id;
+    let got = env
+        .bus
+        .claim_items(&t, &job, "w1", usize::MAX, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+}

@@ -28,6 +28,16 @@ local function arg_int(i, lo, hi)
   return n
 end
 
+-- ARGV[i] as an integer of any size a client may send (a fencing token):
+-- decimal digits only, compared as a number.
+local function arg_digits(i)
+  local s = ARGV[i]
+  if not (s and string.match(s, '^%-?%d+$') and string.len(s) <= 20) then
+    arg_error(i, 'must be an integer')
+  end
+  return tonumber(s)
+end
+
 -- ARGV[i], which must not be empty.
 local function arg_text(i)
   if ARGV[i] == nil or ARGV[i] == '' then arg_error(i, 'must not be empty') end

@@ -17,7 +17,7 @@ local GROUP = 'workers'
 arg_text(1)
 arg_text(2)
 arg_text(3)
-arg_int(4, 0, 3153600000)
+arg_int(4, 0, MAX_MINOR)
 
 local function item_index(entry_id)
   local idx = string.match(entry_id, '^%d+%-(%d+)$')

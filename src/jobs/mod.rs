@@ -32,6 +32,8 @@ pub const TIMEOUT_PER_ITEM_SECS: (i64, i64) = (1, 3600);
 pub const MAX_RETRIES: (i64, i64) = (0, 10);
 /// Longest task description accepted.
 pub const MAX_TASK_LEN: usize = 200;
+/// Most items one claim or reclaim call takes (as the scripts check).
+const MAX_CLAIM_PER_CALL: usize = 100_000;
 /// Longest cancel reason or canceller name.
 pub const MAX_CANCEL_TEXT: usize = 1024;
 
@@ -651,7 +653,7 @@ impl AgentBus {
             job,
             self.limits().job_retention,
         );
-        call.arg(consumer).arg(count.max(1));
+        call.arg(consumer).arg(count.clamp(1, MAX_CLAIM_PER_CALL));
         let mut conn = self.redis().conn().await?;
         let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
         drop(conn);
@@ -865,7 +867,7 @@ impl AgentBus {
             self.limits().job_retention,
         );
         call.arg(reclaim::RECLAIMER_CONSUMER)
-            .arg(self.limits().reclaim_batch);
+            .arg(self.limits().reclaim_batch.clamp(1, MAX_CLAIM_PER_CALL));
         let mut conn = self.redis().conn().await?;
         let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
         match reply.tag()?.as_str() {
