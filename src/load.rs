@@ -572,7 +572,8 @@ pub async fn audit_job(
     let cost = state.credits_per_item;
     let overhead = money::from_minor(bus.prices().agent_spawn);
     let c = &state.credits;
-    let credits_exact = c.reserved == c.spent + c.refunded + c.still_reserved
+    // Each figure from the job's own counts and price, none from the others.
+    let credits_exact = c.reserved == overhead + cost * Decimal::from(p.total)
         && c.spent == overhead + cost * Decimal::from(p.completed)
         && (!state.status.is_finished()
             || c.refunded == cost * Decimal::from(p.failed + cancelled));

@@ -46,6 +46,8 @@ pub struct TenantCheck {
     pub live_reservations: Decimal,
     /// Outbox events Postgres refused, not yet replayed (must be 0).
     pub stranded_events: u64,
+    /// Outbox events not yet mirrored when the check ran (must be 0).
+    pub unmirrored_events: u64,
     pub ok: bool,
 }
 
@@ -79,7 +81,7 @@ pub struct JobCheck {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyReport {
-    /// Outbox events not yet mirrored when the check ran (must be 0).
+    /// Outbox events not yet mirrored when the check ran, over every tenant (must be 0).
     pub unmirrored_events: u64,
     pub tenants: Vec<TenantCheck>,
     pub jobs: Vec<JobCheck>,
@@ -111,6 +113,13 @@ impl VerifyReport {
                 t.live_reservations,
                 t.stranded_events,
                 if t.ok { "yes" } else { "NO" }
+            );
+        }
+        for t in self.tenants.iter().filter(|t| t.unmirrored_events > 0) {
+            let _ = writeln!(
+                out,
+                "  {}: {} outbox event(s) not mirrored yet (is a sink running?)",
+                t.tenant, t.unmirrored_events
             );
         }
         for t in self.tenants.iter().filter(|t| t.stranded_events > 0) {
@@ -165,20 +174,21 @@ pub async fn verify_tenants(
         bus.flush_metering(tenant).await?;
     }
     let deadline = Instant::now() + wait;
-    let mut unmirrored;
+    let mut waiting: HashMap<String, u64>;
     loop {
-        unmirrored = bus
+        waiting = bus
             .outbox_status()
             .await?
-            .iter()
+            .into_iter()
             .filter(|s| only.is_none_or(|t| t.as_str() == s.tenant))
-            .map(|s| s.events)
-            .sum::<u64>();
-        if unmirrored == 0 || Instant::now() >= deadline {
+            .map(|s| (s.tenant, s.events))
+            .collect();
+        if waiting.values().all(|&n| n == 0) || Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let unmirrored = waiting.values().sum::<u64>();
 
     let mut tenants = Vec::new();
     let mut jobs = Vec::new();
@@ -221,12 +231,15 @@ pub async fn verify_tenants(
         };
         let stranded_events = bus.stranded_count(&tenant).await?;
         let live_reservations = live_reservations(bus, &tenant).await?;
+        let unmirrored_events = waiting.get(tenant.as_str()).copied().unwrap_or(0);
         tenants.push(TenantCheck {
             tenant: tenant.to_string(),
             ok: redis == postgres
                 && postgres == ledger
                 && stranded_events == 0
+                && unmirrored_events == 0
                 && live_reservations == redis.reserved,
+            unmirrored_events,
             redis,
             postgres,
             ledger,

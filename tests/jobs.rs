@@ -95,6 +95,120 @@ async fn thousand_items_fifty_workers_each_item_completed_and_charged_exactly_on
 }
 
 #[tokio::test]
+async fn a_redelivered_item_completed_by_both_workers_is_charged_once() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("redeliver");
+    env.grant(&tenant, 1000).await;
+    let mut s = spec(20);
+    s.timeout_per_item = 1;
+    let job = env.bus.spawn_job(&tenant, &s).await.unwrap().id;
+    // Worker A takes every item, finishes half, and stalls on the rest.
+    let first = env
+        .bus
+        .claim_items(&tenant, &job, "a", 20, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 20);
+    let (quick, stalled) = first.split_at(10);
+    let out =
+        |items: &[agentbus::jobs::ClaimedItem], tag: &str| -> Vec<(String, serde_json::Value)> {
+            items
+                .iter()
+                .map(|i| (i.item_id.clone(), json!({ "by": tag, "idx": i.item_index })))
+                .collect()
+        };
+    let done = env
+        .bus
+        .complete_items(&tenant, &job, &out(quick, "a"))
+        .await
+        .unwrap();
+    assert!(done.iter().all(|o| *o == CompleteOutcome::Completed));
+    // Its deliveries time out; the reclaimer hands them to worker B.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let (requeued, _) = env.bus.reclaim_job(&tenant, &job).await.unwrap();
+            requeued > 0
+        })
+        .await
+    );
+    // All ten went idle together, so one reclaim call re-queued them all.
+    let second = env
+        .bus
+        .claim_items(&tenant, &job, "b", 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 10);
+    assert!(second.iter().all(|i| i.retry_count == 1), "redelivered");
+    let mut redelivered: Vec<i64> = second.iter().map(|i| i.item_index).collect();
+    redelivered.sort();
+    let mut expected: Vec<i64> = stalled.iter().map(|i| i.item_index).collect();
+    expected.sort();
+    assert_eq!(redelivered, expected);
+    // A wakes up and completes its old deliveries: no longer held, refused.
+    let late = env
+        .bus
+        .complete_items(&tenant, &job, &out(stalled, "a"))
+        .await
+        .unwrap();
+    assert!(
+        late.iter().all(|o| *o == CompleteOutcome::Stale),
+        "{late:?}"
+    );
+    // B completes nine, one of them twice, then the last.
+    let done = env
+        .bus
+        .complete_items(&tenant, &job, &out(&second[..9], "b"))
+        .await
+        .unwrap();
+    assert!(
+        done.iter().all(|o| *o == CompleteOutcome::Completed),
+        "{done:?}"
+    );
+    let again = env
+        .bus
+        .complete_items(&tenant, &job, &out(&second[..1], "b"))
+        .await
+        .unwrap();
+    assert_eq!(again, [CompleteOutcome::Duplicate]);
+    let last = env
+        .bus
+        .complete_items(&tenant, &job, &out(&second[9..], "b"))
+        .await
+        .unwrap();
+    assert_eq!(last, [CompleteOutcome::Completed]);
+    // Once the job ended, any completion is refused.
+    let after = env
+        .bus
+        .complete_items(&tenant, &job, &out(stalled, "a"))
+        .await;
+    assert!(matches!(after, Err(Error::Conflict { .. })), "{after:?}");
+
+    // Charged once per item, from the test's own count: 5.00 + 20 × 2.00.
+    let j = env.bus.job(&tenant, &job).await.unwrap();
+    assert_eq!(j.status, JobStatus::Completed);
+    assert_eq!(
+        env.bus.balance(&tenant).await.unwrap().spent,
+        credits(5 + 2 * 20)
+    );
+    let results = env
+        .bus
+        .job_results(&tenant, &job, None, 100)
+        .await
+        .unwrap()
+        .results;
+    let mut idx: Vec<i64> = results.iter().map(|r| r.item_index).collect();
+    idx.sort();
+    assert_eq!(idx, (0..20).collect::<Vec<_>>(), "one result per item");
+    for r in &results {
+        let by = r.output.json()["by"].clone();
+        let stalled_item = expected.contains(&r.item_index);
+        assert_eq!(by, json!(if stalled_item { "b" } else { "a" }));
+    }
+    assert_job_credits(&j);
+    assert_balance_matches_ledger(&env, &tenant).await;
+}
+
+#[tokio::test]
 async fn cancel_with_half_completed_refunds_exactly_the_rest() {
     let env = TestEnv::new().await;
     let tenant = env.tenant("cancel");
@@ -596,7 +710,8 @@ async fn validation_errors_name_the_field_and_change_nothing() {
     let env = TestEnv::new().await;
     let tenant = env.tenant("valid");
     env.grant(&tenant, 100).await;
-    let keys_before = env.keys().await;
+    // Byte for byte: every key of the test, its value and whether it expires.
+    let before = env.snapshot().await;
     type Mutation = Box<dyn Fn(&mut JobSpec)>;
     let cases: Vec<(&str, Mutation)> = vec![
         ("parallelism", Box::new(|s| s.parallelism = 0)),
@@ -620,11 +735,14 @@ async fn validation_errors_name_the_field_and_change_nothing() {
         ..Default::default()
     })
     .await;
+    small.grant(&tenant, 100).await;
+    let small_before = small.snapshot().await;
     match small.bus.spawn_job(&tenant, &spec(6)).await {
         Err(Error::Invalid { field, .. }) => assert_eq!(field, "items"),
         other => panic!("expected invalid items, got {other:?}"),
     }
-    assert_eq!(env.keys().await, keys_before);
+    assert!(small.snapshot().await == small_before, "max_items wrote");
+    assert!(env.snapshot().await == before, "a rejected spawn wrote");
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
 use std::process::Command;
 
 use agentbus::load::{self, LoadOptions};
@@ -36,6 +37,35 @@ async fn a_load_cancelled_halfway_refunds_exactly_and_the_sink_agrees() {
     assert_eq!(report.credits_refunded, Decimal::from(2 * report.cancelled));
     assert_eq!(report.duplicates, 0);
     assert_eq!(report.sink_verified, Some(true));
+
+    // Judged independently of the load command's own report: the outputs
+    // that really arrived, and the money Postgres recorded for the job.
+    let mut conn = env.conn().await;
+    let results: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(env.bus.keys(&options.tenant).job_results(&report.job_id))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let done: HashSet<Vec<u8>> = results.iter().map(|(_, f)| f["idx"].clone()).collect();
+    assert_eq!(done.len(), results.len(), "an item has two results");
+    let done = done.len() as i64;
+    assert_eq!(report.completed, done);
+    let (reserved, spent, refunded): (Decimal, Decimal, Decimal) = sqlx::query_as(
+        "SELECT COALESCE(SUM(amount) FILTER (WHERE operation = 'reserve'), 0),
+                COALESCE(SUM(amount) FILTER (WHERE operation = 'spend'), 0),
+                COALESCE(SUM(amount) FILTER (WHERE operation = 'refund'), 0)
+           FROM agents.credit_ledger WHERE job_id = $1",
+    )
+    .bind(report.job_id)
+    .fetch_one(env.pool())
+    .await
+    .unwrap();
+    // 5.00 overhead plus 2.00 per item reserved; spent for what arrived; the rest back.
+    assert_eq!(reserved, Decimal::from(5 + 2 * 1000));
+    assert_eq!(spent, Decimal::from(5 + 2 * done));
+    assert_eq!(refunded, Decimal::from(2 * (1000 - done)));
 }
 
 #[tokio::test]
@@ -60,7 +90,36 @@ async fn the_load_command_runs_workers_in_separate_processes_and_reports_json() 
     assert!(ok, "{all}");
     let report: serde_json::Value =
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
-    assert_eq!(report["completed"], 600);
+    // At 5% failures with 3 retries an item fails for good about once in 250
+    // runs: judge the sum and the money, not luck.
+    let completed = report["completed"].as_i64().unwrap();
+    let failed = report["failed"].as_i64().unwrap();
+    assert_eq!(completed + failed, 600, "{report}");
+    assert!(
+        report["retried"].as_i64().unwrap() > 0,
+        "failures were injected"
+    );
+    let balance: HashMap<String, serde_json::Value> = serde_json::from_str(
+        &agentbus(
+            &env,
+            None,
+            &[
+                "credits",
+                "show",
+                "--tenant",
+                report["tenant"].as_str().unwrap(),
+            ],
+        )
+        .1,
+    )
+    .unwrap();
+    // What the load granted itself is what it reserved; spent: 5.00 + 2.00 per completed item.
+    assert_eq!(
+        common::dec(&balance["spent"]),
+        Decimal::from(5 + 2 * completed),
+        "{balance:?}"
+    );
+    assert_eq!(common::dec(&balance["reserved"]), Decimal::ZERO);
     assert_eq!(report["processes"], 3);
     assert_eq!(report["duplicates"], 0);
     assert_eq!(report["lost"], 0);
@@ -75,10 +134,10 @@ async fn the_load_command_runs_workers_in_separate_processes_and_reports_json() 
 async fn the_demo_runs_start_to_finish() {
     let env = TestEnv::with_db().await;
     let url = env.db.as_ref().unwrap().url.clone();
-    let started = std::time::Instant::now();
+    // How long it takes is the bench's business, not a test's (a debug build
+    // on a busy 2-core machine varies by several times).
     let (ok, out, all) = agentbus(&env, Some(&url), &["demo"]);
     assert!(ok, "{all}");
-    assert!(started.elapsed().as_secs() < 60);
     for expected in [
         "verify: OK",
         "Audit trail of inv_",
