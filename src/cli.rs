@@ -29,6 +29,72 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses the command line and the environment. A bad value is one line
+    /// naming the variable it came from (or could have: `AGENTBUS_…`), and
+    /// exit status 2; help, version and usage errors are clap's own.
+    pub fn parse_or_exit() -> Self {
+        match Self::try_parse() {
+            Ok(cli) => cli,
+            Err(e) => match bad_value_line(&e) {
+                Some(line) => {
+                    eprintln!("error: {line}");
+                    std::process::exit(2);
+                }
+                None => e.exit(),
+            },
+        }
+    }
+}
+
+/// `AGENTBUS_X (--x): invalid value 'v': why`, for a value clap refused.
+fn bad_value_line(e: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let flag = text(ContextKind::InvalidArg)?;
+    let long = flag
+        .trim_start_matches("--")
+        .split([' ', '='])
+        .next()?
+        .to_string();
+    let value = text(ContextKind::InvalidValue).unwrap_or_default();
+    // The command tree is ours and shallow; walked with a stack all the same.
+    let mut commands = vec![Cli::command()];
+    let mut var = None;
+    while let Some(cmd) = commands.pop() {
+        if let Some(arg) = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))
+        {
+            var = arg.get_env().map(|v| v.to_string_lossy().into_owned());
+            break;
+        }
+        commands.extend(cmd.get_subcommands().cloned());
+    }
+    let why = std::error::Error::source(e)
+        .map(|s| s.to_string())
+        .or_else(|| match e.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(v)) => Some(format!("expected one of {}", v.join(", "))),
+            _ => None,
+        })
+        .unwrap_or_else(|| "not accepted".into());
+    let name = match var {
+        Some(var) => format!("{var} (--{long})"),
+        None => format!("--{long}"),
+    };
+    Some(format!("{name}: invalid value '{value}': {why}"))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// The end-to-end demo: local services, server, a realistic scenario, a checked summary.

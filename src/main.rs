@@ -1,5 +1,3 @@
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -13,8 +11,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     runtime.block_on(async {
-        agentbus::telemetry::init_logging();
-        let cli = agentbus::cli::Cli::parse();
+        if let Err(e) = agentbus::telemetry::init_logging() {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+        let cli = agentbus::cli::Cli::parse_or_exit();
         match agentbus::cli::run(cli).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {

@@ -113,7 +113,12 @@ pub trait Encode {
 
     /// The MessagePack bytes, refused (naming `field`) past `max` bytes.
     fn encode_checked(&self, field: &str, max: usize) -> Result<Vec<u8>> {
-        let bytes = self.to_msgpack()?;
+        // A value that cannot be stored (nested past what the transcoder
+        // takes) is the client's input, refused naming its field.
+        let bytes = self.to_msgpack().map_err(|e| match e {
+            Error::Codec(why) => Error::invalid(field, format!("cannot be stored: {why}")),
+            other => other,
+        })?;
         if bytes.len() > max {
             return Err(Error::invalid(
                 field,

@@ -3,9 +3,20 @@
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init_logging() {
+/// Sets up logging; a format other than `text` or `json` is an error naming
+/// `AGENTBUS_LOG_FORMAT` (nothing is logged yet, so the caller prints it).
+pub fn init_logging() -> Result<(), String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("AGENTBUS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let json = match std::env::var("AGENTBUS_LOG_FORMAT") {
+        Err(_) => false,
+        Ok(f) if f.eq_ignore_ascii_case("json") => true,
+        Ok(f) if f.eq_ignore_ascii_case("text") || f.is_empty() => false,
+        Ok(f) => {
+            return Err(format!(
+                "AGENTBUS_LOG_FORMAT: invalid value '{f}': expected text or json"
+            ));
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -15,4 +26,5 @@ pub fn init_logging() {
     } else {
         builder.try_init()
     };
+    Ok(())
 }

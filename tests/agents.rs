@@ -682,7 +682,8 @@ async fn a_caller_that_vanishes_has_its_invocation_expired_by_the_sweeper() {
     let caller = register(&env, &t, "orc", "caller").await;
     let target = register(&env, &t, "spec", "mute").await;
     let mut req = InvokeRequest::new(&caller, &target, json!({}));
-    req.timeout_seconds = 1;
+    // Long enough that "not due yet" holds on a busy machine.
+    req.timeout_seconds = 3;
     let bus = env.bus.clone();
     let t2 = t.clone();
     let call = tokio::spawn(async move { bus.invoke(&t2, &req).await });
@@ -697,7 +698,7 @@ async fn a_caller_that_vanishes_has_its_invocation_expired_by_the_sweeper() {
         0,
         "not due yet"
     );
-    let expired = eventually(Duration::from_secs(3), || async {
+    let expired = eventually(Duration::from_secs(10), || async {
         env.bus.expire_due_invokes(&t).await.unwrap() == 1
     })
     .await;

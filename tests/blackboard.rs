@@ -336,20 +336,29 @@ async fn expired_entries_leave_value_index_and_aggregates() {
     env.grant(&t, 1000).await;
     let bb = env.bus.blackboard(&t, &ns("cache"));
     bb.set("keep", &json!(1), None, None).await.unwrap();
+    // A TTL long enough for 20 writes and a read on a busy machine.
     for i in 0..20 {
         bb.set(
             &format!("temp-{i}"),
             &json!(100),
-            Some(Duration::from_millis(50)),
+            Some(Duration::from_secs(1)),
             None,
         )
         .await
         .unwrap();
     }
     assert_eq!(bb.aggregate().await.unwrap().count, 21);
-    tokio::time::sleep(Duration::from_millis(80)).await;
-    // The background sweep removes them from every structure.
-    assert_eq!(env.bus.sweep_blackboards(&t).await.unwrap(), 20);
+    // The background sweep removes them from every structure once due.
+    let swept = std::cell::Cell::new(0);
+    let all_swept = common::eventually(Duration::from_secs(10), || {
+        let (swept, env, t) = (&swept, &env, &t);
+        async move {
+            swept.set(swept.get() + env.bus.sweep_blackboards(t).await.unwrap());
+            swept.get() == 20
+        }
+    })
+    .await;
+    assert!(all_swept, "swept {} of 20", swept.get());
     let agg = bb.aggregate().await.unwrap();
     assert_eq!((agg.keys, agg.count, agg.sum), (1, 1, Decimal::ONE));
     assert_eq!(bb.top(5, true).await.unwrap().len(), 1);
@@ -392,8 +401,9 @@ async fn a_stale_lock_holder_is_refused_by_fencing() {
         Ident::new("h", "agent-b").unwrap(),
     );
 
+    // A second of TTL: B's first try below must find it held even on a busy machine.
     let LockOutcome::Ok { fencing_token: t1 } = bb
-        .lock(&lock, LockAction::Acquire, &a, Duration::from_millis(100))
+        .lock(&lock, LockAction::Acquire, &a, Duration::from_secs(1))
         .await
         .unwrap()
     else {
@@ -411,15 +421,28 @@ async fn a_stale_lock_holder_is_refused_by_fencing() {
         .await
         .unwrap();
 
-    // A stalls past its TTL; B takes the lock with a higher token.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let LockOutcome::Ok { fencing_token: t2 } = bb
-        .lock(&lock, LockAction::Acquire, &b, Duration::from_secs(10))
-        .await
-        .unwrap()
-    else {
-        panic!("b could not acquire")
-    };
+    // A stalls past its TTL; B takes the lock with a higher token as soon
+    // as it expires (waited for, not slept).
+    let t2 = std::cell::Cell::new(None);
+    let acquired = common::eventually(Duration::from_secs(10), || {
+        let (bb, lock, b, t2) = (&bb, &lock, &b, &t2);
+        async move {
+            match bb
+                .lock(lock, LockAction::Acquire, b, Duration::from_secs(10))
+                .await
+                .unwrap()
+            {
+                LockOutcome::Ok { fencing_token } => {
+                    t2.set(Some(fencing_token));
+                    true
+                }
+                _ => false,
+            }
+        }
+    })
+    .await;
+    assert!(acquired, "b could not acquire");
+    let t2 = t2.get().expect("token");
     assert!(t2 > t1);
     let stale = bb
         .set("report", &json!("late a"), None, Some(&fence_a))

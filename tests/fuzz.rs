@@ -19,8 +19,49 @@ use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
 use serde_json::{Value, json};
 
+/// Counts the bytes this thread allocates, so a test can show that decoding
+/// did not allocate what the input merely claims.
+struct Counting;
+
+thread_local! {
+    static ALLOCATED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: every call is passed to the system allocator unchanged; the
+// counter is a const-initialised thread-local that never allocates.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCATED.try_with(|a| a.set(a.get() + layout.size()));
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        let _ = ALLOCATED.try_with(|a| a.set(a.get() + new));
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Bytes allocated by this thread while `f` runs.
+fn allocated_by<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let before = ALLOCATED.with(|a| a.get());
+    let out = f();
+    (out, ALLOCATED.with(|a| a.get()) - before)
+}
+
+/// Failures are kept in tests/fuzz.proptest-regressions and replayed first.
+fn persisted() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
+    Some(Box::new(
+        proptest::test_runner::FileFailurePersistence::Direct("tests/fuzz.proptest-regressions"),
+    ))
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: persisted(), ..ProptestConfig::default() })]
 
     #[test]
     fn the_codec_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
@@ -30,14 +71,23 @@ proptest! {
 
     #[test]
     fn huge_claimed_lengths_do_not_allocate(len in 1u32..u32::MAX, tag in prop::sample::select(vec![0xdc_u8, 0xdd, 0xde, 0xdf, 0xc5, 0xc6, 0xdb])) {
-        // A MessagePack array/map/string header claiming `len` elements, with none following.
+        // A MessagePack array/map/string header claiming `len` elements (or
+        // bytes), with none following. 16-bit headers take a length in
+        // 1..=65535 (a 0 would be a valid, empty value).
         let mut bytes = vec![tag];
-        if matches!(tag, 0xdc | 0xde | 0xc5 | 0xda) {
-            bytes.extend_from_slice(&(len as u16).to_be_bytes());
+        let claimed = if matches!(tag, 0xdc | 0xde | 0xc5 | 0xda) {
+            let short = (len % u16::MAX as u32) as u16 + 1;
+            bytes.extend_from_slice(&short.to_be_bytes());
+            short as usize
         } else {
             bytes.extend_from_slice(&len.to_be_bytes());
-        }
-        prop_assert!(codec::decode_json(&bytes).is_err());
+            len as usize
+        };
+        let (decoded, bytes_allocated) = allocated_by(|| codec::decode_json(&bytes));
+        prop_assert!(decoded.is_err());
+        // Whatever is claimed, decoding allocates a few KiB at most (a
+        // claimed element count costs at least 16 bytes if believed).
+        prop_assert!(bytes_allocated < 16 * 1024, "{bytes_allocated} bytes for a claim of {claimed}");
     }
 
     #[test]
@@ -73,7 +123,7 @@ fn json_value() -> impl Strategy<Value = Value> {
         ])
         .prop_map(|s| Value::String(s.to_string())),
     ];
-    leaf.prop_recursive(3, 32, 6, |inner| {
+    leaf.prop_recursive(6, 128, 8, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             prop::collection::btree_map(
@@ -131,6 +181,45 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         Self::build(None)
+    }
+
+    /// Redis and Postgres, the tenant granted only `credits`.
+    fn with_credit(credits: i64) -> Self {
+        let f = Self::build(None);
+        f.runtime.block_on(async {
+            let t = f.env.tenant("fuzz");
+            let b = f.env.bus.balance(&t).await.unwrap();
+            // Spend all but `credits` of the fixture's grant.
+            let surplus = b.available - rust_decimal::Decimal::from(credits);
+            let minor = agentbus::money::to_minor("surplus", surplus).unwrap();
+            f.env
+                .bus
+                .move_credits(
+                    &t,
+                    agentbus::credits::CreditOp::Charge,
+                    "fuzz",
+                    minor,
+                    None,
+                    json!({}),
+                )
+                .await
+                .unwrap();
+        });
+        f
+    }
+
+    /// Registers these instances for the tenant.
+    fn register(&self, instances: &[&str]) {
+        self.runtime.block_on(async {
+            let t = self.env.tenant("fuzz");
+            for i in instances {
+                let reg = agentbus::registry::Registration::new("fuzz")
+                    .unwrap()
+                    .instance(i)
+                    .unwrap();
+                self.env.bus.register_agent(&t, &reg).await.unwrap();
+            }
+        });
     }
 
     /// Redis only, with these limits (small ones make large inputs cheap to try).
@@ -220,7 +309,7 @@ impl Fixture {
     ) {
         let mut runner = TestRunner::new(ProptestConfig {
             cases,
-            failure_persistence: None,
+            failure_persistence: persisted(),
             ..ProptestConfig::default()
         });
         if let Err(e) = runner.run(&strategy, |value| check(self, value)) {
@@ -255,7 +344,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
 fn arbitrary_json_bodies_never_get_a_5xx() {
     let f = Fixture::new();
     f.run(
-        300,
+        1000,
         (0..ENDPOINTS.len(), json_value()),
         |f, (endpoint, body)| {
             let (method, uri) = ENDPOINTS[endpoint];
@@ -522,5 +611,157 @@ fn bytes_that_are_not_messagepack_in_streams_never_get_a_5xx() {
             }
             Ok(())
         },
+    );
+}
+
+/// Method, path, and the body's fields as (name, JSON text).
+type ValidBody = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// Valid bodies, each a list of (field, JSON text) so one field at a time can
+/// be replaced by raw text (deep nesting is text, never a tree).
+const VALID: &[ValidBody] = &[
+    (
+        "POST",
+        "/api/v1/jobs",
+        &[
+            ("orchestrator_agent", r#""orc""#),
+            ("worker_agent", r#""w""#),
+            ("task", r#""t""#),
+            ("items", "[1, 2]"),
+            ("parallelism", "2"),
+            ("timeout_per_item", "5"),
+            ("max_retries", "1"),
+        ],
+    ),
+    (
+        "POST",
+        "/api/v1/agents/register",
+        &[("agent_id", r#""a""#), ("instance_id", r#""i1""#)],
+    ),
+    (
+        "POST",
+        "/api/v1/agents/fuzz-agent/messages",
+        &[
+            ("from_instance_id", r#""peer""#),
+            ("message_type", r#""note""#),
+            ("payload", r#"{"x": 1}"#),
+        ],
+    ),
+    (
+        "POST",
+        "/api/v1/invocations",
+        &[
+            ("caller_instance_id", r#""peer""#),
+            ("target_instance_id", r#""ghost""#),
+            ("request_payload", r#"{"q": 1}"#),
+            ("timeout_seconds", "1"),
+        ],
+    ),
+    (
+        "POST",
+        "/api/v1/invocations/respond",
+        &[
+            ("invoke_id", r#""inv_0000000000000000""#),
+            ("response_payload", "{}"),
+            ("error", r#""e""#),
+        ],
+    ),
+    (
+        "PUT",
+        "/api/v1/blackboard/k",
+        &[("value", "1"), ("ttl", "5")],
+    ),
+    ("POST", "/api/v1/blackboard/k/increment", &[("amount", "1")]),
+    (
+        "PUT",
+        "/api/v1/namespaces/ns/entries/k",
+        &[("value", r#"{"a": 1}"#)],
+    ),
+    (
+        "POST",
+        "/api/v1/namespaces/ns/entries/k/cas",
+        &[("expected", "null"), ("value", "1")],
+    ),
+    (
+        "POST",
+        "/api/v1/jobs/00000000-0000-0000-0000-000000000000/cancel",
+        &[("reason", r#""r""#), ("cancelled_by", r#""me""#)],
+    ),
+    (
+        "POST",
+        "/api/v1/jobs/00000000-0000-0000-0000-000000000000/broadcast",
+        &[("from_instance_id", r#""peer""#), ("payload", "{}")],
+    ),
+];
+
+/// A hostile replacement for one field, as JSON text.
+fn hostile_field() -> impl Strategy<Value = String> {
+    prop_oneof![
+        // Deep: past the parser's depth limit and just inside it.
+        (1usize..400).prop_map(|d| format!("{}1{}", "[".repeat(d), "]".repeat(d))),
+        (1usize..200).prop_map(|d| format!("{}{}", r#"{"a":"#.repeat(d), "}".repeat(d))),
+        // Huge strings and arrays.
+        (0usize..300_000).prop_map(|n| format!("\"{}\"", "x".repeat(n))),
+        (0usize..20_000).prop_map(|n| format!("[{}]", vec!["0"; n.max(1)].join(","))),
+        // Control characters and NUL, escaped as JSON allows, in strings and keys.
+        (0u32..0x20).prop_map(|c| format!("\"a\\u{c:04x}b\"")),
+        (0u32..0x20).prop_map(|c| format!("{{\"k\\u{c:04x}\": \"v\\u{c:04x}\"}}")),
+        // Numbers past every bound, and the wrong types.
+        count().prop_map(|v| v.to_string()),
+        prop::sample::select(vec![
+            "null",
+            "true",
+            "\"\"",
+            "{}",
+            "[]",
+            "1e400",
+            "-0",
+            "\"NaN\"",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "0.000001",
+        ])
+        .prop_map(str::to_string),
+    ]
+}
+
+#[test]
+fn valid_bodies_with_one_hostile_field_never_get_a_5xx() {
+    // Little credit, so the 402 paths run too (a job of two items costs 9.00).
+    let f = Fixture::with_credit(5);
+    f.register(&["fuzz-agent", "peer"]);
+    f.run(
+        400,
+        (0..VALID.len(), 0usize..8, hostile_field(), any::<bool>()),
+        |f, (endpoint, field, text, drop)| {
+            let (method, uri, fields) = VALID[endpoint];
+            let field = field % fields.len();
+            let body: Vec<String> = fields
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !(drop && *i == field))
+                .map(|(i, (k, v))| {
+                    format!("\"{k}\": {}", if i == field { text.as_str() } else { v })
+                })
+                .collect();
+            let body = format!("{{{}}}", body.join(", "));
+            let status = f.send(method, uri, body.into_bytes())?;
+            prop_assert!(
+                status < 500,
+                "{method} {uri}, {}: {status}",
+                fields[field].0
+            );
+            Ok(())
+        },
+    );
+    // The valid bodies themselves reach their handlers (and some succeed).
+    let seen = f.seen.lock().unwrap();
+    assert!(
+        seen.contains_key(&402) || seen.contains_key(&201),
+        "{seen:?}"
     );
 }

@@ -34,8 +34,14 @@ async fn thousand_items_fifty_workers_each_item_completed_and_charged_exactly_on
     let env = TestEnv::new().await;
     let tenant = env.tenant("load");
     env.grant(&tenant, 10_000).await;
-    let job = env.bus.spawn_job(&tenant, &spec(1000)).await.unwrap();
+    // A one-second timeout per item, and ten items whose first handler
+    // stalls past it: the reclaimer hands them to another worker while the
+    // first is still busy, and both complete them.
+    let mut s = spec(1000);
+    s.timeout_per_item = 1;
+    let job = env.bus.spawn_job(&tenant, &s).await.unwrap();
     assert_eq!(job.credits.reserved, credits(5 + 2 * 1000));
+    let stalls = |idx: i64| idx % 100 == 7;
 
     let handled: Arc<Mutex<HashMap<i64, u32>>> = Arc::default();
     let mut workers = Vec::new();
@@ -46,27 +52,53 @@ async fn thousand_items_fifty_workers_each_item_completed_and_charged_exactly_on
         workers.push(tokio::spawn(worker.run(move |item| {
             let handled = handled.clone();
             async move {
-                *handled.lock().unwrap().entry(item.item_index).or_default() += 1;
-                tokio::task::yield_now().await;
+                let first = {
+                    let mut h = handled.lock().unwrap();
+                    let n = h.entry(item.item_index).or_default();
+                    *n += 1;
+                    *n == 1
+                };
+                // 100 ms of work per item keeps the job running (about two
+                // seconds in all) past the stalled handlers' return at 1.5 s,
+                // so their late completions meet a running job: stale.
+                if first && stalls(item.item_index) {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 Ok(json!({ "doubled": item.input.json()["n"].as_i64().unwrap_or(-1) * 2 }))
             }
         })));
     }
+    let reclaiming = CancellationToken::new();
+    let reclaimer = {
+        let (bus, tenant, stop, id) = (env.bus.clone(), tenant.clone(), reclaiming.clone(), job.id);
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let _ = bus.reclaim_job(&tenant, &id).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
     let mut completed = 0;
-    let mut duplicates = 0;
+    let mut refused = 0;
     for w in workers {
         let report = w.await.unwrap().unwrap();
         completed += report.completed;
-        duplicates += report.duplicates + report.stale;
+        refused += report.duplicates + report.stale + report.rejected;
     }
+    reclaiming.cancel();
+    reclaimer.await.unwrap();
     assert_eq!(completed, 1000);
-    assert_eq!(duplicates, 0);
     let handled = handled.lock().unwrap().clone();
     assert_eq!(handled.len(), 1000, "every item handled");
-    assert!(
-        handled.values().all(|&n| n == 1),
-        "an item was delivered twice"
-    );
+    let deliveries: u32 = handled.values().sum();
+    // Every delivery past the first of an item was refused when it completed.
+    assert_eq!(refused as u32, deliveries - 1000, "{handled:?}");
+    for (idx, n) in &handled {
+        if stalls(*idx) {
+            assert!(*n >= 2, "stalled item {idx} was never redelivered");
+        }
+    }
 
     let job = env.bus.job(&tenant, &job.id).await.unwrap();
     assert_eq!(job.status, JobStatus::Completed);

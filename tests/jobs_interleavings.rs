@@ -30,6 +30,11 @@ enum Op {
         pick: u8,
         retry: bool,
     },
+    /// A worker completes a delivery it already reported failed (retried
+    /// or failed for good): refused, and charges nothing.
+    CompleteFailed {
+        pick: u8,
+    },
     /// Every held item times out (the job's timeout is set to zero) and the reclaimer runs.
     TimeoutAndReclaim,
     Cancel,
@@ -41,6 +46,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => any::<u8>().prop_map(|pick| Op::Complete { pick }),
         1 => any::<u8>().prop_map(|pick| Op::CompleteAgain { pick }),
         2 => (any::<u8>(), any::<bool>()).prop_map(|(pick, retry)| Op::Fail { pick, retry }),
+        1 => any::<u8>().prop_map(|pick| Op::CompleteFailed { pick }),
         1 => Just(Op::TimeoutAndReclaim),
         1 => Just(Op::Cancel),
     ]
@@ -54,6 +60,8 @@ struct Model {
     completed_ids: Vec<String>,
     completed_items: HashSet<i64>,
     failed_items: HashSet<i64>,
+    /// Deliveries reported failed, whether retried or failed for good.
+    failed_deliveries: Vec<String>,
     cancelled: bool,
 }
 
@@ -144,6 +152,7 @@ async fn run_case(ops: Vec<Op>, items: usize, max_retries: i64) {
             }
             Op::Fail { pick, retry } if !model.held.is_empty() => {
                 let (_, item_id, idx) = model.held.remove(pick as usize % model.held.len());
+                model.failed_deliveries.push(item_id.clone());
                 match env.bus.fail_item(&tenant, &id, &item_id, "x", retry).await {
                     Ok(FailOutcome::Retried { .. }) => assert!(retry),
                     Ok(FailOutcome::Failed) => {
@@ -153,6 +162,24 @@ async fn run_case(ops: Vec<Op>, items: usize, max_retries: i64) {
                     Err(Error::Conflict { .. }) => assert!(model.cancelled),
                     Err(e) => panic!("fail: {e}"),
                 }
+            }
+            Op::CompleteFailed { pick } if !model.failed_deliveries.is_empty() => {
+                let item_id =
+                    model.failed_deliveries[pick as usize % model.failed_deliveries.len()].clone();
+                let before = env.bus.balance(&tenant).await.unwrap();
+                match env
+                    .bus
+                    .complete_items(&tenant, &id, &[(item_id, json!(0))])
+                    .await
+                {
+                    Ok(o) => assert!(
+                        matches!(o[0], CompleteOutcome::Stale | CompleteOutcome::Duplicate),
+                        "{o:?}"
+                    ),
+                    Err(Error::Conflict { .. }) => {}
+                    Err(e) => panic!("complete a failed delivery: {e}"),
+                }
+                assert_eq!(env.bus.balance(&tenant).await.unwrap(), before);
             }
             Op::TimeoutAndReclaim => {
                 let mut conn = env.conn().await;

@@ -170,7 +170,7 @@ async fn a_blocked_receiver_survives_unblock_kill_and_restart_with_aof() {
     // Enough data that the restarted server spends a while LOADING.
     let _: () = redis::cmd("DEBUG")
         .arg("POPULATE")
-        .arg(300_000)
+        .arg(30_000)
         .arg("filler")
         .query_async(&mut admin)
         .await
@@ -192,7 +192,45 @@ async fn a_blocked_receiver_survives_unblock_kill_and_restart_with_aof() {
 
     server.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // A delay per key while loading (a setting Redis has for its own tests;
+    // about 80 µs a key here) keeps it LOADING for seconds, and answering
+    // clients every KiB of loading lets them see it.
+    server.add_args(&[
+        "--key-load-delay",
+        "5",
+        "--loading-process-events-interval-bytes",
+        "1024",
+    ]);
     server.restart();
+    // Seen, not assumed: commands answered LOADING while it loaded.
+    let mut loading_replies = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        let Ok(client) = redis::Client::open(server.url()) else {
+            continue;
+        };
+        let mut conn = match client.get_multiplexed_async_connection().await {
+            Ok(conn) => conn,
+            // Refused before the port opens, or LOADING at the handshake.
+            Err(e) => {
+                if agentbus::error::redis_code(&e).as_deref() == Some("LOADING") {
+                    loading_replies += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        match redis::cmd("PING").query_async::<String>(&mut conn).await {
+            Ok(_) => break,
+            Err(e) if agentbus::error::redis_code(&e).as_deref() == Some("LOADING") => {
+                loading_replies += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(loading_replies > 0, "the restart never answered LOADING");
     server.wait_ready().await;
 
     // Back: the pending message comes again at once, new ones flow, and the

@@ -450,6 +450,11 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Adds arguments for the next (re)start.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+    }
+
     /// Starts it again (after [`kill`](Self::kill)) on the same port and directory.
     pub fn restart(&mut self) {
         let child = std::process::Command::new("redis-server")
