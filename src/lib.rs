@@ -2,7 +2,26 @@
 //!
 //! Hot state (jobs, items, credits, inboxes, the blackboard) lives in Redis
 //! and changes only through Lua scripts that also append an event to the
-//! tenant's outbox; a sink mirrors those events into Postgres.
+//! tenant's outbox; a sink mirrors those events into Postgres. How a
+//! request, a claim and an outbox event travel: `ARCHITECTURE.md`.
+//!
+//! The layout, module → what it owns:
+//!
+//! - Foundations: [`keys`] (every Redis key name), [`money`] (exact credits),
+//!   [`text`] (free text bound for Postgres), [`codec`] and [`payload`]
+//!   (MessagePack ↔ JSON), [`bounded`] (input bounded while parsed),
+//!   [`error`], [`conn`] (Redis connections), [`scripts`] (the Lua scripts of
+//!   `lua/`), [`bus`] (the handle every capability hangs off), [`prices`].
+//! - Money and jobs: [`credits`], [`jobs`] (spawn, claim, complete, fail,
+//!   cancel; the reclaimer and the Rust worker), [`simulate`], [`pages`].
+//! - Agents: [`registry`], [`messages`], [`replies`], [`invoke`], [`dlq`],
+//!   [`reaper`].
+//! - Shared state: [`blackboard`].
+//! - The mirror: [`sink`], [`stranded`], [`audit`], [`verify`], [`db`].
+//! - Serving: [`api`] (axum, REST, OpenAPI), [`auth`], [`metrics`],
+//!   [`telemetry`], [`server`].
+//! - Operator tools (the `agentbus` binary's commands): [`cli`], [`config`],
+//!   [`inspect`], [`demo`], [`load`], [`bench`](mod@bench), [`client`].
 
 pub mod api;
 pub mod audit;

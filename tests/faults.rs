@@ -55,8 +55,28 @@ struct Run {
     sinks: Vec<Option<Child>>,
 }
 
-fn random_ms(lo: u64, hi: u64) -> Duration {
-    Duration::from_millis(rand::rng().random_range(lo..=hi))
+/// The random moments of one fault test, from a printed seed: a failure
+/// names its seed, and `FAULT_SEED=<n>` runs the same moments again (the
+/// processes' own timing still varies around them).
+struct Moments(rand::rngs::StdRng);
+
+impl Moments {
+    fn new(test: &str) -> Self {
+        let seed = std::env::var("FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| rand::rng().random::<u64>());
+        eprintln!("{test}: fault seed {seed} (replay: FAULT_SEED={seed} cargo test --test faults {test})");
+        Moments(rand::SeedableRng::seed_from_u64(seed))
+    }
+
+    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(self.0.random_range(lo..=hi))
+    }
+
+    fn pick(&mut self, n: usize) -> usize {
+        self.0.random_range(0..n)
+    }
 }
 
 impl Run {
@@ -319,14 +339,15 @@ async fn direct() -> (TestEnv, Target) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_processes_killed_at_random_moments() {
+    let mut m = Moments::new("worker_processes_killed_at_random_moments");
     let (env, target) = direct().await;
     let mut run = Run::start(env, target).await;
     for round in 0..3 {
         run.wait_for_progress(150 * (round + 1)).await;
-        tokio::time::sleep(random_ms(0, 300)).await;
-        let slot = rand::rng().random_range(0..WORKER_PROCESSES);
+        tokio::time::sleep(m.ms(0, 300)).await;
+        let slot = m.pick(WORKER_PROCESSES);
         run.kill_worker(slot).await;
-        tokio::time::sleep(random_ms(100, 600)).await;
+        tokio::time::sleep(m.ms(100, 600)).await;
         run.start_worker(slot);
     }
     run.finish_and_verify().await;
@@ -334,12 +355,13 @@ async fn worker_processes_killed_at_random_moments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_and_its_sink_killed_at_random_moments() {
+    let mut m = Moments::new("the_server_and_its_sink_killed_at_random_moments");
     let (env, target) = direct().await;
     let mut run = Run::start(env, target).await;
     run.wait_for_progress(200).await;
-    tokio::time::sleep(random_ms(0, 300)).await;
+    tokio::time::sleep(m.ms(0, 300)).await;
     run.kill_server().await;
-    tokio::time::sleep(random_ms(100, 500)).await;
+    tokio::time::sleep(m.ms(100, 500)).await;
     // Same sink consumer: it resumes its own pending events.
     run.start_server(Some("sink-a"));
     run.wait_for_progress(700).await;
@@ -352,15 +374,16 @@ async fn the_server_and_its_sink_killed_at_random_moments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_sinks_killed_at_random_moments() {
+    let mut m = Moments::new("standalone_sinks_killed_at_random_moments");
     let (env, target) = direct().await;
     // Two sinks at once (rows must not double), one killed at a time.
     let mut run = Run::start_with_sinks(env, target, 2).await;
     for round in 0..3 {
         run.wait_for_progress(150 * (round + 1)).await;
-        tokio::time::sleep(random_ms(0, 300)).await;
+        tokio::time::sleep(m.ms(0, 300)).await;
         let slot = rand::rng().random_range(0..2);
         run.kill_sink(slot).await;
-        tokio::time::sleep(random_ms(100, 600)).await;
+        tokio::time::sleep(m.ms(100, 600)).await;
         run.start_sink(slot);
     }
     run.finish_and_verify().await;
@@ -376,7 +399,8 @@ enum Stop {
 
 /// A private Redis with AOF (`aof` settings), stopped mid-run in each of
 /// `stops` ways in turn and started again.
-async fn redis_restarts(aof: &[&str], stops: &[Stop]) {
+async fn redis_restarts(test: &str, aof: &[&str], stops: &[Stop]) {
+    let mut m = Moments::new(test);
     let mut args = vec!["--appendonly", "yes"];
     args.extend_from_slice(aof);
     let mut server = PrivateRedis::start(&args);
@@ -390,12 +414,12 @@ async fn redis_restarts(aof: &[&str], stops: &[Stop]) {
     let run = Run::start(env, target).await;
     for (n, stop) in stops.iter().enumerate() {
         run.wait_for_progress(300 + 400 * n as i64).await;
-        tokio::time::sleep(random_ms(0, 300)).await;
+        tokio::time::sleep(m.ms(0, 300)).await;
         match stop {
             Stop::Kill => server.kill(),
             Stop::Term => server.stop(),
         }
-        tokio::time::sleep(random_ms(200, 800)).await;
+        tokio::time::sleep(m.ms(200, 800)).await;
         server.restart();
         server.wait_ready().await;
     }
@@ -410,7 +434,7 @@ async fn redis_restarts(aof: &[&str], stops: &[Stop]) {
 /// test here can stage (see the README's durability table and the runbook).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aof_redis_process_killed_twice_mid_run_loses_nothing() {
-    redis_restarts(&["--appendfsync", "always"], &[Stop::Kill, Stop::Kill]).await;
+    redis_restarts("an_aof_redis_process_killed_twice_mid_run_loses_nothing", &["--appendfsync", "always"], &[Stop::Kill, Stop::Kill]).await;
 }
 
 /// Under `everysec` every write reaches the kernel before its reply, so a
@@ -418,11 +442,12 @@ async fn an_aof_redis_process_killed_twice_mid_run_loses_nothing() {
 /// disk stalling fsync) can, which no test here can stage: see docs/runbook.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_and_killed_mid_run_with_appendfsync_everysec() {
-    redis_restarts(&["--appendfsync", "everysec"], &[Stop::Term, Stop::Kill]).await;
+    redis_restarts("redis_stopped_and_killed_mid_run_with_appendfsync_everysec", &["--appendfsync", "everysec"], &[Stop::Term, Stop::Kill]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stalled_cut_and_down_mid_run() {
+    let mut m = Moments::new("postgres_stalled_cut_and_down_mid_run");
     let env = TestEnv::with_db().await;
     let db_url = env.db.as_ref().unwrap().url.clone();
     let pg: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
@@ -436,19 +461,20 @@ async fn postgres_stalled_cut_and_down_mid_run() {
     let run = Run::start(env, target).await;
     run.wait_for_progress(200).await;
     proxy.stall();
-    tokio::time::sleep(random_ms(1000, 2000)).await;
+    tokio::time::sleep(m.ms(1000, 2000)).await;
     proxy.resume();
     run.wait_for_progress(500).await;
     proxy.cut();
     run.wait_for_progress(800).await;
     proxy.down();
-    tokio::time::sleep(random_ms(1000, 2000)).await;
+    tokio::time::sleep(m.ms(1000, 2000)).await;
     proxy.resume();
     run.finish_and_verify().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_connections_stalled_and_cut_mid_run() {
+    let mut m = Moments::new("redis_connections_stalled_and_cut_mid_run");
     let env = TestEnv::with_db().await;
     let url = common::redis_url();
     // On a cluster the nodes hand out their own addresses: nothing to proxy.
@@ -482,11 +508,11 @@ async fn redis_connections_stalled_and_cut_mid_run() {
     proxy.cut();
     run.wait_for_progress(500).await;
     proxy.stall();
-    tokio::time::sleep(random_ms(500, 1500)).await;
+    tokio::time::sleep(m.ms(500, 1500)).await;
     proxy.resume();
     run.wait_for_progress(800).await;
     proxy.down();
-    tokio::time::sleep(random_ms(500, 1000)).await;
+    tokio::time::sleep(m.ms(500, 1000)).await;
     proxy.resume();
     run.finish_and_verify().await;
 }
