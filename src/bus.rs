@@ -8,7 +8,7 @@ use crate::conn::Redis;
 use crate::error::Result;
 use crate::keys::{Keyspace, TenantId, TenantKeys};
 use crate::prices::Prices;
-use crate::replies::ReplyHub;
+use crate::reply_hub::ReplyHub;
 
 /// Operating limits and retention, all configurable.
 #[derive(Clone, Debug)]

@@ -14,7 +14,7 @@
 //!   `lua/`), [`bus`] (the handle every capability hangs off), [`prices`].
 //! - Money and jobs: [`credits`], [`jobs`] (spawn, claim, complete, fail,
 //!   cancel; the reclaimer and the Rust worker), [`simulate`], [`pages`].
-//! - Agents: [`registry`], [`messages`], [`replies`], [`invoke`], [`dlq`],
+//! - Agents: [`registry`], [`messages`], [`replies`] (and [`reply_hub`]), [`invoke`], [`dlq`],
 //!   [`reaper`].
 //! - Shared state: [`blackboard`].
 //! - The mirror: [`sink`], [`stranded`], [`audit`], [`verify`], [`db`].
@@ -54,6 +54,7 @@ pub mod prices;
 pub mod reaper;
 pub mod registry;
 pub mod replies;
+pub mod reply_hub;
 pub mod scripts;
 pub mod server;
 pub mod simulate;

@@ -13,8 +13,6 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::keys::TenantId;
-
 /// Seconds, from 100 µs to 10 minutes: what agentbus' latencies span.
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -180,27 +178,27 @@ pub fn set_tenant_label(on: bool) {
     TENANT_LABEL.store(on, Ordering::Relaxed);
 }
 
-fn t(tenant: &TenantId) -> String {
+fn t(tenant: &impl AsRef<str>) -> String {
     if TENANT_LABEL.load(Ordering::Relaxed) {
-        tenant.to_string()
+        tenant.as_ref().to_string()
     } else {
         ALL_TENANTS.to_string()
     }
 }
 
-pub fn job_spawned(tenant: &TenantId, took: Duration) {
+pub fn job_spawned(tenant: &impl AsRef<str>, took: Duration) {
     histogram!("agentbus_job_spawn_duration_seconds", "tenant" => t(tenant))
         .record(took.as_secs_f64());
 }
 
 /// A job ended after `lasted` (creation to end).
-pub fn job_ended(tenant: &TenantId, status: &'static str, lasted: Duration) {
+pub fn job_ended(tenant: &impl AsRef<str>, status: &'static str, lasted: Duration) {
     histogram!("agentbus_job_duration_seconds", "tenant" => t(tenant)).record(lasted.as_secs_f64());
     counter!("agentbus_jobs_ended_total", "tenant" => t(tenant), "status" => status).increment(1);
 }
 
 /// Item events: `claimed`, `completed`, `failed`, `retried`, `dead_lettered`.
-pub fn items(tenant: &TenantId, event: &'static str, n: u64) {
+pub fn items(tenant: &impl AsRef<str>, event: &'static str, n: u64) {
     if n == 0 {
         return;
     }
@@ -214,7 +212,7 @@ pub fn items(tenant: &TenantId, event: &'static str, n: u64) {
     counter!(name, "tenant" => t(tenant)).increment(n);
 }
 
-pub fn claim_to_complete(tenant: &TenantId, took: Duration) {
+pub fn claim_to_complete(tenant: &impl AsRef<str>, took: Duration) {
     histogram!("agentbus_item_claim_to_complete_seconds", "tenant" => t(tenant))
         .record(took.as_secs_f64());
 }
@@ -248,11 +246,11 @@ pub fn invoke_refused() {
     counter!("agentbus_invokes_total", "outcome" => "refused").increment(1);
 }
 
-pub fn message_sent(tenant: &TenantId) {
+pub fn message_sent(tenant: &impl AsRef<str>) {
     counter!("agentbus_messages_sent_total", "tenant" => t(tenant)).increment(1);
 }
 
-pub fn message_delivered(tenant: &TenantId, latency: Option<Duration>) {
+pub fn message_delivered(tenant: &impl AsRef<str>, latency: Option<Duration>) {
     counter!("agentbus_messages_delivered_total", "tenant" => t(tenant)).increment(1);
     if let Some(l) = latency {
         histogram!("agentbus_message_latency_seconds", "tenant" => t(tenant))
@@ -260,7 +258,7 @@ pub fn message_delivered(tenant: &TenantId, latency: Option<Duration>) {
     }
 }
 
-pub fn messages_dead_lettered(tenant: &TenantId, n: u64) {
+pub fn messages_dead_lettered(tenant: &impl AsRef<str>, n: u64) {
     if n > 0 {
         counter!("agentbus_messages_dead_lettered_total", "tenant" => t(tenant)).increment(n);
     }

@@ -16,44 +16,12 @@ use tokio::sync::oneshot;
 use crate::bus::AgentBus;
 use crate::codec::StreamEntry;
 use crate::keys::TenantId;
+pub use crate::reply_hub::ReplyWaiter;
+use crate::reply_hub::TenantReader;
 
 /// A reader with no waiter for this long stops.
 const IDLE_STOP: Duration = Duration::from_secs(30);
 const BLOCK: Duration = Duration::from_secs(1);
-
-type Waiters = Mutex<HashMap<String, oneshot::Sender<StreamEntry>>>;
-
-struct TenantReader {
-    waiters: Waiters,
-}
-
-/// The process's reply readers, by tenant.
-#[derive(Default)]
-pub struct ReplyHub {
-    readers: Mutex<HashMap<TenantId, Arc<TenantReader>>>,
-}
-
-/// A registered wait for one reply; dropping it withdraws the registration.
-pub struct ReplyWaiter {
-    rx: oneshot::Receiver<StreamEntry>,
-    reader: Arc<TenantReader>,
-    correlation: String,
-}
-
-impl ReplyWaiter {
-    /// The reply, or `None` after `timeout`.
-    pub async fn wait(mut self, timeout: Duration) -> Option<StreamEntry> {
-        tokio::time::timeout(timeout, &mut self.rx).await.ok()?.ok()
-    }
-}
-
-impl Drop for ReplyWaiter {
-    fn drop(&mut self) {
-        if let Ok(mut w) = self.reader.waiters.lock() {
-            w.remove(&self.correlation);
-        }
-    }
-}
 
 impl AgentBus {
     /// This process's reply stream for `tenant`.

@@ -66,7 +66,9 @@ impl Moments {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| rand::rng().random::<u64>());
-        eprintln!("{test}: fault seed {seed} (replay: FAULT_SEED={seed} cargo test --test faults {test})");
+        eprintln!(
+            "{test}: fault seed {seed} (replay: FAULT_SEED={seed} cargo test --test faults {test})"
+        );
         Moments(rand::SeedableRng::seed_from_u64(seed))
     }
 
@@ -434,7 +436,12 @@ async fn redis_restarts(test: &str, aof: &[&str], stops: &[Stop]) {
 /// test here can stage (see the README's durability table and the runbook).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aof_redis_process_killed_twice_mid_run_loses_nothing() {
-    redis_restarts("an_aof_redis_process_killed_twice_mid_run_loses_nothing", &["--appendfsync", "always"], &[Stop::Kill, Stop::Kill]).await;
+    redis_restarts(
+        "an_aof_redis_process_killed_twice_mid_run_loses_nothing",
+        &["--appendfsync", "always"],
+        &[Stop::Kill, Stop::Kill],
+    )
+    .await;
 }
 
 /// Under `everysec` every write reaches the kernel before its reply, so a
@@ -442,7 +449,12 @@ async fn an_aof_redis_process_killed_twice_mid_run_loses_nothing() {
 /// disk stalling fsync) can, which no test here can stage: see docs/runbook.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_and_killed_mid_run_with_appendfsync_everysec() {
-    redis_restarts("redis_stopped_and_killed_mid_run_with_appendfsync_everysec", &["--appendfsync", "everysec"], &[Stop::Term, Stop::Kill]).await;
+    redis_restarts(
+        "redis_stopped_and_killed_mid_run_with_appendfsync_everysec",
+        &["--appendfsync", "everysec"],
+        &[Stop::Term, Stop::Kill],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,427 @@
+//! The sink: mirrors every tenant's outbox into Postgres, durably and
+//! idempotently.
+//!
+//! It reads each outbox through the consumer group `sink` (its own pending
+//! entries first), writes a batch in one transaction — ledger rows inserted
+//! `ON CONFLICT (event_id) DO NOTHING` with the balance deltas of only the
+//! rows actually inserted, cancellations, invoke audit rows (an upsert that
+//! converges whatever the order or repetition of events) and job summaries —
+//! commits, then acknowledges and deletes the entries. A crash anywhere
+//! before the acknowledgement means the batch is read again and written
+//! again to no effect. Postgres being down means waiting, not dropping. An
+//! event Postgres refuses is stranded: kept, counted and replayable (see
+//! [`crate::stranded`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use redis::Value;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::AgentBus;
+use crate::codec::StreamEntry;
+use crate::error::{Error, Result};
+use crate::keys::TenantId;
+use crate::metrics;
+use crate::scripts::scripts;
+
+mod events;
+mod status;
+mod writer;
+
+use events::{Batch, parse_event};
+pub use status::OutboxStatus;
+use writer::{is_data_error, write_batch};
+
+pub const GROUP: &str = "sink";
+/// Most events per batch.
+pub const MAX_BATCH: usize = 5000;
+/// How often the lag gauges are refreshed.
+const LAG_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// Entries another sink has held this long without acknowledging are taken over (default).
+pub const TAKEOVER_IDLE: Duration = Duration::from_secs(30);
+
+/// Points in a batch where tests inject a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkStage {
+    /// Entries read, nothing written.
+    Read,
+    /// Rows written inside the open transaction, not committed.
+    Written,
+    /// Committed, not yet acknowledged in Redis.
+    Committed,
+}
+
+pub type SinkHook = Arc<dyn Fn(SinkStage) -> BoxFuture<'static, ()> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct SinkOptions {
+    /// Consumer name: unique per sink process, stable across its restarts.
+    pub consumer: String,
+    pub batch: usize,
+    /// Pause when every outbox is empty.
+    pub idle_sleep: Duration,
+    /// Entries another consumer (a sink that died) has held this long are taken over.
+    pub takeover_idle: Duration,
+    pub hook: Option<SinkHook>,
+}
+
+impl SinkOptions {
+    pub fn new(consumer: &str) -> Self {
+        Self {
+            consumer: consumer.to_string(),
+            batch: 1000,
+            idle_sleep: Duration::from_millis(20),
+            takeover_idle: TAKEOVER_IDLE,
+            hook: None,
+        }
+    }
+}
+
+/// What one batch wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Written {
+    pub events: usize,
+    pub ledger_rows: i64,
+    pub dead_lettered: usize,
+    /// When each event entered the outbox (ms, from its entry id): lag = commit time − this.
+    pub appended_at_ms: Vec<i64>,
+}
+
+/// The sink of one process.
+pub struct Sink {
+    bus: AgentBus,
+    pool: PgPool,
+    options: SinkOptions,
+    /// Tenants whose outbox group is known to exist.
+    grouped: std::sync::Mutex<HashSet<TenantId>>,
+}
+
+impl Sink {
+    pub fn new(bus: AgentBus, pool: PgPool, mut options: SinkOptions) -> Self {
+        // Acknowledgements pass the ids as script arguments: stay well inside Lua's stack.
+        options.batch = options.batch.clamp(1, MAX_BATCH);
+        Self {
+            bus,
+            pool,
+            options,
+            grouped: std::sync::Mutex::new(HashSet::new()),
+        }
+    }
+
+    async fn hook(&self, stage: SinkStage) {
+        if let Some(h) = &self.options.hook {
+            h(stage).await;
+        }
+    }
+
+    async fn ensure_group(&self, tenant: &TenantId) -> Result<()> {
+        if self.grouped.lock().is_ok_and(|g| g.contains(tenant)) {
+            return Ok(());
+        }
+        let mut conn = self.bus.redis().conn().await?;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.bus.keys(tenant).outbox())
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+            _ => {
+                if let Ok(mut g) = self.grouped.lock() {
+                    g.insert(tenant.clone());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn read(&self, tenant: &TenantId, id: &str) -> Result<Vec<StreamEntry>> {
+        let mut conn = self.bus.redis().conn().await?;
+        let value: redis::RedisResult<Value> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.options.consumer)
+            .arg("COUNT")
+            .arg(self.options.batch)
+            .arg("STREAMS")
+            .arg(self.bus.keys(tenant).outbox())
+            .arg(id)
+            .query_async(&mut conn)
+            .await;
+        match value {
+            Ok(v) => StreamEntry::from_read_reply(&v),
+            Err(e) => {
+                if e.code() == Some("NOGROUP")
+                    && let Ok(mut g) = self.grouped.lock()
+                {
+                    // The outbox was deleted (or Redis lost it): create the group again.
+                    g.remove(tenant);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Takes over entries another sink consumer left unacknowledged.
+    async fn take_over(&self, tenant: &TenantId) -> Result<()> {
+        let mut conn = self.bus.redis().conn().await?;
+        let _: Value = redis::cmd("XAUTOCLAIM")
+            .arg(self.bus.keys(tenant).outbox())
+            .arg(GROUP)
+            .arg(&self.options.consumer)
+            .arg(self.options.takeover_idle.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(self.options.batch)
+            .arg("JUSTID")
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Mirrors one batch of `tenant`'s outbox (own pending entries first).
+    /// Returns what it wrote; `events == 0` means the outbox is drained.
+    pub async fn drain_once(&self, tenant: &TenantId) -> Result<Written> {
+        let entries = self.read_batch(tenant, true).await?;
+        self.process(tenant, entries).await
+    }
+
+    /// The next entries to mirror: this consumer's own unacknowledged ones
+    /// first when `recover` (after a start or a failure), then new ones.
+    async fn read_batch(&self, tenant: &TenantId, recover: bool) -> Result<Vec<StreamEntry>> {
+        self.ensure_group(tenant).await?;
+        if recover {
+            let entries = self.read(tenant, "0").await?;
+            // Pending entries whose data is gone cannot be mirrored: just release them.
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                entries.into_iter().partition(|e| e.fields.is_empty());
+            if !gone.is_empty() {
+                self.ack(tenant, &gone).await?;
+            }
+            if !kept.is_empty() {
+                return Ok(kept);
+            }
+        }
+        self.read(tenant, ">").await
+    }
+
+    /// Writes one batch in one transaction, dead-letters what can never be
+    /// written, then acknowledges the batch.
+    #[tracing::instrument(name = "sink_batch", skip_all, fields(tenant = %tenant, events = entries.len()))]
+    async fn process(&self, tenant: &TenantId, entries: Vec<StreamEntry>) -> Result<Written> {
+        if entries.is_empty() {
+            return Ok(Written::default());
+        }
+        self.hook(SinkStage::Read).await;
+        let started = Instant::now();
+        let mut batch = Batch::default();
+        let mut poison: Vec<(StreamEntry, String)> = Vec::new();
+        for e in &entries {
+            match parse_event(e) {
+                Ok(ev) => batch.add(ev),
+                Err(err) => poison.push((e.clone(), err.to_string())),
+            }
+        }
+        let ledger_rows = match self.write(tenant, &batch).await {
+            Ok(n) => n,
+            Err(Error::Postgres(e)) if is_data_error(&e) => {
+                // Find the events Postgres refuses, one by one; write the rest.
+                let (n, refused) = self.write_one_by_one(tenant, &entries, &poison).await?;
+                poison.extend(refused);
+                n
+            }
+            Err(e) => return Err(e),
+        };
+        self.hook(SinkStage::Committed).await;
+        if !poison.is_empty() {
+            self.bus.strand_events(tenant, &poison).await?;
+        }
+        self.ack(tenant, &entries).await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        metrics::sink_batch(
+            started.elapsed(),
+            entries.len(),
+            entries
+                .iter()
+                .filter_map(|e| entry_millis(&e.id))
+                .map(|at| (now - at).max(0) as f64 / 1000.0),
+        );
+        Ok(Written {
+            events: entries.len(),
+            ledger_rows,
+            dead_lettered: poison.len(),
+            appended_at_ms: entries.iter().filter_map(|e| entry_millis(&e.id)).collect(),
+        })
+    }
+
+    /// Mirrors up to `max_batches` batches of one tenant, reading the next
+    /// batch from Redis while the current one is written to Postgres, and
+    /// reading its own pending entries first when `recover`.
+    pub async fn drain_tenant(
+        &self,
+        tenant: &TenantId,
+        recover: bool,
+        max_batches: usize,
+    ) -> Result<Written> {
+        let mut current = self.read_batch(tenant, recover).await?;
+        let mut total = Written::default();
+        for round in 0..max_batches {
+            if current.is_empty() {
+                break;
+            }
+            // Prefetch only when more is likely and another round will take it.
+            let prefetch = current.len() >= self.options.batch && round + 1 < max_batches;
+            let (written, next) = if prefetch {
+                let (w, n) = tokio::join!(self.process(tenant, current), self.read(tenant, ">"));
+                (w?, n?)
+            } else {
+                (self.process(tenant, current).await?, Vec::new())
+            };
+            total.events += written.events;
+            total.ledger_rows += written.ledger_rows;
+            total.dead_lettered += written.dead_lettered;
+            total.appended_at_ms.extend(written.appended_at_ms);
+            current = next;
+        }
+        Ok(total)
+    }
+
+    /// Writes one batch in one transaction. Returns the ledger rows inserted.
+    async fn write(&self, tenant: &TenantId, batch: &Batch) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = write_batch(&mut tx, tenant.as_str(), batch).await?;
+        self.hook(SinkStage::Written).await;
+        tx.commit().await?;
+        // Counted once committed, from the rows this batch really inserted.
+        let mut rows = 0;
+        for (op, count, amount) in &inserted {
+            let minor = crate::money::to_minor("amount", *amount).unwrap_or(0);
+            metrics::credits(op, *count as u64, minor as u64);
+            rows += count;
+        }
+        Ok(rows)
+    }
+
+    async fn write_one_by_one(
+        &self,
+        tenant: &TenantId,
+        entries: &[StreamEntry],
+        already_poison: &[(StreamEntry, String)],
+    ) -> Result<(i64, Vec<(StreamEntry, String)>)> {
+        let mut written = 0;
+        let mut refused = Vec::new();
+        for e in entries {
+            if already_poison.iter().any(|(p, _)| p.id == e.id) {
+                continue;
+            }
+            let Ok(event) = parse_event(e) else { continue };
+            let mut batch = Batch::default();
+            batch.add(event);
+            match self.write(tenant, &batch).await {
+                Ok(n) => written += n,
+                Err(Error::Postgres(err)) if is_data_error(&err) => {
+                    refused.push((e.clone(), err.to_string()))
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok((written, refused))
+    }
+
+    /// Acknowledges entries and trims the outbox below what any sink still holds.
+    async fn ack(&self, tenant: &TenantId, entries: &[StreamEntry]) -> Result<()> {
+        let mut conn = self.bus.redis().conn().await?;
+        let mut call = scripts().outbox_ack.key(self.bus.keys(tenant).outbox());
+        call.arg(GROUP);
+        for e in entries {
+            call.arg(&e.id);
+        }
+        call.invoke_async::<i64>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Runs until `shutdown`: every tenant, batch after batch, backing off
+    /// while Postgres or Redis fail.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        let takeover_every = self.options.takeover_idle / 2;
+        let mut last_takeover = Instant::now() - takeover_every;
+        // Tenants whose own pending entries must be read first (all, at start).
+        let mut recovered: HashSet<TenantId> = HashSet::new();
+        let mut last_lag_report = Instant::now() - LAG_REPORT_EVERY;
+        while !shutdown.is_cancelled() {
+            let tenants = match self.bus.tenants().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sink: cannot list tenants");
+                    sleep_or_stop(&shutdown, backoff).await;
+                    continue;
+                }
+            };
+            let takeover = last_takeover.elapsed() >= takeover_every;
+            let mut busy = false;
+            let mut failed = false;
+            for tenant in &tenants {
+                if takeover && let Err(e) = self.take_over(tenant).await {
+                    tracing::warn!(error = %e, "sink: takeover failed");
+                }
+                // Take over and recover only now and then; prefetched batches
+                // left pending are picked up by the recovery read.
+                let recover = takeover || !recovered.contains(tenant);
+                match self.drain_tenant(tenant, recover, 16).await {
+                    Ok(written) => {
+                        busy |= written.events > 0;
+                        recovered.insert(tenant.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant = %tenant, error = %e, "sink: batch failed; will retry");
+                        recovered.remove(tenant);
+                        failed = true;
+                    }
+                }
+            }
+            if takeover {
+                last_takeover = Instant::now();
+            }
+            if last_lag_report.elapsed() >= LAG_REPORT_EVERY {
+                last_lag_report = Instant::now();
+                if let Ok(status) = self.bus.outbox_status().await {
+                    metrics::sink_lag(
+                        status
+                            .iter()
+                            .map(|s| (s.tenant.as_str(), s.events, s.oldest_age_secs, s.stranded)),
+                    );
+                }
+            }
+            if failed {
+                sleep_or_stop(&shutdown, backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            } else {
+                backoff = Duration::from_millis(100);
+                if !busy {
+                    sleep_or_stop(&shutdown, self.options.idle_sleep).await;
+                }
+            }
+        }
+    }
+}
+
+/// The millisecond part of a stream entry id.
+pub fn entry_millis(id: &str) -> Option<i64> {
+    id.split('-').next().and_then(|ms| ms.parse().ok())
+}
+
+async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
