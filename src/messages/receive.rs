@@ -1,0 +1,453 @@
+//! Receiving: an instance reads its inbox as its consumer (new messages,
+//! then its own unacknowledged ones past the redelivery time), acknowledges
+//! them, and sets undecodable ones aside.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::bus::AgentBus;
+use crate::codec::{Reply, StreamEntry};
+use crate::error::{Error, Result, redis_code};
+use crate::jobs::validate_stream_id;
+use crate::keys::{Ident, TenantId};
+use crate::metrics;
+use crate::scripts::scripts;
+
+use super::{GROUP, Message, entries};
+
+impl AgentBus {
+    /// A receiver of `instance`'s inbox on a connection of its own.
+    pub fn receiver(&self, tenant: &TenantId, instance: &Ident) -> Receiver {
+        Receiver {
+            bus: self.clone(),
+            tenant: tenant.clone(),
+            instance: instance.clone(),
+            conn: self.redis().blocking(),
+            batch: 64,
+            max_bytes: None,
+            next_redeliver: None,
+            to_ack: Vec::new(),
+        }
+    }
+
+    /// Receives one message, acknowledging it (at most `timeout` of waiting).
+    pub async fn wait_for_message(
+        &self,
+        tenant: &TenantId,
+        instance: &Ident,
+        timeout: Duration,
+    ) -> Result<Option<Message>> {
+        let mut rx = self.receiver(tenant, instance);
+        rx.batch = 1;
+        let Some(msg) = rx.recv(timeout).await?.into_iter().next() else {
+            return Ok(None);
+        };
+        rx.ack(&[msg.entry_id.as_str()]).await?;
+        Ok(Some(msg))
+    }
+
+    /// Acknowledges messages of `instance`, by entry id or message id.
+    /// Returns how many were pending and are now read.
+    pub async fn ack_messages(
+        &self,
+        tenant: &TenantId,
+        instance: &Ident,
+        ids: &[&str],
+    ) -> Result<u64> {
+        let inbox = self.keys(tenant).inbox(instance);
+        let mut entry_ids: Vec<String> = Vec::new();
+        let mut by_message_id: HashSet<&str> = HashSet::new();
+        for id in ids {
+            if validate_stream_id("message_id", id).is_ok() {
+                entry_ids.push(id.to_string());
+            } else if Uuid::parse_str(id).is_ok() {
+                by_message_id.insert(id);
+            } else {
+                return Err(Error::invalid(
+                    "message_id",
+                    format!("{id:?} is neither a message id nor an entry id"),
+                ));
+            }
+        }
+        let mut conn = self.redis().conn().await?;
+        if !by_message_id.is_empty() {
+            // Find them among this consumer's unacknowledged entries.
+            let pending = redis::cmd("XPENDING")
+                .arg(&inbox)
+                .arg(GROUP)
+                .arg("-")
+                .arg("+")
+                .arg(1000)
+                .arg(instance.as_str())
+                .query_async::<Value>(&mut conn)
+                .await
+                .or_else(|e| match e.code() {
+                    // No inbox (or no group): nothing of this instance to acknowledge.
+                    Some("NOGROUP") => Ok(Value::Nil),
+                    _ => Err(e),
+                })?;
+            if let Value::Array(rows) = pending {
+                let mut pipe = redis::pipe();
+                let mut candidates = Vec::new();
+                for row in rows {
+                    if let Value::Array(cols) = row
+                        && let Some(Value::BulkString(id)) = cols.first()
+                    {
+                        let id = String::from_utf8_lossy(id).into_owned();
+                        pipe.cmd("XRANGE").arg(&inbox).arg(&id).arg(&id);
+                        candidates.push(id);
+                    }
+                }
+                if !candidates.is_empty() {
+                    let found: Vec<Value> = pipe.query_async(&mut conn).await?;
+                    for value in found {
+                        for e in entries(value)? {
+                            if e.text("id").is_some_and(|m| by_message_id.contains(m)) {
+                                entry_ids.push(e.id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if entry_ids.is_empty() {
+            return Ok(0);
+        }
+        Ok(redis::cmd("XACK")
+            .arg(&inbox)
+            .arg(GROUP)
+            .arg(&entry_ids)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Delivers up to `count` messages to `instance` (REST receive): first its
+    /// own unacknowledged ones idle past `redeliver_after`, then new ones,
+    /// waiting up to `wait` when there are none.
+    pub async fn receive_messages(
+        &self,
+        tenant: &TenantId,
+        instance: &Ident,
+        count: usize,
+        wait: Duration,
+    ) -> Result<Vec<Message>> {
+        let mut rx = self.receiver(tenant, instance);
+        rx.batch = count.max(1);
+        rx.max_bytes = Some(self.limits().max_page_bytes);
+        rx.next_redeliver = Some(Instant::now());
+        rx.recv(wait).await
+    }
+}
+
+/// Reads one instance's inbox as its consumer, on a connection of its own.
+/// Most entries one script reads per call (the scripts refuse more).
+const MAX_READ: usize = 10_000;
+
+pub struct Receiver {
+    bus: AgentBus,
+    tenant: TenantId,
+    instance: Ident,
+    conn: crate::conn::BlockingConn,
+    batch: usize,
+    /// Most bytes of entries per read (REST receive); `None`: count only.
+    max_bytes: Option<usize>,
+    /// When to hand back unacknowledged messages next (`None`: at once, with no idle minimum).
+    next_redeliver: Option<Instant>,
+    /// Entries handled and not yet acknowledged: sent ahead of the next read.
+    to_ack: Vec<String>,
+}
+
+impl Receiver {
+    /// Most messages per read (default 64).
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.max(1);
+        self
+    }
+
+    /// Own unacknowledged messages (idle past `min_idle`) handed back;
+    /// those delivered `max_deliveries` times go to the dead-letter stream.
+    async fn redeliver(&mut self, min_idle: Duration) -> Result<Vec<Message>> {
+        let keys = self.bus.keys(&self.tenant);
+        let limits = self.bus.limits();
+        let mut conn = self.bus.redis().conn().await?;
+        let reply = Reply::new(
+            scripts()
+                .inbox_redeliver
+                .key(keys.inbox(&self.instance))
+                .key(keys.dlq())
+                .arg(self.instance.as_str())
+                .arg(min_idle.as_millis() as u64)
+                .arg(limits.max_deliveries)
+                .arg(self.batch.min(MAX_READ))
+                .arg(self.max_bytes.map(|b| b.to_string()).unwrap_or_default())
+                .invoke_async(&mut conn)
+                .await?,
+        )?;
+        let dead = reply.i64(1)?;
+        metrics::messages_dead_lettered(&self.tenant, dead.max(0) as u64);
+        if dead > 0 {
+            tracing::warn!(instance = %self.instance, dead, "messages dead-lettered after too many deliveries");
+        }
+        let entries = match reply.get(0)? {
+            Value::Array(items) => items
+                .iter()
+                .filter(|v| !matches!(v, Value::Nil))
+                .map(|v| StreamEntry::from_value(v).and_then(|e| Message::from_entry(&e)))
+                .collect::<Result<Vec<_>>>()?,
+            _ => Vec::new(),
+        };
+        // Handled ones whose acknowledgement is still queued are not handed out twice.
+        let entries = entries
+            .into_iter()
+            .filter(|m| !self.to_ack.contains(&m.entry_id))
+            .collect();
+        self.set_aside_poison(entries).await
+    }
+
+    /// Dead-letters, each alone and with its reason, the messages whose
+    /// payload cannot be decoded; returns the others, to be delivered.
+    async fn set_aside_poison(&self, messages: Vec<Message>) -> Result<Vec<Message>> {
+        let (poison, good): (Vec<Message>, Vec<Message>) =
+            messages.into_iter().partition(|m| m.undecodable.is_some());
+        if poison.is_empty() {
+            return Ok(good);
+        }
+        let keys = self.bus.keys(&self.tenant);
+        let mut call = scripts().inbox_poison.prepare_invoke();
+        call.key(keys.inbox(&self.instance)).key(keys.dlq());
+        for m in &poison {
+            call.arg(&m.entry_id).arg(format!(
+                "undecodable payload: {}",
+                m.undecodable.as_deref().unwrap_or_default()
+            ));
+        }
+        let mut conn = self.bus.redis().conn().await?;
+        let dead: i64 = call.invoke_async(&mut conn).await?;
+        metrics::messages_dead_lettered(&self.tenant, dead.max(0) as u64);
+        tracing::warn!(instance = %self.instance, dead, "undecodable messages dead-lettered");
+        Ok(good)
+    }
+
+    /// Re-creates the inbox group after it went missing (e.g. Redis came back
+    /// without it); an instance that is no longer registered is not found.
+    async fn recover_group(&mut self) -> Result<()> {
+        let keys = self.bus.keys(&self.tenant);
+        let mut conn = self.bus.redis().conn().await?;
+        let recovered: i64 = scripts()
+            .inbox_recover
+            .key(keys.inbox(&self.instance))
+            .key(keys.agent(&self.instance))
+            .arg(GROUP)
+            .invoke_async(&mut conn)
+            .await?;
+        if recovered == 0 {
+            return Err(Error::not_found(format!(
+                "agent instance {}",
+                self.instance
+            )));
+        }
+        tracing::warn!(instance = %self.instance, "inbox group was missing; re-created it");
+        self.next_redeliver = None;
+        Ok(())
+    }
+
+    /// The next messages: unacknowledged ones due again first, then new ones,
+    /// waiting up to `wait` for any. A missing inbox group is re-created while
+    /// the instance is registered; `UNBLOCKED` and `LOADING` come back as
+    /// transient errors.
+    pub async fn recv(&mut self, wait: Duration) -> Result<Vec<Message>> {
+        match self.recv_once(wait).await {
+            Err(Error::Redis(ref e)) if redis_code(e).as_deref() == Some("NOGROUP") => {
+                self.recover_group().await?;
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
+    async fn recv_once(&mut self, wait: Duration) -> Result<Vec<Message>> {
+        let redeliver_after = self.bus.limits().redeliver_after;
+        let due = self.next_redeliver.is_none_or(|at| Instant::now() >= at);
+        if due {
+            // The first pass hands back everything this consumer held (a restart).
+            let min_idle = if self.next_redeliver.is_none() {
+                Duration::ZERO
+            } else {
+                redeliver_after
+            };
+            self.next_redeliver = Some(Instant::now() + redeliver_after / 2);
+            let again = self.redeliver(min_idle).await?;
+            if !again.is_empty() {
+                return Ok(again);
+            }
+        }
+        if let Some(max_bytes) = self.max_bytes {
+            return self.take(max_bytes, wait).await;
+        }
+        let inbox = self.bus.keys(&self.tenant).inbox(&self.instance);
+        let read = self.read_new(self.batch, wait);
+        let result = if self.to_ack.is_empty() {
+            self.conn.query::<Value>(&read, wait).await
+        } else {
+            // Acknowledge what was handled and read on, in one round trip.
+            let mut pipe = redis::pipe();
+            pipe.cmd("XACK")
+                .arg(&inbox)
+                .arg(GROUP)
+                .arg(&self.to_ack)
+                .ignore();
+            pipe.add_command(read);
+            let result = self
+                .conn
+                .query_pipeline::<(Value,)>(&pipe, wait)
+                .await
+                .map(|(v,)| v);
+            if result.is_ok() {
+                self.to_ack.clear();
+            }
+            result
+        };
+        let value = result?;
+        let messages = StreamEntry::from_read_reply(&value)?
+            .iter()
+            .map(Message::from_entry)
+            .collect::<Result<Vec<_>>>()?;
+        self.deliver(messages).await
+    }
+
+    /// XREADGROUP of up to `count` new entries, blocking up to `wait` (if any).
+    fn read_new(&self, count: usize, wait: Duration) -> redis::Cmd {
+        let inbox = self.bus.keys(&self.tenant).inbox(&self.instance);
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(GROUP)
+            .arg(self.instance.as_str())
+            .arg("COUNT")
+            .arg(count);
+        if !wait.is_zero() {
+            read.arg("BLOCK").arg(wait.as_millis() as u64);
+        }
+        read.arg("STREAMS").arg(&inbox).arg(">");
+        read
+    }
+
+    /// New messages bounded in bytes as well as count (REST receive): taken
+    /// at once when there are any, else one waited for, then the rest taken.
+    async fn take(&mut self, max_bytes: usize, wait: Duration) -> Result<Vec<Message>> {
+        let mut messages = self.take_now(self.batch, max_bytes).await?;
+        if messages.is_empty() && !wait.is_zero() {
+            // One entry is at most the payload limit: safe to wait for.
+            let read = self.read_new(1, wait);
+            let value = self.conn.query::<Value>(&read, wait).await?;
+            let entries = StreamEntry::from_read_reply(&value)?;
+            let used: usize = entries
+                .iter()
+                .flat_map(|e| e.fields.iter().map(|(_, v)| v.len()))
+                .sum();
+            messages = entries
+                .iter()
+                .map(Message::from_entry)
+                .collect::<Result<Vec<_>>>()?;
+            if !messages.is_empty() && self.batch > 1 && used < max_bytes {
+                let more = self.take_now(self.batch - 1, max_bytes - used).await?;
+                messages.extend(more);
+            }
+        }
+        self.deliver(messages).await
+    }
+
+    async fn take_now(&self, count: usize, max_bytes: usize) -> Result<Vec<Message>> {
+        let keys = self.bus.keys(&self.tenant);
+        let mut conn = self.bus.redis().conn().await?;
+        let value: Value = scripts()
+            .inbox_take
+            .key(keys.inbox(&self.instance))
+            .arg(self.instance.as_str())
+            .arg(count.min(MAX_READ))
+            .arg(max_bytes.max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        match value {
+            Value::Array(items) => items
+                .iter()
+                .filter(|v| !matches!(v, Value::Nil))
+                .map(|v| StreamEntry::from_value(v).and_then(|e| Message::from_entry(&e)))
+                .collect(),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Sets aside undecodable messages and counts the delivered ones.
+    async fn deliver(&self, messages: Vec<Message>) -> Result<Vec<Message>> {
+        let messages = self.set_aside_poison(messages).await?;
+        let now = chrono::Utc::now();
+        for m in &messages {
+            metrics::message_delivered(
+                &self.tenant,
+                m.sent_at.and_then(|at| (now - at).to_std().ok()),
+            );
+        }
+        Ok(messages)
+    }
+
+    /// Acknowledges messages by entry id (or message id).
+    pub async fn ack(&self, ids: &[&str]) -> Result<u64> {
+        self.bus
+            .ack_messages(&self.tenant, &self.instance, ids)
+            .await
+    }
+
+    /// Handles messages one at a time, in inbox order, acknowledging each
+    /// after its handler succeeds, until `shutdown`. A failed handler leaves
+    /// the message to come back after `redeliver_after`.
+    pub async fn run<H, F>(mut self, shutdown: CancellationToken, handler: H) -> Result<()>
+    where
+        H: Fn(Message) -> F,
+        F: Future<Output = std::result::Result<(), String>>,
+    {
+        let wait = Duration::from_millis(500);
+        let mut backoff = Duration::from_millis(50);
+        while !shutdown.is_cancelled() {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.recv(wait) => r,
+            };
+            let batch = match batch {
+                Ok(b) => {
+                    backoff = Duration::from_millis(50);
+                    b
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, instance = %self.instance, "inbox read failed; retrying");
+                    // Whatever was delivered while the link was down is handed back first.
+                    self.next_redeliver = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for msg in batch {
+                let entry_id = msg.entry_id.clone();
+                match handler(msg).await {
+                    // Acknowledged together with the next read.
+                    Ok(()) => self.to_ack.push(entry_id),
+                    Err(reason) => {
+                        tracing::warn!(instance = %self.instance, entry = %entry_id, %reason, "message handler failed; will be delivered again");
+                    }
+                }
+            }
+        }
+        if !self.to_ack.is_empty() {
+            let ids: Vec<String> = std::mem::take(&mut self.to_ack);
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            self.ack(&refs).await?;
+        }
+        Ok(())
+    }
+}
