@@ -17,34 +17,33 @@
 //! - Agents: [`registry`], [`messages`], [`replies`] (and [`reply_hub`]), [`invoke`], [`dlq`],
 //!   [`reaper`].
 //! - Shared state: [`blackboard`].
-//! - The mirror: [`sink`], [`stranded`], [`audit`], [`verify`], [`db`].
+//! - The mirror: [`sink`], [`stranded`], [`audit`], [`verify`] (and
+//!   [`job_audit`], one job judged from its own state), [`db`].
 //! - Serving: [`api`] (axum, REST, OpenAPI), [`auth`], [`metrics`],
 //!   [`telemetry`], [`server`].
-//! - Operator tools (the `agentbus` binary's commands): [`cli`], [`config`],
-//!   [`inspect`], [`demo`], [`load`], [`bench`](mod@bench), [`client`].
+//! - For the operator tools: [`config`] (flags and environment, shared with
+//!   [`server`]) and [`inspect`]. The tools themselves — the command line,
+//!   the demo, the load test, the benchmarks and their HTTP client — are the
+//!   binary's (`src/main.rs`, `src/cli/`), not the library's.
 
 pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod bench;
 pub mod blackboard;
 pub mod bounded;
 pub mod bus;
-pub mod cli;
-pub mod client;
 pub mod codec;
 pub mod config;
 pub mod conn;
 pub mod credits;
 pub mod db;
-pub mod demo;
 pub mod dlq;
 pub mod error;
 pub mod inspect;
 pub mod invoke;
+pub mod job_audit;
 pub mod jobs;
 pub mod keys;
-pub mod load;
 pub mod messages;
 pub mod metrics;
 pub mod money;

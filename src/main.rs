@@ -1,3 +1,7 @@
+//! The `agentbus` binary: the operator tools (`src/cli/`) over the library.
+
+mod cli;
+
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -15,8 +19,8 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e}");
             return std::process::ExitCode::from(2);
         }
-        let cli = agentbus::cli::Cli::parse_or_exit();
-        match agentbus::cli::run(cli).await {
+        let cli = cli::Cli::parse_or_exit();
+        match cli::run(cli).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -5,7 +5,6 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 
-use agentbus::load::{self, LoadOptions};
 use common::TestEnv;
 use rust_decimal::Decimal;
 
@@ -26,23 +25,46 @@ fn agentbus(env: &TestEnv, database_url: Option<&str>, args: &[&str]) -> (bool, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_load_cancelled_halfway_refunds_exactly_and_the_sink_agrees() {
     let env = TestEnv::with_db().await;
-    let mut options = LoadOptions::new(env.tenant("load"), 1000, 50);
-    options.cancel_at = Some(50.0);
-    options.verify_sink = Some(env.pool().clone());
-    let report = load::run(&env.bus, &options, None).await.unwrap();
-    assert!(report.passed(), "{}", report.to_text());
-    assert_eq!(report.status, agentbus::jobs::JobStatus::Cancelled);
-    assert!(report.completed >= 500, "{}", report.to_text());
-    assert_eq!(report.completed + report.cancelled, 1000);
-    assert_eq!(report.credits_refunded, Decimal::from(2 * report.cancelled));
-    assert_eq!(report.duplicates, 0);
-    assert_eq!(report.sink_verified, Some(true));
+    let url = env.db.as_ref().unwrap().url.clone();
+    // As a user runs it: the binary, its sink mirroring into the test's database.
+    let (ok, stdout, all) = agentbus(
+        &env,
+        Some(&url),
+        &[
+            "load",
+            "--tenant",
+            "load",
+            "--items",
+            "1000",
+            "--workers",
+            "50",
+            "--cancel-at",
+            "50",
+            "--verify-sink",
+            "--json",
+        ],
+    );
+    assert!(ok, "{all}");
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
+    assert_eq!(report["status"], "cancelled", "{report}");
+    let completed = report["completed"].as_i64().unwrap();
+    let cancelled = report["cancelled"].as_i64().unwrap();
+    assert!(completed >= 500, "{report}");
+    assert_eq!(completed + cancelled, 1000);
+    assert_eq!(
+        common::dec(&report["credits_refunded"]),
+        Decimal::from(2 * cancelled)
+    );
+    assert_eq!(report["duplicates"], 0);
+    assert_eq!(report["sink_verified"], true);
+    let job_id: uuid::Uuid = report["job_id"].as_str().unwrap().parse().unwrap();
 
     // Judged independently of the load command's own report: the outputs
     // that really arrived, and the money Postgres recorded for the job.
     let mut conn = env.conn().await;
     let results: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
-        .arg(env.bus.keys(&options.tenant).job_results(&report.job_id))
+        .arg(env.bus.keys(&env.tenant("load")).job_results(&job_id))
         .arg("-")
         .arg("+")
         .query_async(&mut conn)
@@ -51,14 +73,14 @@ async fn a_load_cancelled_halfway_refunds_exactly_and_the_sink_agrees() {
     let done: HashSet<Vec<u8>> = results.iter().map(|(_, f)| f["idx"].clone()).collect();
     assert_eq!(done.len(), results.len(), "an item has two results");
     let done = done.len() as i64;
-    assert_eq!(report.completed, done);
+    assert_eq!(completed, done);
     let (reserved, spent, refunded): (Decimal, Decimal, Decimal) = sqlx::query_as(
         "SELECT COALESCE(SUM(amount) FILTER (WHERE operation = 'reserve'), 0),
                 COALESCE(SUM(amount) FILTER (WHERE operation = 'spend'), 0),
                 COALESCE(SUM(amount) FILTER (WHERE operation = 'refund'), 0)
            FROM agents.credit_ledger WHERE job_id = $1",
     )
-    .bind(report.job_id)
+    .bind(job_id)
     .fetch_one(env.pool())
     .await
     .unwrap();

@@ -21,13 +21,13 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::ApiClient;
-use crate::config::{Config, ServeConfig, SinkConfig};
-use crate::error::{Error, Result};
-use crate::invoke::InvokeRequest;
-use crate::jobs::worker::Worker;
-use crate::keys::{Ident, TenantId};
-use crate::{audit, db, server, verify};
+use crate::cli::client::ApiClient;
+use agentbus::config::{Config, ServeConfig, SinkConfig};
+use agentbus::error::{Error, Result};
+use agentbus::invoke::InvokeRequest;
+use agentbus::jobs::worker::Worker;
+use agentbus::keys::{Ident, TenantId};
+use agentbus::{audit, db, server, verify};
 
 const WORKERS: usize = 50;
 const ITEMS: usize = 200;

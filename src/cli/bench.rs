@@ -11,16 +11,16 @@ use hdrhistogram::Histogram;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::AgentBus;
-use crate::credits::CreditOp;
-use crate::error::{Error, Result};
-use crate::invoke::InvokeRequest;
-use crate::jobs::worker::new_latency_histogram;
-use crate::keys::{Ident, TenantId};
-use crate::load::{self, LoadOptions, Percentiles};
-use crate::messages::OutgoingMessage;
-use crate::registry::Registration;
-use crate::sink::{Sink, SinkOptions};
+use crate::cli::load::{self, LoadOptions, Percentiles};
+use agentbus::bus::AgentBus;
+use agentbus::credits::CreditOp;
+use agentbus::error::{Error, Result};
+use agentbus::invoke::InvokeRequest;
+use agentbus::jobs::worker::new_latency_histogram;
+use agentbus::keys::{Ident, TenantId};
+use agentbus::messages::OutgoingMessage;
+use agentbus::registry::Registration;
+use agentbus::sink::{Sink, SinkOptions};
 
 /// Median of a list of numbers (0 for an empty list).
 pub fn median(values: &mut [f64]) -> f64 {
@@ -66,7 +66,7 @@ pub async fn jobs(bus: &AgentBus, runs: usize) -> Result<String> {
             options.batch = batch;
             let report = load::run(bus, &options, None).await?;
             if !report.passed() {
-                return Err(crate::Error::protocol(format!(
+                return Err(agentbus::Error::protocol(format!(
                     "benchmark run violated guarantees: {:?}",
                     report.violations
                 )));
@@ -89,7 +89,7 @@ pub async fn jobs(bus: &AgentBus, runs: usize) -> Result<String> {
     let mut spawn_ms = Vec::new();
     for _ in 0..runs {
         let tenant = fresh_tenant("spawn")?;
-        let spec = crate::jobs::JobSpec::new(
+        let spec = agentbus::jobs::JobSpec::new(
             "bench",
             "bench",
             "spawn",
@@ -153,7 +153,7 @@ pub async fn messages(
         let total = rate * secs;
         bus.grant_credits(
             &tenant,
-            crate::money::from_minor(bus.prices().agent_message * total as i64 + 100),
+            agentbus::money::from_minor(bus.prices().agent_message * total as i64 + 100),
             serde_json::json!({}),
         )
         .await?;
@@ -250,7 +250,7 @@ pub async fn invoke(
         let tenant = fresh_tenant("inv")?;
         bus.grant_credits(
             &tenant,
-            crate::money::from_minor(bus.prices().agent_invoke * calls as i64 + 100),
+            agentbus::money::from_minor(bus.prices().agent_invoke * calls as i64 + 100),
             serde_json::json!({}),
         )
         .await?;
@@ -335,7 +335,7 @@ pub async fn sink(
     secs: u64,
     runs: usize,
 ) -> Result<String> {
-    crate::db::migrate_up(pool).await?;
+    agentbus::db::migrate_up(pool).await?;
     let (mut rows_per_sec, mut lag50, mut lag99, mut steady) = (vec![], vec![], vec![], vec![]);
     for run in 0..runs {
         // 1. Throughput: a backlog of ledger events, drained as fast as possible.
@@ -617,7 +617,7 @@ async fn populate(
     scan_prefix: &str,
     size: usize,
 ) -> Result<()> {
-    let script = &crate::scripts::scripts().bb_write;
+    let script = &agentbus::scripts::scripts().bb_write;
     let mut conn = bus.redis().conn().await?;
     script.prepare_invoke().load_async(&mut conn).await?;
     let keys = bus.keys(tenant).blackboard(ns);

@@ -9,11 +9,16 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ServeConfig, SinkConfig};
-use crate::db;
-use crate::keys::TenantId;
-use crate::sink::Sink;
-use crate::{bench, load, server, stranded, verify};
+use agentbus::config::{Config, ServeConfig, SinkConfig};
+use agentbus::db;
+use agentbus::keys::TenantId;
+use agentbus::sink::Sink;
+use agentbus::{server, stranded, verify};
+
+mod bench;
+mod client;
+mod demo;
+mod load;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -459,7 +464,7 @@ async fn load(config: &Config, args: LoadArgs) -> anyhow::Result<bool> {
     ];
     if args.verify_sink {
         let pool = config.postgres()?;
-        crate::db::migrate_up(&pool).await?;
+        agentbus::db::migrate_up(&pool).await?;
         options.verify_sink = Some(pool);
     }
 
@@ -669,12 +674,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let mut body: serde_json::Value =
                 serde_json::from_str(&text).with_context(|| format!("{file}: not JSON"))?;
-            let stages: Vec<crate::simulate::StageSpec> =
+            let stages: Vec<agentbus::simulate::StageSpec> =
                 match body.as_object_mut().and_then(|o| o.remove("stages")) {
                     Some(v) => serde_json::from_value(v).context("stages")?,
                     None => Vec::new(),
                 };
-            let spec: crate::jobs::JobSpec = serde_json::from_value(body).context("job body")?;
+            let spec: agentbus::jobs::JobSpec = serde_json::from_value(body).context("job body")?;
             let bus = config.bus()?;
             let simulation = bus.simulate(&tenant(&t)?, &spec, &stages).await?;
             println!("{}", serde_json::to_string_pretty(&simulation)?);
@@ -689,7 +694,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     serde_json::to_string_pretty(&bus.inspect_job(&tenant(&t)?, &id).await?)?
                 }
                 InspectWhat::Agent { tenant: t, id } => {
-                    let id = crate::keys::Ident::new("instance_id", id)?;
+                    let id = agentbus::keys::Ident::new("instance_id", id)?;
                     serde_json::to_string_pretty(&bus.inspect_agent(&tenant(&t)?, &id).await?)?
                 }
             };
@@ -742,11 +747,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Openapi => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&crate::api::openapi_document())?
+                serde_json::to_string_pretty(&agentbus::api::openapi_document())?
             );
         }
         Command::Demo => {
-            let report = crate::demo::run(&config).await?;
+            let report = crate::cli::demo::run(&config).await?;
             println!("{}", report.text);
             if !report.ok {
                 bail!("the demo found a problem (see above)");
@@ -826,14 +831,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     amount,
                     reason,
                 } => {
-                    let amount = match crate::money::parse_credits(&amount) {
+                    let amount = match agentbus::money::parse_credits(&amount) {
                         Ok(amount) => amount,
                         Err(e) => bail!("amount: {e}"),
                     };
                     bus.grant_credits(
                         &tenant(&t)?,
                         amount,
-                        crate::credits::grant_context(&reason, "cli")?,
+                        agentbus::credits::grant_context(&reason, "cli")?,
                     )
                     .await?
                 }
