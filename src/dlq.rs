@@ -58,28 +58,10 @@ impl AgentBus {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>> {
-        let start = match after {
-            Some(id) => {
-                validate_stream_id("after", id)?;
-                format!("({id}")
-            }
-            None => "-".into(),
-        };
-        let mut conn = self.redis().conn().await?;
-        let value: Value = redis::cmd("XRANGE")
-            .arg(self.keys(tenant).dlq())
-            .arg(start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit.max(1))
-            .query_async(&mut conn)
-            .await?;
-        let Value::Array(items) = value else {
-            return Ok(Vec::new());
-        };
-        items
+        self.entries_after(&self.keys(tenant).dlq(), after, limit)
+            .await?
             .iter()
-            .map(|v| StreamEntry::from_value(v).and_then(|e| DeadLetter::from_entry(&e)))
+            .map(DeadLetter::from_entry)
             .collect()
     }
 

@@ -32,6 +32,37 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 pub const MAX_PAGE_ENTRIES: usize = 10_000;
 
 impl AgentBus {
+    /// Up to `limit` entries of `stream` (1 to 10,000) after the entry id
+    /// `after` (exclusive; validated, naming `after`), oldest first: for
+    /// listings of small entries (dead letters, stranded events).
+    pub(crate) async fn entries_after(
+        &self,
+        stream: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamEntry>> {
+        let start = match after {
+            Some(id) => {
+                crate::jobs::validate_stream_id("after", id)?;
+                format!("({id}")
+            }
+            None => "-".into(),
+        };
+        let mut conn = self.redis().conn().await?;
+        let value: Value = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.clamp(1, MAX_PAGE_ENTRIES))
+            .query_async(&mut conn)
+            .await?;
+        let Value::Array(items) = value else {
+            return Ok(Vec::new());
+        };
+        items.iter().map(StreamEntry::from_value).collect()
+    }
+
     /// Up to `count` entries of `stream` after `start` (`-` or `(<id>`),
     /// at most `Limits::max_page_bytes` of field values (a page always has
     /// an entry when one is left); `None` when `must_exist` (the stream

@@ -8,7 +8,6 @@
 //! carries its event id, so writing it again is as idempotent as the sink.
 
 use chrono::{DateTime, Utc};
-use redis::Value;
 use serde::Serialize;
 
 use crate::bus::AgentBus;
@@ -125,29 +124,12 @@ impl AgentBus {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StrandedEvent>> {
-        let start = match after {
-            Some(id) => {
-                validate_stream_id("after", id)?;
-                format!("({id}")
-            }
-            None => "-".into(),
-        };
-        let mut conn = self.redis().conn().await?;
-        let value: Value = redis::cmd("XRANGE")
-            .arg(self.keys(tenant).outbox_dead())
-            .arg(start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit.clamp(1, 10_000))
-            .query_async(&mut conn)
-            .await?;
-        let Value::Array(items) = value else {
-            return Ok(Vec::new());
-        };
-        items
+        Ok(self
+            .entries_after(&self.keys(tenant).outbox_dead(), after, limit)
+            .await?
             .iter()
-            .map(|v| StreamEntry::from_value(v).map(|e| StrandedEvent::from_entry(&e)))
-            .collect()
+            .map(StrandedEvent::from_entry)
+            .collect())
     }
 
     /// Puts stranded events back into the outbox for the sink to write again.

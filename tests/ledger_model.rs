@@ -15,14 +15,12 @@ mod common;
 use std::time::Duration;
 
 use agentbus::blackboard::Fence;
-use agentbus::invoke::{InvokeRequest, InvokeResult};
+use agentbus::invoke::InvokeRequest;
 use agentbus::jobs::{ClaimedItem, CompleteOutcome, FailOutcome, JobSpec};
 use agentbus::keys::Ident;
 use agentbus::messages::OutgoingMessage;
 use agentbus::money::{from_minor, to_minor};
 use agentbus::registry::Registration;
-use agentbus::sink::{Sink, SinkOptions};
-use agentbus::verify::verify;
 use agentbus::{Error, TenantId};
 use axum::http::StatusCode;
 use common::{ADMIN_TOKEN, TestEnv, call};
@@ -374,57 +372,6 @@ impl World {
         self.jobs[j].held.clear();
     }
 
-    /// Starts an invocation and returns its caller's task once it is pending.
-    async fn start_invoke(
-        &mut self,
-        timeout_seconds: i64,
-    ) -> Option<(
-        tokio::task::JoinHandle<agentbus::Result<InvokeResult>>,
-        String,
-    )> {
-        let mut conn = self.env.conn().await;
-        let pending = self.env.bus.keys(&self.t).pending_invokes();
-        let before: Vec<String> = redis::cmd("ZRANGE")
-            .arg(&pending)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .expect("zrange");
-        let mut req = InvokeRequest::new(&self.caller, &self.target, json!({"q": 1}));
-        req.timeout_seconds = timeout_seconds;
-        let (bus, t) = (self.env.bus.clone(), self.t.clone());
-        let task = tokio::spawn(async move { bus.invoke(&t, &req).await });
-        for _ in 0..300 {
-            let now: Vec<String> = redis::cmd("ZRANGE")
-                .arg(&pending)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut conn)
-                .await
-                .expect("zrange");
-            if let Some(new) = now.into_iter().find(|i| !before.contains(i)) {
-                return Some((task, new));
-            }
-            if task.is_finished() {
-                let refused = task.await.expect("join");
-                assert!(
-                    matches!(
-                        refused,
-                        Err(Error::InvokeRefused {
-                            reason: "insufficient_credits",
-                            ..
-                        })
-                    ),
-                    "{refused:?}"
-                );
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("invocation never became pending");
-    }
-
     async fn invoke(&mut self) {
         let price = self.prices.agent_invoke;
         let kind = self.rng.random_range(0..5);
@@ -452,7 +399,8 @@ impl World {
         }
         let affordable = price <= self.model.available();
         let timeout = if kind == 1 { 1 } else { 30 };
-        let started = self.start_invoke(timeout).await;
+        let started =
+            common::pending_invoke(&self.env, &self.t, &self.caller, &self.target, timeout).await;
         self.log.push(format!(
             "invoke kind {kind} -> started {}",
             started.is_some()
@@ -614,15 +562,8 @@ async fn run(seed: u64) {
     }
     // The mirror catches up and agrees, with every check verify makes.
     w.env.bus.flush_metering(&w.t).await.expect("flush");
-    let sink = Sink::new(
-        w.env.bus.clone(),
-        w.env.pool().clone(),
-        SinkOptions::new("model"),
-    );
-    while sink.drain_once(&w.t).await.expect("drain").events > 0 {}
-    let report = verify(&w.env.bus, w.env.pool(), Duration::from_secs(2))
-        .await
-        .expect("verify");
+    common::drain(&w.env, &w.t).await;
+    let report = common::verify_now(&w.env).await;
     assert!(
         report.ok,
         "seed {seed}: {}\n{}",

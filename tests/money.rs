@@ -9,15 +9,13 @@ mod common;
 use std::time::Duration;
 
 use agentbus::blackboard::Fence;
-use agentbus::invoke::{InvokeRequest, InvokeResult};
+use agentbus::invoke::InvokeRequest;
 use agentbus::jobs::{AggregateInto, CompleteOutcome, JobSpec};
 use agentbus::keys::Ident;
 use agentbus::registry::Registration;
-use agentbus::sink::{Sink, SinkOptions};
-use agentbus::verify::verify;
 use agentbus::{Error, TenantId};
 use axum::http::StatusCode;
-use common::{ADMIN_TOKEN, TestEnv, call, dec};
+use common::{ADMIN_TOKEN, TestEnv, call, dec, drain, pending_invoke, verify_now};
 use rust_decimal::Decimal;
 use serde_json::json;
 use uuid::Uuid;
@@ -43,55 +41,6 @@ async fn register_in(
         .unwrap();
     reg.job_id = job;
     id(&env.bus.register_agent(t, &reg).await.unwrap().instance_id)
-}
-
-async fn drain(env: &TestEnv, t: &TenantId) {
-    let sink = Sink::new(
-        env.bus.clone(),
-        env.pool().clone(),
-        SinkOptions::new("money"),
-    );
-    while sink.drain_once(t).await.unwrap().events > 0 {}
-}
-
-/// Starts an invocation nobody answers yet; returns the caller's task and its id.
-async fn pending_invoke(
-    env: &TestEnv,
-    t: &TenantId,
-    caller: &Ident,
-    target: &Ident,
-    timeout_seconds: i64,
-) -> (
-    tokio::task::JoinHandle<agentbus::Result<InvokeResult>>,
-    String,
-) {
-    let mut conn = env.conn().await;
-    let pending = env.bus.keys(t).pending_invokes();
-    let before: Vec<String> = redis::cmd("ZRANGE")
-        .arg(&pending)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut req = InvokeRequest::new(caller, target, json!({"q": 1}));
-    req.timeout_seconds = timeout_seconds;
-    let (bus, t2) = (env.bus.clone(), t.clone());
-    let task = tokio::spawn(async move { bus.invoke(&t2, &req).await });
-    for _ in 0..200 {
-        let now: Vec<String> = redis::cmd("ZRANGE")
-            .arg(&pending)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if let Some(new) = now.into_iter().find(|i| !before.contains(i)) {
-            return (task, new);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the invocation never became pending");
 }
 
 /// Every control character, plus a few ordinary ones around them.
@@ -219,7 +168,9 @@ async fn text_bound_for_postgres_is_checked_where_it_enters() {
     }
     // A pending invocation cannot be answered with U+0000 in any form, and
     // the refusals leave it pending; a proper answer then ends it.
-    let (task, invoke_id) = pending_invoke(&env, &t, &caller, &target, 10).await;
+    let (task, invoke_id) = pending_invoke(&env, &t, &caller, &target, 10)
+        .await
+        .expect("pending");
     let before = env.snapshot().await;
     for (response, error) in [
         (json!({"a": "x\u{0}"}), None),
@@ -250,9 +201,7 @@ async fn text_bound_for_postgres_is_checked_where_it_enters() {
         .await
         .unwrap();
     drain(&env, &t).await;
-    let report = verify(&env.bus, env.pool(), Duration::from_secs(2))
-        .await
-        .unwrap();
+    let report = verify_now(&env).await;
     assert!(report.ok, "{}", report.to_table());
     let (by, reason): (String, String) = sqlx::query_as(
         "SELECT cancelled_by, reason FROM agents.job_cancellations WHERE job_id = $1",
@@ -289,7 +238,9 @@ async fn an_invoke_reservation_never_depends_on_a_ttl() {
     env.grant(&t, 100).await;
     let caller = register(&env, &t, "orc", "caller").await;
     let target = register(&env, &t, "spec", "target").await;
-    let (task, invoke_id) = pending_invoke(&env, &t, &caller, &target, 1).await;
+    let (task, invoke_id) = pending_invoke(&env, &t, &caller, &target, 1)
+        .await
+        .expect("pending");
     // The caller vanishes before its own timer ends the invocation.
     task.abort();
     let key = env.bus.keys(&t).invoke(&invoke_id);
@@ -305,9 +256,7 @@ async fn an_invoke_reservation_never_depends_on_a_ttl() {
         Decimal::from(10)
     );
     drain(&env, &t).await;
-    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
-        .await
-        .unwrap();
+    let report = verify_now(&env).await;
     assert!(report.ok, "{}", report.to_table());
     assert_eq!(report.tenants[0].live_reservations, Decimal::from(10));
     // Whenever a sweeper runs again — however late — it releases it.
@@ -325,9 +274,7 @@ async fn an_invoke_reservation_never_depends_on_a_ttl() {
         "an ended invocation is kept for its retention only"
     );
     drain(&env, &t).await;
-    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
-        .await
-        .unwrap();
+    let report = verify_now(&env).await;
     assert!(report.ok, "{}", report.to_table());
 }
 
@@ -392,9 +339,7 @@ async fn refused_invocations_are_audited_with_their_reason() {
         assert!(error.starts_with(reason), "{error}");
         assert_eq!(charged, Some(Decimal::ZERO));
     }
-    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
-        .await
-        .unwrap();
+    let report = verify_now(&env).await;
     assert!(report.ok, "{}", report.to_table());
 }
 
@@ -456,9 +401,7 @@ async fn a_blackboard_sum_past_i64_stays_exact_and_jobs_aggregating_into_it_comp
     assert_eq!(b.spent, Decimal::from(2 * n + 3 + 5 + 2 * 2));
     env.bus.flush_metering(&t).await.unwrap();
     drain(&env, &t).await;
-    let report = verify(&env.bus, env.pool(), Duration::from_secs(2))
-        .await
-        .unwrap();
+    let report = verify_now(&env).await;
     assert!(report.ok, "{}", report.to_table());
 }
 
@@ -517,9 +460,7 @@ async fn a_broadcast_reaches_everyone_or_nobody() {
             .await
             .unwrap();
     assert_eq!(charges, [Decimal::from(6)], "one charge for the broadcast");
-    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
-        .await
-        .unwrap();
+    let report = verify_now(&env).await;
     assert!(report.ok, "{}", report.to_table());
 }
 
@@ -538,9 +479,7 @@ async fn verify_sees_job_status_live_reservations_and_jobs_past_retention() {
         .await
         .unwrap();
     drain(&env, &t).await;
-    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
-        .await
-        .unwrap();
+    let report = verify_now(&env).await;
     assert!(report.ok, "{}", report.to_table());
     assert!(report.jobs.iter().any(|j| j.job_id == expired));
 
@@ -550,9 +489,7 @@ async fn verify_sees_job_status_live_reservations_and_jobs_past_retention() {
         .execute(env.pool())
         .await
         .unwrap();
-    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
-        .await
-        .unwrap();
+    let report = verify_now(&env).await;
     assert!(!report.ok);
     let bad: Vec<_> = report.jobs.iter().filter(|j| !j.ok).collect();
     assert_eq!(bad.len(), 1, "{}", report.to_table());
@@ -571,7 +508,9 @@ async fn verify_sees_job_status_live_reservations_and_jobs_past_retention() {
     // 2. A pending invocation's record vanishes: the sweeper can release
     // nothing, and every balance still agrees with every other — only the
     // live reservations show the stranded 10.00.
-    let (task, invoke_id) = pending_invoke(&env, &t, &caller, &target, 1).await;
+    let (task, invoke_id) = pending_invoke(&env, &t, &caller, &target, 1)
+        .await
+        .expect("pending");
     task.abort();
     let mut conn = env.conn().await;
     let _: i64 = redis::cmd("DEL")
@@ -582,9 +521,7 @@ async fn verify_sees_job_status_live_reservations_and_jobs_past_retention() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     env.bus.expire_due_invokes(&t).await.unwrap();
     drain(&env, &t).await;
-    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
-        .await
-        .unwrap();
+    let report = verify_now(&env).await;
     let tc = &report.tenants[0];
     assert_eq!(tc.redis, tc.postgres);
     assert_eq!(tc.postgres, tc.ledger);
@@ -603,9 +540,7 @@ async fn verify_sees_job_status_live_reservations_and_jobs_past_retention() {
         .await
         .unwrap();
     drain(&env, &t).await;
-    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
-        .await
-        .unwrap();
+    let report = verify_now(&env).await;
     assert!(report.ok, "{}", report.to_table());
 
     // 3. A running job's keys are gone from Redis (as after retention) while
@@ -625,9 +560,7 @@ async fn verify_sees_job_status_live_reservations_and_jobs_past_retention() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let report = verify(&env.bus, env.pool(), Duration::from_secs(1))
-        .await
-        .unwrap();
+    let report = verify_now(&env).await;
     let bad: Vec<_> = report.jobs.iter().filter(|j| !j.ok).collect();
     assert_eq!(bad.len(), 1, "{}", report.to_table());
     assert_eq!((bad[0].job_id, bad[0].source), (expired, "postgres"));
@@ -668,7 +601,9 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
     let ns = Ident::new("namespace", "n").unwrap();
     let bb = env.bus.blackboard(&t, &ns);
     bb.set("x", &json!(5), None, None::<&Fence>).await.unwrap();
-    let (task, invoke_id) = pending_invoke(&env, &t, &caller, &target, 30).await;
+    let (task, invoke_id) = pending_invoke(&env, &t, &caller, &target, 30)
+        .await
+        .expect("pending");
 
     let s = agentbus::scripts::scripts();
     let k = env.bus.keys(&t);

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use agentbus::TenantId;
 use agentbus::jobs::JobSpec;
-use agentbus::sink::{Sink, SinkOptions};
 use agentbus::verify::{VerifyReport, verify};
-use common::TestEnv;
+use common::{TestEnv, drain};
 use rust_decimal::Decimal;
 use serde_json::json;
 use uuid::Uuid;
@@ -76,15 +75,6 @@ async fn activity(env: &TestEnv, t: &TenantId) -> (Uuid, Uuid) {
         .unwrap();
     env.bus.flush_metering(t).await.unwrap();
     (done, cancelled)
-}
-
-async fn drain(env: &TestEnv, t: &TenantId) {
-    let sink = Sink::new(
-        env.bus.clone(),
-        env.pool().clone(),
-        SinkOptions::new("verify"),
-    );
-    while sink.drain_once(t).await.unwrap().events > 0 {}
 }
 
 async fn scene() -> Scene {

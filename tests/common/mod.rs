@@ -521,3 +521,64 @@ impl Drop for PrivateRedis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Runs a sink over `tenant`'s outbox until it is empty.
+pub async fn drain(env: &TestEnv, tenant: &TenantId) {
+    let sink = agentbus::sink::Sink::new(
+        env.bus.clone(),
+        env.pool().clone(),
+        agentbus::sink::SinkOptions::new("test-drain"),
+    );
+    while sink.drain_once(tenant).await.expect("drain").events > 0 {}
+}
+
+/// `verify` over the test's tenants, waiting up to a second for the outbox.
+pub async fn verify_now(env: &TestEnv) -> agentbus::verify::VerifyReport {
+    agentbus::verify::verify(&env.bus, env.pool(), Duration::from_secs(1))
+        .await
+        .expect("verify")
+}
+
+/// Starts an invocation nobody answers yet: the caller's task, and the id
+/// once it is pending; `None` (the task joined) when it was refused for credit.
+pub async fn pending_invoke(
+    env: &TestEnv,
+    t: &TenantId,
+    caller: &agentbus::keys::Ident,
+    target: &agentbus::keys::Ident,
+    timeout_seconds: i64,
+) -> Option<(
+    tokio::task::JoinHandle<agentbus::Result<agentbus::invoke::InvokeResult>>,
+    String,
+)> {
+    let mut conn = env.conn().await;
+    let mut list = redis::cmd("ZRANGE");
+    list.arg(env.bus.keys(t).pending_invokes()).arg(0).arg(-1);
+    let before: Vec<String> = list.query_async(&mut conn).await.expect("zrange");
+    let mut req = agentbus::invoke::InvokeRequest::new(caller, target, serde_json::json!({"q": 1}));
+    req.timeout_seconds = timeout_seconds;
+    let (bus, t2) = (env.bus.clone(), t.clone());
+    let task = tokio::spawn(async move { bus.invoke(&t2, &req).await });
+    for _ in 0..300 {
+        let now: Vec<String> = list.query_async(&mut conn).await.expect("zrange");
+        if let Some(new) = now.into_iter().find(|i| !before.contains(i)) {
+            return Some((task, new));
+        }
+        if task.is_finished() {
+            let refused = task.await.expect("join");
+            assert!(
+                matches!(
+                    refused,
+                    Err(agentbus::Error::InvokeRefused {
+                        reason: "insufficient_credits",
+                        ..
+                    })
+                ),
+                "{refused:?}"
+            );
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the invocation never became pending");
+}
