@@ -689,58 +689,66 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             b(ceiling),
         ]
     };
+    let mut lock_keys = bb_keys.clone();
+    lock_keys.push(bbk.lock(&Ident::new("l", "l").unwrap()));
+    let case = |name, script, keys, args| Case {
+        name,
+        script,
+        keys,
+        args,
+    };
     let cases = vec![
-        Case {
-            name: "credits_move: unknown operation",
-            script: &s.credits_move,
-            keys: vec![k.credits(), k.outbox()],
-            args: credits_args("steal", "100", &ctx, "1000000"),
-        },
-        Case {
-            name: "credits_move: amount not a number",
-            script: &s.credits_move,
-            keys: vec![k.credits(), k.outbox()],
-            args: credits_args("grant", "1e3", &ctx, "1000000"),
-        },
-        Case {
-            name: "credits_move: amount past MAX_MINOR",
-            script: &s.credits_move,
-            keys: vec![k.credits(), k.outbox()],
-            args: credits_args("grant", "9223372036854775807", &ctx, "1000000"),
-        },
-        Case {
-            name: "credits_move: context not MessagePack",
-            script: &s.credits_move,
-            keys: vec![k.credits(), k.outbox()],
-            args: credits_args("grant", "100", b"\xc1", "1000000"),
-        },
-        Case {
-            name: "credits_move: ceiling missing",
-            script: &s.credits_move,
-            keys: vec![k.credits(), k.outbox()],
-            args: credits_args("grant", "100", &ctx, ""),
-        },
-        Case {
-            name: "job_spawn: cost not a number",
-            script: &s.job_spawn,
-            keys: job_keys.clone(),
-            args: job_args(&[
+        case(
+            "credits_move: unknown operation",
+            &s.credits_move,
+            vec![k.credits(), k.outbox()],
+            credits_args("steal", "100", &ctx, "1000000"),
+        ),
+        case(
+            "credits_move: amount not a number",
+            &s.credits_move,
+            vec![k.credits(), k.outbox()],
+            credits_args("grant", "1e3", &ctx, "1000000"),
+        ),
+        case(
+            "credits_move: amount past MAX_MINOR",
+            &s.credits_move,
+            vec![k.credits(), k.outbox()],
+            credits_args("grant", "9223372036854775807", &ctx, "1000000"),
+        ),
+        case(
+            "credits_move: context not MessagePack",
+            &s.credits_move,
+            vec![k.credits(), k.outbox()],
+            credits_args("grant", "100", b"\xc1", "1000000"),
+        ),
+        case(
+            "credits_move: ceiling missing",
+            &s.credits_move,
+            vec![k.credits(), k.outbox()],
+            credits_args("grant", "100", &ctx, ""),
+        ),
+        case(
+            "job_spawn: cost not a number",
+            &s.job_spawn,
+            job_keys.clone(),
+            job_args(&[
                 "x", "500", "task", "orc", "w", "1", "1000", "3", "", "", "h1", "h2", "\u{1}",
             ]),
-        },
-        Case {
-            name: "job_spawn: no items",
-            script: &s.job_spawn,
-            keys: job_keys.clone(),
-            args: job_args(&[
+        ),
+        case(
+            "job_spawn: no items",
+            &s.job_spawn,
+            job_keys.clone(),
+            job_args(&[
                 "200", "500", "task", "orc", "w", "1", "1000", "3", "", "", "h1", "h2",
             ]),
-        },
-        Case {
-            name: "job_spawn: reservation past any balance",
-            script: &s.job_spawn,
-            keys: job_keys.clone(),
-            args: job_args(&[
+        ),
+        case(
+            "job_spawn: reservation past any balance",
+            &s.job_spawn,
+            job_keys.clone(),
+            job_args(&[
                 "1000000000000000",
                 "500",
                 "task",
@@ -755,92 +763,92 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
                 "h2",
                 "\u{1}",
             ]),
-        },
-        Case {
-            name: "job_complete: odd pairs",
-            script: &s.job_complete,
-            keys: job_keys.clone(),
-            args: job_args(&[&item]),
-        },
-        Case {
-            name: "job_complete: retention not a number",
-            script: &s.job_complete,
-            keys: job_keys.clone(),
-            args: {
+        ),
+        case(
+            "job_complete: odd pairs",
+            &s.job_complete,
+            job_keys.clone(),
+            job_args(&[&item]),
+        ),
+        case(
+            "job_complete: retention not a number",
+            &s.job_complete,
+            job_keys.clone(),
+            {
                 let mut a = job_args(&[&item, "\u{1}"]);
                 a[3] = b("soon");
                 a
             },
-        },
-        Case {
-            name: "job_fail: retry flag",
-            script: &s.job_fail,
-            keys: job_keys.clone(),
-            args: job_args(&[&item, "err", "maybe"]),
-        },
-        Case {
-            name: "job_claim: count",
-            script: &s.job_claim,
-            keys: job_keys.clone(),
-            args: job_args(&["w1", "-1"]),
-        },
-        Case {
-            name: "job_reclaim: consumer",
-            script: &s.job_reclaim,
-            keys: job_keys.clone(),
-            args: job_args(&["", "10"]),
-        },
-        Case {
-            name: "job_cancel: empty job id",
-            script: &s.job_cancel,
-            keys: job_keys.clone(),
-            args: {
+        ),
+        case(
+            "job_fail: retry flag",
+            &s.job_fail,
+            job_keys.clone(),
+            job_args(&[&item, "err", "maybe"]),
+        ),
+        case(
+            "job_claim: count",
+            &s.job_claim,
+            job_keys.clone(),
+            job_args(&["w1", "-1"]),
+        ),
+        case(
+            "job_reclaim: consumer",
+            &s.job_reclaim,
+            job_keys.clone(),
+            job_args(&["", "10"]),
+        ),
+        case(
+            "job_cancel: empty job id",
+            &s.job_cancel,
+            job_keys.clone(),
+            {
                 let mut a = job_args(&["ops", "why"]);
                 a[2] = b("");
                 a
             },
-        },
-        Case {
-            name: "invoke_start: price",
-            script: &s.invoke_start,
-            keys: start_keys.clone(),
-            args: start_args("ten", "1000"),
-        },
-        Case {
-            name: "invoke_start: timeout",
-            script: &s.invoke_start,
-            keys: start_keys.clone(),
-            args: start_args("1000", "0"),
-        },
-        Case {
-            name: "invoke_respond: empty invoke id",
-            script: &s.invoke_respond,
-            keys: inv_keys.clone(),
-            args: vec![b("ev"), b("args"), b(""), payload.clone(), b(""), b("")],
-        },
-        Case {
-            name: "invoke_expire: force flag",
-            script: &s.invoke_expire,
-            keys: inv_keys.clone(),
-            args: vec![b("ev"), b("args"), b(&invoke_id), b("yes")],
-        },
-        Case {
-            name: "message_send: price",
-            script: &s.message_send,
-            keys: vec![k.credits(), k.outbox(), k.agent(&target), k.inbox(&target)],
-            args: send_args("-5", "1"),
-        },
-        Case {
-            name: "message_send: recipient flag",
-            script: &s.message_send,
-            keys: vec![k.credits(), k.outbox(), k.agent(&target), k.inbox(&target)],
-            args: send_args("200", "2"),
-        },
-        Case {
-            name: "message_broadcast: ids do not match recipients",
-            script: &s.message_broadcast,
-            keys: vec![k.credits(), k.outbox(), k.agent(&target), k.inbox(&target)],
-            args: vec![
+        ),
+        case(
+            "invoke_start: price",
+            &s.invoke_start,
+            start_keys.clone(),
+            start_args("ten", "1000"),
+        ),
+        case(
+            "invoke_start: timeout",
+            &s.invoke_start,
+            start_keys.clone(),
+            start_args("1000", "0"),
+        ),
+        case(
+            "invoke_respond: empty invoke id",
+            &s.invoke_respond,
+            inv_keys.clone(),
+            vec![b("ev"), b("args"), b(""), payload.clone(), b(""), b("")],
+        ),
+        case(
+            "invoke_expire: force flag",
+            &s.invoke_expire,
+            inv_keys.clone(),
+            vec![b("ev"), b("args"), b(&invoke_id), b("yes")],
+        ),
+        case(
+            "message_send: price",
+            &s.message_send,
+            vec![k.credits(), k.outbox(), k.agent(&target), k.inbox(&target)],
+            send_args("-5", "1"),
+        ),
+        case(
+            "message_send: recipient flag",
+            &s.message_send,
+            vec![k.credits(), k.outbox(), k.agent(&target), k.inbox(&target)],
+            send_args("200", "2"),
+        ),
+        case(
+            "message_broadcast: ids do not match recipients",
+            &s.message_broadcast,
+            vec![k.credits(), k.outbox(), k.agent(&target), k.inbox(&target)],
+            vec![
                 b("ev"),
                 b("args"),
                 b("200"),
@@ -850,97 +858,84 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
                 b(job.to_string()),
                 payload.clone(),
             ],
-        },
-        Case {
-            name: "bb_write: mode",
-            script: &s.bb_write,
-            keys: bb_keys.clone(),
-            args: bb_args(&["upsert", "y", "1", "1000000", "0", "", "", ""]),
-        },
-        Case {
-            name: "bb_write: micro-units past the bound",
-            script: &s.bb_write,
-            keys: bb_keys.clone(),
-            args: bb_args(&["set", "y", "1", "9000000000000001", "0", "", "", ""]),
-        },
-        Case {
-            name: "bb_write: ttl",
-            script: &s.bb_write,
-            keys: bb_keys.clone(),
-            args: bb_args(&["set", "y", "1", "1000000", "-1", "", "", ""]),
-        },
-        Case {
-            name: "bb_write: price",
-            script: &s.bb_write,
-            keys: bb_keys.clone(),
-            args: {
-                let mut a = bb_args(&["set", "y", "1", "1000000", "0", "", "", ""]);
-                a[1] = b("free");
-                a
-            },
-        },
-        Case {
-            name: "bb_increment: amount",
-            script: &s.bb_increment,
-            keys: bb_keys.clone(),
-            args: bb_args(&["x", "1.5", "", ""]),
-        },
-        Case {
-            name: "bb_increment: fencing token",
-            script: &s.bb_increment,
-            keys: bb_keys.clone(),
-            args: bb_args(&["x", "1", "lock", "t"]),
-        },
-        Case {
-            name: "bb_read: unknown mode (was charged, then failed)",
-            script: &s.bb_read,
-            keys: bb_keys.clone(),
-            args: bb_args(&["peek"]),
-        },
-        Case {
-            name: "bb_read: range bound",
-            script: &s.bb_read,
-            keys: bb_keys.clone(),
-            args: bb_args(&["range", "low", "+inf", "0", "10"]),
-        },
-        Case {
-            name: "bb_read: top order",
-            script: &s.bb_read,
-            keys: bb_keys.clone(),
-            args: bb_args(&["top", "3", "sideways"]),
-        },
-        Case {
-            name: "bb_lock: action",
-            script: &s.bb_lock,
-            keys: {
-                let mut v = bb_keys.clone();
-                v.push(bbk.lock(&Ident::new("l", "l").unwrap()));
-                v
-            },
-            args: bb_args(&["l", "grab", "me", "1000"]),
-        },
-        Case {
-            name: "bb_lock: ttl",
-            script: &s.bb_lock,
-            keys: {
-                let mut v = bb_keys.clone();
-                v.push(bbk.lock(&Ident::new("l", "l").unwrap()));
-                v
-            },
-            args: bb_args(&["l", "acquire", "me", "0"]),
-        },
-        Case {
-            name: "bb_sweep: limit",
-            script: &s.bb_sweep,
-            keys: bb_keys.clone(),
-            args: bb_args(&["0"]),
-        },
-        Case {
-            name: "credits_flush: empty tenant",
-            script: &s.credits_flush,
-            keys: vec![k.credits(), k.outbox()],
-            args: vec![b("ev"), b("")],
-        },
+        ),
+        case(
+            "bb_write: mode",
+            &s.bb_write,
+            bb_keys.clone(),
+            bb_args(&["upsert", "y", "1", "1000000", "0", "", "", ""]),
+        ),
+        case(
+            "bb_write: micro-units past the bound",
+            &s.bb_write,
+            bb_keys.clone(),
+            bb_args(&["set", "y", "1", "9000000000000001", "0", "", "", ""]),
+        ),
+        case(
+            "bb_write: ttl",
+            &s.bb_write,
+            bb_keys.clone(),
+            bb_args(&["set", "y", "1", "1000000", "-1", "", "", ""]),
+        ),
+        case("bb_write: price", &s.bb_write, bb_keys.clone(), {
+            let mut a = bb_args(&["set", "y", "1", "1000000", "0", "", "", ""]);
+            a[1] = b("free");
+            a
+        }),
+        case(
+            "bb_increment: amount",
+            &s.bb_increment,
+            bb_keys.clone(),
+            bb_args(&["x", "1.5", "", ""]),
+        ),
+        case(
+            "bb_increment: fencing token",
+            &s.bb_increment,
+            bb_keys.clone(),
+            bb_args(&["x", "1", "lock", "t"]),
+        ),
+        case(
+            "bb_read: unknown mode (was charged, then failed)",
+            &s.bb_read,
+            bb_keys.clone(),
+            bb_args(&["peek"]),
+        ),
+        case(
+            "bb_read: range bound",
+            &s.bb_read,
+            bb_keys.clone(),
+            bb_args(&["range", "low", "+inf", "0", "10"]),
+        ),
+        case(
+            "bb_read: top order",
+            &s.bb_read,
+            bb_keys.clone(),
+            bb_args(&["top", "3", "sideways"]),
+        ),
+        case(
+            "bb_lock: action",
+            &s.bb_lock,
+            lock_keys.clone(),
+            bb_args(&["l", "grab", "me", "1000"]),
+        ),
+        case(
+            "bb_lock: ttl",
+            &s.bb_lock,
+            lock_keys.clone(),
+            bb_args(&["l", "acquire", "me", "0"]),
+        ),
+        case(
+            "bb_sweep: limit",
+            &s.bb_sweep,
+            bb_keys.clone(),
+            bb_args(&["0"]),
+        ),
+        case(
+            "credits_flush: empty tenant",
+            &s.credits_flush,
+            vec![k.credits(), k.outbox()],
+            vec![b("ev"), b("")],
+        ),
     ];
     start_keys.clear();
     let mut conn = env.conn().await;
