@@ -413,3 +413,57 @@ impl AgentBus {
         Ok(expired)
     }
 }
+
+/// What an invocation handler answers (see [`AgentBus::serve_invocations`]).
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// Success: this response (`json!(…).into()`, or a payload as received),
+    /// charged to the caller.
+    Response(Payload),
+    /// The target reports an error: the invocation ends `failed`, nothing charged.
+    Error(String),
+    /// No answer: the invocation times out (and its reservation is released).
+    Silence,
+}
+
+impl AgentBus {
+    /// Answers the invocations that reach `instance`'s inbox with `handler`
+    /// (the request's payload in, an [`Answer`] out) until `shutdown`: the
+    /// counterpart of [`crate::jobs::worker::Worker`] for invocations. Other
+    /// messages are acknowledged and skipped; an answer that comes too late
+    /// (the invocation timed out) is dropped, not retried.
+    pub async fn serve_invocations<H, F>(
+        &self,
+        tenant: &TenantId,
+        instance: &Ident,
+        shutdown: tokio_util::sync::CancellationToken,
+        handler: H,
+    ) -> Result<()>
+    where
+        H: Fn(Payload) -> F,
+        F: std::future::Future<Output = Answer>,
+    {
+        let rx = self.receiver(tenant, instance);
+        rx.run(shutdown, |m| {
+            let answered = m.invoke_id.map(|id| (id, handler(m.payload)));
+            async move {
+                let Some((id, answer)) = answered else {
+                    return Ok(());
+                };
+                let (response, error) = match answer.await {
+                    Answer::Response(p) => (p, None),
+                    Answer::Error(e) => (Payload::null(), Some(e)),
+                    Answer::Silence => return Ok(()),
+                };
+                match self
+                    .respond(tenant, &id, &response, error.as_deref(), Some(instance))
+                    .await
+                {
+                    Ok(_) | Err(Error::Conflict { .. } | Error::NotFound(_)) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentbus::codec::StreamEntry;
-use agentbus::invoke::InvokeRequest;
+use agentbus::invoke::{Answer, InvokeRequest};
 use agentbus::keys::Ident;
 use agentbus::messages::{MessageFilter, MessageStatus, OutgoingMessage};
 use agentbus::registry::{AgentFilter, AgentStatus, Registration};
@@ -477,46 +477,25 @@ async fn request_reply_wait_for_message_and_broadcast() {
     );
 }
 
-/// A target that answers invoke requests until shut down: doubles `x`, or fails when asked.
+/// A target that answers invoke requests until shut down: doubles `x`,
+/// fails when asked, and never answers a request to sleep.
 fn spawn_target(
     env: &TestEnv,
     t: &TenantId,
     me: &Ident,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let bus = env.bus.clone();
-    let t = t.clone();
-    let me = me.clone();
+    let (bus, t, me) = (env.bus.clone(), t.clone(), me.clone());
     tokio::spawn(async move {
-        let rx = bus.receiver(&t, &me);
-        let bus2 = bus.clone();
-        let me2 = me.clone();
-        rx.run(shutdown, move |m| {
-            let bus = bus2.clone();
-            let t = t.clone();
-            let me = me2.clone();
-            async move {
-                let Some(invoke_id) = m.invoke_id.clone() else {
-                    return Ok(());
-                };
-                if m.payload.json()["sleep_ms"].is_u64() {
-                    return Ok(()); // never answers
-                }
-                let result = if m.payload.json()["fail"] == json!(true) {
-                    bus.respond(
-                        &t,
-                        &invoke_id,
-                        &json!(null),
-                        Some("cannot do that"),
-                        Some(&me),
-                    )
-                    .await
-                } else {
-                    let x = m.payload.json()["x"].as_i64().unwrap_or(0);
-                    bus.respond(&t, &invoke_id, &json!({"y": x * 2}), None, Some(&me))
-                        .await
-                };
-                result.map(|_| ()).map_err(|e| e.to_string())
+        bus.serve_invocations(&t, &me, shutdown, |payload| async move {
+            let request = payload.json();
+            if request["sleep_ms"].is_u64() {
+                Answer::Silence
+            } else if request["fail"] == json!(true) {
+                Answer::Error("cannot do that".into())
+            } else {
+                let x = request["x"].as_i64().unwrap_or(0);
+                Answer::Response(json!({"y": x * 2}).into())
             }
         })
         .await

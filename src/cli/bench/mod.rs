@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::load::{self, LoadOptions, Percentiles};
 use agentbus::bus::AgentBus;
 use agentbus::error::{Error, Result};
-use agentbus::invoke::InvokeRequest;
+use agentbus::invoke::{Answer, InvokeRequest};
 use agentbus::jobs::worker::new_latency_histogram;
 use agentbus::keys::{Ident, TenantId};
 use agentbus::messages::OutgoingMessage;
@@ -259,19 +259,18 @@ pub async fn invoke(
         let target = register(bus, &tenant, "target").await?;
         let shutdown = CancellationToken::new();
         let responder = {
-            let (bus2, tenant2, target2) = (bus.clone(), tenant.clone(), target.clone());
-            let rx = bus.receiver(&tenant, &target);
-            tokio::spawn(rx.run(shutdown.clone(), move |m| {
-                let (bus, tenant, target) = (bus2.clone(), tenant2.clone(), target2.clone());
-                async move {
-                    if let Some(id) = m.invoke_id {
-                        bus.respond(&tenant, &id, &m.payload, None, Some(&target))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                    Ok(())
-                }
-            }))
+            let (bus, tenant, target, stop) = (
+                bus.clone(),
+                tenant.clone(),
+                target.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                bus.serve_invocations(&tenant, &target, stop, |payload| async move {
+                    Answer::Response(payload)
+                })
+                .await
+            })
         };
         let latency = Arc::new(Mutex::new(new_latency_histogram()));
         let started = Instant::now();

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::client::ApiClient;
 use agentbus::config::{Config, ServeConfig, SinkConfig};
 use agentbus::error::{Error, Result};
-use agentbus::invoke::InvokeRequest;
+use agentbus::invoke::{Answer, InvokeRequest};
 use agentbus::jobs::worker::Worker;
 use agentbus::keys::{Ident, TenantId};
 use agentbus::{audit, db, server, verify};
@@ -173,30 +173,24 @@ async fn scenario(
     let stop = CancellationToken::new();
     let specialist = Ident::new("instance_id", "specialist-1")?;
     let specialist_task = {
-        let (bus, tenant, me) = (bus.clone(), tenant.clone(), specialist.clone());
-        let rx = bus.receiver(&tenant, &me);
-        tokio::spawn(rx.run(stop.clone(), move |m| {
-            let (bus, tenant, me) = (bus.clone(), tenant.clone(), me.clone());
-            async move {
-                if let Some(id) = m.invoke_id {
-                    let words = m.payload.json()["text"]
-                        .as_str()
-                        .unwrap_or("")
-                        .split_whitespace()
-                        .count();
-                    bus.respond(
-                        &tenant,
-                        &id,
-                        &json!({"words": words, "verdict": "plausible"}),
-                        None,
-                        Some(&me),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            }
-        }))
+        let (bus, tenant, me, stop) = (
+            bus.clone(),
+            tenant.clone(),
+            specialist.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            bus.serve_invocations(&tenant, &me, stop, |payload| async move {
+                let text = payload.json();
+                let words = text["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .count();
+                Answer::Response(json!({"words": words, "verdict": "plausible"}).into())
+            })
+            .await
+        })
     };
 
     // 1. Simulate, then spawn.
