@@ -2,8 +2,7 @@
 //! parsers and every request body. Nothing panics, nothing answers 5xx, and
 //! decoding never allocates what the input merely claims.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -53,10 +52,10 @@ fn allocated_by<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (out, ALLOCATED.with(|a| a.get()) - before)
 }
 
-/// Failures are kept in tests/fuzz.proptest-regressions and replayed first.
+/// Failures are kept in tests/it/fuzz.proptest-regressions and replayed first.
 fn persisted() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
     Some(Box::new(
-        proptest::test_runner::FileFailurePersistence::Direct("tests/fuzz.proptest-regressions"),
+        proptest::test_runner::FileFailurePersistence::Direct("tests/it/fuzz.proptest-regressions"),
     ))
 }
 

@@ -5,8 +5,7 @@
 //! its variable; Postgres errors are counted; a sink takes over what
 //! another left idle.
 
-mod common;
-
+use crate::common;
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -3,8 +3,7 @@
 //! only; and one tenant's token never reaches another tenant's state, over
 //! every endpoint.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 

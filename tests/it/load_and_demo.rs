@@ -1,7 +1,6 @@
 //! The load test and the end-to-end demo, as a user runs them.
 
-mod common;
-
+use crate::common;
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 

@@ -6,8 +6,7 @@
 //! then find Redis, Postgres and the ledger in agreement, with every item
 //! ended exactly once and the job's credits exact.
 
-mod common;
-
+use crate::common;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -67,7 +66,7 @@ impl Moments {
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| rand::rng().random::<u64>());
         eprintln!(
-            "{test}: fault seed {seed} (replay: FAULT_SEED={seed} cargo test --test faults {test})"
+            "{test}: fault seed {seed} (replay: FAULT_SEED={seed} cargo test --test it faults::{test})"
         );
         Moments(rand::SeedableRng::seed_from_u64(seed))
     }
@@ -340,6 +339,7 @@ async fn direct() -> (TestEnv, Target) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow lane: scripts/test --slow"]
 async fn worker_processes_killed_at_random_moments() {
     let mut m = Moments::new("worker_processes_killed_at_random_moments");
     let (env, target) = direct().await;
@@ -356,6 +356,7 @@ async fn worker_processes_killed_at_random_moments() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow lane: scripts/test --slow"]
 async fn the_server_and_its_sink_killed_at_random_moments() {
     let mut m = Moments::new("the_server_and_its_sink_killed_at_random_moments");
     let (env, target) = direct().await;
@@ -375,6 +376,7 @@ async fn the_server_and_its_sink_killed_at_random_moments() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow lane: scripts/test --slow"]
 async fn standalone_sinks_killed_at_random_moments() {
     let mut m = Moments::new("standalone_sinks_killed_at_random_moments");
     let (env, target) = direct().await;
@@ -435,6 +437,7 @@ async fn redis_restarts(test: &str, aof: &[&str], stops: &[Stop]) {
 /// reply); `always` differs only when the machine itself crashes, which no
 /// test here can stage (see the README's durability table and the runbook).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow lane: scripts/test --slow"]
 async fn an_aof_redis_process_killed_twice_mid_run_loses_nothing() {
     redis_restarts(
         "an_aof_redis_process_killed_twice_mid_run_loses_nothing",
@@ -448,6 +451,7 @@ async fn an_aof_redis_process_killed_twice_mid_run_loses_nothing() {
 /// killed Redis process loses nothing; only a crash of the machine (or a
 /// disk stalling fsync) can, which no test here can stage: see docs/runbook.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow lane: scripts/test --slow"]
 async fn redis_stopped_and_killed_mid_run_with_appendfsync_everysec() {
     redis_restarts(
         "redis_stopped_and_killed_mid_run_with_appendfsync_everysec",
@@ -458,6 +462,7 @@ async fn redis_stopped_and_killed_mid_run_with_appendfsync_everysec() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow lane: scripts/test --slow"]
 async fn postgres_stalled_cut_and_down_mid_run() {
     let mut m = Moments::new("postgres_stalled_cut_and_down_mid_run");
     let env = TestEnv::with_db().await;
@@ -485,6 +490,7 @@ async fn postgres_stalled_cut_and_down_mid_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow lane: scripts/test --slow"]
 async fn redis_connections_stalled_and_cut_mid_run() {
     let mut m = Moments::new("redis_connections_stalled_and_cut_mid_run");
     let env = TestEnv::with_db().await;

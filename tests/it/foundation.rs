@@ -1,7 +1,6 @@
 //! The foundation: migrations, the Lua loader, readiness, configuration errors.
 
-mod common;
-
+use crate::common;
 use std::process::Command;
 use std::time::Duration;
 

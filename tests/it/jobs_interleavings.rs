@@ -2,8 +2,7 @@
 //! completion, fail, timeout + reclaim and cancel keep DESIGN.md's invariants
 //! after every step.
 
-mod common;
-
+use crate::common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 

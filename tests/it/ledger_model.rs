@@ -8,10 +8,9 @@
 //! a pure model's; at the end the sink catches up and `verify` is clean.
 //!
 //! Each seed is printed; replay one with `LEDGER_SEED=<n>`. CI runs a fixed
-//! set; a longer run is `LEDGER_SEEDS=200 cargo test --test ledger_model`.
+//! set; a longer run is `LEDGER_SEEDS=200 cargo test --test it ledger_model`.
 
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
 use agentbus::blackboard::Fence;

@@ -4,8 +4,7 @@
 //! is all or nothing, every money script checks its arguments before its
 //! first write, and `verify` sees what it used to miss.
 
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
 use agentbus::blackboard::Fence;

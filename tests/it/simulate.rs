@@ -1,8 +1,7 @@
 //! Simulation: exact credits, history-based durations, risks, stage graphs,
 //! and no writes at all.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,7 @@
 //! The jobs REST API: the original's contract, auth, tenant isolation and
 //! JSON errors that name the field.
 
-mod common;
-
+use crate::common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{ADMIN_TOKEN, TestEnv, call, call_raw, dec};

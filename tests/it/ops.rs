@@ -1,7 +1,6 @@
 //! Operator commands agree with Redis itself and with the REST API.
 
-mod common;
-
+use crate::common;
 use std::process::Command;
 use std::time::Duration;
 

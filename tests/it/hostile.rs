@@ -2,8 +2,7 @@
 //! the answer is a 4xx naming the field (or the documented refusal), that
 //! the server is still up, and that another tenant is still answered.
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, Instant};
 
 use agentbus::bus::Limits;

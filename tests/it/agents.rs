@@ -1,8 +1,7 @@
 //! Agents against real Redis: registry and liveness, messages (at-least-once,
 //! ordered, capped, dead letters and replay), invoke with its audit events.
 
-mod common;
-
+use crate::common;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

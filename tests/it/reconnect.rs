@@ -1,8 +1,7 @@
 //! Blocked readers across Redis faults: a restart (with AOF), an UNBLOCKED
 //! error, a LOADING window, and a consumer group that went missing.
 
-mod common;
-
+use crate::common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

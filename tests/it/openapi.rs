@@ -4,8 +4,7 @@
 //! integer bounds and enums are the enforced ones, and required bodies are
 //! required.
 
-mod common;
-
+use crate::common;
 use std::path::PathBuf;
 
 use axum::http::StatusCode;
@@ -87,7 +86,7 @@ async fn the_served_document_is_the_generated_one_and_the_committed_one() {
     let committed = std::fs::read_to_string(&file).unwrap_or_default();
     assert!(
         committed == pretty,
-        "{DOC_FILE} is stale: run `AGENTBUS_BLESS=1 cargo test --test openapi` \
+        "{DOC_FILE} is stale: run `AGENTBUS_BLESS=1 cargo test --test it openapi` \
          (or `agentbus openapi > {DOC_FILE}`) and commit it"
     );
 }

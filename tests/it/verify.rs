@@ -3,8 +3,7 @@
 //! the same shape. Every other check in the suite (the fault suite,
 //! `pg-restart-check.sh`, `reshard-check.sh`) leans on this one.
 
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
 use agentbus::TenantId;

@@ -2,8 +2,7 @@
 //! crashes at every stage, Postgres outages, out-of-order and repeated
 //! events, poison events, several sinks at once, and `verify`.
 
-mod common;
-
+use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 

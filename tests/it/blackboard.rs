@@ -2,8 +2,7 @@
 //! concurrency and random operation mixes, TTL, fenced locks, metering, and
 //! the job aggregator.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;

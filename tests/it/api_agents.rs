@@ -1,7 +1,6 @@
 //! The agents, messages and invocations REST API.
 
-mod common;
-
+use crate::common;
 use axum::http::StatusCode;
 use common::{TestEnv, call, dec};
 use rust_decimal::Decimal;

@@ -1,8 +1,7 @@
 //! Jobs against real Redis: exactly-once charging under concurrency, exact
 //! refunds on cancel, re-delivery after a worker dies, retries and dead letters.
 
-mod common;
-
+use crate::common;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
