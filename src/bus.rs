@@ -11,6 +11,23 @@ use crate::prices::Prices;
 use crate::reply_hub::ReplyHub;
 
 /// Operating limits and retention, all configurable.
+/// The default of every engine limit, named once: `Limits::default`, the
+/// command line (`default_value_t`) and `Config::defaults` all read these.
+pub mod defaults {
+    pub const JOB_RETENTION_SECS: u64 = 24 * 3600;
+    pub const MAX_ITEMS: usize = 100_000;
+    pub const MAX_PAYLOAD_BYTES: usize = crate::payload::DEFAULT_MAX_BYTES;
+    pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+    pub const MAX_INSTANCES: usize = 10_000;
+    pub const RECLAIM_BATCH: usize = 100;
+    pub const STALE_AFTER_SECS: u64 = 60;
+    pub const INBOX_CAP: usize = 10_000;
+    pub const MAX_DELIVERIES: u32 = 5;
+    pub const REDELIVER_AFTER_SECS: u64 = 30;
+    pub const INBOX_RETENTION_SECS: u64 = 24 * 3600;
+    pub const INVOKE_RETENTION_SECS: u64 = 3600;
+}
+
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// How long a finished job's keys stay in Redis.
@@ -43,19 +60,20 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        use defaults as d;
         Self {
-            job_retention: Duration::from_secs(24 * 3600),
-            max_items: 100_000,
-            max_payload_bytes: crate::payload::DEFAULT_MAX_BYTES,
-            max_page_bytes: 4 * 1024 * 1024,
-            max_instances: 10_000,
-            reclaim_batch: 100,
-            stale_after: Duration::from_secs(60),
-            inbox_cap: 10_000,
-            max_deliveries: 5,
-            redeliver_after: Duration::from_secs(30),
-            inbox_retention: Duration::from_secs(24 * 3600),
-            invoke_retention: Duration::from_secs(3600),
+            job_retention: Duration::from_secs(d::JOB_RETENTION_SECS),
+            max_items: d::MAX_ITEMS,
+            max_payload_bytes: d::MAX_PAYLOAD_BYTES,
+            max_page_bytes: d::MAX_PAGE_BYTES,
+            max_instances: d::MAX_INSTANCES,
+            reclaim_batch: d::RECLAIM_BATCH,
+            stale_after: Duration::from_secs(d::STALE_AFTER_SECS),
+            inbox_cap: d::INBOX_CAP,
+            max_deliveries: d::MAX_DELIVERIES,
+            redeliver_after: Duration::from_secs(d::REDELIVER_AFTER_SECS),
+            inbox_retention: Duration::from_secs(d::INBOX_RETENTION_SECS),
+            invoke_retention: Duration::from_secs(d::INVOKE_RETENTION_SECS),
         }
     }
 }

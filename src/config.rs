@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Args;
 use sqlx::PgPool;
 
-use crate::api::ApiConfig;
-use crate::bus::{AgentBus, Limits};
+use crate::api::{self, ApiConfig};
+use crate::bus::{self, AgentBus, Limits};
 use crate::conn::{Redis, RedisOptions};
 use crate::db;
 use crate::error::{Error, Result};
@@ -48,7 +48,7 @@ pub struct Config {
     #[arg(
         long,
         env = "AGENTBUS_JOB_RETENTION_SECS",
-        default_value_t = 86_400,
+        default_value_t = bus::defaults::JOB_RETENTION_SECS,
         global = true
     )]
     pub job_retention_secs: u64,
@@ -57,7 +57,7 @@ pub struct Config {
     #[arg(
         long,
         env = "AGENTBUS_MAX_ITEMS",
-        default_value_t = 100_000,
+        default_value_t = bus::defaults::MAX_ITEMS,
         global = true
     )]
     pub max_items: usize,
@@ -67,7 +67,7 @@ pub struct Config {
     #[arg(
         long,
         env = "AGENTBUS_MAX_PAYLOAD_BYTES",
-        default_value_t = crate::payload::DEFAULT_MAX_BYTES,
+        default_value_t = bus::defaults::MAX_PAYLOAD_BYTES,
         global = true
     )]
     pub max_payload_bytes: usize,
@@ -77,7 +77,7 @@ pub struct Config {
     #[arg(
         long,
         env = "AGENTBUS_MAX_PAGE_BYTES",
-        default_value_t = 4 * 1024 * 1024,
+        default_value_t = bus::defaults::MAX_PAGE_BYTES,
         global = true
     )]
     pub max_page_bytes: usize,
@@ -86,7 +86,7 @@ pub struct Config {
     #[arg(
         long,
         env = "AGENTBUS_MAX_INSTANCES",
-        default_value_t = 10_000,
+        default_value_t = bus::defaults::MAX_INSTANCES,
         global = true
     )]
     pub max_instances: usize,
@@ -103,7 +103,7 @@ pub struct Config {
     #[arg(
         long,
         env = "AGENTBUS_STALE_AFTER_SECS",
-        default_value_t = 60,
+        default_value_t = bus::defaults::STALE_AFTER_SECS,
         global = true
     )]
     pub stale_after_secs: u64,
@@ -112,7 +112,7 @@ pub struct Config {
     #[arg(
         long,
         env = "AGENTBUS_INBOX_CAP",
-        default_value_t = 10_000,
+        default_value_t = bus::defaults::INBOX_CAP,
         global = true
     )]
     pub inbox_cap: usize,
@@ -121,7 +121,7 @@ pub struct Config {
     #[arg(
         long,
         env = "AGENTBUS_MAX_DELIVERIES",
-        default_value_t = 5,
+        default_value_t = bus::defaults::MAX_DELIVERIES,
         global = true
     )]
     pub max_deliveries: u32,
@@ -135,16 +135,16 @@ impl Config {
             database_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
             prefix: "ab".into(),
             prices: String::new(),
-            job_retention_secs: 86_400,
-            max_items: 100_000,
-            max_payload_bytes: crate::payload::DEFAULT_MAX_BYTES,
-            max_page_bytes: 4 * 1024 * 1024,
-            max_instances: 10_000,
+            job_retention_secs: bus::defaults::JOB_RETENTION_SECS,
+            max_items: bus::defaults::MAX_ITEMS,
+            max_payload_bytes: bus::defaults::MAX_PAYLOAD_BYTES,
+            max_page_bytes: bus::defaults::MAX_PAGE_BYTES,
+            max_instances: bus::defaults::MAX_INSTANCES,
             redis_pool: 16,
             pg_pool: 8,
-            stale_after_secs: 60,
-            inbox_cap: 10_000,
-            max_deliveries: 5,
+            stale_after_secs: bus::defaults::STALE_AFTER_SECS,
+            inbox_cap: bus::defaults::INBOX_CAP,
+            max_deliveries: bus::defaults::MAX_DELIVERIES,
         }
     }
 
@@ -204,19 +204,19 @@ pub struct ServeConfig {
     pub admin_token: Option<String>,
 
     /// Largest request body, in bytes.
-    #[arg(long, env = "AGENTBUS_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, env = "AGENTBUS_MAX_BODY_BYTES", default_value_t = api::defaults::MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
     /// Requests per second per token, shared by all processes (0: no limit).
-    #[arg(long, env = "AGENTBUS_RATE_LIMIT", default_value_t = 1000.0)]
+    #[arg(long, env = "AGENTBUS_RATE_LIMIT", default_value_t = api::defaults::RATE_LIMIT)]
     pub rate_limit: f64,
 
     /// Requests a token may send at once above its rate.
-    #[arg(long, env = "AGENTBUS_RATE_BURST", default_value_t = 2000)]
+    #[arg(long, env = "AGENTBUS_RATE_BURST", default_value_t = api::defaults::RATE_BURST)]
     pub rate_burst: u32,
 
     /// Requests per token in flight at once, per process (0: no limit).
-    #[arg(long, env = "AGENTBUS_CONCURRENCY_LIMIT", default_value_t = 256)]
+    #[arg(long, env = "AGENTBUS_CONCURRENCY_LIMIT", default_value_t = api::defaults::CONCURRENCY_LIMIT)]
     pub concurrency_limit: usize,
 
     /// Milliseconds between passes of the reclaimer.
@@ -233,7 +233,7 @@ pub struct ServeConfig {
     pub header_timeout_secs: u64,
 
     /// Seconds a client has to send a request's body.
-    #[arg(long, env = "AGENTBUS_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, env = "AGENTBUS_BODY_TIMEOUT_SECS", default_value_t = api::defaults::BODY_TIMEOUT_SECS)]
     pub body_timeout_secs: u64,
 
     /// Connections open at once, per listener (more wait in the backlog).
@@ -241,16 +241,16 @@ pub struct ServeConfig {
     pub max_connections: usize,
 
     /// Request bodies held in memory at once, in bytes, across all requests.
-    #[arg(long, env = "AGENTBUS_MAX_INFLIGHT_BODY_BYTES", default_value_t = 128 * 1024 * 1024)]
+    #[arg(long, env = "AGENTBUS_MAX_INFLIGHT_BODY_BYTES", default_value_t = api::defaults::MAX_INFLIGHT_BODY_BYTES)]
     pub max_inflight_body_bytes: usize,
 
     /// Failed authentications per minute from one client address before 429.
-    #[arg(long, env = "AGENTBUS_AUTH_FAILURE_LIMIT", default_value_t = 30)]
+    #[arg(long, env = "AGENTBUS_AUTH_FAILURE_LIMIT", default_value_t = api::defaults::AUTH_FAILURE_LIMIT)]
     pub auth_failure_limit: u32,
 
     /// Heavy requests (large bodies, simulations, pages, receives) handled at
     /// once, each on a thread of its own; more wait their turn.
-    #[arg(long, env = "AGENTBUS_MAX_HEAVY_REQUESTS", default_value_t = 16)]
+    #[arg(long, env = "AGENTBUS_MAX_HEAVY_REQUESTS", default_value_t = api::defaults::MAX_HEAVY_REQUESTS)]
     pub max_heavy_requests: usize,
 
     /// Token that may read `/metrics` on the API listener (the admin token may too).
@@ -282,11 +282,11 @@ pub struct SinkConfig {
     pub sink_consumer: Option<String>,
 
     /// Most events written per transaction.
-    #[arg(long, env = "AGENTBUS_SINK_BATCH", default_value_t = 1000)]
+    #[arg(long, env = "AGENTBUS_SINK_BATCH", default_value_t = crate::sink::DEFAULT_BATCH)]
     pub sink_batch: usize,
 
     /// Seconds another sink's unacknowledged events wait before this one takes them over.
-    #[arg(long, env = "AGENTBUS_SINK_TAKEOVER_SECS", default_value_t = 30)]
+    #[arg(long, env = "AGENTBUS_SINK_TAKEOVER_SECS", default_value_t = crate::sink::TAKEOVER_IDLE.as_secs())]
     pub sink_takeover_secs: u64,
 }
 

@@ -70,19 +70,33 @@ pub struct ApiConfig {
     pub max_heavy_requests: usize,
 }
 
+/// The default of every API limit, named once: `ApiConfig::default` and
+/// the command line (`default_value_t`) both read these.
+pub mod defaults {
+    pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+    pub const MAX_INFLIGHT_BODY_BYTES: usize = 128 * 1024 * 1024;
+    pub const BODY_TIMEOUT_SECS: u64 = 30;
+    pub const RATE_LIMIT: f64 = 1000.0;
+    pub const RATE_BURST: u32 = 2000;
+    pub const CONCURRENCY_LIMIT: usize = 256;
+    pub const AUTH_FAILURE_LIMIT: u32 = 30;
+    pub const MAX_HEAVY_REQUESTS: usize = 16;
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
+        use defaults as d;
         Self {
             admin_token: None,
             metrics_token: None,
-            max_body_bytes: 16 * 1024 * 1024,
-            max_inflight_body_bytes: 128 * 1024 * 1024,
-            body_timeout: std::time::Duration::from_secs(30),
-            rate_limit_per_sec: 1000.0,
-            rate_limit_burst: 2000,
-            concurrency_limit: 256,
-            auth_failure_limit: 30,
-            max_heavy_requests: 16,
+            max_body_bytes: d::MAX_BODY_BYTES,
+            max_inflight_body_bytes: d::MAX_INFLIGHT_BODY_BYTES,
+            body_timeout: std::time::Duration::from_secs(d::BODY_TIMEOUT_SECS),
+            rate_limit_per_sec: d::RATE_LIMIT,
+            rate_limit_burst: d::RATE_BURST,
+            concurrency_limit: d::CONCURRENCY_LIMIT,
+            auth_failure_limit: d::AUTH_FAILURE_LIMIT,
+            max_heavy_requests: d::MAX_HEAVY_REQUESTS,
         }
     }
 }

@@ -40,6 +40,8 @@ use writer::{is_data_error, write_batch};
 pub const GROUP: &str = "sink";
 /// Most events per batch.
 pub const MAX_BATCH: usize = 5000;
+/// Events per batch unless configured (`AGENTBUS_SINK_BATCH`).
+pub const DEFAULT_BATCH: usize = 1000;
 /// How often the lag gauges are refreshed.
 const LAG_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Entries another sink has held this long without acknowledging are taken over (default).
@@ -74,7 +76,7 @@ impl SinkOptions {
     pub fn new(consumer: &str) -> Self {
         Self {
             consumer: consumer.to_string(),
-            batch: 1000,
+            batch: DEFAULT_BATCH,
             idle_sleep: Duration::from_millis(20),
             takeover_idle: TAKEOVER_IDLE,
             hook: None,

@@ -1,6 +1,8 @@
 //! The integration tests, one binary (one link instead of two dozen): each
-//! module one subject, all against real Redis and PostgreSQL. `metrics`
-//! stays a binary of its own, as it counts what one process recorded.
+//! module one subject, all against real Redis and PostgreSQL. Two checks of
+//! process-wide state keep a process of their own: `tests/metrics.rs` (exact
+//! counts of what one process recorded) and `tests/logs.rs` (what a scoped
+//! log subscriber sees).
 
 #[path = "../common/mod.rs"]
 mod common;
