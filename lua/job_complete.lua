@@ -2,10 +2,12 @@
 -- An item is completed only while its entry is pending (delivered, not yet
 -- acked or reclaimed); a second completion is a duplicate and costs nothing.
 -- KEYS: the job layout (see include/job.lua). A job spawned with an aggregate
--- namespace also writes the blackboard keys of that namespace (derived from
--- KEYS[3]: same tenant, same slot).
+-- namespace also writes the blackboard keys of that namespace (same tenant,
+-- same slot), named from the prefixes keys.rs passes.
+-- Includes: common.lua, job.lua, bb.lua
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
--- ARGV[5..]: pairs of (entry id, MessagePack output)
+-- ARGV[5] the tenant's blackboard key prefix   ARGV[6] its namespaces set
+-- ARGV[7..]: pairs of (entry id, MessagePack output)
 -- Returns {'ok', ended, status, {outcome...}, {duration...}}: `ended` is how
 -- long the job lasted (ms) and `status` its final status when this call
 -- ended it, else 0 and ''; one outcome per pair,
@@ -13,11 +15,13 @@
 -- delivery-to-completion ms of each completed item.
 --       | {'missing'} | {'not_running', status}
 
-if #ARGV < 6 or (#ARGV - 4) % 2 ~= 0 then arg_error(5, 'must be pairs of entry id and output') end
+arg_text(5)
+arg_text(6)
+if #ARGV < 8 or (#ARGV - 6) % 2 ~= 0 then arg_error(7, 'must be pairs of entry id and output') end
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'agg_ns', 'agg_field')
 local status, cost, total = v[1], tonumber(v[2]), tonumber(v[3])
 -- The job may aggregate numeric outputs into a blackboard namespace.
-local agg = v[4] and v[4] ~= '' and bb_named(string.match(K_JOB, '^(.*:)job:[^:]+$'), v[4])
+local agg = v[4] and v[4] ~= '' and bb_named(ARGV[5], ARGV[6], v[4])
 local agg_field = v[5] or ''
 if not status then return {'missing'} end
 if status ~= 'running' then return {'not_running', status} end
@@ -37,7 +41,7 @@ end
 local ts = now_ms()
 local out = {}
 local completed, acks, durations = 0, {}, {}
-for i = 5, #ARGV - 1, 2 do
+for i = 7, #ARGV - 1, 2 do
   local entry_id, output = ARGV[i], ARGV[i + 1]
   local idx = item_index(entry_id)
   local outcome

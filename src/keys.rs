@@ -338,7 +338,7 @@ impl TenantKeys {
     /// The keys of one blackboard namespace, in the order the blackboard
     /// scripts take them (after the credits hash).
     pub fn blackboard(&self, namespace: &Ident) -> BlackboardKeys {
-        let p = self.key(&format!("bb:{namespace}:"));
+        let p = format!("{}{namespace}:", self.blackboard_root());
         BlackboardKeys {
             vals: format!("{p}vals"),
             nums: format!("{p}nums"),
@@ -350,6 +350,12 @@ impl TenantKeys {
             namespaces: self.blackboard_namespaces(),
             lock_prefix: format!("{p}lock:"),
         }
+    }
+
+    /// What every blackboard key of the tenant starts with (`…bb:`); a
+    /// namespace's keys are `<this><namespace>:<structure>`.
+    pub fn blackboard_root(&self) -> String {
+        self.key("bb:")
     }
 
     /// Set of blackboard namespaces holding entries with a TTL (what the sweeper visits).

@@ -22,11 +22,15 @@ local function bb_from_keys()
     exp = KEYS[7], fence = KEYS[8], namespaces = KEYS[9], ns = ARGV[1]}
 end
 
--- The namespace `ns` of the tenant whose keys start with `base` (".../{t}:").
-local function bb_named(base, ns)
-  local p = base .. 'bb:' .. ns .. ':'
+-- The namespace `ns` of a tenant, from the prefixes keys.rs gives: `root`
+-- (its blackboard keys' common prefix) and `namespaces` (its set of
+-- namespaces with expiring entries). The suffixes are those of
+-- TenantKeys::blackboard (tests/it/money.rs and blackboard.rs read what a
+-- job aggregated back through those).
+local function bb_named(root, namespaces, ns)
+  local p = root .. ns .. ':'
   return {vals = p .. 'vals', nums = p .. 'nums', lex = p .. 'lex', score = p .. 'score',
-    agg = p .. 'agg', exp = p .. 'exp', fence = p .. 'fence', namespaces = base .. 'bbns', ns = ns}
+    agg = p .. 'agg', exp = p .. 'exp', fence = p .. 'fence', namespaces = namespaces, ns = ns}
 end
 
 -- Charges a blackboard operation. High-frequency charges are metered: the

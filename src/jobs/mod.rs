@@ -330,6 +330,9 @@ impl AgentBus {
             job,
             self.limits().job_retention,
         );
+        // Where a job aggregating outputs finds its namespace's keys.
+        call.arg(keys.blackboard_root())
+            .arg(keys.blackboard_namespaces());
         for (id, out) in outputs {
             call.arg(*id).arg(*out);
         }

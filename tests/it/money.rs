@@ -606,6 +606,7 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
 
     let s = agentbus::scripts::scripts();
     let k = env.bus.keys(&t);
+    let (bb_root, bb_set) = (k.blackboard_root(), k.blackboard_namespaces());
     let job_keys = vec![
         k.credits(),
         k.outbox(),
@@ -767,14 +768,14 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             "job_complete: odd pairs",
             &s.job_complete,
             job_keys.clone(),
-            job_args(&[&item]),
+            job_args(&[&bb_root, &bb_set, &item]),
         ),
         case(
             "job_complete: retention not a number",
             &s.job_complete,
             job_keys.clone(),
             {
-                let mut a = job_args(&[&item, "\u{1}"]);
+                let mut a = job_args(&[&bb_root, &bb_set, &item, "\u{1}"]);
                 a[3] = b("soon");
                 a
             },
