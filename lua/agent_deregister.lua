@@ -1,6 +1,6 @@
 -- agent_deregister: remove an instance from the registry and its indexes.
 -- Its inbox stays readable (replay) until it expires after ARGV[2] seconds.
--- Includes: common.lua, registry.lua
+-- Includes: common, registry
 -- KEYS[1] agents zset  KEYS[2] agent hash  KEYS[3] inbox stream
 -- ARGV[1] instance id  ARGV[2] inbox retention (seconds)
 -- ARGV[3..5] registry index prefixes: by type, by job, by status

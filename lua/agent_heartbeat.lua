@@ -1,5 +1,5 @@
 -- agent_heartbeat: record that an instance is alive (and optionally its status).
--- Includes: common.lua, registry.lua
+-- Includes: common, registry
 -- KEYS[1] agents zset   KEYS[2] agent hash
 -- ARGV[1] instance id   ARGV[2] new status or '' to keep (a stale one becomes running)
 -- ARGV[3..5] registry index prefixes: by type, by job, by status

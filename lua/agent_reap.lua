@@ -1,5 +1,5 @@
 -- agent_reap: mark instances silent since before the cutoff as stale.
--- Includes: common.lua, registry.lua
+-- Includes: common, registry
 -- KEYS[1] agents zset
 -- ARGV[1] cutoff (ms): heartbeats older than this are stale
 -- ARGV[2] most instances examined in this call

@@ -1,5 +1,5 @@
 -- agent_register: register (or re-register) an agent instance and create its inbox.
--- Includes: common.lua, registry.lua
+-- Includes: common, registry
 -- KEYS[1] agents zset (instance -> last heartbeat ms)
 -- KEYS[2] agent hash             KEYS[3] inbox stream
 -- ARGV[1] instance id  ARGV[2] agent id  ARGV[3] job id or ''

@@ -1,5 +1,6 @@
 -- bb_increment: add to a numeric entry (absent counts as 0), exactly, in
 -- micro-units; charged one blackboard write. Keeps the entry's expiry.
+-- Includes: common, bb
 -- KEYS[1] credits, KEYS[2..9] the namespace, ARGV[1] namespace, ARGV[2] price
 --   (see include/bb.lua)
 -- ARGV[3] key   ARGV[4] amount (micro-units)

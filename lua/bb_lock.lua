@@ -1,6 +1,7 @@
 -- bb_lock: acquire, release or extend a named lock with a holder and a TTL.
 -- Each acquisition takes the next fencing token of the lock (monotonic, kept
 -- forever), so writes of a holder whose lock was taken over are refused.
+-- Includes: common, bb
 -- KEYS[1] credits, KEYS[2..9] the namespace, ARGV[1] namespace, ARGV[2] price
 --   (see include/bb.lua)
 -- KEYS[10] the lock's hash (holder, token)

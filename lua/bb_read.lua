@@ -1,5 +1,6 @@
 -- bb_read: read a blackboard namespace, charged one blackboard read. Sweeps
 -- a bounded number of expired entries first, so nothing expired is returned.
+-- Includes: common, bb
 -- KEYS[1] credits, KEYS[2..9] the namespace, ARGV[1] namespace, ARGV[2] price
 --   (see include/bb.lua)
 -- ARGV[3] mode and its arguments:

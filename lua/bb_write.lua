@@ -1,5 +1,6 @@
 -- bb_write: set, compare-and-set or delete one blackboard entry, with its
 -- indexes and aggregates, charged one blackboard write.
+-- Includes: common, bb
 -- KEYS[1] credits, KEYS[2..9] the namespace, ARGV[1] namespace, ARGV[2] price
 --   (see include/bb.lua)
 -- ARGV[3] mode: 'set' | 'cas' | 'delete'

@@ -1,6 +1,7 @@
 -- credits_flush: turn metered charges (already in `spent`) into ledger
 -- events: one `charge` per skill for everything accumulated since the last
 -- flush, so the ledger sums match the balance again.
+-- Includes: common
 -- KEYS[1] credits hash   KEYS[2] outbox stream
 -- ARGV[1] event id base  ARGV[2] tenant
 -- Returns the total amount flushed (minor units).

@@ -1,6 +1,7 @@
 -- credits_move: one credit movement of a tenant, with its ledger event.
 -- Refuses (and changes nothing) when the movement would make
 -- total - reserved - spent negative, or take more from `reserved` than it holds.
+-- Includes: common
 -- KEYS[1] credits hash   KEYS[2] outbox stream
 -- ARGV[1] event id base  ARGV[2] tenant  ARGV[3] operation
 --   (grant | reserve | spend | refund | charge)

@@ -1,5 +1,6 @@
 -- dlq_replay: move one dead-lettered message back to the inbox it came from,
 -- as a new entry (its message id kept), and remove it from the dead letters.
+-- Includes: common
 -- KEYS[1] dead-letter stream   KEYS[2] the inbox named by the entry's 'stream' field
 -- ARGV[1] dead-letter entry id   ARGV[2] inbox cap (MAXLEN ~)
 -- Returns {'ok', new_entry_id} | {'missing'} | {'not_a_message', type} | {'wrong_stream'}

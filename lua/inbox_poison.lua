@@ -2,7 +2,7 @@
 -- each alone and with its own reason, the moment a consumer first reads
 -- them; the rest of the batch is delivered as usual. Entries already gone
 -- are skipped.
--- Includes: common (dead_letter_message)
+-- Includes: common
 -- KEYS[1] inbox stream   KEYS[2] dead-letter stream
 -- ARGV pairs: entry id (a stream id), reason (text, at most 1024 bytes)
 -- Returns the number dead-lettered. Every argument is checked before the

@@ -3,6 +3,7 @@
 -- while the instance is registered: a deregistered instance stays gone.
 -- The group starts at 0, so every retained entry is delivered (again): after
 -- losing the acknowledgements, at-least-once means redelivery, never loss.
+-- Includes: none
 -- KEYS[1] inbox stream  KEYS[2] agent hash
 -- ARGV[1] group name
 -- Returns 1 when the group exists now, 0 when the instance is not registered.

@@ -1,7 +1,7 @@
 -- inbox_redeliver: hand a consumer back its own unacknowledged messages that
 -- have been idle for at least ARGV[2] ms (after a crash or a failed handler);
 -- a message delivered ARGV[3] times already goes to the dead-letter stream.
--- Includes: common (dead_letter_message, entry_bytes)
+-- Includes: common
 -- KEYS[1] inbox stream   KEYS[2] dead-letter stream
 -- ARGV[1] consumer (the instance id)  ARGV[2] minimum idle (ms)
 -- ARGV[3] most deliveries  ARGV[4] most entries per call

@@ -3,7 +3,7 @@
 -- group's last delivered one, then reads exactly those through the group.
 -- A take always has an entry when one is new (a single entry is at most the
 -- payload limit). Never blocks.
--- Includes: common.lua (entry_bytes)
+-- Includes: common
 -- KEYS[1] inbox stream (group 'inbox')
 -- ARGV[1] consumer (the instance id)
 -- ARGV[2] most entries (1..10000)   ARGV[3] most bytes (>= 1)

@@ -1,5 +1,6 @@
 -- invoke_expire: end a pending invocation whose deadline passed (the caller
 -- gave up, or the sweeper found it): status timeout, reservation released.
+-- Includes: common, invoke
 -- KEYS[1..4]: the invoke layout (see include/invoke.lua)
 -- ARGV[1..3]: event id base, tenant, invoke id
 -- ARGV[4] '1' when the caller's own timer fired (no need to wait for the deadline)

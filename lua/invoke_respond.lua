@@ -2,6 +2,7 @@
 -- on success, releases it on a reported error, records duration and credits
 -- (audit event), and posts the reply to the caller's reply stream. A response
 -- after the deadline is refused and the invocation ends as timed out.
+-- Includes: common, invoke
 -- KEYS[1..4]: the invoke layout (see include/invoke.lua)
 -- ARGV[1..3]: event id base, tenant, invoke id
 -- ARGV[4] MessagePack response   ARGV[5] error message ('' for success)

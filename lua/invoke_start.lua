@@ -5,6 +5,7 @@
 -- nothing reserved, one 'invoke_refused' audit event.
 -- The invoke hash has no TTL while pending: the reservation it records is
 -- released by whatever ends it (respond, expire, the sweeper), never by time.
+-- Includes: common, invoke
 -- KEYS[1..4]: the invoke layout (see include/invoke.lua)
 -- KEYS[5] agents zset   KEYS[6] target agent hash   KEYS[7] target inbox stream
 -- ARGV[1..3]: event id base, tenant, invoke id

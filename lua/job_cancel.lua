@@ -1,6 +1,7 @@
 -- job_cancel: stop a running job at once and refund every uncompleted item.
 -- After this call no item is delivered (end_job deletes the items stream and
 -- its group) and late completions are refused by the status check.
+-- Includes: common, job
 -- KEYS: the job layout (see include/job.lua).
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5] cancelled by   ARGV[6] reason

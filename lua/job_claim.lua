@@ -1,5 +1,6 @@
 -- job_claim: deliver up to COUNT new items of a running job to one consumer.
 -- Checking the status here means a claim never reaches a job that is not running.
+-- Includes: common, job
 -- KEYS: the job layout (see include/job.lua).
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5] consumer name (the worker instance id)

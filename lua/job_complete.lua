@@ -1,10 +1,10 @@
 -- job_complete: complete delivered items, charge each exactly once.
 -- An item is completed only while its entry is pending (delivered, not yet
 -- acked or reclaimed); a second completion is a duplicate and costs nothing.
+-- Includes: common, job, bb
 -- KEYS: the job layout (see include/job.lua). A job spawned with an aggregate
 -- namespace also writes the blackboard keys of that namespace (same tenant,
 -- same slot), named from the prefixes keys.rs passes.
--- Includes: common.lua, job.lua, bb.lua
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5] the tenant's blackboard key prefix   ARGV[6] its namespaces set
 -- ARGV[7..]: pairs of (entry id, MessagePack output)

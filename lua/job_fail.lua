@@ -1,5 +1,6 @@
 -- job_fail: a worker reports an item failed. With retry and attempts left the
 -- item is re-queued; otherwise it fails for good (dead letter, credits released).
+-- Includes: common, job
 -- KEYS: the job layout (see include/job.lua).
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5] entry id   ARGV[6] error message   ARGV[7] retry ('1' or '0')

@@ -1,6 +1,7 @@
 -- job_reclaim: re-deliver items whose worker went quiet for longer than the
 -- job's timeout per item (XAUTOCLAIM); past max_retries they fail for good.
 -- Also trims entries that every consumer is done with.
+-- Includes: common, job
 -- KEYS: the job layout (see include/job.lua).
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5] consumer name of the reclaimer   ARGV[6] maximum entries per call

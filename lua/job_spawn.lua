@@ -1,5 +1,6 @@
 -- job_spawn: reserve the job's credits, create the job and enqueue every item,
 -- all or nothing.
+-- Includes: common, job
 -- KEYS: the job layout (see include/job.lua).
 -- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
 -- ARGV[5] item cost (minor units)      ARGV[9]  worker agent

@@ -1,7 +1,7 @@
 -- message_broadcast: send one message to every recipient, all or nothing:
 -- the price of every delivery is checked first and charged once (one ledger
 -- event); with too little credit nothing is delivered or charged.
--- Includes: common.lua
+-- Includes: common
 -- KEYS[1] credits hash   KEYS[2] outbox stream
 -- KEYS[3..] pairs of (recipient agent hash, recipient inbox stream)
 -- ARGV[1] event id base  ARGV[2] tenant  ARGV[3] price per delivery (minor units)

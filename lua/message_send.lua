@@ -1,4 +1,5 @@
 -- message_send: charge one message and append it to the recipient's inbox.
+-- Includes: common
 -- KEYS[1] credits hash   KEYS[2] outbox stream
 -- KEYS[3] recipient agent hash   KEYS[4] recipient inbox stream
 -- ARGV[1] event id base  ARGV[2] tenant  ARGV[3] price (minor units)

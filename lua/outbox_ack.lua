@@ -1,5 +1,6 @@
 -- outbox_ack: the sink acknowledges mirrored events and trims what every
 -- sink consumer is done with (cheaper than deleting entry by entry).
+-- Includes: common
 -- KEYS[1] outbox stream
 -- ARGV[1] consumer group   ARGV[2..] entry ids
 -- Returns the number acknowledged.

@@ -2,7 +2,7 @@
 -- by the sink) back into the outbox as new entries with their original
 -- fields. The event id travels with them, so writing one again is a no-op
 -- for the ledger and cancellations and converges for jobs and invokes.
--- Includes: none.
+-- Includes: none
 -- KEYS[1] stranded-events stream   KEYS[2] outbox stream
 -- ARGV[1..] entry ids of KEYS[1] (validated by the caller)
 -- Returns {replayed, missing}

@@ -1,5 +1,6 @@
 -- rate_limit: one request of a token against its rate (GCRA): allowed while
 -- the token's theoretical arrival time stays within the burst allowance.
+-- Includes: none
 -- KEYS[1] the token's rate-limit key (its theoretical arrival time, ms)
 -- ARGV[1] requests per second   ARGV[2] burst (requests)
 -- Returns {1, 0} when allowed, {0, ms to wait} when not.

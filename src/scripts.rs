@@ -1,35 +1,24 @@
 //! The Lua script registry.
 //!
-//! Each script lives in `lua/<name>.lua` with a header listing its KEYS and
-//! ARGV, and is embedded at compile time together with the shared helpers in
-//! `lua/include/`. `redis::Script` calls it by EVALSHA and loads it again
+//! Each script lives in `lua/<name>.lua` with a header listing its
+//! includes, KEYS and ARGV; build.rs prepends the helpers of `lua/include/`
+//! the header names, and the result is embedded at compile time. `redis::Script` calls it by EVALSHA and loads it again
 //! when Redis answers NOSCRIPT (after a restart or `SCRIPT FLUSH`).
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
+/// A script as build.rs assembled it: the helpers its header names, then
+/// the script itself.
 macro_rules! lua {
-    ($($file:literal),+) => {
-        Script::new(concat!($(include_str!(concat!("../lua/", $file))),+))
-    };
-}
-
-macro_rules! invoke_script {
-    ($file:literal) => {
-        lua!("include/common.lua", "include/invoke.lua", $file)
-    };
-}
-
-macro_rules! bb_script {
-    ($file:literal) => {
-        lua!("include/common.lua", "include/bb.lua", $file)
-    };
-}
-
-macro_rules! job_script {
-    ($file:literal) => {
-        lua!("include/common.lua", "include/job.lua", $file)
+    ($name:literal) => {
+        Script::new(include_str!(concat!(
+            env!("OUT_DIR"),
+            "/lua/",
+            $name,
+            ".lua"
+        )))
     };
 }
 
@@ -67,58 +56,36 @@ pub struct Scripts {
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    credits_move: lua!("include/common.lua", "credits_move.lua"),
-    job_spawn: job_script!("job_spawn.lua"),
-    job_claim: job_script!("job_claim.lua"),
-    // Completion may also aggregate outputs into a blackboard namespace.
-    job_complete: lua!(
-        "include/common.lua",
-        "include/job.lua",
-        "include/bb.lua",
-        "job_complete.lua"
-    ),
-    job_fail: job_script!("job_fail.lua"),
-    job_reclaim: job_script!("job_reclaim.lua"),
-    job_cancel: job_script!("job_cancel.lua"),
-    agent_register: lua!(
-        "include/common.lua",
-        "include/registry.lua",
-        "agent_register.lua"
-    ),
-    agent_heartbeat: lua!(
-        "include/common.lua",
-        "include/registry.lua",
-        "agent_heartbeat.lua"
-    ),
-    agent_deregister: lua!(
-        "include/common.lua",
-        "include/registry.lua",
-        "agent_deregister.lua"
-    ),
-    agent_reap: lua!(
-        "include/common.lua",
-        "include/registry.lua",
-        "agent_reap.lua"
-    ),
-    message_send: lua!("include/common.lua", "message_send.lua"),
-    message_broadcast: lua!("include/common.lua", "message_broadcast.lua"),
-    inbox_redeliver: lua!("include/common.lua", "inbox_redeliver.lua"),
-    inbox_poison: lua!("include/common.lua", "inbox_poison.lua"),
-    inbox_take: lua!("include/common.lua", "inbox_take.lua"),
-    inbox_recover: lua!("inbox_recover.lua"),
-    dlq_replay: lua!("include/common.lua", "dlq_replay.lua"),
-    outbox_replay: lua!("outbox_replay.lua"),
-    invoke_start: invoke_script!("invoke_start.lua"),
-    invoke_respond: invoke_script!("invoke_respond.lua"),
-    invoke_expire: invoke_script!("invoke_expire.lua"),
-    outbox_ack: lua!("include/common.lua", "outbox_ack.lua"),
-    bb_write: bb_script!("bb_write.lua"),
-    bb_increment: bb_script!("bb_increment.lua"),
-    bb_read: bb_script!("bb_read.lua"),
-    bb_lock: bb_script!("bb_lock.lua"),
-    bb_sweep: bb_script!("bb_sweep.lua"),
-    credits_flush: lua!("include/common.lua", "credits_flush.lua"),
-    rate_limit: lua!("rate_limit.lua"),
+    credits_move: lua!("credits_move"),
+    job_spawn: lua!("job_spawn"),
+    job_claim: lua!("job_claim"),
+    job_complete: lua!("job_complete"),
+    job_fail: lua!("job_fail"),
+    job_reclaim: lua!("job_reclaim"),
+    job_cancel: lua!("job_cancel"),
+    agent_register: lua!("agent_register"),
+    agent_heartbeat: lua!("agent_heartbeat"),
+    agent_deregister: lua!("agent_deregister"),
+    agent_reap: lua!("agent_reap"),
+    message_send: lua!("message_send"),
+    message_broadcast: lua!("message_broadcast"),
+    inbox_redeliver: lua!("inbox_redeliver"),
+    inbox_poison: lua!("inbox_poison"),
+    inbox_take: lua!("inbox_take"),
+    inbox_recover: lua!("inbox_recover"),
+    dlq_replay: lua!("dlq_replay"),
+    outbox_replay: lua!("outbox_replay"),
+    invoke_start: lua!("invoke_start"),
+    invoke_respond: lua!("invoke_respond"),
+    invoke_expire: lua!("invoke_expire"),
+    outbox_ack: lua!("outbox_ack"),
+    bb_write: lua!("bb_write"),
+    bb_increment: lua!("bb_increment"),
+    bb_read: lua!("bb_read"),
+    bb_lock: lua!("bb_lock"),
+    bb_sweep: lua!("bb_sweep"),
+    credits_flush: lua!("credits_flush"),
+    rate_limit: lua!("rate_limit"),
 });
 
 /// The process-wide registry (scripts and their SHA1s are computed once).
