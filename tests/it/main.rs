@@ -23,6 +23,7 @@ mod money;
 mod openapi;
 mod ops;
 mod promises;
+mod protocol;
 mod reconnect;
 mod security;
 mod simulate;
