@@ -5,6 +5,8 @@
 -- ARGV[1] dead-letter entry id   ARGV[2] inbox cap (MAXLEN ~)
 -- Returns {'ok', new_entry_id} | {'missing'} | {'not_a_message', type} | {'wrong_stream'}
 
+arg_text(1)
+arg_int(2, 1, MAX_MINOR)
 local r = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #r == 0 then return {'missing'} end
 local kv = r[1][2]

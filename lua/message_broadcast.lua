@@ -10,7 +10,8 @@
 -- ARGV[9..] one message id per recipient pair
 -- Returns {'ok', {recipient instance...}, {entry id...}} for those still
 -- registered (deregistered ones are skipped, not charged)
---       | {'insufficient', required, available}
+--       | {'insufficient', recipients, available} (required = recipients x price:
+--         computed by the caller, as it may pass what a double holds exactly)
 
 arg_text(1)
 arg_text(2)
@@ -31,7 +32,7 @@ for p = 1, pairs_n do
 end
 local required = price * #live
 local ok, available = can_afford(KEYS[1], required)
-if not ok then return {'insufficient', int(required), int(available)} end
+if not ok then return {'insufficient', #live, int(available)} end
 if #live == 0 then return {'ok', {}, {}} end
 
 local ts = now_ms()

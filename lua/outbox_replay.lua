@@ -4,9 +4,14 @@
 -- for the ledger and cancellations and converges for jobs and invokes.
 -- Includes: none
 -- KEYS[1] stranded-events stream   KEYS[2] outbox stream
--- ARGV[1..] entry ids of KEYS[1] (validated by the caller)
+-- ARGV[1..] entry ids of KEYS[1], each `<ms>-<seq>` (all checked before the first replay)
 -- Returns {replayed, missing}
 
+for i = 1, #ARGV do
+  if not string.match(ARGV[i], '^%d+%-%d+$') or string.len(ARGV[i]) > 41 then
+    error({err = 'ERR ARGV[' .. i .. '] must be a stream entry id'})
+  end
+end
 local replayed, missing = 0, 0
 for i = 1, #ARGV do
   local r = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])

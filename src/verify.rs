@@ -230,7 +230,8 @@ pub async fn verify_tenants(
             spent: spend + charge,
         };
         let stranded_events = bus.stranded_count(&tenant).await?;
-        let live_reservations = live_reservations(bus, &tenant).await?;
+        let (job_checks, jobs_reserved) = check_jobs(bus, pool, &tenant).await?;
+        let live_reservations = jobs_reserved + pending_invoke_reservations(bus, &tenant).await?;
         let unmirrored_events = waiting.get(tenant.as_str()).copied().unwrap_or(0);
         tenants.push(TenantCheck {
             tenant: tenant.to_string(),
@@ -246,7 +247,7 @@ pub async fn verify_tenants(
             live_reservations,
             stranded_events,
         });
-        jobs.extend(check_jobs(bus, pool, &tenant).await?);
+        jobs.extend(job_checks);
     }
     let ok = unmirrored == 0 && tenants.iter().all(|t| t.ok) && jobs.iter().all(|j| j.ok);
     Ok(VerifyReport {
@@ -257,59 +258,46 @@ pub async fn verify_tenants(
     })
 }
 
-/// Credits reserved by what is still live in Redis: each job's reserved
-/// minus spent and refunded (zero once it ended), plus the price of every
-/// pending invocation. Read page by page.
-async fn live_reservations(bus: &AgentBus, tenant: &TenantId) -> Result<Decimal> {
+/// Credits reserved by pending invocations: the price of each, read page
+/// by page (jobs' still-reserved credits come from [`check_jobs`]).
+async fn pending_invoke_reservations(bus: &AgentBus, tenant: &TenantId) -> Result<Decimal> {
     const PAGE: isize = 500;
     let keys = bus.keys(tenant);
     let mut conn = bus.redis().conn().await?;
-    let mut minor: i128 = 0;
-    for (index, fields) in [
-        (keys.jobs(), &["reserved", "spent", "refunded"][..]),
-        (keys.pending_invokes(), &["price"][..]),
-    ] {
-        let is_jobs = fields.len() == 3;
-        let mut start = 0;
-        loop {
-            let ids: Vec<String> = redis::cmd("ZRANGE")
-                .arg(&index)
-                .arg(start)
-                .arg(start + PAGE - 1)
-                .query_async(&mut conn)
-                .await?;
-            if ids.is_empty() {
-                break;
-            }
-            let mut pipe = redis::pipe();
-            for id in &ids {
-                let key = if is_jobs {
-                    match Uuid::parse_str(id) {
-                        Ok(job) => keys.job(&job),
-                        Err(_) => continue,
-                    }
-                } else {
-                    keys.invoke(id)
-                };
-                pipe.cmd("HMGET").arg(key).arg(fields);
-            }
-            let rows: Vec<Vec<Option<i64>>> = pipe.query_async(&mut conn).await?;
-            for row in rows {
-                let v = |i: usize| i128::from(row.get(i).copied().flatten().unwrap_or(0));
-                minor += if is_jobs { v(0) - v(1) - v(2) } else { v(0) };
-            }
-            if (ids.len() as isize) < PAGE {
-                break;
-            }
-            start += PAGE;
+    let mut minor: i64 = 0;
+    let mut start = 0;
+    loop {
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys.pending_invokes())
+            .arg(start)
+            .arg(start + PAGE - 1)
+            .query_async(&mut conn)
+            .await?;
+        if ids.is_empty() {
+            break;
         }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGET").arg(keys.invoke(id)).arg("price");
+        }
+        let prices: Vec<Option<i64>> = pipe.query_async(&mut conn).await?;
+        // A page sums at most 500 prices of at most MAX_MINOR: inside i64.
+        minor = minor.saturating_add(prices.into_iter().flatten().sum::<i64>());
+        if (ids.len() as isize) < PAGE {
+            break;
+        }
+        start += PAGE;
     }
-    Decimal::try_from_i128_with_scale(minor, 2)
-        .map_err(|e| crate::error::Error::protocol(format!("live reservations: {e}")))
+    Ok(money::from_minor(minor))
 }
 
 /// Every job of `tenant` that Redis, the jobs table or the ledger knows.
-async fn check_jobs(bus: &AgentBus, pool: &PgPool, tenant: &TenantId) -> Result<Vec<JobCheck>> {
+/// Also returns what Redis's jobs still hold reserved.
+async fn check_jobs(
+    bus: &AgentBus,
+    pool: &PgPool,
+    tenant: &TenantId,
+) -> Result<(Vec<JobCheck>, Decimal)> {
     // Per job: only the job's own skills (invokes and messages may name a job too).
     let ledger: HashMap<Uuid, JobMoney> = sqlx::query_as::<_, (Uuid, Decimal, Decimal, Decimal)>(
         "SELECT job_id,
@@ -370,15 +358,14 @@ async fn check_jobs(bus: &AgentBus, pool: &PgPool, tenant: &TenantId) -> Result<
     drop(conn);
     ids.extend(in_redis.iter().filter_map(|id| Uuid::parse_str(id).ok()));
 
+    let ids: Vec<Uuid> = ids.into_iter().collect();
+    let in_redis = bus.jobs_by_id(tenant, &ids).await?;
+    let still_reserved = in_redis.values().map(|j| j.credits.still_reserved).sum();
     let mut out = Vec::with_capacity(ids.len());
     for job_id in ids {
         let in_ledger = ledger.get(&job_id).copied().unwrap_or_default();
         let pg = pg_jobs.get(&job_id);
-        let redis = match bus.job(tenant, &job_id).await {
-            Ok(j) => Some(j),
-            Err(crate::error::Error::NotFound(_)) => None,
-            Err(e) => return Err(e),
-        };
+        let redis = in_redis.get(&job_id);
         let mut problems = Vec::new();
         let (source, job) = match &redis {
             Some(j) => (
@@ -435,5 +422,5 @@ async fn check_jobs(bus: &AgentBus, pool: &PgPool, tenant: &TenantId) -> Result<
             problem: problems.join("; "),
         });
     }
-    Ok(out)
+    Ok((out, still_reserved))
 }

@@ -16,11 +16,16 @@ local function arg_error(i, what)
   error({err = 'ERR ARGV[' .. i .. '] ' .. what})
 end
 
--- ARGV[i] as an integer in [lo, hi], written in decimal digits (no
--- exponent, fraction or hex, which tonumber would take).
-local function arg_int(i, lo, hi)
+-- ARGV[i] as a number when it is an integer written in decimal digits (no
+-- exponent, fraction or hex, which tonumber would take), else nil.
+local function decimal_arg(i)
   local s = ARGV[i]
-  local n = s and string.match(s, '^%-?%d+$') and string.len(s) <= 20 and tonumber(s)
+  return s and string.match(s, '^%-?%d+$') and string.len(s) <= 20 and tonumber(s) or nil
+end
+
+-- ARGV[i] as an integer in [lo, hi].
+local function arg_int(i, lo, hi)
+  local n = decimal_arg(i)
   if not n or n < lo or n > hi then
     arg_error(i, 'must be an integer in [' .. string.format('%d', lo) .. ', '
       .. string.format('%d', hi) .. ']')
@@ -31,11 +36,9 @@ end
 -- ARGV[i] as an integer of any size a client may send (a fencing token):
 -- decimal digits only, compared as a number.
 local function arg_digits(i)
-  local s = ARGV[i]
-  if not (s and string.match(s, '^%-?%d+$') and string.len(s) <= 20) then
-    arg_error(i, 'must be an integer')
-  end
-  return tonumber(s)
+  local n = decimal_arg(i)
+  if not n then arg_error(i, 'must be an integer') end
+  return n
 end
 
 -- ARGV[i], which must not be empty.
@@ -132,10 +135,6 @@ local function trim_acked(stream, group)
   if min_id then redis.call('XTRIM', stream, 'MINID', '~', min_id) end
 end
 
--- Moves one inbox entry to the dead-letter stream: its fields kept as
--- `m.<field>`, then acknowledged and deleted from the inbox. An entry no
--- longer in the stream (trimmed) is still recorded when `record_missing`;
--- otherwise it is skipped. Answers 1 when recorded, else 0.
 -- Bytes of an entry's field values (`kv` as XRANGE returns them): what
 -- byte-bounded reads count.
 local function entry_bytes(kv)
@@ -144,6 +143,10 @@ local function entry_bytes(kv)
   return size
 end
 
+-- Moves one inbox entry to the dead-letter stream: its fields kept as
+-- `m.<field>`, then acknowledged and deleted from the inbox. An entry no
+-- longer in the stream (trimmed) is still recorded when `record_missing`;
+-- otherwise it is skipped. Answers 1 when recorded, else 0.
 local function dead_letter_message(inbox, dlq, id, reason, deliveries, record_missing)
   local r = redis.call('XRANGE', inbox, id, id)
   if not r[1] and not record_missing then return 0 end

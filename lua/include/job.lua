@@ -12,12 +12,9 @@
 
 local K_CREDITS, K_OUTBOX, K_JOB, K_ITEMS, K_DONE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_RESULTS, K_ACTIVE, K_DLQ, K_JOBS = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local EVENT_BASE, TENANT, JOB_ID, RETENTION = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local EVENT_BASE, TENANT, JOB_ID = arg_text(1), arg_text(2), arg_text(3)
+local RETENTION = arg_int(4, 0, MAX_MINOR)
 local GROUP = 'workers'
-arg_text(1)
-arg_text(2)
-arg_text(3)
-arg_int(4, 0, MAX_MINOR)
 
 local function item_index(entry_id)
   local idx = string.match(entry_id, '^%d+%-(%d+)$')

@@ -371,8 +371,10 @@ impl AgentBus {
                 }
                 Ok(reached)
             }
+            // The script names how many it would reach; the amount is exact here.
             "insufficient" => Err(Error::InsufficientCredits {
-                required: from_minor(reply.i64(1)?),
+                required: from_minor(self.prices().agent_message)
+                    * rust_decimal::Decimal::from(reply.i64(1)?),
                 available: from_minor(reply.i64(2)?),
             }),
             other => Err(Error::protocol(format!(

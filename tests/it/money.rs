@@ -607,6 +607,36 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
     let s = agentbus::scripts::scripts();
     let k = env.bus.keys(&t);
     let (bb_root, bb_set) = (k.blackboard_root(), k.blackboard_namespaces());
+    // A stranded event, and a dead-lettered message for an inbox that does
+    // not exist yet: what the replays would move (or create) if they wrote
+    // before checking.
+    let ghost_inbox = k.inbox(&id("ghost"));
+    let mut conn = env.conn().await;
+    let stranded: String = redis::cmd("XADD")
+        .arg(k.outbox_dead())
+        .arg("*")
+        .arg(&[
+            "entry", "1-1", "reason", "r", "ts", "1", "m.type", "ledger", "m.id", "x.1",
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let dead: String = redis::cmd("XADD")
+        .arg(k.dlq())
+        .arg("*")
+        .arg(&[
+            "type",
+            "message",
+            "stream",
+            ghost_inbox.as_str(),
+            "m.id",
+            "m1",
+            "m.type",
+            "note",
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let job_keys = vec![
         k.credits(),
         k.outbox(),
@@ -931,6 +961,18 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             bb_args(&["0"]),
         ),
         case(
+            "outbox_replay: a bad id after a good one",
+            &s.outbox_replay,
+            vec![k.outbox_dead(), k.outbox()],
+            vec![b(&stranded), b("not-an-id")],
+        ),
+        case(
+            "dlq_replay: inbox cap",
+            &s.dlq_replay,
+            vec![k.dlq(), ghost_inbox.clone()],
+            vec![b(&dead), b("many")],
+        ),
+        case(
             "credits_flush: empty tenant",
             &s.credits_flush,
             vec![k.credits(), k.outbox()],
@@ -938,7 +980,6 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         ),
     ];
     start_keys.clear();
-    let mut conn = env.conn().await;
     let before = env.snapshot().await;
     for case in &cases {
         let mut call = case.script.prepare_invoke();
