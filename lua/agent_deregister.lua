@@ -1,10 +1,16 @@
 -- agent_deregister: remove an instance from the registry and its indexes.
--- Its inbox stays readable (replay) until it expires after ARGV[2] seconds.
--- Includes: common, registry
--- KEYS[1] agents zset  KEYS[2] agent hash  KEYS[3] inbox stream
--- ARGV[1] instance id  ARGV[2] inbox retention (seconds)
--- ARGV[3..5] registry index prefixes: by type, by job, by status
--- Returns {'ok'} | {'missing'}
+-- Its inbox stays readable (replay) until it expires after `inbox_retention`.
+-- @include common registry
+-- @key agents the tenant's agents zset
+-- @key agent the instance's hash
+-- @key inbox its inbox stream
+-- @arg instance the instance id
+-- @arg inbox_retention seconds the inbox is kept
+-- @arg by_type registry index prefix by agent type (keys.rs)
+-- @arg by_job registry index prefix by job
+-- @arg by_status registry index prefix by status
+-- @reply ok
+-- @reply missing
 
 local idx = registry_prefixes(ARGV[3], ARGV[4], ARGV[5])
 if not idx then return redis.error_reply('ERR registry index prefixes must not be empty') end

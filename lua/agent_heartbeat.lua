@@ -1,9 +1,14 @@
 -- agent_heartbeat: record that an instance is alive (and optionally its status).
--- Includes: common, registry
--- KEYS[1] agents zset   KEYS[2] agent hash
--- ARGV[1] instance id   ARGV[2] new status or '' to keep (a stale one becomes running)
--- ARGV[3..5] registry index prefixes: by type, by job, by status
--- Returns {'ok', status} | {'missing'}
+-- @include common registry
+-- @key agents the tenant's agents zset
+-- @key agent the instance's hash
+-- @arg instance the instance id
+-- @arg status new status, or '' to keep it (a stale one becomes running)
+-- @arg by_type registry index prefix by agent type (keys.rs)
+-- @arg by_job registry index prefix by job
+-- @arg by_status registry index prefix by status
+-- @reply ok(status:text) the status it has now
+-- @reply missing
 
 local idx = registry_prefixes(ARGV[3], ARGV[4], ARGV[5])
 if not idx then return redis.error_reply('ERR registry index prefixes must not be empty') end

@@ -1,12 +1,15 @@
 -- agent_reap: mark instances silent since before the cutoff as stale.
--- Includes: common, registry
--- KEYS[1] agents zset
--- ARGV[1] cutoff (ms): heartbeats older than this are stale
--- ARGV[2] most instances examined in this call
--- ARGV[3] agent hash key prefix (the instance id is appended)
--- ARGV[4..6] registry index prefixes: by type, by job, by status
--- Agent hashes and indexes are named from these prefixes (same tenant, same slot).
--- Returns the number newly marked stale.
+-- Agent hashes and indexes are named from the prefixes keys.rs passes (same
+-- tenant, same slot).
+-- @include common registry
+-- @key agents the tenant's agents zset
+-- @arg cutoff ms: heartbeats older than this are stale
+-- @arg most instances examined in this call
+-- @arg agent_prefix agent hash key prefix (the instance id is appended)
+-- @arg by_type registry index prefix by agent type
+-- @arg by_job registry index prefix by job
+-- @arg by_status registry index prefix by status
+-- @returns int the number newly marked stale
 
 local cutoff = tonumber(ARGV[1])
 local most = tonumber(ARGV[2])

@@ -1,13 +1,20 @@
--- agent_register: register (or re-register) an agent instance and create its inbox.
--- Includes: common, registry
--- KEYS[1] agents zset (instance -> last heartbeat ms)
--- KEYS[2] agent hash             KEYS[3] inbox stream
--- ARGV[1] instance id  ARGV[2] agent id  ARGV[3] job id or ''
--- ARGV[4] capabilities (JSON text)  ARGV[5] status
--- ARGV[6] most instances the tenant may have registered (a new one past it is refused)
--- ARGV[7..9] registry index prefixes: by type, by job, by status
--- Returns {'ok', registered_at} or {'limit', registered}; everything is
--- checked before the first write.
+-- agent_register: register (or re-register) an agent instance and create its
+-- inbox. Everything is checked before the first write.
+-- @include common registry
+-- @key agents the tenant's agents zset (instance -> last heartbeat ms)
+-- @key agent the instance's hash
+-- @key inbox its inbox stream
+-- @arg instance the instance id
+-- @arg agent the agent (type) id
+-- @arg job job id or ''
+-- @arg capabilities JSON text
+-- @arg status its status
+-- @arg most_instances most instances the tenant may have (a new one past it is refused)
+-- @arg by_type registry index prefix by agent type (keys.rs)
+-- @arg by_job registry index prefix by job
+-- @arg by_status registry index prefix by status
+-- @reply ok(registered_at:int) ms
+-- @reply limit(registered:int) how many the tenant has
 
 local max = tonumber(ARGV[6])
 if not max or max < 1 then return redis.error_reply('ERR most instances must be a number >= 1') end

@@ -1,12 +1,16 @@
 -- bb_increment: add to a numeric entry (absent counts as 0), exactly, in
 -- micro-units; charged one blackboard write. Keeps the entry's expiry.
--- Includes: common, bb
--- KEYS[1] credits, KEYS[2..9] the namespace, ARGV[1] namespace, ARGV[2] price
---   (see include/bb.lua)
--- ARGV[3] key   ARGV[4] amount (micro-units)
--- ARGV[5] fencing lock name or ''   ARGV[6] fencing token
--- Returns {'ok', new JSON value} | {'not_a_number', current JSON} | {'fenced'}
---       | {'out_of_range'} | {'insufficient', price, available}
+-- @include common bb
+-- @layout bb
+-- @arg key the entry's key
+-- @arg amount micro-units
+-- @arg fence_lock fencing lock name or ''
+-- @arg fence_token fencing token
+-- @reply ok(value:text) the new JSON value
+-- @reply not_a_number(current:text) the current JSON value
+-- @reply fenced
+-- @reply out_of_range
+-- @reply insufficient(price:int, available:int)
 
 local B = bb_from_keys()
 local key, delta = arg_text(3), arg_int(4, -18000000000000000, 18000000000000000)

@@ -1,14 +1,17 @@
 -- bb_lock: acquire, release or extend a named lock with a holder and a TTL.
 -- Each acquisition takes the next fencing token of the lock (monotonic, kept
 -- forever), so writes of a holder whose lock was taken over are refused.
--- Includes: common, bb
--- KEYS[1] credits, KEYS[2..9] the namespace, ARGV[1] namespace, ARGV[2] price
---   (see include/bb.lua)
--- KEYS[10] the lock's hash (holder, token)
--- ARGV[3] lock name   ARGV[4] action: 'acquire' | 'release' | 'extend'
--- ARGV[5] holder      ARGV[6] TTL (ms)
--- Returns {'ok', token} | {'held', holder, token} | {'not_holder', holder or ''}
---       | {'insufficient', price, available}
+-- @include common bb
+-- @layout bb
+-- @key lock the lock's hash (holder, token)
+-- @arg lock lock name
+-- @arg action 'acquire' | 'release' | 'extend'
+-- @arg holder who holds it
+-- @arg ttl ms
+-- @reply ok(token:int)
+-- @reply held(holder:text, token:int)
+-- @reply not_holder(holder:text) the holder, or ''
+-- @reply insufficient(price:int, available:int)
 
 local B = bb_from_keys()
 local K_LOCK = KEYS[10]

@@ -1,16 +1,18 @@
 -- bb_read: read a blackboard namespace, charged one blackboard read. Sweeps
 -- a bounded number of expired entries first, so nothing expired is returned.
--- Includes: common, bb
--- KEYS[1] credits, KEYS[2..9] the namespace, ARGV[1] namespace, ARGV[2] price
---   (see include/bb.lua)
--- ARGV[3] mode and its arguments:
---   'get' key                        -> {'ok', JSON or ''}
---   'keys' after ('' = start) limit  -> {'ok', key, JSON, key, JSON, ...}
---   'range' min max offset limit     -> {'ok', key, JSON, ...} by score (min/max as ZRANGEBYSCORE takes them)
---   'top' k order ('desc' | 'asc')   -> {'ok', key, JSON, ...}
---   'aggregate'                      -> {'ok', keys, count, sum_micro, min_key, min_json, max_key, max_json,
---                                        sum_hi} (sum = sum_hi * 10^12 + sum_micro, see include/bb.lua)
--- Or {'insufficient', price, available}.
+-- `mode` and its arguments (`params`), and what `ok` holds for each:
+--   'get' key                        -> JSON or ''
+--   'keys' after ('' = start) limit  -> key, JSON, key, JSON, ...
+--   'range' min max offset limit     -> key, JSON, ... by score (min/max as ZRANGEBYSCORE takes them)
+--   'top' k order ('desc' | 'asc')   -> key, JSON, ...
+--   'aggregate'                      -> keys, count, sum_micro, min_key, min_json, max_key, max_json,
+--                                       sum_hi (sum = sum_hi * 10^12 + sum_micro, see include/bb.lua)
+-- @include common bb
+-- @layout bb
+-- @arg mode get | keys | range | top | aggregate
+-- @arg params... the mode's arguments
+-- @reply ok(values:rest)
+-- @reply insufficient(price:int, available:int)
 
 local B = bb_from_keys()
 local mode = arg_one_of(3, {get = true, keys = true, range = true, top = true, aggregate = true})

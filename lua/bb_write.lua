@@ -1,15 +1,19 @@
 -- bb_write: set, compare-and-set or delete one blackboard entry, with its
 -- indexes and aggregates, charged one blackboard write.
--- Includes: common, bb
--- KEYS[1] credits, KEYS[2..9] the namespace, ARGV[1] namespace, ARGV[2] price
---   (see include/bb.lua)
--- ARGV[3] mode: 'set' | 'cas' | 'delete'
--- ARGV[4] key   ARGV[5] new JSON value   ARGV[6] its micro-units or ''
--- ARGV[7] time to live (ms, 0 = none)
--- ARGV[8] cas: expected JSON value, or '' for "must be absent"
--- ARGV[9] fencing lock name or ''   ARGV[10] fencing token
--- Returns {'ok', existed} | {'mismatch', current JSON or ''} | {'fenced'}
---       | {'insufficient', price, available}
+-- @include common bb
+-- @layout bb
+-- @arg mode 'set' | 'cas' | 'delete'
+-- @arg key the entry's key
+-- @arg value new JSON value
+-- @arg micro its micro-units, or '' when not a number
+-- @arg ttl time to live (ms, 0 = none)
+-- @arg expected cas: expected JSON value, or '' for "must be absent"
+-- @arg fence_lock fencing lock name or ''
+-- @arg fence_token fencing token
+-- @reply ok(existed:int)
+-- @reply mismatch(current:text) current JSON value or ''
+-- @reply fenced
+-- @reply insufficient(price:int, available:int)
 
 local B = bb_from_keys()
 local mode, key = arg_one_of(3, {set = true, cas = true, delete = true}), arg_text(4)

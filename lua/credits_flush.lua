@@ -1,10 +1,12 @@
 -- credits_flush: turn metered charges (already in `spent`) into ledger
 -- events: one `charge` per skill for everything accumulated since the last
 -- flush, so the ledger sums match the balance again.
--- Includes: common
--- KEYS[1] credits hash   KEYS[2] outbox stream
--- ARGV[1] event id base  ARGV[2] tenant
--- Returns the total amount flushed (minor units).
+-- @include common
+-- @key credits the tenant's credits hash
+-- @key outbox its outbox stream
+-- @arg event_base event id base
+-- @arg tenant the tenant id
+-- @returns int the total amount flushed (minor units)
 
 arg_text(1)
 arg_text(2)

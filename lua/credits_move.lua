@@ -1,16 +1,22 @@
 -- credits_move: one credit movement of a tenant, with its ledger event.
 -- Refuses (and changes nothing) when the movement would make
 -- total - reserved - spent negative, or take more from `reserved` than it holds.
--- Includes: common
--- KEYS[1] credits hash   KEYS[2] outbox stream
--- ARGV[1] event id base  ARGV[2] tenant  ARGV[3] operation
---   (grant | reserve | spend | refund | charge)
--- ARGV[4] skill          ARGV[5] amount (minor units, > 0)
--- ARGV[6] job id or ''   ARGV[7] MessagePack context map
--- ARGV[8] ceiling of total after a grant (minor units)
 -- Every argument is checked before the first write (amount in [1, MAX_MINOR]).
--- Returns {'ok', total, reserved, spent} | {'insufficient', required, available}
---       | {'over_reserved', required, reserved} | {'over_ceiling', ceiling}
+-- @include common
+-- @key credits the tenant's credits hash
+-- @key outbox its outbox stream
+-- @arg event_base event id base
+-- @arg tenant the tenant id
+-- @arg operation grant | reserve | spend | refund | charge
+-- @arg skill what the movement pays for
+-- @arg amount minor units, > 0
+-- @arg job job id or ''
+-- @arg context MessagePack context map
+-- @arg ceiling ceiling of total after a grant (minor units)
+-- @reply ok(total:int, reserved:int, spent:int)
+-- @reply insufficient(required:int, available:int)
+-- @reply over_reserved(required:int, reserved:int)
+-- @reply over_ceiling(ceiling:int)
 
 arg_text(1)
 arg_text(2)

@@ -1,9 +1,14 @@
 -- dlq_replay: move one dead-lettered message back to the inbox it came from,
 -- as a new entry (its message id kept), and remove it from the dead letters.
--- Includes: common
--- KEYS[1] dead-letter stream   KEYS[2] the inbox named by the entry's 'stream' field
--- ARGV[1] dead-letter entry id   ARGV[2] inbox cap (MAXLEN ~)
--- Returns {'ok', new_entry_id} | {'missing'} | {'not_a_message', type} | {'wrong_stream'}
+-- @include common
+-- @key dlq the dead-letter stream
+-- @key inbox the inbox named by the entry's 'stream' field
+-- @arg entry dead-letter entry id
+-- @arg inbox_cap MAXLEN ~ of the inbox
+-- @reply ok(entry_id:text) the new entry's id
+-- @reply missing
+-- @reply not_a_message(type:text)
+-- @reply wrong_stream
 
 arg_text(1)
 arg_int(2, 1, MAX_MINOR)

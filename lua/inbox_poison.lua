@@ -1,12 +1,12 @@
 -- inbox_poison: dead-letter inbox entries whose payload cannot be decoded,
 -- each alone and with its own reason, the moment a consumer first reads
 -- them; the rest of the batch is delivered as usual. Entries already gone
--- are skipped.
--- Includes: common
--- KEYS[1] inbox stream   KEYS[2] dead-letter stream
--- ARGV pairs: entry id (a stream id), reason (text, at most 1024 bytes)
--- Returns the number dead-lettered. Every argument is checked before the
--- first write.
+-- are skipped. Every argument is checked before the first write.
+-- @include common
+-- @key inbox the inbox stream
+-- @key dlq the dead-letter stream
+-- @arg (entry, reason)... a stream id and its reason (at most 1024 bytes)
+-- @returns int the number dead-lettered
 
 if #ARGV % 2 ~= 0 then return redis.error_reply('ERR arguments come in pairs: entry id, reason') end
 for i = 1, #ARGV, 2 do

@@ -3,10 +3,11 @@
 -- while the instance is registered: a deregistered instance stays gone.
 -- The group starts at 0, so every retained entry is delivered (again): after
 -- losing the acknowledgements, at-least-once means redelivery, never loss.
--- Includes: none
--- KEYS[1] inbox stream  KEYS[2] agent hash
--- ARGV[1] group name
--- Returns 1 when the group exists now, 0 when the instance is not registered.
+-- @include none
+-- @key inbox the inbox stream
+-- @key agent the instance's hash
+-- @arg group the group name
+-- @returns int 1 when the group exists now, 0 when the instance is not registered
 
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')

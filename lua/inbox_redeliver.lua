@@ -1,13 +1,17 @@
 -- inbox_redeliver: hand a consumer back its own unacknowledged messages that
--- have been idle for at least ARGV[2] ms (after a crash or a failed handler);
--- a message delivered ARGV[3] times already goes to the dead-letter stream.
--- Includes: common
--- KEYS[1] inbox stream   KEYS[2] dead-letter stream
--- ARGV[1] consumer (the instance id)  ARGV[2] minimum idle (ms)
--- ARGV[3] most deliveries  ARGV[4] most entries per call
--- ARGV[5] most bytes of field values handed back ('' for no bound; a call
--- hands back at least one entry when one is due)
--- Returns {entries, dead_lettered} with entries as XCLAIM returns them.
+-- have been idle for at least `min_idle` ms (after a crash or a failed
+-- handler); a message delivered `most_deliveries` times already goes to the
+-- dead-letter stream.
+-- @include common
+-- @key inbox the inbox stream
+-- @key dlq the dead-letter stream
+-- @arg consumer the instance id
+-- @arg min_idle ms
+-- @arg most_deliveries deliveries before a message is dead-lettered
+-- @arg count most entries per call
+-- @arg most_bytes most bytes of field values handed back ('' for no bound;
+--   a call hands back at least one entry when one is due)
+-- @returns (entries:raw, dead_lettered:int) entries as XCLAIM returns them
 
 local min_idle, max, count = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 if ARGV[1] == '' then return redis.error_reply('ERR consumer must not be empty') end

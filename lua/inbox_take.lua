@@ -2,13 +2,13 @@
 -- in entries and in bytes (REST receive): it measures the entries after the
 -- group's last delivered one, then reads exactly those through the group.
 -- A take always has an entry when one is new (a single entry is at most the
--- payload limit). Never blocks.
--- Includes: common
--- KEYS[1] inbox stream (group 'inbox')
--- ARGV[1] consumer (the instance id)
--- ARGV[2] most entries (1..10000)   ARGV[3] most bytes (>= 1)
--- Returns entries as XREADGROUP returns them for one stream ({} when none),
--- or an error NOGROUP when the group is missing.
+-- payload limit). Never blocks. An error NOGROUP when the group is missing.
+-- @include common
+-- @key inbox the inbox stream (group 'inbox')
+-- @arg consumer the instance id
+-- @arg count most entries (1..10000)
+-- @arg most_bytes most bytes (>= 1)
+-- @returns raw entries as XREADGROUP returns them for one stream ({} when none)
 
 local max_n, max_b = tonumber(ARGV[2]), tonumber(ARGV[3])
 if not max_n or max_n < 1 or max_n > 10000 then

@@ -1,10 +1,12 @@
 -- invoke_expire: end a pending invocation whose deadline passed (the caller
 -- gave up, or the sweeper found it): status timeout, reservation released.
--- Includes: common, invoke
--- KEYS[1..4]: the invoke layout (see include/invoke.lua)
--- ARGV[1..3]: event id base, tenant, invoke id
--- ARGV[4] '1' when the caller's own timer fired (no need to wait for the deadline)
--- Returns {'timeout', duration_ms} | {'missing'} | {'not_pending', status} | {'not_due'}
+-- @include common invoke
+-- @layout invoke
+-- @arg own_timer '1' when the caller's own timer fired (no need to wait for the deadline)
+-- @reply timeout(duration_ms:int)
+-- @reply missing
+-- @reply not_pending(status:text)
+-- @reply not_due
 
 arg_one_of(4, {['0'] = true, ['1'] = true})
 local v = redis.call('HMGET', K_INVOKE, 'status', 'deadline')

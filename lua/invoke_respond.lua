@@ -2,13 +2,16 @@
 -- on success, releases it on a reported error, records duration and credits
 -- (audit event), and posts the reply to the caller's reply stream. A response
 -- after the deadline is refused and the invocation ends as timed out.
--- Includes: common, invoke
--- KEYS[1..4]: the invoke layout (see include/invoke.lua)
--- ARGV[1..3]: event id base, tenant, invoke id
--- ARGV[4] MessagePack response   ARGV[5] error message ('' for success)
--- ARGV[6] responding instance or '' (must be the target when given)
 -- The reply stream is the one the invocation recorded (same tenant, same slot).
--- Returns {'ok', status, duration_ms} | {'missing'} | {'not_pending', status} | {'wrong_responder'}
+-- @include common invoke
+-- @layout invoke
+-- @arg response MessagePack response
+-- @arg error error message ('' for success)
+-- @arg responder responding instance or '' (must be the target when given)
+-- @reply ok(status:text, duration_ms:int)
+-- @reply missing
+-- @reply not_pending(status:text)
+-- @reply wrong_responder
 
 local v = redis.call('HMGET', K_INVOKE, 'status', 'deadline', 'target', 'reply_stream')
 if not v[1] then return {'missing'} end

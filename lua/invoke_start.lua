@@ -5,16 +5,27 @@
 -- nothing reserved, one 'invoke_refused' audit event.
 -- The invoke hash has no TTL while pending: the reservation it records is
 -- released by whatever ends it (respond, expire, the sweeper), never by time.
--- Includes: common, invoke
--- KEYS[1..4]: the invoke layout (see include/invoke.lua)
--- KEYS[5] agents zset   KEYS[6] target agent hash   KEYS[7] target inbox stream
--- ARGV[1..3]: event id base, tenant, invoke id
--- ARGV[4] price (minor units)   ARGV[5] inbox cap   ARGV[6] message id
--- ARGV[7] caller instance       ARGV[8] target instance   ARGV[9] job id or ''
--- ARGV[10] MessagePack request  ARGV[11] timeout (ms)  ARGV[12] caller's reply stream
--- ARGV[13] staleness limit (ms) ARGV[14] retention of the invoke hash after it ends (s)
--- Returns {'ok', started_at} | {'unknown_target'} | {'target_stopped', status}
---       | {'insufficient_credits', required, available} | {'exists'}
+-- @include common invoke
+-- @layout invoke
+-- @key agents the tenant's agents zset
+-- @key target the target instance's hash
+-- @key target_inbox its inbox stream
+-- @arg price minor units
+-- @arg inbox_cap MAXLEN ~ of the inbox
+-- @arg message_id the request message's id
+-- @arg caller caller instance
+-- @arg target target instance
+-- @arg job job id or ''
+-- @arg request MessagePack request
+-- @arg timeout ms
+-- @arg reply_stream the caller's reply stream
+-- @arg staleness ms since a heartbeat past which the target counts as gone
+-- @arg retention seconds the invoke hash is kept after it ends
+-- @reply ok(started_at:int)
+-- @reply unknown_target
+-- @reply target_stopped(status:text)
+-- @reply insufficient_credits(required:int, available:int)
+-- @reply exists
 
 local price = arg_int(4, 0, MAX_MINOR)
 arg_int(5, 1, MAX_MINOR)

@@ -1,12 +1,13 @@
 -- job_cancel: stop a running job at once and refund every uncompleted item.
 -- After this call no item is delivered (end_job deletes the items stream and
 -- its group) and late completions are refused by the status check.
--- Includes: common, job
--- KEYS: the job layout (see include/job.lua).
--- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
--- ARGV[5] cancelled by   ARGV[6] reason
--- Returns {'ok', completed_items, cancelled_items, refunded, lasted_ms}
---       | {'missing'} | {'not_running', status}
+-- @include common job
+-- @layout job
+-- @arg cancelled_by who cancelled it
+-- @arg reason why
+-- @reply ok(completed:int, cancelled:int, refunded:int, lasted_ms:int)
+-- @reply missing
+-- @reply not_running(status:text)
 
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'completed', 'failed')
 local status, cost = v[1], tonumber(v[2])

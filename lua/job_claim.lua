@@ -1,12 +1,12 @@
--- job_claim: deliver up to COUNT new items of a running job to one consumer.
+-- job_claim: deliver up to `count` new items of a running job to one consumer.
 -- Checking the status here means a claim never reaches a job that is not running.
--- Includes: common, job
--- KEYS: the job layout (see include/job.lua).
--- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
--- ARGV[5] consumer name (the worker instance id)
--- ARGV[6] maximum number of items
--- Returns {'ok', entry...} with entry = {id, {field, value, ...}}
---       | {'missing'} | {'not_running', status}
+-- @include common job
+-- @layout job
+-- @arg consumer the worker instance id
+-- @arg count most items
+-- @reply ok(entries:rest) each {id, {field, value, ...}}
+-- @reply missing
+-- @reply not_running(status:text)
 
 arg_text(5)
 arg_int(6, 1, 100000)

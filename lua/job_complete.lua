@@ -1,19 +1,20 @@
 -- job_complete: complete delivered items, charge each exactly once.
 -- An item is completed only while its entry is pending (delivered, not yet
 -- acked or reclaimed); a second completion is a duplicate and costs nothing.
--- Includes: common, job, bb
--- KEYS: the job layout (see include/job.lua). A job spawned with an aggregate
--- namespace also writes the blackboard keys of that namespace (same tenant,
--- same slot), named from the prefixes keys.rs passes.
--- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
--- ARGV[5] the tenant's blackboard key prefix   ARGV[6] its namespaces set
--- ARGV[7..]: pairs of (entry id, MessagePack output)
--- Returns {'ok', ended, status, {outcome...}, {duration...}}: `ended` is how
--- long the job lasted (ms) and `status` its final status when this call
--- ended it, else 0 and ''; one outcome per pair,
--- 'completed' | 'duplicate' | 'stale' (no longer pending) | 'invalid'; the
--- delivery-to-completion ms of each completed item.
---       | {'missing'} | {'not_running', status}
+-- A job spawned with an aggregate namespace also writes the blackboard keys
+-- of that namespace (same tenant, same slot), named from the prefixes
+-- keys.rs passes. In `ok`: `ended` is how long the job lasted (ms) and
+-- `status` its final status when this call ended it, else 0 and ''; one
+-- outcome per pair, completed | duplicate | stale (no longer pending) |
+-- invalid; the delivery-to-completion ms of each completed item.
+-- @include common job bb
+-- @layout job
+-- @arg bb_root the tenant's blackboard key prefix
+-- @arg bb_namespaces its namespaces set
+-- @arg (entry, output)... an entry id and its MessagePack output
+-- @reply ok(ended:int, status:text, outcomes:texts, durations:ints)
+-- @reply missing
+-- @reply not_running(status:text)
 
 arg_text(5)
 arg_text(6)

@@ -1,13 +1,19 @@
 -- job_fail: a worker reports an item failed. With retry and attempts left the
--- item is re-queued; otherwise it fails for good (dead letter, credits released).
--- Includes: common, job
--- KEYS: the job layout (see include/job.lua).
--- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
--- ARGV[5] entry id   ARGV[6] error message   ARGV[7] retry ('1' or '0')
--- Returns {'retried', attempt} | {'failed', ended, status} | {'duplicate'} | {'stale'} | {'invalid'}
---   (ended, status: how long the job lasted (ms) and how it ended, when this
---   failure ended it, else 0 and '')
---       | {'missing'} | {'not_running', status}
+-- item is re-queued; otherwise it fails for good (dead letter, credits
+-- released). `ended`, `status`: how long the job lasted (ms) and how it
+-- ended, when this failure ended it, else 0 and ''.
+-- @include common job
+-- @layout job
+-- @arg entry the item's entry id
+-- @arg error error message
+-- @arg retry '1' or '0'
+-- @reply retried(attempt:int)
+-- @reply failed(ended:int, status:text)
+-- @reply duplicate
+-- @reply stale
+-- @reply invalid
+-- @reply missing
+-- @reply not_running(status:text)
 
 arg_one_of(7, {['0'] = true, ['1'] = true})
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'max_retries')

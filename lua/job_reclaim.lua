@@ -1,13 +1,15 @@
 -- job_reclaim: re-deliver items whose worker went quiet for longer than the
 -- job's timeout per item (XAUTOCLAIM); past max_retries they fail for good.
--- Also trims entries that every consumer is done with.
--- Includes: common, job
--- KEYS: the job layout (see include/job.lua).
--- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
--- ARGV[5] consumer name of the reclaimer   ARGV[6] maximum entries per call
--- Returns {'ok', requeued, failed, ended, status} | {'missing'} | {'not_running', status}
---   (ended, status: how long the job lasted (ms) and how it ended, when this
---   call ended it, else 0 and '')
+-- Also trims entries that every consumer is done with. `ended`, `status`:
+-- how long the job lasted (ms) and how it ended, when this call ended it,
+-- else 0 and ''.
+-- @include common job
+-- @layout job
+-- @arg consumer consumer name of the reclaimer
+-- @arg count most entries per call
+-- @reply ok(requeued:int, failed:int, ended:int, status:text)
+-- @reply missing
+-- @reply not_running(status:text)
 
 arg_text(5)
 arg_int(6, 1, 100000)

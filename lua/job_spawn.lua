@@ -1,17 +1,23 @@
 -- job_spawn: reserve the job's credits, create the job and enqueue every item,
 -- all or nothing.
--- Includes: common, job
--- KEYS: the job layout (see include/job.lua).
--- ARGV[1..4]: event id base, tenant, job id, retention (job layout)
--- ARGV[5] item cost (minor units)      ARGV[9]  worker agent
--- ARGV[6] job overhead (minor units)   ARGV[10] parallelism
--- ARGV[7] task                         ARGV[11] timeout per item (ms)
--- ARGV[8] orchestrator instance        ARGV[12] max retries
--- ARGV[13] blackboard namespace to aggregate outputs into, or ''
--- ARGV[14] field of the output to aggregate, or '' for the output itself
--- ARGV[15] history hash of the task   ARGV[16] history hash of the worker agent and task
--- ARGV[17..] one MessagePack input per item
--- Returns {'ok', reserved, available_after} | {'insufficient', required, available} | {'exists'}
+-- @include common job
+-- @layout job
+-- @arg item_cost minor units
+-- @arg overhead job overhead (minor units)
+-- @arg task the task
+-- @arg orchestrator orchestrator instance
+-- @arg worker worker agent
+-- @arg parallelism most items in flight
+-- @arg item_timeout timeout per item (ms)
+-- @arg max_retries retries per item
+-- @arg agg_ns blackboard namespace to aggregate outputs into, or ''
+-- @arg agg_field field of the output to aggregate, or '' for the output itself
+-- @arg task_history history hash of the task
+-- @arg worker_history history hash of the worker agent and task
+-- @arg input... one MessagePack input per item
+-- @reply ok(reserved:int, available:int) available after the reservation
+-- @reply insufficient(required:int, available:int)
+-- @reply exists
 
 local item_cost, overhead = arg_int(5, 0, MAX_MINOR), arg_int(6, 0, MAX_MINOR)
 local task = arg_text(7)

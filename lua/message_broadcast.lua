@@ -1,17 +1,24 @@
 -- message_broadcast: send one message to every recipient, all or nothing:
 -- the price of every delivery is checked first and charged once (one ledger
--- event); with too little credit nothing is delivered or charged.
--- Includes: common
--- KEYS[1] credits hash   KEYS[2] outbox stream
--- KEYS[3..] pairs of (recipient agent hash, recipient inbox stream)
--- ARGV[1] event id base  ARGV[2] tenant  ARGV[3] price per delivery (minor units)
--- ARGV[4] inbox cap (MAXLEN ~)   ARGV[5] from instance   ARGV[6] message type
--- ARGV[7] job id         ARGV[8] MessagePack payload
--- ARGV[9..] one message id per recipient pair
--- Returns {'ok', {recipient instance...}, {entry id...}} for those still
--- registered (deregistered ones are skipped, not charged)
---       | {'insufficient', recipients, available} (required = recipients x price:
---         computed by the caller, as it may pass what a double holds exactly)
+-- event); with too little credit nothing is delivered or charged. `ok`
+-- lists those still registered (deregistered ones are skipped, not
+-- charged); `insufficient` gives the count (required = recipients x price,
+-- computed by the caller, as it may pass what a double holds exactly).
+-- @include common
+-- @key credits the tenant's credits hash
+-- @key outbox its outbox stream
+-- @key (agent, inbox)... a recipient's agent hash and inbox stream
+-- @arg event_base event id base
+-- @arg tenant the tenant id
+-- @arg price per delivery (minor units)
+-- @arg inbox_cap MAXLEN ~ of an inbox
+-- @arg from from instance
+-- @arg type message type
+-- @arg job job id or ''
+-- @arg payload MessagePack payload
+-- @arg message_id... one message id per recipient
+-- @reply ok(recipients:texts, entries:texts)
+-- @reply insufficient(recipients:int, available:int)
 
 arg_text(1)
 arg_text(2)

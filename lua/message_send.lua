@@ -1,14 +1,25 @@
 -- message_send: charge one message and append it to the recipient's inbox.
--- Includes: common
--- KEYS[1] credits hash   KEYS[2] outbox stream
--- KEYS[3] recipient agent hash   KEYS[4] recipient inbox stream
--- ARGV[1] event id base  ARGV[2] tenant  ARGV[3] price (minor units)
--- ARGV[4] inbox cap (MAXLEN ~)  ARGV[5] message id  ARGV[6] from instance
--- ARGV[7] message type   ARGV[8] job id or ''   ARGV[9] reply_to or ''
--- ARGV[10] MessagePack payload   ARGV[11] reply stream or ''
--- ARGV[12] '1' when the recipient must be registered ('0' for a reply to a
---          caller's reply stream, given as KEYS[4])
--- Returns {'ok', entry_id} | {'unknown_recipient'} | {'insufficient', required, available}
+-- @include common
+-- @key credits the tenant's credits hash
+-- @key outbox its outbox stream
+-- @key agent recipient agent hash
+-- @key inbox recipient inbox stream (or the caller's reply stream)
+-- @arg event_base event id base
+-- @arg tenant the tenant id
+-- @arg price minor units
+-- @arg inbox_cap MAXLEN ~ of the inbox
+-- @arg message_id the message's id
+-- @arg from from instance
+-- @arg type message type
+-- @arg job job id or ''
+-- @arg reply_to message id answered, or ''
+-- @arg payload MessagePack payload
+-- @arg reply_stream reply stream or ''
+-- @arg registered '1' when the recipient must be registered ('0' for a
+--   reply to a caller's reply stream, given as `inbox`)
+-- @reply ok(entry_id:text)
+-- @reply unknown_recipient
+-- @reply insufficient(required:int, available:int)
 
 arg_text(1)
 arg_text(2)

@@ -1,9 +1,10 @@
 -- outbox_ack: the sink acknowledges mirrored events and trims what every
 -- sink consumer is done with (cheaper than deleting entry by entry).
--- Includes: common
--- KEYS[1] outbox stream
--- ARGV[1] consumer group   ARGV[2..] entry ids
--- Returns the number acknowledged.
+-- @include common
+-- @key outbox the outbox stream
+-- @arg group consumer group
+-- @arg entry... entry ids
+-- @returns int the number acknowledged
 
 local ids = {}
 for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end

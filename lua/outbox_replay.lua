@@ -2,10 +2,11 @@
 -- by the sink) back into the outbox as new entries with their original
 -- fields. The event id travels with them, so writing one again is a no-op
 -- for the ledger and cancellations and converges for jobs and invokes.
--- Includes: none
--- KEYS[1] stranded-events stream   KEYS[2] outbox stream
--- ARGV[1..] entry ids of KEYS[1], each `<ms>-<seq>` (all checked before the first replay)
--- Returns {replayed, missing}
+-- @include none
+-- @key stranded the stranded-events stream
+-- @key outbox the outbox stream
+-- @arg entry... entry ids of `stranded`, each `<ms>-<seq>` (all checked before the first replay)
+-- @returns (replayed:int, missing:int)
 
 for i = 1, #ARGV do
   if not string.match(ARGV[i], '^%d+%-%d+$') or string.len(ARGV[i]) > 41 then

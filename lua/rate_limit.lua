@@ -1,9 +1,10 @@
 -- rate_limit: one request of a token against its rate (GCRA): allowed while
 -- the token's theoretical arrival time stays within the burst allowance.
--- Includes: none
--- KEYS[1] the token's rate-limit key (its theoretical arrival time, ms)
--- ARGV[1] requests per second   ARGV[2] burst (requests)
--- Returns {1, 0} when allowed, {0, ms to wait} when not.
+-- @include none
+-- @key limit the token's rate-limit key (its theoretical arrival time, ms)
+-- @arg rate requests per second
+-- @arg burst requests
+-- @returns (allowed:int, wait_ms:int) {1, 0} when allowed, {0, ms to wait} when not
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000

@@ -202,14 +202,16 @@ impl AgentBus {
         burst: u32,
     ) -> Result<Option<std::time::Duration>> {
         let mut conn = self.redis().conn().await?;
-        let (allowed, wait_ms): (i64, i64) = crate::scripts::scripts()
+        let reply = crate::scripts::scripts()
             .rate_limit
-            .key(self.keyspace().rate_limit(token_id))
-            .arg(per_second)
-            .arg(burst.max(1))
-            .invoke_async(&mut conn)
+            .key("limit", self.keyspace().rate_limit(token_id))
+            .arg("rate", per_second)
+            .arg("burst", burst.max(1))
+            .invoke(&mut conn)
             .await?;
-        Ok((allowed == 0).then(|| std::time::Duration::from_millis(wait_ms.max(1) as u64)))
+        let wait_ms = reply.int("wait_ms")?;
+        Ok((reply.int("allowed")? == 0)
+            .then(|| std::time::Duration::from_millis(wait_ms.max(1) as u64)))
     }
 
     /// Revokes a token by id; effective on the next request.

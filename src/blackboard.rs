@@ -13,19 +13,17 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use redis::ScriptInvocation;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::bus::{AgentBus, event_base};
-use crate::codec::Reply;
 use crate::error::{Error, Result};
 use crate::keys::{BlackboardKeys, Ident, TenantId};
 use crate::metrics;
 use crate::money::{self, from_minor};
-use crate::scripts::scripts;
+use crate::scripts::{Answer, Call, Lua, scripts};
 
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 256;
@@ -197,14 +195,15 @@ impl AgentBus {
     pub async fn flush_metering(&self, tenant: &TenantId) -> Result<Decimal> {
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
-        let minor: i64 = scripts()
+        let minor = scripts()
             .credits_flush
-            .key(keys.credits())
-            .key(keys.outbox())
-            .arg(event_base())
-            .arg(tenant.as_str())
-            .invoke_async(&mut conn)
-            .await?;
+            .key("credits", keys.credits())
+            .key("outbox", keys.outbox())
+            .arg("event_base", event_base())
+            .arg("tenant", tenant.as_str())
+            .invoke(&mut conn)
+            .await?
+            .value()?;
         Ok(from_minor(minor))
     }
 
@@ -227,46 +226,60 @@ impl AgentBus {
 }
 
 impl Blackboard {
-    fn call<'a>(&self, script: &'a redis::Script, price: i64) -> ScriptInvocation<'a> {
+    /// A call with the blackboard layout (`@layout bb`) pushed.
+    fn call<'a>(&self, script: &'a Lua, price: i64) -> Call<'a> {
         let k = &self.keys;
-        let mut call = script.prepare_invoke();
-        call.key(self.bus.keys(&self.tenant).credits())
-            .key(&k.vals)
-            .key(&k.nums)
-            .key(&k.lex)
-            .key(&k.score)
-            .key(&k.agg)
-            .key(&k.exp)
-            .key(&k.fence)
-            .key(&k.namespaces)
-            .arg(self.namespace.as_str())
-            .arg(price);
+        let mut call = script.call();
+        call.key("credits", self.bus.keys(&self.tenant).credits())
+            .key("vals", &k.vals)
+            .key("nums", &k.nums)
+            .key("lex", &k.lex)
+            .key("score", &k.score)
+            .key("agg", &k.agg)
+            .key("exp", &k.exp)
+            .key("fence", &k.fence)
+            .key("namespaces", &k.namespaces)
+            .arg("namespace", self.namespace.as_str())
+            .arg("price", price);
         call
     }
 
     /// Runs one operation's script, timed under `op`.
-    async fn run(&self, op: &'static str, call: ScriptInvocation<'_>) -> Result<Reply> {
+    async fn run(&self, op: &'static str, call: Call<'_>) -> Result<Answer> {
         let started = std::time::Instant::now();
         let mut conn = self.bus.redis().conn().await?;
-        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
+        let reply = call.invoke(&mut conn).await?;
         metrics::blackboard_op(op, started.elapsed());
-        if reply.tag()? == "insufficient" {
+        if reply.is("insufficient") {
             return Err(Error::InsufficientCredits {
-                required: from_minor(reply.i64(1)?),
-                available: from_minor(reply.i64(2)?),
+                required: from_minor(reply.int("price")?),
+                available: from_minor(reply.int("available")?),
             });
         }
         Ok(reply)
     }
 
-    fn entries(reply: &Reply) -> Result<Vec<Entry>> {
-        (1..reply.len())
-            .step_by(2)
-            .map(|i| {
-                Ok(Entry {
-                    key: reply.str(i)?,
-                    value: parse_value(&reply.str(i + 1)?)?,
-                })
+    /// A bb_read reply's `values`: text elements, read by position (what
+    /// they are depends on the mode; see lua/bb_read.lua).
+    fn read_values(reply: &Answer) -> Result<Vec<String>> {
+        reply
+            .rest("values")?
+            .iter()
+            .map(|v| {
+                crate::codec::text(v).ok_or_else(|| Error::protocol(format!("bb_read value {v:?}")))
+            })
+            .collect()
+    }
+
+    fn entries(reply: &Answer) -> Result<Vec<Entry>> {
+        Self::read_values(reply)?
+            .chunks(2)
+            .map(|pair| match pair {
+                [key, json] => Ok(Entry {
+                    key: key.clone(),
+                    value: parse_value(json)?,
+                }),
+                _ => Err(Error::protocol("bb_read: a key without its value")),
             })
             .collect()
     }
@@ -274,9 +287,12 @@ impl Blackboard {
     pub async fn get(&self, key: &str) -> Result<Option<Value>> {
         validate_key(key)?;
         let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
-        call.arg("get").arg(key);
+        call.arg("mode", "get").arg("params", key);
         let reply = self.run("get", call).await?;
-        let json = reply.str(1)?;
+        let json = Self::read_values(&reply)?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         if json.is_empty() {
             Ok(None)
         } else {
@@ -292,7 +308,7 @@ impl Blackboard {
         ttl: Option<Duration>,
         expected: Option<&Value>,
         fence: Option<&Fence>,
-    ) -> Result<Reply> {
+    ) -> Result<Answer> {
         validate_key(key)?;
         let json = match value {
             Some(v) => {
@@ -317,26 +333,27 @@ impl Blackboard {
             None => String::new(),
         };
         let mut call = self.call(&scripts().bb_write, self.bus.prices().blackboard_write);
-        call.arg(mode)
-            .arg(key)
-            .arg(json)
+        call.arg("mode", mode)
+            .arg("key", key)
+            .arg("value", json)
             .arg(
+                "micro",
                 value
                     .and_then(micro_units)
                     .map(|m| m.to_string())
                     .unwrap_or_default(),
             )
-            .arg(ttl_ms)
-            .arg(expected)
-            .arg(fence.map(|f| f.lock.as_str()).unwrap_or(""))
-            .arg(fence.map(|f| f.token).unwrap_or(0));
+            .arg("ttl", ttl_ms)
+            .arg("expected", expected)
+            .arg("fence_lock", fence.map(|f| f.lock.as_str()).unwrap_or(""))
+            .arg("fence_token", fence.map(|f| f.token).unwrap_or(0));
         let op = match mode {
             "set" => "set",
             "cas" => "cas",
             _ => "delete",
         };
         let reply = self.run(op, call).await?;
-        if reply.tag()? == "fenced" {
+        if reply.is("fenced") {
             return Err(Error::conflict(
                 "stale fencing token: the lock was acquired again since; write refused",
             ));
@@ -356,7 +373,7 @@ impl Blackboard {
         let reply = self
             .write("set", key, Some(value), ttl, None, fence)
             .await?;
-        Ok(reply.i64(1)? == 1)
+        Ok(reply.int("existed")? == 1)
     }
 
     /// Sets `value` only if the current value equals `expected` (None: absent).
@@ -371,15 +388,15 @@ impl Blackboard {
         let reply = self
             .write("cas", key, Some(value), ttl, expected, fence)
             .await?;
-        match reply.tag()?.as_str() {
+        match reply.tag() {
             "ok" => Ok(CasOutcome::Set),
             _ => {
-                let current = reply.str(1)?;
+                let current = reply.text("current")?;
                 Ok(CasOutcome::Mismatch {
                     current: if current.is_empty() {
                         None
                     } else {
-                        Some(parse_value(&current)?)
+                        Some(parse_value(current)?)
                     },
                 })
             }
@@ -389,7 +406,7 @@ impl Blackboard {
     /// Deletes an entry. Returns whether it existed.
     pub async fn delete(&self, key: &str, fence: Option<&Fence>) -> Result<bool> {
         let reply = self.write("delete", key, None, None, None, fence).await?;
-        Ok(reply.i64(1)? == 1)
+        Ok(reply.int("existed")? == 1)
     }
 
     /// Adds `amount` (integer or decimal, exact to 6 places) to a numeric
@@ -405,13 +422,13 @@ impl Blackboard {
             Error::invalid("amount", "a number of at most 9e9 (6 decimal places kept)")
         })?;
         let mut call = self.call(&scripts().bb_increment, self.bus.prices().blackboard_write);
-        call.arg(key)
-            .arg(delta)
-            .arg(fence.map(|f| f.lock.as_str()).unwrap_or(""))
-            .arg(fence.map(|f| f.token).unwrap_or(0));
+        call.arg("key", key)
+            .arg("amount", delta)
+            .arg("fence_lock", fence.map(|f| f.lock.as_str()).unwrap_or(""))
+            .arg("fence_token", fence.map(|f| f.token).unwrap_or(0));
         let reply = self.run("increment", call).await?;
-        match reply.tag()?.as_str() {
-            "ok" => parse_value(&reply.str(1)?),
+        match reply.tag() {
+            "ok" => parse_value(reply.text("value")?),
             "not_a_number" => Err(Error::conflict(format!(
                 "{key} holds a value that is not a number"
             ))),
@@ -429,9 +446,9 @@ impl Blackboard {
             validate_key(a)?;
         }
         let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
-        call.arg("keys")
-            .arg(after.unwrap_or(""))
-            .arg(limit.clamp(1, MAX_READ));
+        call.arg("mode", "keys")
+            .arg("params", after.unwrap_or(""))
+            .arg("params", limit.clamp(1, MAX_READ));
         Self::entries(&self.run("keys", call).await?)
     }
 
@@ -444,48 +461,55 @@ impl Blackboard {
         limit: usize,
     ) -> Result<Vec<Entry>> {
         let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
-        call.arg("range")
-            .arg(min.arg(true))
-            .arg(max.arg(false))
-            .arg(offset.min(MAX_OFFSET))
-            .arg(limit.clamp(1, MAX_READ));
+        call.arg("mode", "range")
+            .arg("params", min.arg(true))
+            .arg("params", max.arg(false))
+            .arg("params", offset.min(MAX_OFFSET))
+            .arg("params", limit.clamp(1, MAX_READ));
         Self::entries(&self.run("range", call).await?)
     }
 
     /// The `k` largest (or smallest) numeric entries.
     pub async fn top(&self, k: usize, descending: bool) -> Result<Vec<Entry>> {
         let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
-        call.arg("top")
-            .arg(k.clamp(1, MAX_READ))
-            .arg(if descending { "desc" } else { "asc" });
+        call.arg("mode", "top")
+            .arg("params", k.clamp(1, MAX_READ))
+            .arg("params", if descending { "desc" } else { "asc" });
         Self::entries(&self.run("top", call).await?)
     }
 
     /// Count, sum, min, max and mean of the numeric entries: O(log N).
     pub async fn aggregate(&self) -> Result<Aggregate> {
         let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
-        call.arg("aggregate");
-        let r = self.run("aggregate", call).await?;
-        let count = r.i64(2)?;
+        call.arg("mode", "aggregate");
+        let values = Self::read_values(&self.run("aggregate", call).await?)?;
+        // keys, count, sum_micro, min_key, min_json, max_key, max_json, sum_hi
+        let [keys, count, lo, _, min, _, max, hi] = values.as_slice() else {
+            return Err(Error::protocol("bb_read aggregate: not 8 values"));
+        };
+        let int = |s: &String| {
+            s.parse::<i64>()
+                .map_err(|_| Error::protocol(format!("bb_read aggregate: {s:?}")))
+        };
+        let count = int(count)?;
         // Two fields hold the sum (see lua/include/bb.lua): hi * 10^12 + lo micro-units.
-        let micro = i128::from(r.i64(8)?) * 1_000_000_000_000 + i128::from(r.i64(3)?);
+        let micro = i128::from(int(hi)?) * 1_000_000_000_000 + i128::from(int(lo)?);
         let sum = Decimal::try_from_i128_with_scale(micro, 6)
             .map_err(|e| Error::protocol(format!("blackboard sum: {e}")))?
             .normalize();
-        let value_at = |i: usize| -> Result<Option<Value>> {
-            let json = r.str(i)?;
+        let value = |json: &String| -> Result<Option<Value>> {
             if json.is_empty() {
                 Ok(None)
             } else {
-                parse_value(&json).map(Some)
+                parse_value(json).map(Some)
             }
         };
         Ok(Aggregate {
-            keys: r.i64(1)?,
+            keys: int(keys)?,
             count,
             sum,
-            min: value_at(5)?,
-            max: value_at(7)?,
+            min: value(min)?,
+            max: value(max)?,
             mean: (count > 0).then(|| (sum / Decimal::from(count)).round_dp(6).normalize()),
         })
     }
@@ -502,22 +526,22 @@ impl Blackboard {
             return Err(Error::invalid("ttl", "between 1 ms and 24 h"));
         }
         let mut call = self.call(&scripts().bb_lock, self.bus.prices().blackboard_lock);
-        call.key(self.keys.lock(name))
-            .arg(name.as_str())
-            .arg(action.as_str())
-            .arg(holder.as_str())
-            .arg(ttl.as_millis() as u64);
+        call.key("lock", self.keys.lock(name))
+            .arg("lock", name.as_str())
+            .arg("action", action.as_str())
+            .arg("holder", holder.as_str())
+            .arg("ttl", ttl.as_millis() as u64);
         let r = self.run("lock", call).await?;
-        Ok(match r.tag()?.as_str() {
+        Ok(match r.tag() {
             "ok" => LockOutcome::Ok {
-                fencing_token: r.i64(1)?,
+                fencing_token: r.int("token")?,
             },
             "held" => LockOutcome::Held {
-                holder: r.str(1)?,
-                fencing_token: r.i64(2)?,
+                holder: r.text("holder")?.to_string(),
+                fencing_token: r.int("token")?,
             },
             _ => LockOutcome::NotHolder {
-                holder: Some(r.str(1)?).filter(|h| !h.is_empty()),
+                holder: Some(r.text("holder")?.to_string()).filter(|h| !h.is_empty()),
             },
         })
     }
@@ -525,9 +549,9 @@ impl Blackboard {
     /// Removes up to `limit` expired entries. Returns how many.
     pub async fn sweep(&self, limit: usize) -> Result<i64> {
         let mut call = self.call(&scripts().bb_sweep, 0);
-        call.arg(limit.clamp(1, MAX_READ));
+        call.arg("most", limit.clamp(1, MAX_READ));
         let mut conn = self.bus.redis().conn().await?;
-        Ok(call.invoke_async(&mut conn).await?)
+        call.invoke(&mut conn).await?.value()
     }
 }
 

@@ -3,7 +3,7 @@
 //! Payloads (item inputs, outputs, message bodies, event contexts) are
 //! MessagePack maps so agents in any language can read them; header fields of
 //! stream entries stay plain text for `redis-cli XRANGE`. This module also
-//! turns raw Redis replies (script results, stream entries) into typed values.
+//! turns raw stream entries into typed values (script replies: `scripts`).
 
 use redis::Value;
 use serde::Serialize;
@@ -29,7 +29,8 @@ pub fn decode_json(bytes: &[u8]) -> Result<serde_json::Value> {
     decode(bytes)
 }
 
-fn text(value: &Value) -> Option<String> {
+/// A text (or integer) reply element as a string.
+pub fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -39,64 +40,18 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
-/// A script's reply: an array whose first element is a status tag.
-#[derive(Debug)]
-pub struct Reply(Vec<Value>);
-
-impl Reply {
-    pub fn new(value: Value) -> Result<Self> {
-        match value {
-            Value::Array(items) if !items.is_empty() => Ok(Reply(items)),
-            other => Err(Error::protocol(format!("script reply {other:?}"))),
+/// A value for an error message: its debug form, at most 200 bytes.
+pub fn brief(value: &Value) -> String {
+    let mut s = format!("{value:?}");
+    if s.len() > 200 {
+        let mut end = 200;
+        while !s.is_char_boundary(end) {
+            end -= 1;
         }
+        s.truncate(end);
+        s.push('…');
     }
-
-    pub fn tag(&self) -> Result<String> {
-        self.str(0)
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn get(&self, i: usize) -> Result<&Value> {
-        self.0
-            .get(i)
-            .ok_or_else(|| Error::protocol(format!("script reply has no element {i}")))
-    }
-
-    pub fn str(&self, i: usize) -> Result<String> {
-        let v = self.get(i)?;
-        text(v).ok_or_else(|| Error::protocol(format!("element {i} is not text: {v:?}")))
-    }
-
-    pub fn i64(&self, i: usize) -> Result<i64> {
-        let s = self.str(i)?;
-        s.parse()
-            .map_err(|_| Error::protocol(format!("element {i} is not an integer: {s:?}")))
-    }
-
-    pub fn values(&self) -> &[Value] {
-        &self.0
-    }
-
-    /// The elements of a nested array, as text.
-    pub fn texts(&self, i: usize) -> Result<Vec<String>> {
-        match self.get(i)? {
-            Value::Array(items) => items
-                .iter()
-                .map(|v| text(v).ok_or_else(|| Error::protocol(format!("element {i} holds {v:?}"))))
-                .collect(),
-            Value::Nil => Ok(Vec::new()),
-            other => Err(Error::protocol(format!(
-                "element {i} is not an array: {other:?}"
-            ))),
-        }
-    }
+    s
 }
 
 /// One stream entry: its id and its fields in order.

@@ -9,7 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::bus::{AgentBus, event_base};
-use crate::codec::{self, Reply};
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::TenantId;
 use crate::money::{self, from_minor};
@@ -138,36 +138,35 @@ impl AgentBus {
             other => serde_json::json!({ "value": other }),
         };
         let mut conn = self.redis().conn().await?;
-        let reply: redis::Value = scripts()
+        let reply = scripts()
             .credits_move
-            .key(keys.credits())
-            .key(keys.outbox())
-            .arg(event_base())
-            .arg(tenant.as_str())
-            .arg(op.as_str())
-            .arg(skill)
-            .arg(minor)
-            .arg(job.map(|j| j.to_string()).unwrap_or_default())
-            .arg(codec::encode(&context)?)
-            .arg(money::MAX_MINOR)
-            .invoke_async(&mut conn)
+            .key("credits", keys.credits())
+            .key("outbox", keys.outbox())
+            .arg("event_base", event_base())
+            .arg("tenant", tenant.as_str())
+            .arg("operation", op.as_str())
+            .arg("skill", skill)
+            .arg("amount", minor)
+            .arg("job", job.map(|j| j.to_string()).unwrap_or_default())
+            .arg("context", codec::encode(&context)?)
+            .arg("ceiling", money::MAX_MINOR)
+            .invoke(&mut conn)
             .await?;
-        let reply = Reply::new(reply)?;
-        match reply.tag()?.as_str() {
+        match reply.tag() {
             "ok" => Ok(Balance::from_minor(
-                reply.i64(1)?,
-                reply.i64(2)?,
-                reply.i64(3)?,
+                reply.int("total")?,
+                reply.int("reserved")?,
+                reply.int("spent")?,
             )),
             "insufficient" => Err(Error::InsufficientCredits {
-                required: from_minor(reply.i64(1)?),
-                available: from_minor(reply.i64(2)?),
+                required: from_minor(reply.int("required")?),
+                available: from_minor(reply.int("available")?),
             }),
             "over_reserved" => Err(Error::conflict(format!(
                 "cannot {} {}: only {} reserved",
                 op.as_str(),
-                from_minor(reply.i64(1)?),
-                from_minor(reply.i64(2)?)
+                from_minor(reply.int("required")?),
+                from_minor(reply.int("reserved")?)
             ))),
             "over_ceiling" => Err(Error::invalid(
                 "amount",

@@ -7,7 +7,7 @@ use redis::Value;
 use serde::Serialize;
 
 use crate::bus::AgentBus;
-use crate::codec::{self, Reply, StreamEntry};
+use crate::codec::{self, StreamEntry};
 use crate::error::{Error, Result};
 use crate::jobs::validate_stream_id;
 use crate::keys::TenantId;
@@ -95,18 +95,16 @@ impl AgentBus {
                 "dead letter names a foreign stream {stream:?}"
             )));
         }
-        let reply = Reply::new(
-            scripts()
-                .dlq_replay
-                .key(keys.dlq())
-                .key(&stream)
-                .arg(entry_id)
-                .arg(self.limits().inbox_cap)
-                .invoke_async(&mut conn)
-                .await?,
-        )?;
-        match reply.tag()?.as_str() {
-            "ok" => reply.str(1),
+        let reply = scripts()
+            .dlq_replay
+            .key("dlq", keys.dlq())
+            .key("inbox", &stream)
+            .arg("entry", entry_id)
+            .arg("inbox_cap", self.limits().inbox_cap)
+            .invoke(&mut conn)
+            .await?;
+        match reply.tag() {
+            "ok" => Ok(reply.text("entry_id")?.to_string()),
             "missing" => Err(Error::not_found(format!("dead letter {entry_id}"))),
             other => Err(Error::protocol(format!("dlq_replay answered {other}"))),
         }

@@ -19,13 +19,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::bus::{AgentBus, event_base};
-use crate::codec::Reply;
 use crate::error::{Error, Result};
-use crate::keys::{self, Ident, TenantId};
+use crate::keys::{self, Ident, TenantId, TenantKeys};
 use crate::metrics;
 use crate::money::{self, from_minor};
 use crate::payload::{self, Encode, Payload};
-use crate::scripts::scripts;
+use crate::scripts::{Call, Lua, scripts};
 use crate::text;
 
 pub const TIMEOUT_SECS: (i64, i64) = (1, 300);
@@ -142,6 +141,24 @@ fn refused(invoke_id: &str, reason: &'static str, source: Error) -> Error {
     }
 }
 
+/// A call of an invoke script with its shared layout (`@layout invoke`) pushed.
+fn invoke_call<'a>(
+    script: &'a Lua,
+    keys: &TenantKeys,
+    tenant: &TenantId,
+    invoke_id: &str,
+) -> Call<'a> {
+    let mut call = script.call();
+    call.key("credits", keys.credits())
+        .key("outbox", keys.outbox())
+        .key("invoke", keys.invoke(invoke_id))
+        .key("pending", keys.pending_invokes())
+        .arg("event_base", event_base())
+        .arg("tenant", tenant.as_str())
+        .arg("invoke_id", invoke_id);
+    call
+}
+
 pub fn validate_invoke_id(id: &str) -> Result<()> {
     let ok = id
         .strip_prefix("inv_")
@@ -178,35 +195,25 @@ impl AgentBus {
         let keys = self.keys(tenant);
         let limits = self.limits();
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(
-            scripts()
-                .invoke_start
-                .key(keys.credits())
-                .key(keys.outbox())
-                .key(keys.invoke(&invoke_id))
-                .key(keys.pending_invokes())
-                .key(keys.agents())
-                .key(keys.agent(&req.target_instance_id))
-                .key(keys.inbox(&req.target_instance_id))
-                .arg(event_base())
-                .arg(tenant.as_str())
-                .arg(&invoke_id)
-                .arg(self.prices().agent_invoke)
-                .arg(limits.inbox_cap)
-                .arg(Uuid::new_v4().to_string())
-                .arg(req.caller_instance_id.as_str())
-                .arg(req.target_instance_id.as_str())
-                .arg(req.job_id.map(|j| j.to_string()).unwrap_or_default())
-                .arg(request)
-                .arg(timeout.as_millis() as u64)
-                .arg(self.reply_stream(tenant))
-                .arg(limits.stale_after.as_millis() as u64)
-                .arg(limits.invoke_retention.as_secs().max(1))
-                .invoke_async(&mut conn)
-                .await?,
-        )?;
+        let reply = invoke_call(&scripts().invoke_start, &keys, tenant, &invoke_id)
+            .key("agents", keys.agents())
+            .key("target", keys.agent(&req.target_instance_id))
+            .key("target_inbox", keys.inbox(&req.target_instance_id))
+            .arg("price", self.prices().agent_invoke)
+            .arg("inbox_cap", limits.inbox_cap)
+            .arg("message_id", Uuid::new_v4().to_string())
+            .arg("caller", req.caller_instance_id.as_str())
+            .arg("target", req.target_instance_id.as_str())
+            .arg("job", req.job_id.map(|j| j.to_string()).unwrap_or_default())
+            .arg("request", request)
+            .arg("timeout", timeout.as_millis() as u64)
+            .arg("reply_stream", self.reply_stream(tenant))
+            .arg("staleness", limits.stale_after.as_millis() as u64)
+            .arg("retention", limits.invoke_retention.as_secs().max(1))
+            .invoke(&mut conn)
+            .await?;
         drop(conn);
-        match reply.tag()?.as_str() {
+        match reply.tag() {
             "ok" => {}
             "unknown_target" => {
                 return Err(refused(
@@ -222,7 +229,7 @@ impl AgentBus {
                     Error::conflict(format!(
                         "target instance {} is {} (not running or idle)",
                         req.target_instance_id,
-                        reply.str(1).unwrap_or_else(|_| "stale".into())
+                        reply.text("status").unwrap_or("stale")
                     )),
                 ));
             }
@@ -231,8 +238,8 @@ impl AgentBus {
                     &invoke_id,
                     "insufficient_credits",
                     Error::InsufficientCredits {
-                        required: from_minor(reply.i64(1)?),
-                        available: from_minor(reply.i64(2)?),
+                        required: from_minor(reply.int("required")?),
+                        available: from_minor(reply.int("available")?),
                     },
                 ));
             }
@@ -302,22 +309,12 @@ impl AgentBus {
     ) -> Result<Option<i64>> {
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(
-            scripts()
-                .invoke_expire
-                .key(keys.credits())
-                .key(keys.outbox())
-                .key(keys.invoke(invoke_id))
-                .key(keys.pending_invokes())
-                .arg(event_base())
-                .arg(tenant.as_str())
-                .arg(invoke_id)
-                .arg(if force { "1" } else { "0" })
-                .invoke_async(&mut conn)
-                .await?,
-        )?;
-        match reply.tag()?.as_str() {
-            "timeout" => Ok(Some(reply.i64(1)?)),
+        let reply = invoke_call(&scripts().invoke_expire, &keys, tenant, invoke_id)
+            .arg("own_timer", if force { "1" } else { "0" })
+            .invoke(&mut conn)
+            .await?;
+        match reply.tag() {
+            "timeout" => Ok(Some(reply.int("duration_ms")?)),
             _ => Ok(None),
         }
     }
@@ -341,31 +338,21 @@ impl AgentBus {
         }
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(
-            scripts()
-                .invoke_respond
-                .key(keys.credits())
-                .key(keys.outbox())
-                .key(keys.invoke(invoke_id))
-                .key(keys.pending_invokes())
-                .arg(event_base())
-                .arg(tenant.as_str())
-                .arg(invoke_id)
-                .arg(response)
-                .arg(error.unwrap_or(""))
-                .arg(responder.map(Ident::as_str).unwrap_or(""))
-                .invoke_async(&mut conn)
-                .await?,
-        )?;
-        match reply.tag()?.as_str() {
-            "ok" => Ok((reply.str(1)?, reply.i64(2)?)),
+        let reply = invoke_call(&scripts().invoke_respond, &keys, tenant, invoke_id)
+            .arg("response", response)
+            .arg("error", error.unwrap_or(""))
+            .arg("responder", responder.map(Ident::as_str).unwrap_or(""))
+            .invoke(&mut conn)
+            .await?;
+        match reply.tag() {
+            "ok" => Ok((reply.text("status")?.to_string(), reply.int("duration_ms")?)),
             "missing" => Err(Error::not_found(format!("invocation {invoke_id}"))),
             "not_pending" => Err(Error::conflict_with(
                 format!(
                     "invocation {invoke_id} is {}: response refused",
-                    reply.str(1)?
+                    reply.text("status")?
                 ),
-                &serde_json::json!({ "status": reply.str(1)? }),
+                &serde_json::json!({ "status": reply.text("status")? }),
             )),
             "wrong_responder" => Err(Error::Forbidden("only the target may respond")),
             other => Err(Error::protocol(format!("invoke_respond answered {other}"))),

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::bus::AgentBus;
-use crate::codec::Reply;
 use crate::error::{Error, Result};
 use crate::keys::{Ident, TenantId};
 use crate::scripts::scripts;
@@ -211,23 +210,23 @@ impl AgentBus {
         self.register_tenant(tenant).await?;
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
-        let reply: redis::Value = scripts()
+        let reply = scripts()
             .agent_register
-            .key(keys.agents())
-            .key(keys.agent(&instance))
-            .key(keys.inbox(&instance))
-            .arg(instance.as_str())
-            .arg(reg.agent_id.as_str())
-            .arg(reg.job_id.map(|j| j.to_string()).unwrap_or_default())
-            .arg(capabilities)
-            .arg(AgentStatus::Running.as_str())
-            .arg(self.limits().max_instances)
-            .arg(keys.agents_of_type_prefix())
-            .arg(keys.agents_of_job_prefix())
-            .arg(keys.agents_with_status_prefix())
-            .invoke_async(&mut conn)
+            .key("agents", keys.agents())
+            .key("agent", keys.agent(&instance))
+            .key("inbox", keys.inbox(&instance))
+            .arg("instance", instance.as_str())
+            .arg("agent", reg.agent_id.as_str())
+            .arg("job", reg.job_id.map(|j| j.to_string()).unwrap_or_default())
+            .arg("capabilities", capabilities)
+            .arg("status", AgentStatus::Running.as_str())
+            .arg("most_instances", self.limits().max_instances)
+            .arg("by_type", keys.agents_of_type_prefix())
+            .arg("by_job", keys.agents_of_job_prefix())
+            .arg("by_status", keys.agents_with_status_prefix())
+            .invoke(&mut conn)
             .await?;
-        if Reply::new(reply)?.tag()? == "limit" {
+        if reply.is("limit") {
             return Err(Error::LimitReached {
                 what: "agent instances registered by this tenant",
                 max: self.limits().max_instances,
@@ -254,21 +253,21 @@ impl AgentBus {
         }
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(
-            scripts()
-                .agent_heartbeat
-                .key(keys.agents())
-                .key(keys.agent(instance))
-                .arg(instance.as_str())
-                .arg(status.map(|s| s.as_str()).unwrap_or(""))
-                .arg(keys.agents_of_type_prefix())
-                .arg(keys.agents_of_job_prefix())
-                .arg(keys.agents_with_status_prefix())
-                .invoke_async(&mut conn)
-                .await?,
-        )?;
-        match reply.tag()?.as_str() {
-            "ok" => AgentStatus::parse(&reply.str(1)?).ok_or_else(|| Error::protocol("status")),
+        let reply = scripts()
+            .agent_heartbeat
+            .key("agents", keys.agents())
+            .key("agent", keys.agent(instance))
+            .arg("instance", instance.as_str())
+            .arg("status", status.map(|s| s.as_str()).unwrap_or(""))
+            .arg("by_type", keys.agents_of_type_prefix())
+            .arg("by_job", keys.agents_of_job_prefix())
+            .arg("by_status", keys.agents_with_status_prefix())
+            .invoke(&mut conn)
+            .await?;
+        match reply.tag() {
+            "ok" => {
+                AgentStatus::parse(reply.text("status")?).ok_or_else(|| Error::protocol("status"))
+            }
             _ => Err(Error::not_found(format!("agent instance {instance}"))),
         }
     }
@@ -277,21 +276,22 @@ impl AgentBus {
     pub async fn deregister_agent(&self, tenant: &TenantId, instance: &Ident) -> Result<()> {
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(
-            scripts()
-                .agent_deregister
-                .key(keys.agents())
-                .key(keys.agent(instance))
-                .key(keys.inbox(instance))
-                .arg(instance.as_str())
-                .arg(self.limits().inbox_retention.as_secs().max(1))
-                .arg(keys.agents_of_type_prefix())
-                .arg(keys.agents_of_job_prefix())
-                .arg(keys.agents_with_status_prefix())
-                .invoke_async(&mut conn)
-                .await?,
-        )?;
-        if reply.tag()? == "missing" {
+        let reply = scripts()
+            .agent_deregister
+            .key("agents", keys.agents())
+            .key("agent", keys.agent(instance))
+            .key("inbox", keys.inbox(instance))
+            .arg("instance", instance.as_str())
+            .arg(
+                "inbox_retention",
+                self.limits().inbox_retention.as_secs().max(1),
+            )
+            .arg("by_type", keys.agents_of_type_prefix())
+            .arg("by_job", keys.agents_of_job_prefix())
+            .arg("by_status", keys.agents_with_status_prefix())
+            .invoke(&mut conn)
+            .await?;
+        if reply.is("missing") {
             return Err(Error::not_found(format!("agent instance {instance}")));
         }
         Ok(())
@@ -440,16 +440,17 @@ impl AgentBus {
         let cutoff = self.stale_cutoff_ms();
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
-        Ok(scripts()
+        scripts()
             .agent_reap
-            .key(keys.agents())
-            .arg(cutoff)
-            .arg(500)
-            .arg(keys.agent_prefix())
-            .arg(keys.agents_of_type_prefix())
-            .arg(keys.agents_of_job_prefix())
-            .arg(keys.agents_with_status_prefix())
-            .invoke_async(&mut conn)
-            .await?)
+            .key("agents", keys.agents())
+            .arg("cutoff", cutoff)
+            .arg("most", 500)
+            .arg("agent_prefix", keys.agent_prefix())
+            .arg("by_type", keys.agents_of_type_prefix())
+            .arg("by_job", keys.agents_of_job_prefix())
+            .arg("by_status", keys.agents_with_status_prefix())
+            .invoke(&mut conn)
+            .await?
+            .value()
     }
 }

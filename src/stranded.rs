@@ -139,14 +139,18 @@ impl AgentBus {
             return Ok(Replayed::default());
         }
         let keys = self.keys(tenant);
-        let mut call = scripts().outbox_replay.key(keys.outbox_dead());
-        call.key(keys.outbox());
+        let mut call = scripts().outbox_replay.key("stranded", keys.outbox_dead());
+        call.key("outbox", keys.outbox());
         for id in ids {
-            call.arg(id);
+            call.arg("entry", id);
         }
         let mut conn = self.redis().conn().await?;
-        let (replayed, missing): (u64, u64) = call.invoke_async(&mut conn).await?;
-        Ok(Replayed { replayed, missing })
+        let reply = call.invoke(&mut conn).await?;
+        let count = |name| reply.int(name).map(|n| n.max(0) as u64);
+        Ok(Replayed {
+            replayed: count("replayed")?,
+            missing: count("missing")?,
+        })
     }
 
     /// Drops stranded events for good: their rows will never reach Postgres

@@ -11,10 +11,19 @@
 -- number added or removed is at most 9e15 micro-units in magnitude (callers
 -- aggregate nothing larger), so sum stays below 2^53, exact in a Lua
 -- double, before it carries.
+-- The blackboard scripts' first KEYS and ARGV (`@layout bb`):
+-- @key credits the tenant's credits hash
+-- @key vals the namespace's values hash
+-- @key nums its numeric values hash (micro-units)
+-- @key lex its keys zset
+-- @key score its numeric entries zset (by value)
+-- @key agg its aggregates hash
+-- @key exp its expiries zset
+-- @key fence its fencing tokens hash
+-- @key namespaces the tenant's namespaces-with-expiries set
+-- @arg namespace the namespace's name
+-- @arg price of the operation (minor units)
 
--- Blackboard scripts take KEYS[1] credits hash and KEYS[2..9] the namespace
--- (vals, nums, lex, score, agg, exp, fence, namespaces), ARGV[1] namespace,
--- ARGV[2] price of the operation (minor units).
 local function bb_from_keys()
   arg_text(1)
   arg_int(2, 0, MAX_MINOR)

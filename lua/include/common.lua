@@ -1,6 +1,7 @@
--- Shared helpers, prepended to every script by src/scripts.rs (Lua has no
--- include). Money is integer minor units; numbers pass through int() before
--- reaching Redis so large values never turn into "1e+15".
+-- Shared helpers, prepended to every script whose header says `@include
+-- common` (build.rs; Lua has no include). Money is integer minor units;
+-- numbers pass through int() before reaching Redis so large values never
+-- turn into "1e+15".
 
 local function int(n)
   return string.format('%d', n)

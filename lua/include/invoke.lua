@@ -1,7 +1,12 @@
--- Shared by the invoke scripts (prepended after common.lua).
---   KEYS[1] credits hash   KEYS[2] outbox stream
---   KEYS[3] invoke hash    KEYS[4] pending-invokes zset (invoke id -> deadline ms)
---   ARGV[1] event id base  ARGV[2] tenant  ARGV[3] invoke id
+-- Shared by the invoke scripts (prepended after common.lua); their first
+-- KEYS and ARGV (`@layout invoke`):
+-- @key credits the tenant's credits hash
+-- @key outbox its outbox stream
+-- @key invoke the invocation's hash
+-- @key pending the tenant's pending-invokes zset (invoke id -> deadline ms)
+-- @arg event_base event id base
+-- @arg tenant the tenant id
+-- @arg invoke_id the invocation id
 
 local K_CREDITS, K_OUTBOX, K_INVOKE, K_PENDING = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local EVENT_BASE, TENANT, INVOKE_ID = arg_text(1), arg_text(2), arg_text(3)

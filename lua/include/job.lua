@@ -1,12 +1,18 @@
 -- Shared by the job scripts (prepended after common.lua). Every job script
--- takes the same KEYS and the same first four ARGV:
---   KEYS[1] credits hash        KEYS[6] results stream
---   KEYS[2] outbox stream       KEYS[7] active-jobs set
---   KEYS[3] job hash            KEYS[8] dead-letter stream
---   KEYS[4] items stream        KEYS[9] jobs-by-creation zset
---   KEYS[5] done bitmap
---   ARGV[1] event id base, ARGV[2] tenant, ARGV[3] job id,
---   ARGV[4] retention of a finished job's keys (seconds)
+-- takes the same KEYS and the same first four ARGV (`@layout job`):
+-- @key credits the tenant's credits hash
+-- @key outbox its outbox stream
+-- @key job the job's hash
+-- @key items its items stream (group 'workers')
+-- @key done its done bitmap (one bit per item)
+-- @key results its results stream
+-- @key active the tenant's active-jobs set
+-- @key dlq its dead-letter stream
+-- @key jobs its jobs-by-creation zset
+-- @arg event_base event id base
+-- @arg tenant the tenant id
+-- @arg job_id the job id
+-- @arg retention seconds a finished job's keys are kept
 -- Item entry ids are "<gen>-<idx>": the item index is the sequence part, so
 -- an id names its item without a lookup, and a retry (new gen) sorts last.
 

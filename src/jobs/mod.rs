@@ -18,48 +18,48 @@ pub use spec::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::Value;
 use uuid::Uuid;
 
 use crate::bus::{AgentBus, event_base};
-use crate::codec::{Reply, StreamEntry};
+use crate::codec::StreamEntry;
 use crate::error::{Error, Result};
 use crate::keys::{self, TenantId, TenantKeys};
 use crate::metrics;
 use crate::money::from_minor;
 use crate::payload::{self, Encode};
-use crate::scripts::scripts;
+use crate::scripts::{Answer, Call, Lua, scripts};
 /// Prepares a job script call with the shared KEYS layout and first ARGVs.
 fn job_call<'a>(
-    script: &'a Script,
+    script: &'a Lua,
     keys: &TenantKeys,
     tenant: &TenantId,
     job: &Uuid,
     retention: Duration,
-) -> ScriptInvocation<'a> {
-    let mut call = script.prepare_invoke();
-    call.key(keys.credits())
-        .key(keys.outbox())
-        .key(keys.job(job))
-        .key(keys.job_items(job))
-        .key(keys.job_done(job))
-        .key(keys.job_results(job))
-        .key(keys.active_jobs())
-        .key(keys.dlq())
-        .key(keys.jobs())
-        .arg(event_base())
-        .arg(tenant.as_str())
-        .arg(job.to_string())
-        .arg(retention.as_secs().max(1));
+) -> Call<'a> {
+    let mut call = script.call();
+    call.key("credits", keys.credits())
+        .key("outbox", keys.outbox())
+        .key("job", keys.job(job))
+        .key("items", keys.job_items(job))
+        .key("done", keys.job_done(job))
+        .key("results", keys.job_results(job))
+        .key("active", keys.active_jobs())
+        .key("dlq", keys.dlq())
+        .key("jobs", keys.jobs())
+        .arg("event_base", event_base())
+        .arg("tenant", tenant.as_str())
+        .arg("job_id", job.to_string())
+        .arg("retention", retention.as_secs().max(1));
     call
 }
 
-/// Records a job's end when a script reply says the call ended it: the
-/// duration (ms) at `at`, the final status at `status_at`.
-fn job_ended(tenant: &TenantId, reply: &Reply, at: usize, status_at: usize) -> Result<()> {
-    let lasted = reply.i64(at)?;
+/// Records a job's end when a script reply says the call ended it: its
+/// fields `ended` (how long the job lasted, ms) and `status`.
+fn job_ended(tenant: &TenantId, reply: &Answer) -> Result<()> {
+    let lasted = reply.int("ended")?;
     if lasted > 0 {
-        let status = match reply.str(status_at)?.as_str() {
+        let status = match reply.text("status")? {
             "failed" => "failed",
             _ => "completed",
         };
@@ -69,11 +69,11 @@ fn job_ended(tenant: &TenantId, reply: &Reply, at: usize, status_at: usize) -> R
 }
 
 /// Maps the status replies every job script shares.
-fn job_state_error(reply: &Reply, job: &Uuid) -> Result<Error> {
-    Ok(match reply.tag()?.as_str() {
+fn job_state_error(reply: &Answer, job: &Uuid) -> Result<Error> {
+    Ok(match reply.tag() {
         "missing" => Error::not_found(format!("job {job}")),
         "not_running" => {
-            let status = reply.str(1)?;
+            let status = reply.text("status")?;
             Error::conflict_with(
                 format!("job {job} is {status}"),
                 &serde_json::json!({ "status": status }),
@@ -111,46 +111,53 @@ impl AgentBus {
             &id,
             self.limits().job_retention,
         );
-        call.arg(prices.job_item)
-            .arg(prices.agent_spawn)
-            .arg(&spec.task)
-            .arg(&spec.orchestrator_agent)
-            .arg(&spec.worker_agent)
-            .arg(spec.parallelism)
-            .arg(spec.timeout_per_item * 1000)
-            .arg(spec.max_retries)
+        call.arg("item_cost", prices.job_item)
+            .arg("overhead", prices.agent_spawn)
+            .arg("task", &spec.task)
+            .arg("orchestrator", &spec.orchestrator_agent)
+            .arg("worker", &spec.worker_agent)
+            .arg("parallelism", spec.parallelism)
+            .arg("item_timeout", spec.timeout_per_item * 1000)
+            .arg("max_retries", spec.max_retries)
             .arg(
+                "agg_ns",
                 spec.aggregate
                     .as_ref()
                     .map(|a| a.namespace.as_str())
                     .unwrap_or(""),
             )
             .arg(
+                "agg_field",
                 spec.aggregate
                     .as_ref()
                     .and_then(|a| a.field.as_deref())
                     .unwrap_or(""),
             )
-            .arg(keys.task_stats(&spec.task))
-            .arg(keys.agent_task_stats(&spec.worker_agent, &spec.task));
+            .arg("task_history", keys.task_stats(&spec.task))
+            .arg(
+                "worker_history",
+                keys.agent_task_stats(&spec.worker_agent, &spec.task),
+            );
         let max_payload = self.limits().max_payload_bytes;
         for (i, item) in spec.items.iter().enumerate() {
-            call.arg(item.encode_checked(&format!("items[{i}]"), max_payload)?);
+            call.arg(
+                "input",
+                item.encode_checked(&format!("items[{i}]"), max_payload)?,
+            );
         }
         let started = std::time::Instant::now();
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
-        match reply.tag()?.as_str() {
+        let reply = call.invoke(&mut conn).await?;
+        match reply.tag() {
             "ok" => {
                 metrics::job_spawned(tenant, started.elapsed());
                 self.job(tenant, &id).await
             }
             "insufficient" => Err(Error::InsufficientCredits {
-                required: from_minor(reply.i64(1)?),
-                available: from_minor(reply.i64(2)?),
+                required: from_minor(reply.int("required")?),
+                available: from_minor(reply.int("available")?),
             }),
-            "exists" => Err(Error::conflict(format!("job {id} already exists"))),
-            other => Err(Error::protocol(format!("job_spawn answered {other}"))),
+            _ => Err(Error::conflict(format!("job {id} already exists"))),
         }
     }
 
@@ -273,14 +280,16 @@ impl AgentBus {
             job,
             self.limits().job_retention,
         );
-        call.arg(consumer).arg(count.clamp(1, MAX_CLAIM_PER_CALL));
+        call.arg("consumer", consumer)
+            .arg("count", count.clamp(1, MAX_CLAIM_PER_CALL));
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
+        let reply = call.invoke(&mut conn).await?;
         drop(conn);
-        if reply.tag()? != "ok" {
+        if !reply.is("ok") {
             return Err(job_state_error(&reply, job)?);
         }
-        let mut items = reply.values()[1..]
+        let mut items = reply
+            .rest("entries")?
             .iter()
             .map(|v| StreamEntry::from_value(v).and_then(|e| ClaimedItem::from_entry(&e)))
             .collect::<Result<Vec<_>>>()?;
@@ -352,19 +361,19 @@ impl AgentBus {
             self.limits().job_retention,
         );
         // Where a job aggregating outputs finds its namespace's keys.
-        call.arg(keys.blackboard_root())
-            .arg(keys.blackboard_namespaces());
+        call.arg("bb_root", keys.blackboard_root())
+            .arg("bb_namespaces", keys.blackboard_namespaces());
         for (id, out) in outputs {
-            call.arg(*id).arg(*out);
+            call.arg("entry", *id).arg("output", *out);
         }
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
-        if reply.tag()? != "ok" {
+        let reply = call.invoke(&mut conn).await?;
+        if !reply.is("ok") {
             return Err(job_state_error(&reply, job)?);
         }
-        job_ended(tenant, &reply, 1, 2)?;
+        job_ended(tenant, &reply)?;
         let outcomes: Vec<CompleteOutcome> = reply
-            .texts(3)?
+            .texts("outcomes")?
             .iter()
             .map(|o| match o.as_str() {
                 "completed" => CompleteOutcome::Completed,
@@ -373,10 +382,10 @@ impl AgentBus {
                 _ => CompleteOutcome::Invalid,
             })
             .collect();
-        let durations = reply.texts(4)?;
+        let durations = reply.ints("durations")?;
         metrics::items(tenant, "completed", durations.len() as u64);
-        for ms in durations.iter().filter_map(|d| d.parse::<u64>().ok()) {
-            metrics::claim_to_complete(tenant, Duration::from_millis(ms));
+        for ms in durations {
+            metrics::claim_to_complete(tenant, Duration::from_millis((*ms).max(0) as u64));
         }
         Ok(outcomes)
     }
@@ -400,25 +409,25 @@ impl AgentBus {
             job,
             self.limits().job_retention,
         );
-        call.arg(item_id)
-            .arg(error_message)
-            .arg(if retry { "1" } else { "0" });
+        call.arg("entry", item_id)
+            .arg("error", error_message)
+            .arg("retry", if retry { "1" } else { "0" });
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
-        let tag = reply.tag()?;
+        let reply = call.invoke(&mut conn).await?;
+        let tag = reply.tag();
         if tag == "retried" || tag == "failed" {
             metrics::items(tenant, "failed", 1);
         }
-        Ok(match tag.as_str() {
+        Ok(match tag {
             "retried" => {
                 metrics::items(tenant, "retried", 1);
                 FailOutcome::Retried {
-                    attempt: reply.i64(1)?,
+                    attempt: reply.int("attempt")?,
                 }
             }
             "failed" => {
                 metrics::items(tenant, "dead_lettered", 1);
-                job_ended(tenant, &reply, 1, 2)?;
+                job_ended(tenant, &reply)?;
                 FailOutcome::Failed
             }
             "duplicate" => FailOutcome::Duplicate,
@@ -448,23 +457,23 @@ impl AgentBus {
             job,
             self.limits().job_retention,
         );
-        call.arg(cancelled_by).arg(reason);
+        call.arg("cancelled_by", cancelled_by).arg("reason", reason);
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
+        let reply = call.invoke(&mut conn).await?;
         drop(conn);
-        match reply.tag()?.as_str() {
+        match reply.tag() {
             "ok" => {
                 metrics::job_ended(
                     tenant,
                     "cancelled",
-                    Duration::from_millis(reply.i64(4)?.max(0) as u64),
+                    Duration::from_millis(reply.int("lasted_ms")?.max(0) as u64),
                 );
                 Ok(CancelOutcome {
                     job_id: *job,
                     status: JobStatus::Cancelled,
-                    completed_items: reply.i64(1)?,
-                    cancelled_items: reply.i64(2)?,
-                    credits_refunded: from_minor(reply.i64(3)?),
+                    completed_items: reply.int("completed")?,
+                    cancelled_items: reply.int("cancelled")?,
+                    credits_refunded: from_minor(reply.int("refunded")?),
                 })
             }
             "not_running" => {
@@ -489,17 +498,19 @@ impl AgentBus {
             job,
             self.limits().job_retention,
         );
-        call.arg(reclaim::RECLAIMER_CONSUMER)
-            .arg(self.limits().reclaim_batch.clamp(1, MAX_CLAIM_PER_CALL));
+        call.arg("consumer", reclaim::RECLAIMER_CONSUMER).arg(
+            "count",
+            self.limits().reclaim_batch.clamp(1, MAX_CLAIM_PER_CALL),
+        );
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
-        match reply.tag()?.as_str() {
+        let reply = call.invoke(&mut conn).await?;
+        match reply.tag() {
             "ok" => {
-                let (requeued, failed) = (reply.i64(1)?, reply.i64(2)?);
+                let (requeued, failed) = (reply.int("requeued")?, reply.int("failed")?);
                 metrics::items(tenant, "failed", (requeued + failed) as u64);
                 metrics::items(tenant, "retried", requeued as u64);
                 metrics::items(tenant, "dead_lettered", failed as u64);
-                job_ended(tenant, &reply, 3, 4)?;
+                job_ended(tenant, &reply)?;
                 Ok((requeued, failed))
             }
             _ => Ok((0, 0)),

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::bus::{AgentBus, event_base};
-use crate::codec::{Reply, StreamEntry};
+use crate::codec::StreamEntry;
 use crate::error::{Error, Result};
 use crate::keys::{self, Ident, TenantId};
 use crate::metrics;
@@ -273,41 +273,39 @@ impl AgentBus {
             .encode_checked("payload", self.limits().max_payload_bytes)?;
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
-        let reply = Reply::new(
-            scripts()
-                .message_send
-                .key(keys.credits())
-                .key(keys.outbox())
-                .key(keys.agent(&msg.to))
-                .key(stream)
-                .arg(event_base())
-                .arg(tenant.as_str())
-                .arg(self.prices().agent_message)
-                .arg(self.limits().inbox_cap)
-                .arg(message_id)
-                .arg(msg.from.as_str())
-                .arg(&msg.message_type)
-                .arg(msg.job_id.map(|j| j.to_string()).unwrap_or_default())
-                .arg(msg.reply_to.as_deref().unwrap_or(""))
-                .arg(payload)
-                .arg(reply_stream.unwrap_or(""))
-                .arg(if require_recipient { "1" } else { "0" })
-                .invoke_async(&mut conn)
-                .await?,
-        )?;
-        match reply.tag()?.as_str() {
+        let reply = scripts()
+            .message_send
+            .key("credits", keys.credits())
+            .key("outbox", keys.outbox())
+            .key("agent", keys.agent(&msg.to))
+            .key("inbox", stream)
+            .arg("event_base", event_base())
+            .arg("tenant", tenant.as_str())
+            .arg("price", self.prices().agent_message)
+            .arg("inbox_cap", self.limits().inbox_cap)
+            .arg("message_id", message_id)
+            .arg("from", msg.from.as_str())
+            .arg("type", &msg.message_type)
+            .arg("job", msg.job_id.map(|j| j.to_string()).unwrap_or_default())
+            .arg("reply_to", msg.reply_to.as_deref().unwrap_or(""))
+            .arg("payload", payload)
+            .arg("reply_stream", reply_stream.unwrap_or(""))
+            .arg("registered", if require_recipient { "1" } else { "0" })
+            .invoke(&mut conn)
+            .await?;
+        match reply.tag() {
             "ok" => {
                 metrics::message_sent(tenant);
                 Ok(SentMessage {
                     message_id: message_id.to_string(),
-                    entry_id: reply.str(1)?,
+                    entry_id: reply.text("entry_id")?.to_string(),
                     reply: None,
                 })
             }
             "unknown_recipient" => Err(Error::not_found(format!("agent instance {}", msg.to))),
             "insufficient" => Err(Error::InsufficientCredits {
-                required: from_minor(reply.i64(1)?),
-                available: from_minor(reply.i64(2)?),
+                required: from_minor(reply.int("required")?),
+                available: from_minor(reply.int("available")?),
             }),
             other => Err(Error::protocol(format!("message_send answered {other}"))),
         }
@@ -337,8 +335,8 @@ impl AgentBus {
             .arg(-1)
             .query_async(&mut conn)
             .await?;
-        let mut call = scripts().message_broadcast.key(keys.credits());
-        call.key(keys.outbox());
+        let mut call = scripts().message_broadcast.key("credits", keys.credits());
+        call.key("outbox", keys.outbox());
         let mut ids = Vec::new();
         for member in &members {
             // Index members were validated when registered; skip anything else.
@@ -348,24 +346,25 @@ impl AgentBus {
             if &to == from {
                 continue;
             }
-            call.key(keys.agent(&to)).key(keys.inbox(&to));
+            call.key("agent", keys.agent(&to))
+                .key("inbox", keys.inbox(&to));
             ids.push(Uuid::new_v4().to_string());
         }
-        call.arg(event_base())
-            .arg(tenant.as_str())
-            .arg(self.prices().agent_message)
-            .arg(self.limits().inbox_cap)
-            .arg(from.as_str())
-            .arg(message_type)
-            .arg(job.to_string())
-            .arg(payload);
+        call.arg("event_base", event_base())
+            .arg("tenant", tenant.as_str())
+            .arg("price", self.prices().agent_message)
+            .arg("inbox_cap", self.limits().inbox_cap)
+            .arg("from", from.as_str())
+            .arg("type", message_type)
+            .arg("job", job.to_string())
+            .arg("payload", payload);
         for id in &ids {
-            call.arg(id);
+            call.arg("message_id", id);
         }
-        let reply = Reply::new(call.invoke_async(&mut conn).await?)?;
-        match reply.tag()?.as_str() {
+        let reply = call.invoke(&mut conn).await?;
+        match reply.tag() {
             "ok" => {
-                let reached = reply.texts(1)?;
+                let reached = reply.texts("recipients")?.to_vec();
                 for _ in &reached {
                     metrics::message_sent(tenant);
                 }
@@ -374,8 +373,8 @@ impl AgentBus {
             // The script names how many it would reach; the amount is exact here.
             "insufficient" => Err(Error::InsufficientCredits {
                 required: from_minor(self.prices().agent_message)
-                    * rust_decimal::Decimal::from(reply.i64(1)?),
-                available: from_minor(reply.i64(2)?),
+                    * rust_decimal::Decimal::from(reply.int("recipients")?),
+                available: from_minor(reply.int("available")?),
             }),
             other => Err(Error::protocol(format!(
                 "message_broadcast answered {other}"

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::bus::AgentBus;
-use crate::codec::{Reply, StreamEntry};
+use crate::codec::StreamEntry;
 use crate::error::{Error, Result, redis_code};
 use crate::jobs::validate_stream_id;
 use crate::keys::{Ident, TenantId};
@@ -175,25 +175,26 @@ impl Receiver {
         let keys = self.bus.keys(&self.tenant);
         let limits = self.bus.limits();
         let mut conn = self.bus.redis().conn().await?;
-        let reply = Reply::new(
-            scripts()
-                .inbox_redeliver
-                .key(keys.inbox(&self.instance))
-                .key(keys.dlq())
-                .arg(self.instance.as_str())
-                .arg(min_idle.as_millis() as u64)
-                .arg(limits.max_deliveries)
-                .arg(self.batch.min(MAX_READ))
-                .arg(self.max_bytes.map(|b| b.to_string()).unwrap_or_default())
-                .invoke_async(&mut conn)
-                .await?,
-        )?;
-        let dead = reply.i64(1)?;
+        let reply = scripts()
+            .inbox_redeliver
+            .key("inbox", keys.inbox(&self.instance))
+            .key("dlq", keys.dlq())
+            .arg("consumer", self.instance.as_str())
+            .arg("min_idle", min_idle.as_millis() as u64)
+            .arg("most_deliveries", limits.max_deliveries)
+            .arg("count", self.batch.min(MAX_READ))
+            .arg(
+                "most_bytes",
+                self.max_bytes.map(|b| b.to_string()).unwrap_or_default(),
+            )
+            .invoke(&mut conn)
+            .await?;
+        let dead = reply.int("dead_lettered")?;
         metrics::messages_dead_lettered(&self.tenant, dead.max(0) as u64);
         if dead > 0 {
             tracing::warn!(instance = %self.instance, dead, "messages dead-lettered after too many deliveries");
         }
-        let entries = match reply.get(0)? {
+        let entries = match reply.raw("entries")? {
             Value::Array(items) => items
                 .iter()
                 .filter(|v| !matches!(v, Value::Nil))
@@ -218,16 +219,21 @@ impl Receiver {
             return Ok(good);
         }
         let keys = self.bus.keys(&self.tenant);
-        let mut call = scripts().inbox_poison.prepare_invoke();
-        call.key(keys.inbox(&self.instance)).key(keys.dlq());
+        let mut call = scripts()
+            .inbox_poison
+            .key("inbox", keys.inbox(&self.instance));
+        call.key("dlq", keys.dlq());
         for m in &poison {
-            call.arg(&m.entry_id).arg(format!(
-                "undecodable payload: {}",
-                m.undecodable.as_deref().unwrap_or_default()
-            ));
+            call.arg("entry", &m.entry_id).arg(
+                "reason",
+                format!(
+                    "undecodable payload: {}",
+                    m.undecodable.as_deref().unwrap_or_default()
+                ),
+            );
         }
         let mut conn = self.bus.redis().conn().await?;
-        let dead: i64 = call.invoke_async(&mut conn).await?;
+        let dead = call.invoke(&mut conn).await?.value()?;
         metrics::messages_dead_lettered(&self.tenant, dead.max(0) as u64);
         tracing::warn!(instance = %self.instance, dead, "undecodable messages dead-lettered");
         Ok(good)
@@ -238,13 +244,14 @@ impl Receiver {
     async fn recover_group(&mut self) -> Result<()> {
         let keys = self.bus.keys(&self.tenant);
         let mut conn = self.bus.redis().conn().await?;
-        let recovered: i64 = scripts()
+        let recovered = scripts()
             .inbox_recover
-            .key(keys.inbox(&self.instance))
-            .key(keys.agent(&self.instance))
-            .arg(GROUP)
-            .invoke_async(&mut conn)
-            .await?;
+            .key("inbox", keys.inbox(&self.instance))
+            .key("agent", keys.agent(&self.instance))
+            .arg("group", GROUP)
+            .invoke(&mut conn)
+            .await?
+            .value()?;
         if recovered == 0 {
             return Err(Error::not_found(format!(
                 "agent instance {}",
@@ -364,14 +371,15 @@ impl Receiver {
     async fn take_now(&self, count: usize, max_bytes: usize) -> Result<Vec<Message>> {
         let keys = self.bus.keys(&self.tenant);
         let mut conn = self.bus.redis().conn().await?;
-        let value: Value = scripts()
+        let value = scripts()
             .inbox_take
-            .key(keys.inbox(&self.instance))
-            .arg(self.instance.as_str())
-            .arg(count.min(MAX_READ))
-            .arg(max_bytes.max(1))
-            .invoke_async(&mut conn)
-            .await?;
+            .key("inbox", keys.inbox(&self.instance))
+            .arg("consumer", self.instance.as_str())
+            .arg("count", count.min(MAX_READ))
+            .arg("most_bytes", max_bytes.max(1))
+            .invoke(&mut conn)
+            .await?
+            .into_raw()?;
         match value {
             Value::Array(items) => items
                 .iter()

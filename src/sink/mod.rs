@@ -341,12 +341,14 @@ impl Sink {
     /// Acknowledges entries and trims the outbox below what any sink still holds.
     async fn ack(&self, tenant: &TenantId, entries: &[StreamEntry]) -> Result<()> {
         let mut conn = self.bus.redis().conn().await?;
-        let mut call = scripts().outbox_ack.key(self.bus.keys(tenant).outbox());
-        call.arg(GROUP);
+        let mut call = scripts()
+            .outbox_ack
+            .key("outbox", self.bus.keys(tenant).outbox());
+        call.arg("group", GROUP);
         for e in entries {
-            call.arg(&e.id);
+            call.arg("entry", &e.id);
         }
-        call.invoke_async::<i64>(&mut conn).await?;
+        call.invoke(&mut conn).await?;
         Ok(())
     }
 

@@ -792,7 +792,7 @@ async fn scripts_refuse_bad_arguments_before_writing() {
         vec![entry.clone()],
         vec![entry.clone(), "x".repeat(2000)],
     ] {
-        let mut call = scripts.inbox_poison.prepare_invoke();
+        let mut call = scripts.inbox_poison.script().prepare_invoke();
         call.key(keys.inbox(&rx)).key(keys.dlq());
         for a in &args {
             call.arg(a);
@@ -809,6 +809,7 @@ async fn scripts_refuse_bad_arguments_before_writing() {
     ] {
         let answer: redis::RedisResult<redis::Value> = scripts
             .agent_register
+            .script()
             .key(keys.agents())
             .key(keys.agent(&Ident::new("i", "new").expect("ident")))
             .key(keys.inbox(&Ident::new("i", "new").expect("ident")))
@@ -841,6 +842,7 @@ async fn scripts_refuse_bad_arguments_before_writing() {
     ] {
         let answer: redis::RedisResult<redis::Value> = scripts
             .agent_register
+            .script()
             .key(keys.agents())
             .key(keys.agent(&Ident::new("i", "new").expect("ident")))
             .key(keys.inbox(&Ident::new("i", "new").expect("ident")))
@@ -861,6 +863,7 @@ async fn scripts_refuse_bad_arguments_before_writing() {
     }
     let answer: redis::RedisResult<redis::Value> = scripts
         .agent_heartbeat
+        .script()
         .key(keys.agents())
         .key(&rx_agent)
         .arg("rx")
@@ -872,6 +875,7 @@ async fn scripts_refuse_bad_arguments_before_writing() {
     assert_eq!(before, env.snapshot().await, "heartbeat wrote");
     let answer: redis::RedisResult<redis::Value> = scripts
         .agent_deregister
+        .script()
         .key(keys.agents())
         .key(&rx_agent)
         .key(keys.inbox(&rx))
@@ -884,6 +888,7 @@ async fn scripts_refuse_bad_arguments_before_writing() {
     assert_eq!(before, env.snapshot().await, "deregister wrote");
     let answer: redis::RedisResult<redis::Value> = scripts
         .agent_reap
+        .script()
         .key(keys.agents())
         .arg("soon")
         .arg(500)
@@ -904,7 +909,7 @@ async fn scripts_refuse_bad_arguments_before_writing() {
         ["rx", "0", "3", "20000", ""],
         ["rx", "0", "3", "10", "0"],
     ] {
-        let mut call = scripts.inbox_redeliver.prepare_invoke();
+        let mut call = scripts.inbox_redeliver.script().prepare_invoke();
         call.key(keys.inbox(&rx)).key(keys.dlq());
         for a in args {
             call.arg(a);
@@ -917,6 +922,7 @@ async fn scripts_refuse_bad_arguments_before_writing() {
     for (count, bytes) in [("0", "10"), ("20000", "10"), ("5", "0"), ("5", "lots")] {
         let answer: redis::RedisResult<redis::Value> = scripts
             .inbox_take
+            .script()
             .key(keys.inbox(&rx))
             .arg("rx")
             .arg(count)
@@ -929,6 +935,7 @@ async fn scripts_refuse_bad_arguments_before_writing() {
     // And the good call moves the one entry, alone.
     let moved: i64 = scripts
         .inbox_poison
+        .script()
         .key(keys.inbox(&rx))
         .key(keys.dlq())
         .arg(&entry)

@@ -730,37 +730,37 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
     let cases = vec![
         case(
             "credits_move: unknown operation",
-            &s.credits_move,
+            s.credits_move.script(),
             vec![k.credits(), k.outbox()],
             credits_args("steal", "100", &ctx, "1000000"),
         ),
         case(
             "credits_move: amount not a number",
-            &s.credits_move,
+            s.credits_move.script(),
             vec![k.credits(), k.outbox()],
             credits_args("grant", "1e3", &ctx, "1000000"),
         ),
         case(
             "credits_move: amount past MAX_MINOR",
-            &s.credits_move,
+            s.credits_move.script(),
             vec![k.credits(), k.outbox()],
             credits_args("grant", "9223372036854775807", &ctx, "1000000"),
         ),
         case(
             "credits_move: context not MessagePack",
-            &s.credits_move,
+            s.credits_move.script(),
             vec![k.credits(), k.outbox()],
             credits_args("grant", "100", b"\xc1", "1000000"),
         ),
         case(
             "credits_move: ceiling missing",
-            &s.credits_move,
+            s.credits_move.script(),
             vec![k.credits(), k.outbox()],
             credits_args("grant", "100", &ctx, ""),
         ),
         case(
             "job_spawn: cost not a number",
-            &s.job_spawn,
+            s.job_spawn.script(),
             job_keys.clone(),
             job_args(&[
                 "x", "500", "task", "orc", "w", "1", "1000", "3", "", "", "h1", "h2", "\u{1}",
@@ -768,7 +768,7 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         ),
         case(
             "job_spawn: no items",
-            &s.job_spawn,
+            s.job_spawn.script(),
             job_keys.clone(),
             job_args(&[
                 "200", "500", "task", "orc", "w", "1", "1000", "3", "", "", "h1", "h2",
@@ -776,7 +776,7 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         ),
         case(
             "job_spawn: reservation past any balance",
-            &s.job_spawn,
+            s.job_spawn.script(),
             job_keys.clone(),
             job_args(&[
                 "1000000000000000",
@@ -796,13 +796,13 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         ),
         case(
             "job_complete: odd pairs",
-            &s.job_complete,
+            s.job_complete.script(),
             job_keys.clone(),
             job_args(&[&bb_root, &bb_set, &item]),
         ),
         case(
             "job_complete: retention not a number",
-            &s.job_complete,
+            s.job_complete.script(),
             job_keys.clone(),
             {
                 let mut a = job_args(&[&bb_root, &bb_set, &item, "\u{1}"]);
@@ -812,25 +812,25 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         ),
         case(
             "job_fail: retry flag",
-            &s.job_fail,
+            s.job_fail.script(),
             job_keys.clone(),
             job_args(&[&item, "err", "maybe"]),
         ),
         case(
             "job_claim: count",
-            &s.job_claim,
+            s.job_claim.script(),
             job_keys.clone(),
             job_args(&["w1", "-1"]),
         ),
         case(
             "job_reclaim: consumer",
-            &s.job_reclaim,
+            s.job_reclaim.script(),
             job_keys.clone(),
             job_args(&["", "10"]),
         ),
         case(
             "job_cancel: empty job id",
-            &s.job_cancel,
+            s.job_cancel.script(),
             job_keys.clone(),
             {
                 let mut a = job_args(&["ops", "why"]);
@@ -840,43 +840,43 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         ),
         case(
             "invoke_start: price",
-            &s.invoke_start,
+            s.invoke_start.script(),
             start_keys.clone(),
             start_args("ten", "1000"),
         ),
         case(
             "invoke_start: timeout",
-            &s.invoke_start,
+            s.invoke_start.script(),
             start_keys.clone(),
             start_args("1000", "0"),
         ),
         case(
             "invoke_respond: empty invoke id",
-            &s.invoke_respond,
+            s.invoke_respond.script(),
             inv_keys.clone(),
             vec![b("ev"), b("args"), b(""), payload.clone(), b(""), b("")],
         ),
         case(
             "invoke_expire: force flag",
-            &s.invoke_expire,
+            s.invoke_expire.script(),
             inv_keys.clone(),
             vec![b("ev"), b("args"), b(&invoke_id), b("yes")],
         ),
         case(
             "message_send: price",
-            &s.message_send,
+            s.message_send.script(),
             vec![k.credits(), k.outbox(), k.agent(&target), k.inbox(&target)],
             send_args("-5", "1"),
         ),
         case(
             "message_send: recipient flag",
-            &s.message_send,
+            s.message_send.script(),
             vec![k.credits(), k.outbox(), k.agent(&target), k.inbox(&target)],
             send_args("200", "2"),
         ),
         case(
             "message_broadcast: ids do not match recipients",
-            &s.message_broadcast,
+            s.message_broadcast.script(),
             vec![k.credits(), k.outbox(), k.agent(&target), k.inbox(&target)],
             vec![
                 b("ev"),
@@ -891,90 +891,90 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         ),
         case(
             "bb_write: mode",
-            &s.bb_write,
+            s.bb_write.script(),
             bb_keys.clone(),
             bb_args(&["upsert", "y", "1", "1000000", "0", "", "", ""]),
         ),
         case(
             "bb_write: micro-units past the bound",
-            &s.bb_write,
+            s.bb_write.script(),
             bb_keys.clone(),
             bb_args(&["set", "y", "1", "9000000000000001", "0", "", "", ""]),
         ),
         case(
             "bb_write: ttl",
-            &s.bb_write,
+            s.bb_write.script(),
             bb_keys.clone(),
             bb_args(&["set", "y", "1", "1000000", "-1", "", "", ""]),
         ),
-        case("bb_write: price", &s.bb_write, bb_keys.clone(), {
+        case("bb_write: price", s.bb_write.script(), bb_keys.clone(), {
             let mut a = bb_args(&["set", "y", "1", "1000000", "0", "", "", ""]);
             a[1] = b("free");
             a
         }),
         case(
             "bb_increment: amount",
-            &s.bb_increment,
+            s.bb_increment.script(),
             bb_keys.clone(),
             bb_args(&["x", "1.5", "", ""]),
         ),
         case(
             "bb_increment: fencing token",
-            &s.bb_increment,
+            s.bb_increment.script(),
             bb_keys.clone(),
             bb_args(&["x", "1", "lock", "t"]),
         ),
         case(
             "bb_read: unknown mode (was charged, then failed)",
-            &s.bb_read,
+            s.bb_read.script(),
             bb_keys.clone(),
             bb_args(&["peek"]),
         ),
         case(
             "bb_read: range bound",
-            &s.bb_read,
+            s.bb_read.script(),
             bb_keys.clone(),
             bb_args(&["range", "low", "+inf", "0", "10"]),
         ),
         case(
             "bb_read: top order",
-            &s.bb_read,
+            s.bb_read.script(),
             bb_keys.clone(),
             bb_args(&["top", "3", "sideways"]),
         ),
         case(
             "bb_lock: action",
-            &s.bb_lock,
+            s.bb_lock.script(),
             lock_keys.clone(),
             bb_args(&["l", "grab", "me", "1000"]),
         ),
         case(
             "bb_lock: ttl",
-            &s.bb_lock,
+            s.bb_lock.script(),
             lock_keys.clone(),
             bb_args(&["l", "acquire", "me", "0"]),
         ),
         case(
             "bb_sweep: limit",
-            &s.bb_sweep,
+            s.bb_sweep.script(),
             bb_keys.clone(),
             bb_args(&["0"]),
         ),
         case(
             "outbox_replay: a bad id after a good one",
-            &s.outbox_replay,
+            s.outbox_replay.script(),
             vec![k.outbox_dead(), k.outbox()],
             vec![b(&stranded), b("not-an-id")],
         ),
         case(
             "dlq_replay: inbox cap",
-            &s.dlq_replay,
+            s.dlq_replay.script(),
             vec![k.dlq(), ghost_inbox.clone()],
             vec![b(&dead), b("many")],
         ),
         case(
             "credits_flush: empty tenant",
-            &s.credits_flush,
+            s.credits_flush.script(),
             vec![k.credits(), k.outbox()],
             vec![b("ev"), b("")],
         ),

@@ -1,5 +1,5 @@
 //! docs/wire-protocol.md carries every Lua script's contract (its header:
-//! what it does, its includes, KEYS, ARGV and reply), generated from
+//! what it does, its `@include`, `@key`, `@arg` and `@reply` lines), generated from
 //! `lua/*.lua` so the document cannot drift from the scripts.
 //! `AGENTBUS_BLESS=1 cargo test --test it protocol` rewrites it (never in CI).
 
@@ -7,6 +7,28 @@ use std::path::PathBuf;
 
 const BEGIN: &str = "<!-- scripts:begin (generated from lua/*.lua by tests/it/protocol.rs) -->";
 const END: &str = "<!-- scripts:end -->";
+
+/// How to read a header (the grammar src/scripts/header.rs parses).
+const HEADERS: &str = "A script's leading comment is its contract. Lines starting with `@` \
+are for programs (src/scripts/header.rs parses them; build.rs and the Rust \
+calls are made from them, and a client in another language can do the same); \
+the other lines are prose.
+
+```text
+-- @include common job     files of lua/include/ to put before the script, in order (`none`: none)
+-- @layout job             KEYS and ARGV declared by that include come first (its own @key/@arg lines)
+-- @key credits ...        KEYS[i], in order, by name, then what it is
+-- @key (agent, inbox)...  a repeating group of KEYS after the fixed ones
+-- @arg tenant ...         ARGV[i], in order (`name...` or `(a, b)...`: a repeating group, last)
+-- @reply ok(total:int, reserved:int) ...   a reply {'ok', total, reserved}
+-- @reply missing          a reply {'missing'}
+-- @returns int            an untagged reply: int, raw, or a list (a:int, b:raw)
+```
+
+Field types: `int`, `text`, `texts` (array of text), `ints` (array of \
+integers), `raw` (any value; the prose says what) and `rest` (every \
+remaining element, last only). The layouts' declarations are in \
+`lua/include/job.lua`, `invoke.lua` and `bb.lua`.";
 
 /// The scripts section: each script's header comment, in name order.
 fn scripts_section(root: &std::path::Path) -> String {
@@ -17,9 +39,9 @@ fn scripts_section(root: &std::path::Path) -> String {
         .collect();
     paths.sort();
     let mut out = format!(
-        "{BEGIN}\n\n## Scripts\n\nEvery change of state is one of these, called with `EVALSHA` (the \
-         script's SHA1 of its assembled text: the helpers of `lua/include/` its \
-         `Includes:` line names, then the script). A script checks its arguments \
+        "{BEGIN}\n\n## Script headers\n\n{HEADERS}\n\n## Scripts\n\nEvery change of state is one of these, called with `EVALSHA` (the \
+         script's SHA1 of its assembled text: the files of `lua/include/` its \
+         `@include` line names, in that order, then the script). A script checks its arguments \
          before its first write (a bad one is an error reply, and nothing \
          changed), except where its header says the caller validated them.\n"
     );
@@ -70,8 +92,14 @@ fn the_wire_protocol_lists_every_script_as_its_header_says() {
         current == generated,
         "docs/wire-protocol.md is stale: run `AGENTBUS_BLESS=1 cargo test --test it protocol` and commit it"
     );
-    // Every script is there, with its includes, KEYS and ARGV.
-    for section in generated.split("\n### ").skip(1) {
-        assert!(section.contains("Includes:"), "{section}");
+    // Every script is there, with its includes and replies.
+    let sections: Vec<&str> = generated.split("\n### ").skip(1).collect();
+    assert_eq!(sections.len(), agentbus::scripts::ALL.len());
+    for section in sections {
+        assert!(section.contains("@include"), "{section}");
+        assert!(
+            section.contains("@reply") || section.contains("@returns"),
+            "{section}"
+        );
     }
 }

@@ -266,7 +266,7 @@ async fn populate(
     scan_prefix: &str,
     size: usize,
 ) -> Result<()> {
-    let script = &agentbus::scripts::scripts().bb_write;
+    let script = agentbus::scripts::scripts().bb_write.script();
     let mut conn = bus.redis().conn().await?;
     script.prepare_invoke().load_async(&mut conn).await?;
     let keys = bus.keys(tenant).blackboard(ns);
@@ -278,7 +278,7 @@ async fn populate(
             let value = (i * 7919) % 100_000;
             pipe.cmd("EVALSHA")
                 .arg(script.get_hash())
-                .arg(9)
+                .arg(agentbus::scripts::BB_WRITE.keys.len())
                 .arg(&credits)
                 .arg(&keys.vals)
                 .arg(&keys.nums)
