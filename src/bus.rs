@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::agents::reply_hub::ReplyHub;
 use crate::conn::Redis;
 use crate::error::Result;
 use crate::keys::{Keyspace, TenantId, TenantKeys};
 use crate::prices::Prices;
-use crate::reply_hub::ReplyHub;
 
 /// Operating limits and retention, all configurable.
 /// The default of every engine limit, named once: `Limits::default`, the

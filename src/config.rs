@@ -282,16 +282,16 @@ pub struct SinkConfig {
     pub sink_consumer: Option<String>,
 
     /// Most events written per transaction.
-    #[arg(long, env = "AGENTBUS_SINK_BATCH", default_value_t = crate::sink::DEFAULT_BATCH)]
+    #[arg(long, env = "AGENTBUS_SINK_BATCH", default_value_t = crate::outbox::sink::DEFAULT_BATCH)]
     pub sink_batch: usize,
 
     /// Seconds another sink's unacknowledged events wait before this one takes them over.
-    #[arg(long, env = "AGENTBUS_SINK_TAKEOVER_SECS", default_value_t = crate::sink::TAKEOVER_IDLE.as_secs())]
+    #[arg(long, env = "AGENTBUS_SINK_TAKEOVER_SECS", default_value_t = crate::outbox::sink::TAKEOVER_IDLE.as_secs())]
     pub sink_takeover_secs: u64,
 }
 
 impl SinkConfig {
-    pub fn options(&self) -> crate::error::Result<crate::sink::SinkOptions> {
+    pub fn options(&self) -> crate::error::Result<crate::outbox::sink::SinkOptions> {
         let consumer = match &self.sink_consumer {
             Some(c) => c.clone(),
             None => {
@@ -304,8 +304,8 @@ impl SinkConfig {
             }
         };
         crate::keys::validate_id("AGENTBUS_SINK_CONSUMER", &consumer, crate::keys::MAX_ID_LEN)?;
-        let mut options = crate::sink::SinkOptions::new(&consumer);
-        options.batch = self.sink_batch.clamp(1, crate::sink::MAX_BATCH);
+        let mut options = crate::outbox::sink::SinkOptions::new(&consumer);
+        options.batch = self.sink_batch.clamp(1, crate::outbox::sink::MAX_BATCH);
         options.takeover_idle = Duration::from_secs(self.sink_takeover_secs.max(1));
         Ok(options)
     }

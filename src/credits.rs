@@ -4,7 +4,6 @@
 //! every movement is one call of `lua/credits_move.lua`, which checks the
 //! balance, moves the amount and appends the ledger event to the outbox.
 
-use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -12,30 +11,35 @@ use crate::bus::{AgentBus, event_base};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::TenantId;
-use crate::money::{self, from_minor};
+use crate::money::{self, Credits, from_minor};
 use crate::scripts::scripts;
 
 /// A tenant's credits. `available = total - reserved - spent`, never negative.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Balance {
-    #[serde(with = "money::json")]
-    pub total: Decimal,
-    #[serde(with = "money::json")]
-    pub reserved: Decimal,
-    #[serde(with = "money::json")]
-    pub spent: Decimal,
-    #[serde(with = "money::json")]
-    pub available: Decimal,
+    pub total: Credits,
+    pub reserved: Credits,
+    pub spent: Credits,
+    pub available: Credits,
 }
 
 impl Balance {
-    pub fn from_minor(total: i64, reserved: i64, spent: i64) -> Self {
+    /// A balance from its three figures; `available` follows from them.
+    pub fn new(total: Credits, reserved: Credits, spent: Credits) -> Self {
         Self {
-            total: from_minor(total),
-            reserved: from_minor(reserved),
-            spent: from_minor(spent),
-            available: from_minor(total - reserved - spent),
+            total,
+            reserved,
+            spent,
+            available: total - reserved - spent,
         }
+    }
+
+    pub fn from_minor(total: i64, reserved: i64, spent: i64) -> Self {
+        Self::new(
+            Credits::from_minor(total),
+            Credits::from_minor(reserved),
+            Credits::from_minor(spent),
+        )
     }
 }
 
@@ -98,10 +102,10 @@ impl AgentBus {
     pub async fn grant_credits(
         &self,
         tenant: &TenantId,
-        amount: Decimal,
+        amount: impl Into<Credits>,
         context: serde_json::Value,
     ) -> Result<Balance> {
-        let minor = money::to_minor("amount", amount)?;
+        let minor = amount.into().to_minor("amount")?;
         if minor == 0 {
             return Err(Error::invalid("amount", "must be greater than zero"));
         }

@@ -9,12 +9,12 @@ use redis::Value;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::agents::registry::Instance;
 use crate::bus::AgentBus;
 use crate::codec::{self, StreamEntry};
 use crate::error::{Error, Result};
 use crate::jobs::Job;
 use crate::keys::{Ident, TenantId};
-use crate::registry::Instance;
 
 /// A consumer group of a stream, as `XINFO GROUPS` reports it.
 #[derive(Clone, Debug, Default, Serialize)]

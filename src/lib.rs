@@ -11,23 +11,24 @@
 //!   [`text`] (free text bound for Postgres), [`codec`] and [`payload`]
 //!   (MessagePack ↔ JSON), [`bounded`] (input bounded while parsed),
 //!   [`error`], [`conn`] (Redis connections), [`scripts`] (the Lua scripts of
-//!   `lua/`), [`bus`] (the handle every capability hangs off), [`prices`].
-//! - Money and jobs: [`credits`], [`jobs`] (spawn, claim, complete, fail,
-//!   cancel; the reclaimer and the Rust worker), [`simulate`], [`pages`].
-//! - Agents: [`registry`], [`messages`], [`replies`] (and [`reply_hub`]), [`invoke`], [`dlq`],
-//!   [`reaper`].
+//!   `lua/` and the typed calls to them), [`bus`] (the handle every
+//!   capability hangs off), [`prices`], [`db`] (Postgres and migrations).
+//! - Money and jobs: [`credits`], [`jobs`] (spec, model, operations; the
+//!   reclaimer and the Rust worker), [`simulate`], [`pages`].
+//! - [`agents`]: registry, messages and their receiver, replies, invoke,
+//!   dead letters.
 //! - Shared state: [`blackboard`].
-//! - The mirror: [`sink`], [`stranded`], [`audit`], [`verify`] (and
-//!   [`job_audit`], one job judged from its own state), [`db`].
+//! - [`outbox`]: the event schema, the sink and its Postgres writer,
+//!   stranded events, the audit trail, `verify`.
 //! - Serving: [`api`] (axum, REST, OpenAPI), [`auth`], [`metrics`],
-//!   [`telemetry`], [`server`].
+//!   [`telemetry`], [`reaper`] (background sweeps), [`server`].
 //! - For the operator tools: [`config`] (flags and environment, shared with
 //!   [`server`]) and [`inspect`]. The tools themselves — the command line,
 //!   the demo, the load test, the benchmarks and their HTTP client — are the
 //!   binary's (`src/main.rs`, `src/cli/`), not the library's.
 
+pub mod agents;
 pub mod api;
-pub mod audit;
 pub mod auth;
 pub mod blackboard;
 pub mod bounded;
@@ -37,31 +38,22 @@ pub mod config;
 pub mod conn;
 pub mod credits;
 pub mod db;
-pub mod dlq;
 pub mod error;
 pub mod inspect;
-pub mod invoke;
-pub mod job_audit;
 pub mod jobs;
 pub mod keys;
-pub mod messages;
 pub mod metrics;
 pub mod money;
+pub mod outbox;
 pub mod pages;
 pub mod payload;
 pub mod prices;
 pub mod reaper;
-pub mod registry;
-pub mod replies;
-pub mod reply_hub;
 pub mod scripts;
 pub mod server;
 pub mod simulate;
-pub mod sink;
-pub mod stranded;
 pub mod telemetry;
 pub mod text;
-pub mod verify;
 
 pub use bus::{AgentBus, Limits};
 pub use error::{Error, Result};

@@ -18,7 +18,8 @@ pub const MAX_MINOR: i64 = 1_000_000_000_000_000;
 
 /// Converts credits to minor units, refusing more than two decimals,
 /// negative amounts and amounts beyond [`MAX_MINOR`].
-pub fn to_minor(field: &str, credits: Decimal) -> Result<i64> {
+pub fn to_minor(field: &str, credits: impl Into<Decimal>) -> Result<i64> {
+    let credits: Decimal = credits.into();
     if credits.is_sign_negative() && !credits.is_zero() {
         return Err(Error::invalid(field, "must not be negative"));
     }
@@ -84,8 +85,149 @@ pub fn from_minor(minor: i64) -> Decimal {
     Decimal::new(minor, SCALE)
 }
 
-/// Serde for credit amounts in JSON: `#[serde(with = "crate::money::json")]`.
-pub mod json {
+/// An amount of credits: exact (a `Decimal`), written to JSON as a number
+/// with two decimals (`12.50`), read from a number or a string by
+/// [`parse_credits`] (nothing rounded), documented in OpenAPI as such. Every
+/// amount the API or a report shows is one, so none needs a serde attribute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Credits(Decimal);
+
+impl Credits {
+    pub const ZERO: Credits = Credits(Decimal::ZERO);
+
+    pub const fn new(amount: Decimal) -> Self {
+        Credits(amount)
+    }
+
+    /// Minor units (hundredths) as credits.
+    pub fn from_minor(minor: i64) -> Self {
+        Credits(from_minor(minor))
+    }
+
+    pub fn decimal(self) -> Decimal {
+        self.0
+    }
+
+    /// The amount in minor units, refused (naming `field`) when it is
+    /// negative, has more than two decimals or passes [`MAX_MINOR`].
+    pub fn to_minor(self, field: &str) -> Result<i64> {
+        to_minor(field, self.0)
+    }
+}
+
+impl From<Decimal> for Credits {
+    fn from(amount: Decimal) -> Self {
+        Credits(amount)
+    }
+}
+
+impl From<Credits> for Decimal {
+    fn from(c: Credits) -> Self {
+        c.0
+    }
+}
+
+impl PartialEq<Decimal> for Credits {
+    fn eq(&self, other: &Decimal) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<Credits> for Decimal {
+    fn eq(&self, other: &Credits) -> bool {
+        *self == other.0
+    }
+}
+
+impl PartialOrd<Decimal> for Credits {
+    fn partial_cmp(&self, other: &Decimal) -> Option<std::cmp::Ordering> {
+        self.0.partial_cmp(other)
+    }
+}
+
+/// A fixed amount plus credits (e.g. an overhead and a price × count).
+impl std::ops::Add<Credits> for Decimal {
+    type Output = Credits;
+    fn add(self, rhs: Credits) -> Credits {
+        Credits(self + rhs.0)
+    }
+}
+
+impl std::fmt::Display for Credits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::ops::Add for Credits {
+    type Output = Credits;
+    fn add(self, rhs: Credits) -> Credits {
+        Credits(self.0 + rhs.0)
+    }
+}
+
+impl std::ops::Sub for Credits {
+    type Output = Credits;
+    fn sub(self, rhs: Credits) -> Credits {
+        Credits(self.0 - rhs.0)
+    }
+}
+
+impl std::ops::AddAssign for Credits {
+    fn add_assign(&mut self, rhs: Credits) {
+        self.0 += rhs.0;
+    }
+}
+
+impl std::ops::SubAssign for Credits {
+    fn sub_assign(&mut self, rhs: Credits) {
+        self.0 -= rhs.0;
+    }
+}
+
+/// A price times a count.
+impl std::ops::Mul<Decimal> for Credits {
+    type Output = Credits;
+    fn mul(self, rhs: Decimal) -> Credits {
+        Credits(self.0 * rhs)
+    }
+}
+
+impl std::iter::Sum for Credits {
+    fn sum<I: Iterator<Item = Credits>>(iter: I) -> Credits {
+        Credits(iter.map(|c| c.0).sum())
+    }
+}
+
+impl serde::Serialize for Credits {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        json::serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Credits {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        json::deserialize(d).map(Credits)
+    }
+}
+
+impl schemars::JsonSchema for Credits {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Credits".into()
+    }
+
+    // Written where it is used, as the document always had it.
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        json::schema(generator)
+    }
+}
+
+/// Serde and schema of [`Credits`] in JSON.
+mod json {
     use super::*;
 
     pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
@@ -123,29 +265,6 @@ pub mod json {
             .and_then(|t| t.strip_suffix('"'))
             .unwrap_or(text);
         parse_credits(inner)
-    }
-}
-
-/// Like [`json`], for `Option<Decimal>`.
-pub mod json_opt {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(value: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(v) => json::serialize(v, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
-        let raw = Option::<Box<RawValue>>::deserialize(d)?;
-        match raw {
-            None => Ok(None),
-            Some(raw) if raw.get() == "null" => Ok(None),
-            Some(raw) => json::parse(raw.get())
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-        }
     }
 }
 

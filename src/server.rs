@@ -16,7 +16,7 @@ use crate::api::{self, AppState};
 use crate::config::{Config, ServeConfig};
 use crate::error::{Error, Result};
 use crate::jobs::reclaim;
-use crate::sink::Sink;
+use crate::outbox::sink::Sink;
 use crate::{metrics, reaper};
 
 /// A running server: its address, and how to stop it.

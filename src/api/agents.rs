@@ -13,10 +13,10 @@ use uuid::Uuid;
 
 use super::extract::{ApiJson, ApiPath, OptionalJson, Params, path_uuid};
 use super::{ApiError, ApiResult, AppState, Tenant};
+use crate::agents::messages::{Message, MessageFilter, MessageStatus, OutgoingMessage};
+use crate::agents::registry::{AgentFilter, AgentStatus, Instance, Registration};
 use crate::keys::Ident;
-use crate::messages::{Message, MessageFilter, MessageStatus, OutgoingMessage};
 use crate::payload::Payload;
-use crate::registry::{AgentFilter, AgentStatus, Instance, Registration};
 
 pub(super) const MAX_WAIT_MS: u64 = 30_000;
 

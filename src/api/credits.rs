@@ -2,7 +2,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use rust_decimal::Decimal;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -10,7 +9,7 @@ use super::extract::ApiJson;
 use super::{Admin, ApiResult, AppState, Tenant};
 use crate::credits::{Balance, grant_context};
 use crate::keys::TenantId;
-use crate::money;
+use crate::money::Credits;
 
 pub async fn show(
     State(state): State<AppState>,
@@ -23,9 +22,7 @@ pub async fn show(
 #[serde(deny_unknown_fields)]
 pub struct GrantBody {
     tenant: TenantId,
-    #[serde(with = "money::json")]
-    #[schemars(schema_with = "money::json::schema")]
-    amount: Decimal,
+    amount: Credits,
     #[serde(default)]
     reason: Option<String>,
 }

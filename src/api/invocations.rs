@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use super::extract::{ApiJson, ApiPath, Params, path_uuid};
 use super::{ApiError, ApiResult, AppState, Tenant};
-use crate::audit::{self, AuditFilter};
+use crate::agents::invoke::{Invocation, InvokeRequest, InvokeResult};
 use crate::error::Error;
-use crate::invoke::{Invocation, InvokeRequest, InvokeResult};
 use crate::keys::Ident;
+use crate::outbox::audit::{self, AuditFilter};
 use crate::payload::Payload;
 
 pub async fn invoke(

@@ -30,7 +30,6 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sqlx::PgPool;
@@ -38,7 +37,8 @@ use tracing::Instrument;
 
 use crate::bus::AgentBus;
 use crate::error::Error;
-use crate::{metrics, money};
+use crate::metrics;
+use crate::money::Credits;
 
 pub use extract::{Admin, Tenant};
 pub use guard::Guard;
@@ -279,10 +279,10 @@ struct ErrorDetail {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", with = "money::json_opt")]
-    required: Option<Decimal>,
-    #[serde(skip_serializing_if = "Option::is_none", with = "money::json_opt")]
-    available: Option<Decimal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    required: Option<Credits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    available: Option<Credits>,
     /// A refused invocation: its audited id and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     invoke_id: Option<String>,
@@ -394,8 +394,8 @@ impl ApiError {
                     message: format!(
                         "insufficient credits: required {required}, available {available}"
                     ),
-                    required: Some(required),
-                    available: Some(available),
+                    required: Some(required.into()),
+                    available: Some(available.into()),
                     ..Default::default()
                 },
             ),

@@ -135,7 +135,7 @@ pub(super) fn v1_api() -> Api {
                 "Register an agent instance and create its inbox",
             )
             .status(201)
-            .body::<crate::registry::Registration>()
+            .body::<crate::agents::registry::Registration>()
             .link("get_agents_instance_id", NEW_INSTANCE)
             .link("post_agents_instance_id_heartbeat", NEW_INSTANCE)
             .link("post_agents_instance_id_messages", NEW_INSTANCE)
@@ -213,7 +213,7 @@ pub(super) fn v1_api() -> Api {
                 "invocations",
                 "Invoke an agent and wait for its response or the timeout",
             )
-            .body::<crate::invoke::InvokeRequest>(),
+            .body::<crate::agents::invoke::InvokeRequest>(),
             invocations::invoke,
         )
         .route(

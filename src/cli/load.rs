@@ -14,13 +14,13 @@ use uuid::Uuid;
 
 use agentbus::bus::AgentBus;
 use agentbus::error::{Error, Result};
-use agentbus::job_audit::audit_job;
 use agentbus::jobs::worker::{Completer, ItemError, Worker, WorkerReport, new_latency_histogram};
 use agentbus::jobs::{JobSpec, JobStatus, reclaim};
 use agentbus::keys::TenantId;
-use agentbus::money;
-use agentbus::sink::{Sink, SinkOptions};
-use agentbus::verify;
+use agentbus::money::Credits;
+use agentbus::outbox::job_audit::audit_job;
+use agentbus::outbox::sink::{Sink, SinkOptions};
+use agentbus::outbox::verify;
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -111,12 +111,9 @@ pub struct LoadReport {
     /// Items in no terminal state once the job ended (must be 0).
     pub lost: i64,
     pub claim_to_complete: Percentiles,
-    #[serde(with = "money::json")]
-    pub credits_reserved: Decimal,
-    #[serde(with = "money::json")]
-    pub credits_spent: Decimal,
-    #[serde(with = "money::json")]
-    pub credits_refunded: Decimal,
+    pub credits_reserved: Credits,
+    pub credits_spent: Credits,
+    pub credits_refunded: Credits,
     pub credits_exact: bool,
     /// The job reached a final state before the timeout.
     pub finished_in_time: bool,

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use agentbus::config::Config;
 use agentbus::db;
 use agentbus::keys::TenantId;
-use agentbus::sink::Sink;
-use agentbus::{server, stranded, verify};
+use agentbus::outbox::sink::Sink;
+use agentbus::outbox::{stranded, verify};
+use agentbus::server;
 
 mod args;
 mod bench;

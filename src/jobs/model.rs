@@ -4,13 +4,12 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, TimeZone, Utc};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::codec::StreamEntry;
 use crate::error::{Error, Result};
-use crate::money::{self, from_minor};
+use crate::money::Credits;
 use crate::payload::{self, Payload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,17 +66,25 @@ pub struct Progress {
     pub progress_pct: f64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct JobCredits {
-    #[serde(with = "money::json")]
-    pub reserved: Decimal,
-    #[serde(with = "money::json")]
-    pub spent: Decimal,
-    #[serde(with = "money::json")]
-    pub refunded: Decimal,
+    pub reserved: Credits,
+    pub spent: Credits,
+    pub refunded: Credits,
     /// Still held for items not yet finished: `reserved - spent - refunded`.
-    #[serde(with = "money::json")]
-    pub still_reserved: Decimal,
+    pub still_reserved: Credits,
+}
+
+impl JobCredits {
+    /// A job's credits from its three figures; `still_reserved` follows.
+    pub fn new(reserved: Credits, spent: Credits, refunded: Credits) -> Self {
+        JobCredits {
+            reserved,
+            spent,
+            refunded,
+            still_reserved: reserved - spent - refunded,
+        }
+    }
 }
 
 /// A job as `GET /jobs/{id}` shows it.
@@ -93,8 +100,7 @@ pub struct Job {
     pub max_retries: i64,
     pub progress: Progress,
     pub credits: JobCredits,
-    #[serde(with = "money::json")]
-    pub credits_per_item: Decimal,
+    pub credits_per_item: Credits,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -148,13 +154,12 @@ impl Job {
                 retried: opt_int("retried").unwrap_or(0),
                 progress_pct,
             },
-            credits: JobCredits {
-                reserved: from_minor(reserved),
-                spent: from_minor(spent),
-                refunded: from_minor(refunded),
-                still_reserved: from_minor(reserved - spent - refunded),
-            },
-            credits_per_item: from_minor(int("item_cost")?),
+            credits: JobCredits::new(
+                Credits::from_minor(reserved),
+                Credits::from_minor(spent),
+                Credits::from_minor(refunded),
+            ),
+            credits_per_item: Credits::from_minor(int("item_cost")?),
             created_at: millis_to_time(int("created_at")?)
                 .ok_or_else(|| Error::protocol("job created_at out of range"))?,
             started_at: opt_int("started_at").and_then(millis_to_time),
@@ -229,8 +234,7 @@ pub struct CancelOutcome {
     pub status: JobStatus,
     pub completed_items: i64,
     pub cancelled_items: i64,
-    #[serde(with = "money::json")]
-    pub credits_refunded: Decimal,
+    pub credits_refunded: Credits,
 }
 
 /// One output of a finished item.

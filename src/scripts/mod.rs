@@ -232,26 +232,26 @@ fn field(ty: Ty, value: &Value) -> Option<Field> {
         Ty::Text => Field::Text(text(value)?),
         Ty::Texts => Field::Texts(list(value, text)?),
         Ty::Ints => Field::Ints(list(value, int)?),
-        Ty::Raw => Field::Raw(value.clone()),
-        // `rest` takes several elements: Answer::parse handles it.
-        Ty::Rest => return None,
+        // `raw` and `rest` move their values: Answer::parse takes them.
+        Ty::Raw | Ty::Rest => return None,
     })
 }
 
 impl Answer {
+    /// Parses `value` (taken: entries and raw values move, never copied).
     fn parse(def: &'static Def, value: Value) -> Result<Answer> {
-        let bad = |why: &str| {
+        let bad = |why: &str, value: &Value| {
             Error::protocol(format!(
                 "{} replied {why}: {}",
                 def.name,
-                crate::codec::brief(&value)
+                crate::codec::brief(value)
             ))
         };
         // A bare value.
         if let [shape @ Shape { bare: Some(ty), .. }] = def.replies {
             let f = match ty {
-                Ty::Int => Field::Int(int(&value).ok_or_else(|| bad("not an integer"))?),
-                _ => Field::Raw(value.clone()),
+                Ty::Int => Field::Int(int(&value).ok_or_else(|| bad("not an integer", &value))?),
+                _ => Field::Raw(value),
             };
             return Ok(Answer {
                 script: def.name,
@@ -259,32 +259,37 @@ impl Answer {
                 fields: vec![f],
             });
         }
-        let Value::Array(items) = &value else {
-            return Err(bad("not an array"));
+        let Value::Array(mut items) = value else {
+            return Err(bad("not an array", &value));
         };
-        let (shape, rest) = match def.replies {
-            [shape @ Shape { tag: None, .. }] => (shape, &items[..]),
+        let shape = match def.replies {
+            [shape @ Shape { tag: None, .. }] => shape,
             shapes => {
-                let tag = items.first().and_then(text).ok_or_else(|| bad("no tag"))?;
-                let shape = shapes
-                    .iter()
-                    .find(|s| s.tag == Some(tag.as_str()))
-                    .ok_or_else(|| bad("an undeclared tag"))?;
-                (shape, &items[1..])
+                let tag = items.first().and_then(text);
+                let found = tag.and_then(|t| shapes.iter().find(|s| s.tag == Some(t.as_str())));
+                let Some(shape) = found else {
+                    return Err(bad("an undeclared tag", &Value::Array(items)));
+                };
+                items.remove(0);
+                shape
             }
         };
         let declared = shape.fields.len();
         let open = matches!(shape.fields.last(), Some((_, Ty::Rest)));
-        if (open && rest.len() + 1 < declared) || (!open && rest.len() != declared) {
-            return Err(bad("the wrong number of elements"));
+        if (open && items.len() + 1 < declared) || (!open && items.len() != declared) {
+            return Err(bad("the wrong number of elements", &Value::Array(items)));
         }
         let mut fields = Vec::with_capacity(declared);
-        for (i, (_, ty)) in shape.fields.iter().enumerate() {
-            if *ty == Ty::Rest {
-                fields.push(Field::Rest(rest[i..].to_vec()));
-            } else {
-                fields.push(field(*ty, &rest[i]).ok_or_else(|| bad("an element of another type"))?);
-            }
+        let mut values = items.into_iter();
+        for (_, ty) in shape.fields {
+            let parsed = match ty {
+                Ty::Rest => Some(Field::Rest(values.by_ref().collect())),
+                Ty::Raw => values.next().map(Field::Raw),
+                ty => values.next().and_then(|v| field(*ty, &v)),
+            };
+            fields.push(parsed.ok_or_else(|| {
+                Error::protocol(format!("{} replied an element of another type", def.name))
+            })?);
         }
         Ok(Answer {
             script: def.name,

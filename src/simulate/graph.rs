@@ -1,10 +1,9 @@
 //! Stage graphs: their caps, checked before anything is built, and an
 //! order in which each stage follows those it depends on.
 
-use rust_decimal::Decimal;
-
 use crate::bus::AgentBus;
 use crate::error::{Error, Result};
+use crate::money::Credits;
 
 use super::history::Estimate;
 use super::{StageSpec, cost_breakdown};
@@ -40,7 +39,7 @@ pub(super) fn check_stage_shape(stages: &[StageSpec]) -> Result<()> {
 /// One stage of the graph, estimated.
 pub(super) struct Node {
     pub(super) items: usize,
-    pub(super) credits: Decimal,
+    pub(super) credits: Credits,
     pub(super) p50: f64,
     pub(super) p95: f64,
     /// Chance it finishes without an item failing for good.

@@ -12,16 +12,15 @@
 
 use std::collections::HashMap;
 
-use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 
+use crate::agents::registry::{AgentFilter, AgentStatus};
 use crate::bus::AgentBus;
 use crate::error::{Error, Result};
 use crate::jobs::{JobSpec, Settings, check_settings};
 use crate::keys::{self, TenantId};
-use crate::money::{self, from_minor};
-use crate::registry::{AgentFilter, AgentStatus};
+use crate::money::Credits;
 
 mod graph;
 mod history;
@@ -68,23 +67,17 @@ pub struct StageSpec {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct BudgetCheck {
     pub sufficient: bool,
-    #[serde(with = "money::json")]
-    pub required: Decimal,
-    #[serde(with = "money::json")]
-    pub available: Decimal,
-    #[serde(with = "money::json")]
-    pub shortfall: Decimal,
+    pub required: Credits,
+    pub available: Credits,
+    pub shortfall: Credits,
     pub message: String,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct CostBreakdown {
-    #[serde(with = "money::json")]
-    pub job_overhead: Decimal,
-    #[serde(with = "money::json")]
-    pub item_processing: Decimal,
-    #[serde(with = "money::json")]
-    pub total: Decimal,
+    pub job_overhead: Credits,
+    pub item_processing: Credits,
+    pub total: Credits,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -129,8 +122,7 @@ pub struct ExecutionPreview {
 pub struct StageEstimate {
     pub name: String,
     pub items: usize,
-    #[serde(with = "money::json")]
-    pub credits: Decimal,
+    pub credits: Credits,
     pub duration: DurationRange,
     pub depends_on: Vec<String>,
     /// Earliest start and finish on the p50 schedule.
@@ -149,18 +141,15 @@ pub struct Graph {
     /// Stage names along the longest p50 path.
     pub critical_path: Vec<String>,
     pub critical_path_seconds: f64,
-    #[serde(with = "money::json")]
-    pub total_credits: Decimal,
+    pub total_credits: Credits,
 }
 
 /// The answer of `POST /jobs/simulate`: the original's fields and more.
 #[derive(Clone, Debug, Serialize)]
 pub struct Simulation {
     pub feasible: bool,
-    #[serde(with = "money::json")]
-    pub estimated_credits: Decimal,
-    #[serde(with = "money::json")]
-    pub credits_per_item: Decimal,
+    pub estimated_credits: Credits,
+    pub credits_per_item: Credits,
     pub item_count: usize,
     pub estimated_duration_seconds: f64,
     pub duration: DurationRange,
@@ -181,9 +170,9 @@ pub struct Simulation {
 pub fn cost_breakdown(bus: &AgentBus, items: usize) -> CostBreakdown {
     let prices = bus.prices();
     CostBreakdown {
-        job_overhead: from_minor(prices.agent_spawn),
-        item_processing: from_minor(prices.job_item * items as i64),
-        total: prices.job_reservation(items),
+        job_overhead: Credits::from_minor(prices.agent_spawn),
+        item_processing: Credits::from_minor(prices.job_item * items as i64),
+        total: prices.job_reservation(items).into(),
     }
 }
 
@@ -239,7 +228,7 @@ impl AgentBus {
             .unwrap_or(cost.total);
         let balance = self.balance(tenant).await?;
         let sufficient = required <= balance.available;
-        let shortfall = (required - balance.available).max(Decimal::ZERO);
+        let shortfall = (required - balance.available).max(Credits::ZERO);
         let budget_check = BudgetCheck {
             sufficient,
             required,
@@ -253,8 +242,8 @@ impl AgentBus {
                 )
             } else {
                 Error::InsufficientCredits {
-                    required,
-                    available: balance.available,
+                    required: required.into(),
+                    available: balance.available.into(),
                 }
                 .to_string()
             },
@@ -290,8 +279,8 @@ impl AgentBus {
             warnings
                 .push("no retries configured: any failed attempt fails its item for good".into());
         }
-        let share = if balance.available > Decimal::ZERO {
-            (cost.total / balance.available)
+        let share = if balance.available > Credits::ZERO {
+            (cost.total.decimal() / balance.available.decimal())
                 .to_f64()
                 .unwrap_or(f64::MAX)
         } else {
@@ -347,7 +336,7 @@ impl AgentBus {
         Ok(Simulation {
             feasible: sufficient,
             estimated_credits: required,
-            credits_per_item: from_minor(self.prices().job_item),
+            credits_per_item: Credits::from_minor(self.prices().job_item),
             item_count: items,
             estimated_duration_seconds: graph
                 .as_ref()

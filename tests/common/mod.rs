@@ -408,7 +408,7 @@ pub fn assert_job_credits(job: &agentbus::jobs::Job) {
     let expected_still = if job.status == JobStatus::Running {
         job.credits_per_item * Decimal::from(p.total - p.completed - p.failed)
     } else {
-        Decimal::ZERO
+        agentbus::money::Credits::ZERO
     };
     assert_eq!(c.still_reserved, expected_still, "{job:?}");
     assert_eq!(
@@ -524,17 +524,17 @@ impl Drop for PrivateRedis {
 
 /// Runs a sink over `tenant`'s outbox until it is empty.
 pub async fn drain(env: &TestEnv, tenant: &TenantId) {
-    let sink = agentbus::sink::Sink::new(
+    let sink = agentbus::outbox::sink::Sink::new(
         env.bus.clone(),
         env.pool().clone(),
-        agentbus::sink::SinkOptions::new("test-drain"),
+        agentbus::outbox::sink::SinkOptions::new("test-drain"),
     );
     while sink.drain_once(tenant).await.expect("drain").events > 0 {}
 }
 
 /// `verify` over the test's tenants, waiting up to a second for the outbox.
-pub async fn verify_now(env: &TestEnv) -> agentbus::verify::VerifyReport {
-    agentbus::verify::verify(&env.bus, env.pool(), Duration::from_secs(1))
+pub async fn verify_now(env: &TestEnv) -> agentbus::outbox::verify::VerifyReport {
+    agentbus::outbox::verify::verify(&env.bus, env.pool(), Duration::from_secs(1))
         .await
         .expect("verify")
 }
@@ -548,14 +548,15 @@ pub async fn pending_invoke(
     target: &agentbus::keys::Ident,
     timeout_seconds: i64,
 ) -> Option<(
-    tokio::task::JoinHandle<agentbus::Result<agentbus::invoke::InvokeResult>>,
+    tokio::task::JoinHandle<agentbus::Result<agentbus::agents::invoke::InvokeResult>>,
     String,
 )> {
     let mut conn = env.conn().await;
     let mut list = redis::cmd("ZRANGE");
     list.arg(env.bus.keys(t).pending_invokes()).arg(0).arg(-1);
     let before: Vec<String> = list.query_async(&mut conn).await.expect("zrange");
-    let mut req = agentbus::invoke::InvokeRequest::new(caller, target, serde_json::json!({"q": 1}));
+    let mut req =
+        agentbus::agents::invoke::InvokeRequest::new(caller, target, serde_json::json!({"q": 1}));
     req.timeout_seconds = timeout_seconds;
     let (bus, t2) = (env.bus.clone(), t.clone());
     let task = tokio::spawn(async move { bus.invoke(&t2, &req).await });

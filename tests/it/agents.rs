@@ -6,11 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agentbus::agents::invoke::{Answer, InvokeRequest};
+use agentbus::agents::messages::{MessageFilter, MessageStatus, OutgoingMessage};
+use agentbus::agents::registry::{AgentFilter, AgentStatus, Registration};
 use agentbus::codec::StreamEntry;
-use agentbus::invoke::{Answer, InvokeRequest};
 use agentbus::keys::Ident;
-use agentbus::messages::{MessageFilter, MessageStatus, OutgoingMessage};
-use agentbus::registry::{AgentFilter, AgentStatus, Registration};
 use agentbus::{Error, Limits, TenantId};
 use common::{TestEnv, assert_balance_matches_ledger, eventually};
 use rust_decimal::Decimal;
@@ -530,7 +530,10 @@ async fn invoke_success_error_timeout_and_bad_targets_keep_credits_exact() {
     );
     assert!(!ok.timeout);
     let b = env.bus.balance(&t).await.unwrap();
-    assert_eq!((b.spent, b.reserved), (Decimal::from(10), Decimal::ZERO));
+    assert_eq!(
+        (b.spent.decimal(), b.reserved.decimal()),
+        (Decimal::from(10), Decimal::ZERO)
+    );
 
     // Target-reported error: failed, nothing charged.
     let failed = env
@@ -552,7 +555,10 @@ async fn invoke_success_error_timeout_and_bad_targets_keep_credits_exact() {
         "failed"
     );
     let b = env.bus.balance(&t).await.unwrap();
-    assert_eq!((b.spent, b.reserved), (Decimal::from(10), Decimal::ZERO));
+    assert_eq!(
+        (b.spent.decimal(), b.reserved.decimal()),
+        (Decimal::from(10), Decimal::ZERO)
+    );
 
     // Timeout: released; a late response is refused and charges nothing.
     let mut slow = InvokeRequest::new(&caller, &target, json!({"sleep_ms": 5000}));
@@ -566,7 +572,10 @@ async fn invoke_success_error_timeout_and_bad_targets_keep_credits_exact() {
         .await;
     assert!(matches!(late, Err(Error::Conflict { .. })), "{late:?}");
     let b = env.bus.balance(&t).await.unwrap();
-    assert_eq!((b.spent, b.reserved), (Decimal::from(10), Decimal::ZERO));
+    assert_eq!(
+        (b.spent.decimal(), b.reserved.decimal()),
+        (Decimal::from(10), Decimal::ZERO)
+    );
 
     // Unknown and stale targets, and too little credit: clear errors naming
     // the audited invocation, nothing reserved, one refused event each.
@@ -623,7 +632,10 @@ async fn invoke_success_error_timeout_and_bad_targets_keep_credits_exact() {
         assert_eq!(event.int("credits_charged"), Some(0));
     }
     let b = env.bus.balance(&t).await.unwrap();
-    assert_eq!((b.spent, b.reserved), (Decimal::from(10), Decimal::ZERO));
+    assert_eq!(
+        (b.spent.decimal(), b.reserved.decimal()),
+        (Decimal::from(10), Decimal::ZERO)
+    );
 
     // The audit trail: a start and an end event per invocation, with durations.
     let ends = outbox_events(&env, &t, "invoke_end").await;
@@ -682,7 +694,10 @@ async fn a_caller_that_vanishes_has_its_invocation_expired_by_the_sweeper() {
     .await;
     assert!(expired);
     let b = env.bus.balance(&t).await.unwrap();
-    assert_eq!((b.spent, b.reserved), (Decimal::ZERO, Decimal::ZERO));
+    assert_eq!(
+        (b.spent.decimal(), b.reserved.decimal()),
+        (Decimal::ZERO, Decimal::ZERO)
+    );
     let ends = outbox_events(&env, &t, "invoke_end").await;
     assert_eq!(ends.len(), 1);
     assert_eq!(ends[0].text("status"), Some("timeout"));

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use agentbus::bus::{AgentBus, Limits};
 use agentbus::conn::{Redis, RedisOptions};
-use agentbus::job_audit::audit_job;
 use agentbus::jobs::JobSpec;
 use agentbus::keys::{Keyspace, TenantId};
+use agentbus::outbox::job_audit::audit_job;
 use agentbus::prices::Prices;
 use common::proxy::Proxy;
 use common::{PrivateRedis, TestEnv, eventually};

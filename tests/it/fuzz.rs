@@ -189,7 +189,7 @@ impl Fixture {
             let t = f.env.tenant("fuzz");
             let b = f.env.bus.balance(&t).await.unwrap();
             // Spend all but `credits` of the fixture's grant.
-            let surplus = b.available - rust_decimal::Decimal::from(credits);
+            let surplus = b.available.decimal() - rust_decimal::Decimal::from(credits);
             let minor = agentbus::money::to_minor("surplus", surplus).unwrap();
             f.env
                 .bus
@@ -212,7 +212,7 @@ impl Fixture {
         self.runtime.block_on(async {
             let t = self.env.tenant("fuzz");
             for i in instances {
-                let reg = agentbus::registry::Registration::new("fuzz")
+                let reg = agentbus::agents::registry::Registration::new("fuzz")
                     .unwrap()
                     .instance(i)
                     .unwrap();

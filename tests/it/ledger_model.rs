@@ -13,13 +13,13 @@
 use crate::common;
 use std::time::Duration;
 
+use agentbus::agents::invoke::InvokeRequest;
+use agentbus::agents::messages::OutgoingMessage;
+use agentbus::agents::registry::Registration;
 use agentbus::blackboard::Fence;
-use agentbus::invoke::InvokeRequest;
 use agentbus::jobs::{ClaimedItem, CompleteOutcome, FailOutcome, JobSpec};
 use agentbus::keys::Ident;
-use agentbus::messages::OutgoingMessage;
 use agentbus::money::{from_minor, to_minor};
-use agentbus::registry::Registration;
 use agentbus::{Error, TenantId};
 use axum::http::StatusCode;
 use common::{ADMIN_TOKEN, TestEnv, call};

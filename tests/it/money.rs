@@ -7,11 +7,11 @@
 use crate::common;
 use std::time::Duration;
 
+use agentbus::agents::invoke::InvokeRequest;
+use agentbus::agents::registry::Registration;
 use agentbus::blackboard::Fence;
-use agentbus::invoke::InvokeRequest;
 use agentbus::jobs::{AggregateInto, CompleteOutcome, JobSpec};
 use agentbus::keys::Ident;
-use agentbus::registry::Registration;
 use agentbus::{Error, TenantId};
 use axum::http::StatusCode;
 use common::{ADMIN_TOKEN, TestEnv, call, dec, drain, pending_invoke, verify_now};
@@ -262,7 +262,10 @@ async fn an_invoke_reservation_never_depends_on_a_ttl() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(env.bus.expire_due_invokes(&t).await.unwrap(), 1);
     let b = env.bus.balance(&t).await.unwrap();
-    assert_eq!((b.reserved, b.spent), (Decimal::ZERO, Decimal::ZERO));
+    assert_eq!(
+        (b.reserved.decimal(), b.spent.decimal()),
+        (Decimal::ZERO, Decimal::ZERO)
+    );
     let ttl: i64 = redis::cmd("TTL")
         .arg(&key)
         .query_async(&mut conn)

@@ -4,10 +4,10 @@ use crate::common;
 use std::process::Command;
 use std::time::Duration;
 
+use agentbus::agents::messages::OutgoingMessage;
+use agentbus::agents::registry::Registration;
 use agentbus::jobs::JobSpec;
 use agentbus::keys::Ident;
-use agentbus::messages::OutgoingMessage;
-use agentbus::registry::Registration;
 use common::{TestEnv, call};
 use serde_json::{Value, json};
 

@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agentbus::agents::invoke::InvokeRequest;
+use agentbus::agents::messages::OutgoingMessage;
+use agentbus::agents::registry::Registration;
 use agentbus::api::ApiConfig;
-use agentbus::invoke::InvokeRequest;
 use agentbus::keys::Ident;
-use agentbus::messages::OutgoingMessage;
-use agentbus::registry::Registration;
-use agentbus::sink::{Sink, SinkOptions};
+use agentbus::outbox::sink::{Sink, SinkOptions};
 use agentbus::{Error, Limits};
 use axum::http::StatusCode;
 use common::{ADMIN_TOKEN, TestEnv, call};
@@ -355,14 +355,14 @@ async fn a_sink_takes_over_what_another_left_idle() {
     let _: redis::Value = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&outbox)
-        .arg(agentbus::sink::GROUP)
+        .arg(agentbus::outbox::sink::GROUP)
         .arg("0")
         .query_async(&mut conn)
         .await
         .unwrap();
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
-        .arg(agentbus::sink::GROUP)
+        .arg(agentbus::outbox::sink::GROUP)
         .arg("a")
         .arg("COUNT")
         .arg(100)
@@ -392,7 +392,7 @@ async fn a_sink_takes_over_what_another_left_idle() {
     assert!(mirrored, "the idle events were never taken over");
     let pending: (i64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
         .arg(&outbox)
-        .arg(agentbus::sink::GROUP)
+        .arg(agentbus::outbox::sink::GROUP)
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -5,12 +5,12 @@ use crate::common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agentbus::agents::messages::{Message, OutgoingMessage};
+use agentbus::agents::registry::Registration;
 use agentbus::bus::{AgentBus, Limits};
 use agentbus::conn::{Redis, RedisOptions};
 use agentbus::keys::{Ident, Keyspace, TenantId};
-use agentbus::messages::{Message, OutgoingMessage};
 use agentbus::prices::Prices;
-use agentbus::registry::Registration;
 use agentbus::{Error, Result};
 use common::{PrivateRedis, TestEnv, eventually};
 use rust_decimal::Decimal;

@@ -7,12 +7,12 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use agentbus::agents::invoke::InvokeRequest;
+use agentbus::agents::messages::OutgoingMessage;
+use agentbus::agents::registry::Registration;
 use agentbus::api::ApiConfig;
-use agentbus::invoke::InvokeRequest;
 use agentbus::jobs::JobSpec;
 use agentbus::keys::Ident;
-use agentbus::messages::OutgoingMessage;
-use agentbus::registry::Registration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{ADMIN_TOKEN, TestEnv, call};

@@ -296,7 +296,7 @@ async fn simulate_never_writes_and_fails_exactly_like_spawn() {
     env.bus
         .register_agent(
             &t,
-            &agentbus::registry::Registration::new("resizer").unwrap(),
+            &agentbus::agents::registry::Registration::new("resizer").unwrap(),
         )
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agentbus::TenantId;
 use agentbus::jobs::JobSpec;
-use agentbus::verify::{VerifyReport, verify};
+use agentbus::outbox::verify::{VerifyReport, verify};
 use common::{TestEnv, drain};
 use rust_decimal::Decimal;
 use serde_json::json;

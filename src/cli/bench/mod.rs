@@ -11,13 +11,13 @@ use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::load::{self, LoadOptions, Percentiles};
+use agentbus::agents::invoke::{Answer, InvokeRequest};
+use agentbus::agents::messages::OutgoingMessage;
+use agentbus::agents::registry::Registration;
 use agentbus::bus::AgentBus;
 use agentbus::error::{Error, Result};
-use agentbus::invoke::{Answer, InvokeRequest};
 use agentbus::jobs::worker::new_latency_histogram;
 use agentbus::keys::{Ident, TenantId};
-use agentbus::messages::OutgoingMessage;
-use agentbus::registry::Registration;
 
 mod store;
 

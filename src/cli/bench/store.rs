@@ -16,7 +16,7 @@ use agentbus::credits::CreditOp;
 use agentbus::error::{Error, Result};
 use agentbus::jobs::worker::new_latency_histogram;
 use agentbus::keys::{Ident, TenantId};
-use agentbus::sink::{Sink, SinkOptions};
+use agentbus::outbox::sink::{Sink, SinkOptions};
 
 /// Sink: rows/s draining a backlog, and lag (append → commit) at a steady rate.
 pub async fn sink(

@@ -21,12 +21,13 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::client::ApiClient;
+use agentbus::agents::invoke::{Answer, InvokeRequest};
 use agentbus::config::{Config, ServeConfig, SinkConfig};
 use agentbus::error::{Error, Result};
-use agentbus::invoke::{Answer, InvokeRequest};
 use agentbus::jobs::worker::Worker;
 use agentbus::keys::{Ident, TenantId};
-use agentbus::{audit, db, server, verify};
+use agentbus::outbox::{audit, verify};
+use agentbus::{db, server};
 
 mod services;
 

@@ -8,10 +8,10 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::agents::invoke::Invocation;
 use crate::error::{Error, Result};
-use crate::invoke::Invocation;
 use crate::keys::TenantId;
-use crate::money;
+use crate::money::Credits;
 use crate::payload::Payload;
 
 type AuditRow = (
@@ -41,7 +41,7 @@ fn to_invocation(r: AuditRow) -> Invocation {
         request_payload: r.4.into(),
         response_payload: r.5.map(Payload::from),
         status: r.6,
-        credits_charged: r.7,
+        credits_charged: r.7.map(Credits::from),
         started_at: Some(r.8),
         completed_at: r.9,
         duration_ms: r.10.map(i64::from),
@@ -63,8 +63,7 @@ pub struct StatusStats {
     pub status: String,
     pub count: i64,
     pub avg_duration_ms: Option<f64>,
-    #[serde(with = "money::json")]
-    pub credits_charged: Decimal,
+    pub credits_charged: Credits,
 }
 
 pub async fn invocation(pool: &PgPool, tenant: &TenantId, invoke_id: &str) -> Result<Invocation> {
@@ -130,7 +129,7 @@ pub async fn stats(pool: &PgPool, tenant: &TenantId, since_hours: i64) -> Result
                 status,
                 count,
                 avg_duration_ms: avg_duration_ms.map(|a| (a * 10.0).round() / 10.0),
-                credits_charged,
+                credits_charged: credits_charged.into(),
             },
         )
         .collect())

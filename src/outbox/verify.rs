@@ -21,44 +21,25 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::bus::AgentBus;
+use crate::credits::Balance;
 use crate::error::Result;
+use crate::jobs::JobCredits;
 use crate::keys::TenantId;
-use crate::money;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Triple {
-    #[serde(with = "money::json")]
-    pub total: Decimal,
-    #[serde(with = "money::json")]
-    pub reserved: Decimal,
-    #[serde(with = "money::json")]
-    pub spent: Decimal,
-}
+use crate::money::Credits;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TenantCheck {
     pub tenant: String,
-    pub redis: Triple,
-    pub postgres: Triple,
-    pub ledger: Triple,
+    pub redis: Balance,
+    pub postgres: Balance,
+    pub ledger: Balance,
     /// Sum of live reservations in Redis: must equal `redis.reserved`.
-    #[serde(with = "money::json")]
-    pub live_reservations: Decimal,
+    pub live_reservations: Credits,
     /// Outbox events Postgres refused, not yet replayed (must be 0).
     pub stranded_events: u64,
     /// Outbox events not yet mirrored when the check ran (must be 0).
     pub unmirrored_events: u64,
     pub ok: bool,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct JobMoney {
-    #[serde(with = "money::json")]
-    pub reserved: Decimal,
-    #[serde(with = "money::json")]
-    pub spent: Decimal,
-    #[serde(with = "money::json")]
-    pub refunded: Decimal,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -67,13 +48,13 @@ pub struct JobCheck {
     pub job_id: Uuid,
     /// Where the job's own figures came from: `redis` or `postgres`.
     pub source: &'static str,
-    pub job: JobMoney,
-    pub ledger: JobMoney,
+    pub job: JobCredits,
+    pub ledger: JobCredits,
     /// The job's status in Redis (while it holds the job) and in Postgres.
     pub redis_status: Option<String>,
     pub postgres_status: Option<String>,
     /// The jobs table's figures, when it has the job.
-    pub postgres: Option<JobMoney>,
+    pub postgres: Option<JobCredits>,
     /// What differs, in words (empty when ok).
     pub problem: String,
     pub ok: bool,
@@ -101,7 +82,7 @@ impl VerifyReport {
             "live reservations",
             "stranded"
         );
-        let fmt = |t: &Triple| format!("{}/{}/{}", t.total, t.reserved, t.spent);
+        let fmt = |t: &Balance| format!("{}/{}/{}", t.total, t.reserved, t.spent);
         for t in &self.tenants {
             let _ = writeln!(
                 out,
@@ -194,11 +175,7 @@ pub async fn verify_tenants(
     let mut jobs = Vec::new();
     for tenant in selected {
         let b = bus.balance(&tenant).await?;
-        let redis = Triple {
-            total: b.total,
-            reserved: b.reserved,
-            spent: b.spent,
-        };
+        let redis = b;
         let pg: Option<(Decimal, Decimal, Decimal)> = sqlx::query_as(
             "SELECT total_credits, reserved_credits, spent_credits FROM agents.credit_balances WHERE tenant_id = $1",
         )
@@ -206,12 +183,10 @@ pub async fn verify_tenants(
         .fetch_optional(pool)
         .await?;
         let postgres = pg
-            .map(|(total, reserved, spent)| Triple {
-                total,
-                reserved,
-                spent,
+            .map(|(total, reserved, spent)| {
+                Balance::new(total.into(), reserved.into(), spent.into())
             })
-            .unwrap_or_default();
+            .unwrap_or_else(|| Balance::from_minor(0, 0, 0));
         let (grant, reserve, spend, refund, charge): (Decimal, Decimal, Decimal, Decimal, Decimal) =
             sqlx::query_as(
                 "SELECT COALESCE(SUM(amount) FILTER (WHERE operation = 'grant'), 0),
@@ -224,11 +199,11 @@ pub async fn verify_tenants(
             .bind(tenant.as_str())
             .fetch_one(pool)
             .await?;
-        let ledger = Triple {
-            total: grant,
-            reserved: reserve - spend - refund,
-            spent: spend + charge,
-        };
+        let ledger = Balance::new(
+            grant.into(),
+            (reserve - spend - refund).into(),
+            (spend + charge).into(),
+        );
         let stranded_events = bus.stranded_count(&tenant).await?;
         let (job_checks, jobs_reserved) = check_jobs(bus, pool, &tenant).await?;
         let live_reservations = jobs_reserved + pending_invoke_reservations(bus, &tenant).await?;
@@ -260,7 +235,7 @@ pub async fn verify_tenants(
 
 /// Credits reserved by pending invocations: the price of each, read page
 /// by page (jobs' still-reserved credits come from [`check_jobs`]).
-async fn pending_invoke_reservations(bus: &AgentBus, tenant: &TenantId) -> Result<Decimal> {
+async fn pending_invoke_reservations(bus: &AgentBus, tenant: &TenantId) -> Result<Credits> {
     const PAGE: isize = 500;
     let keys = bus.keys(tenant);
     let mut conn = bus.redis().conn().await?;
@@ -288,7 +263,7 @@ async fn pending_invoke_reservations(bus: &AgentBus, tenant: &TenantId) -> Resul
         }
         start += PAGE;
     }
-    Ok(money::from_minor(minor))
+    Ok(Credits::from_minor(minor))
 }
 
 /// Every job of `tenant` that Redis, the jobs table or the ledger knows.
@@ -297,9 +272,9 @@ async fn check_jobs(
     bus: &AgentBus,
     pool: &PgPool,
     tenant: &TenantId,
-) -> Result<(Vec<JobCheck>, Decimal)> {
+) -> Result<(Vec<JobCheck>, Credits)> {
     // Per job: only the job's own skills (invokes and messages may name a job too).
-    let ledger: HashMap<Uuid, JobMoney> = sqlx::query_as::<_, (Uuid, Decimal, Decimal, Decimal)>(
+    let ledger: HashMap<Uuid, JobCredits> = sqlx::query_as::<_, (Uuid, Decimal, Decimal, Decimal)>(
         "SELECT job_id,
                 COALESCE(SUM(amount) FILTER (WHERE operation = 'reserve'), 0),
                 COALESCE(SUM(amount) FILTER (WHERE operation = 'spend'), 0),
@@ -315,15 +290,11 @@ async fn check_jobs(
     .map(|(id, reserved, spent, refunded)| {
         (
             id,
-            JobMoney {
-                reserved,
-                spent,
-                refunded,
-            },
+            JobCredits::new(reserved.into(), spent.into(), refunded.into()),
         )
     })
     .collect();
-    let pg_jobs: HashMap<Uuid, (String, JobMoney)> =
+    let pg_jobs: HashMap<Uuid, (String, JobCredits)> =
         sqlx::query_as::<_, (Uuid, String, Decimal, Decimal, Decimal)>(
             "SELECT id, status, credits_reserved, credits_spent, credits_refunded
                FROM agents.jobs WHERE tenant_id = $1",
@@ -337,11 +308,7 @@ async fn check_jobs(
                 id,
                 (
                     status,
-                    JobMoney {
-                        reserved,
-                        spent,
-                        refunded,
-                    },
+                    JobCredits::new(reserved.into(), spent.into(), refunded.into()),
                 ),
             )
         })
@@ -368,17 +335,10 @@ async fn check_jobs(
         let redis = in_redis.get(&job_id);
         let mut problems = Vec::new();
         let (source, job) = match &redis {
-            Some(j) => (
-                "redis",
-                JobMoney {
-                    reserved: j.credits.reserved,
-                    spent: j.credits.spent,
-                    refunded: j.credits.refunded,
-                },
-            ),
+            Some(j) => ("redis", j.credits),
             None => ("postgres", pg.map(|(_, m)| *m).unwrap_or_default()),
         };
-        let fmt = |m: &JobMoney| format!("{}/{}/{}", m.reserved, m.spent, m.refunded);
+        let fmt = |m: &JobCredits| format!("{}/{}/{}", m.reserved, m.spent, m.refunded);
         if job != in_ledger {
             problems.push(format!(
                 "job {} (from {source}) vs ledger {} (reserved/spent/refunded)",

@@ -13,11 +13,11 @@ use std::time::Duration;
 use redis::Value;
 use tokio::sync::oneshot;
 
+pub use crate::agents::reply_hub::ReplyWaiter;
+use crate::agents::reply_hub::TenantReader;
 use crate::bus::AgentBus;
 use crate::codec::StreamEntry;
 use crate::keys::TenantId;
-pub use crate::reply_hub::ReplyWaiter;
-use crate::reply_hub::TenantReader;
 
 /// A reader with no waiter for this long stops.
 const IDLE_STOP: Duration = Duration::from_secs(30);

@@ -10,7 +10,7 @@
 //! before the acknowledgement means the batch is read again and written
 //! again to no effect. Postgres being down means waiting, not dropping. An
 //! event Postgres refuses is stranded: kept, counted and replayable (see
-//! [`crate::stranded`]).
+//! [`crate::outbox::stranded`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -29,13 +29,9 @@ use crate::keys::TenantId;
 use crate::metrics;
 use crate::scripts::scripts;
 
-mod events;
-mod status;
-mod writer;
-
-use events::{Batch, parse_event};
-pub use status::OutboxStatus;
-use writer::{is_data_error, write_batch};
+use super::events::{Batch, parse_event};
+pub use super::status::OutboxStatus;
+use super::writer::{is_data_error, write_batch};
 
 pub const GROUP: &str = "sink";
 /// Most events per batch.

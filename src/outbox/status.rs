@@ -4,7 +4,7 @@
 use redis::Value;
 use serde::Serialize;
 
-use super::{GROUP, entry_millis};
+use super::sink::{GROUP, entry_millis};
 use crate::bus::AgentBus;
 use crate::codec::StreamEntry;
 use crate::error::Result;
@@ -19,7 +19,7 @@ pub struct OutboxStatus {
     pub in_flight: u64,
     /// Age of the oldest event, in seconds.
     pub oldest_age_secs: f64,
-    /// Events Postgres refused, kept in `outbox:dead` (see [`crate::stranded`]).
+    /// Events Postgres refused, kept in `outbox:dead` (see [`crate::outbox::stranded`]).
     pub stranded: u64,
 }
 

@@ -1,6 +1,6 @@
 //! The process's table of callers waiting for replies, by tenant and
 //! correlation id. Plain data: the readers that fill it live in
-//! [`crate::replies`], which the bus handle does not depend on.
+//! [`crate::agents::replies`], which the bus handle does not depend on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

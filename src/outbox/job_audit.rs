@@ -12,7 +12,7 @@ use crate::codec::StreamEntry;
 use crate::error::Result;
 use crate::jobs::JobStatus;
 use crate::keys::TenantId;
-use crate::money;
+use crate::money::Credits;
 
 /// What a finished (or running) job's state says about the guarantees.
 #[derive(Clone, Debug, Serialize)]
@@ -64,7 +64,7 @@ pub async fn audit_job(
         ));
     }
     let cost = state.credits_per_item;
-    let overhead = money::from_minor(bus.prices().agent_spawn);
+    let overhead = Credits::from_minor(bus.prices().agent_spawn);
     let c = &state.credits;
     // Each figure from the job's own counts and price, none from the others.
     let credits_exact = c.reserved == overhead + cost * Decimal::from(p.total)
@@ -75,7 +75,7 @@ pub async fn audit_job(
         violations.push("credits do not add up".into());
     }
     let balance = bus.balance(tenant).await?;
-    if state.status.is_finished() && balance.available < Decimal::ZERO {
+    if state.status.is_finished() && balance.available < Credits::ZERO {
         violations.push("negative balance".into());
     }
     Ok(JobAudit {

@@ -16,6 +16,7 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::agents::replies::ReplyWaiter;
 use crate::bus::{AgentBus, event_base};
 use crate::codec::StreamEntry;
 use crate::error::{Error, Result};
@@ -23,7 +24,6 @@ use crate::keys::{self, Ident, TenantId};
 use crate::metrics;
 use crate::money::from_minor;
 use crate::payload::{self, Encode, Payload};
-use crate::replies::ReplyWaiter;
 use crate::scripts::scripts;
 
 mod listing;

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rand::RngExt;
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -22,7 +21,7 @@ use crate::bus::{AgentBus, event_base};
 use crate::error::{Error, Result};
 use crate::keys::{self, Ident, TenantId, TenantKeys};
 use crate::metrics;
-use crate::money::{self, from_minor};
+use crate::money::{Credits, from_minor};
 use crate::payload::{self, Encode, Payload};
 use crate::scripts::{Call, Lua, scripts};
 use crate::text;
@@ -83,8 +82,7 @@ pub struct Invocation {
     pub request_payload: Payload,
     pub response_payload: Option<Payload>,
     pub status: String,
-    #[serde(with = "money::json_opt")]
-    pub credits_charged: Option<Decimal>,
+    pub credits_charged: Option<Credits>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
@@ -116,7 +114,7 @@ impl Invocation {
             request_payload,
             response_payload,
             undecodable,
-            credits_charged: int("credits_charged").map(from_minor),
+            credits_charged: int("credits_charged").map(Credits::from_minor),
             started_at: int("started_at").and_then(DateTime::from_timestamp_millis),
             completed_at: int("completed_at").and_then(DateTime::from_timestamp_millis),
             duration_ms: int("duration_ms"),

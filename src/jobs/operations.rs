@@ -1,0 +1,576 @@
+//! The job operations on [`AgentBus`]: each one Lua script of
+//! `lua/job_*.lua` (spawn, claim, complete, fail, cancel, reclaim), plus the
+//! reads (a job, its results, the lists).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::Value;
+use uuid::Uuid;
+
+use super::model::millis_to_time;
+use super::spec::MAX_CLAIM_PER_CALL;
+use super::*;
+use crate::bus::{AgentBus, event_base};
+use crate::codec::StreamEntry;
+use crate::error::{Error, Result};
+use crate::keys::{self, TenantId, TenantKeys};
+use crate::metrics;
+use crate::money::{Credits, from_minor};
+use crate::payload::{self, Encode};
+use crate::scripts::{Answer, Call, Lua, scripts};
+/// Prepares a job script call with the shared KEYS layout and first ARGVs.
+fn job_call<'a>(
+    script: &'a Lua,
+    keys: &TenantKeys,
+    tenant: &TenantId,
+    job: &Uuid,
+    retention: Duration,
+) -> Call<'a> {
+    let mut call = script.call();
+    call.key("credits", keys.credits())
+        .key("outbox", keys.outbox())
+        .key("job", keys.job(job))
+        .key("items", keys.job_items(job))
+        .key("done", keys.job_done(job))
+        .key("results", keys.job_results(job))
+        .key("active", keys.active_jobs())
+        .key("dlq", keys.dlq())
+        .key("jobs", keys.jobs())
+        .arg("event_base", event_base())
+        .arg("tenant", tenant.as_str())
+        .arg("job_id", job.to_string())
+        .arg("retention", retention.as_secs().max(1));
+    call
+}
+
+/// Records a job's end when a script reply says the call ended it: its
+/// fields `ended` (how long the job lasted, ms) and `status`.
+fn job_ended(tenant: &TenantId, reply: &Answer) -> Result<()> {
+    let lasted = reply.int("ended")?;
+    if lasted > 0 {
+        let status = match reply.text("status")? {
+            "failed" => "failed",
+            _ => "completed",
+        };
+        metrics::job_ended(tenant, status, Duration::from_millis(lasted as u64));
+    }
+    Ok(())
+}
+
+/// Maps the status replies every job script shares.
+fn job_state_error(reply: &Answer, job: &Uuid) -> Result<Error> {
+    Ok(match reply.tag() {
+        "missing" => Error::not_found(format!("job {job}")),
+        "not_running" => {
+            let status = reply.text("status")?;
+            Error::conflict_with(
+                format!("job {job} is {status}"),
+                &serde_json::json!({ "status": status }),
+            )
+        }
+        other => Error::protocol(format!("job script answered {other}")),
+    })
+}
+
+impl AgentBus {
+    /// Reserves the job's credits and enqueues its items in one step; with
+    /// too little credit nothing is created and the error says how much.
+    #[tracing::instrument(name = "spawn_job", skip_all, fields(tenant = %tenant, task = %spec.task, items = spec.items.len()))]
+    pub async fn spawn_job(&self, tenant: &TenantId, spec: &JobSpec) -> Result<Job> {
+        spec.validate(self.limits().max_items)?;
+        let prices = self.prices();
+        // Past the largest balance no tenant could pay it; refused before Lua
+        // adds it up in doubles.
+        if prices.job_reservation_minor(spec.items.len()).is_none() {
+            return Err(Error::invalid(
+                "items",
+                format!(
+                    "this job would reserve {} credits, more than any balance can hold",
+                    prices.job_reservation(spec.items.len())
+                ),
+            ));
+        }
+        let id = Uuid::new_v4();
+        self.register_tenant(tenant).await?;
+        let keys = self.keys(tenant);
+        let mut call = job_call(
+            &scripts().job_spawn,
+            &keys,
+            tenant,
+            &id,
+            self.limits().job_retention,
+        );
+        call.arg("item_cost", prices.job_item)
+            .arg("overhead", prices.agent_spawn)
+            .arg("task", &spec.task)
+            .arg("orchestrator", &spec.orchestrator_agent)
+            .arg("worker", &spec.worker_agent)
+            .arg("parallelism", spec.parallelism)
+            .arg("item_timeout", spec.timeout_per_item * 1000)
+            .arg("max_retries", spec.max_retries)
+            .arg(
+                "agg_ns",
+                spec.aggregate
+                    .as_ref()
+                    .map(|a| a.namespace.as_str())
+                    .unwrap_or(""),
+            )
+            .arg(
+                "agg_field",
+                spec.aggregate
+                    .as_ref()
+                    .and_then(|a| a.field.as_deref())
+                    .unwrap_or(""),
+            )
+            .arg("task_history", keys.task_stats(&spec.task))
+            .arg(
+                "worker_history",
+                keys.agent_task_stats(&spec.worker_agent, &spec.task),
+            );
+        let max_payload = self.limits().max_payload_bytes;
+        for (i, item) in spec.items.iter().enumerate() {
+            call.arg(
+                "input",
+                item.encode_checked(&format!("items[{i}]"), max_payload)?,
+            );
+        }
+        let started = std::time::Instant::now();
+        let mut conn = self.redis().conn().await?;
+        let reply = call.invoke(&mut conn).await?;
+        match reply.tag() {
+            "ok" => {
+                metrics::job_spawned(tenant, started.elapsed());
+                self.job(tenant, &id).await
+            }
+            "insufficient" => Err(Error::InsufficientCredits {
+                required: from_minor(reply.int("required")?),
+                available: from_minor(reply.int("available")?),
+            }),
+            _ => Err(Error::conflict(format!("job {id} already exists"))),
+        }
+    }
+
+    /// Why a job cannot deliver any more: 409 with its state when it ended,
+    /// else not found.
+    async fn ended_job_error(&self, tenant: &TenantId, job: &Uuid) -> Error {
+        match self.job(tenant, job).await {
+            Ok(j) => {
+                let status = j.status.as_str();
+                Error::conflict_with(
+                    format!("job {job} is {status}"),
+                    &serde_json::json!({ "status": status }),
+                )
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// The job's current state; `NotFound` for unknown (or expired, or
+    /// another tenant's) jobs.
+    pub async fn job(&self, tenant: &TenantId, id: &Uuid) -> Result<Job> {
+        let mut conn = self.redis().conn().await?;
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys(tenant).job(id))
+            .query_async(&mut conn)
+            .await?;
+        if h.is_empty() {
+            return Err(Error::not_found(format!("job {id}")));
+        }
+        Job::from_hash(*id, &h)
+    }
+
+    /// The current state of each of `ids` that Redis still holds, read with
+    /// one pipelined round trip per 500 jobs.
+    pub async fn jobs_by_id(&self, tenant: &TenantId, ids: &[Uuid]) -> Result<HashMap<Uuid, Job>> {
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("HGETALL").arg(keys.job(id));
+            }
+            let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+            for (id, h) in chunk.iter().zip(hashes) {
+                if !h.is_empty() {
+                    out.insert(*id, Job::from_hash(*id, &h)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Jobs newest first. Entries of jobs whose keys expired are dropped.
+    pub async fn list_jobs(
+        &self,
+        tenant: &TenantId,
+        offset: usize,
+        limit: usize,
+    ) -> Result<JobPage> {
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let (ids, total): (Vec<String>, i64) = redis::pipe()
+            .cmd("ZREVRANGE")
+            .arg(keys.jobs())
+            .arg(offset)
+            .arg(offset + limit.max(1) - 1)
+            .cmd("ZCARD")
+            .arg(keys.jobs())
+            .query_async(&mut conn)
+            .await?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(keys.job(&parse_uuid(id)?));
+        }
+        let hashes: Vec<HashMap<String, String>> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await?
+        };
+        let mut jobs = Vec::new();
+        let mut gone = Vec::new();
+        for (id, h) in ids.iter().zip(hashes) {
+            if h.is_empty() {
+                gone.push(id.clone());
+            } else {
+                jobs.push(Job::from_hash(parse_uuid(id)?, &h)?);
+            }
+        }
+        if !gone.is_empty() {
+            redis::cmd("ZREM")
+                .arg(keys.jobs())
+                .arg(&gone)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        Ok(JobPage {
+            count: jobs.len(),
+            jobs,
+            total: total - gone.len() as i64,
+        })
+    }
+
+    /// Delivers up to `count` new items to `consumer`. With `wait` > 0 and
+    /// nothing available, blocks on a dedicated connection for that long.
+    pub async fn claim_items(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        consumer: &str,
+        count: usize,
+        wait: Duration,
+    ) -> Result<Vec<ClaimedItem>> {
+        keys::validate_id("worker_instance_id", consumer, keys::MAX_ID_LEN)?;
+        let keys = self.keys(tenant);
+        let mut call = job_call(
+            &scripts().job_claim,
+            &keys,
+            tenant,
+            job,
+            self.limits().job_retention,
+        );
+        call.arg("consumer", consumer)
+            .arg("count", count.clamp(1, MAX_CLAIM_PER_CALL));
+        let mut conn = self.redis().conn().await?;
+        let reply = call.invoke(&mut conn).await?;
+        drop(conn);
+        if !reply.is("ok") {
+            return Err(job_state_error(&reply, job)?);
+        }
+        let mut items = reply
+            .rest("entries")?
+            .iter()
+            .map(|v| StreamEntry::from_value(v).and_then(|e| ClaimedItem::from_entry(&e)))
+            .collect::<Result<Vec<_>>>()?;
+        if items.is_empty() && !wait.is_zero() {
+            let mut blocking = self.redis().blocking();
+            let read = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("workers")
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(count.max(1))
+                .arg("BLOCK")
+                .arg(wait.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(keys.job_items(job))
+                .arg(">")
+                .to_owned();
+            let value: Value = match blocking.query(&read, wait).await {
+                Ok(v) => v,
+                // The job ended while this claim waited (its stream is gone):
+                // answer what a claim after the end gets.
+                Err(Error::Redis(ref r)) if matches!(r.code(), Some("NOGROUP" | "UNBLOCKED")) => {
+                    return Err(self.ended_job_error(tenant, job).await);
+                }
+                Err(other) => return Err(other),
+            };
+            items = StreamEntry::from_read_reply(&value)?
+                .iter()
+                .map(ClaimedItem::from_entry)
+                .collect::<Result<_>>()?;
+        }
+        metrics::items(tenant, "claimed", items.len() as u64);
+        Ok(items)
+    }
+
+    /// Completes delivered items with their outputs, charging each once.
+    pub async fn complete_items(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        outputs: &[(String, impl Encode)],
+    ) -> Result<Vec<CompleteOutcome>> {
+        let max = self.limits().max_payload_bytes;
+        let encoded = outputs
+            .iter()
+            .map(|(id, out)| Ok((id.as_str(), out.encode_checked("output", max)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<(&str, &[u8])> = encoded.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+        self.complete_encoded(tenant, job, &refs).await
+    }
+
+    pub(crate) async fn complete_encoded(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        outputs: &[(&str, &[u8])],
+    ) -> Result<Vec<CompleteOutcome>> {
+        // An id Redis would refuse must not reach the script (an error there
+        // reads as "retry later"); nothing of the batch is applied.
+        for (id, _) in outputs {
+            validate_stream_id("item_id", id)?;
+        }
+        let keys = self.keys(tenant);
+        let mut call = job_call(
+            &scripts().job_complete,
+            &keys,
+            tenant,
+            job,
+            self.limits().job_retention,
+        );
+        // Where a job aggregating outputs finds its namespace's keys.
+        call.arg("bb_root", keys.blackboard_root())
+            .arg("bb_namespaces", keys.blackboard_namespaces());
+        for (id, out) in outputs {
+            call.arg("entry", *id).arg("output", *out);
+        }
+        let mut conn = self.redis().conn().await?;
+        let reply = call.invoke(&mut conn).await?;
+        if !reply.is("ok") {
+            return Err(job_state_error(&reply, job)?);
+        }
+        job_ended(tenant, &reply)?;
+        let outcomes: Vec<CompleteOutcome> = reply
+            .texts("outcomes")?
+            .iter()
+            .map(|o| match o.as_str() {
+                "completed" => CompleteOutcome::Completed,
+                "duplicate" => CompleteOutcome::Duplicate,
+                "stale" => CompleteOutcome::Stale,
+                _ => CompleteOutcome::Invalid,
+            })
+            .collect();
+        let durations = reply.ints("durations")?;
+        metrics::items(tenant, "completed", durations.len() as u64);
+        for ms in durations {
+            metrics::claim_to_complete(tenant, Duration::from_millis((*ms).max(0) as u64));
+        }
+        Ok(outcomes)
+    }
+
+    /// Reports a delivered item as failed: re-queued while `retry` and
+    /// attempts remain, otherwise failed for good with its credits released.
+    pub async fn fail_item(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        item_id: &str,
+        error_message: &str,
+        retry: bool,
+    ) -> Result<FailOutcome> {
+        validate_stream_id("item_id", item_id)?;
+        let keys = self.keys(tenant);
+        let mut call = job_call(
+            &scripts().job_fail,
+            &keys,
+            tenant,
+            job,
+            self.limits().job_retention,
+        );
+        call.arg("entry", item_id)
+            .arg("error", error_message)
+            .arg("retry", if retry { "1" } else { "0" });
+        let mut conn = self.redis().conn().await?;
+        let reply = call.invoke(&mut conn).await?;
+        let tag = reply.tag();
+        if tag == "retried" || tag == "failed" {
+            metrics::items(tenant, "failed", 1);
+        }
+        Ok(match tag {
+            "retried" => {
+                metrics::items(tenant, "retried", 1);
+                FailOutcome::Retried {
+                    attempt: reply.int("attempt")?,
+                }
+            }
+            "failed" => {
+                metrics::items(tenant, "dead_lettered", 1);
+                job_ended(tenant, &reply)?;
+                FailOutcome::Failed
+            }
+            "duplicate" => FailOutcome::Duplicate,
+            "stale" => FailOutcome::Stale,
+            "invalid" => FailOutcome::Invalid,
+            _ => return Err(job_state_error(&reply, job)?),
+        })
+    }
+
+    /// Cancels a running job: no item is delivered or charged afterwards, and
+    /// every uncompleted item's credits come back. A job that is not running
+    /// is a `Conflict` carrying its current state.
+    pub async fn cancel_job(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        cancelled_by: &str,
+        reason: &str,
+    ) -> Result<CancelOutcome> {
+        crate::text::check("cancelled_by", cancelled_by, MAX_CANCEL_TEXT)?;
+        crate::text::check("reason", reason, MAX_CANCEL_TEXT)?;
+        let keys = self.keys(tenant);
+        let mut call = job_call(
+            &scripts().job_cancel,
+            &keys,
+            tenant,
+            job,
+            self.limits().job_retention,
+        );
+        call.arg("cancelled_by", cancelled_by).arg("reason", reason);
+        let mut conn = self.redis().conn().await?;
+        let reply = call.invoke(&mut conn).await?;
+        drop(conn);
+        match reply.tag() {
+            "ok" => {
+                metrics::job_ended(
+                    tenant,
+                    "cancelled",
+                    Duration::from_millis(reply.int("lasted_ms")?.max(0) as u64),
+                );
+                Ok(CancelOutcome {
+                    job_id: *job,
+                    status: JobStatus::Cancelled,
+                    completed_items: reply.int("completed")?,
+                    cancelled_items: reply.int("cancelled")?,
+                    credits_refunded: Credits::from_minor(reply.int("refunded")?),
+                })
+            }
+            "not_running" => {
+                let current = self.job(tenant, job).await?;
+                Err(Error::conflict_with(
+                    format!("job {job} is already {}", current.status.as_str()),
+                    &current,
+                ))
+            }
+            _ => Err(job_state_error(&reply, job)?),
+        }
+    }
+
+    /// Re-delivers (or fails for good) items idle past the job's timeout.
+    /// Returns (re-queued, failed).
+    pub async fn reclaim_job(&self, tenant: &TenantId, job: &Uuid) -> Result<(i64, i64)> {
+        let keys = self.keys(tenant);
+        let mut call = job_call(
+            &scripts().job_reclaim,
+            &keys,
+            tenant,
+            job,
+            self.limits().job_retention,
+        );
+        call.arg("consumer", reclaim::RECLAIMER_CONSUMER).arg(
+            "count",
+            self.limits().reclaim_batch.clamp(1, MAX_CLAIM_PER_CALL),
+        );
+        let mut conn = self.redis().conn().await?;
+        let reply = call.invoke(&mut conn).await?;
+        match reply.tag() {
+            "ok" => {
+                let (requeued, failed) = (reply.int("requeued")?, reply.int("failed")?);
+                metrics::items(tenant, "failed", (requeued + failed) as u64);
+                metrics::items(tenant, "retried", requeued as u64);
+                metrics::items(tenant, "dead_lettered", failed as u64);
+                job_ended(tenant, &reply)?;
+                Ok((requeued, failed))
+            }
+            _ => Ok((0, 0)),
+        }
+    }
+
+    /// Outputs in completion order, after the result id `after`: a page of
+    /// at most `limit` results and `Limits::max_page_bytes` of outputs.
+    pub async fn job_results(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ResultPage> {
+        let keys = self.keys(tenant);
+        let start = match after {
+            Some(id) => {
+                validate_stream_id("after", id)?;
+                format!("({id}")
+            }
+            None => "-".into(),
+        };
+        let page = self
+            .stream_page(&keys.job_results(job), &keys.job(job), &start, limit)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("job {job}")))?;
+        let next = page.next();
+        let results = page
+            .entries
+            .into_iter()
+            .map(|e| {
+                let (output, undecodable) = payload::from_stored(e.get("output"), "result");
+                ItemResult {
+                    item_index: e.int("idx").unwrap_or(-1),
+                    output,
+                    undecodable,
+                    completed_at: e.int("ts").and_then(millis_to_time),
+                    result_id: e.id,
+                }
+            })
+            .collect();
+        Ok(ResultPage { results, next })
+    }
+
+    /// Ids of the tenant's running jobs (what the reclaimer visits).
+    pub async fn active_jobs(&self, tenant: &TenantId) -> Result<Vec<Uuid>> {
+        let mut conn = self.redis().conn().await?;
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys(tenant).active_jobs())
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect())
+    }
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|_| Error::protocol(format!("job id {s:?} in index")))
+}
+
+/// Accepts `<ms>-<seq>` stream ids only, each part a u64 as Redis holds it
+/// (past u64, Redis refuses the id and the caller would see a 503).
+pub fn validate_stream_id(field: &str, id: &str) -> Result<()> {
+    let part = |p: &str| {
+        !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()) && p.parse::<u64>().is_ok()
+    };
+    let ok = id.split_once('-').is_some_and(|(a, b)| part(a) && part(b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(field, format!("{id:?} is not a stream id")))
+    }
+}
