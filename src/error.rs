@@ -130,37 +130,58 @@ pub fn redis_code(err: &redis::RedisError) -> Option<String> {
     errors.first().map(|(_, e)| e.code().to_string())
 }
 
-// Every backend error passes through these conversions: they count it.
+/// Which backing service failed and how, for `agentbus_backend_errors_total`.
+/// Answers the code expects (a group or stream gone, a blocked read ended
+/// because its stream was deleted) are outcomes, not failures: `None`.
+fn backend_failure(err: &Error) -> Option<(&'static str, &'static str)> {
+    Some(match err {
+        Error::Redis(e) if matches!(e.code(), Some("NOGROUP" | "UNBLOCKED" | "BUSYGROUP")) => {
+            return None;
+        }
+        Error::Redis(e)
+            if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() =>
+        {
+            ("redis", "io")
+        }
+        Error::Redis(e) if e.is_timeout() => ("redis", "timeout"),
+        Error::Redis(_) => ("redis", "server"),
+        Error::Pool(_) => ("redis", "pool"),
+        Error::Timeout(_) => ("redis", "timeout"),
+        Error::Postgres(e) => (
+            "postgres",
+            match e {
+                sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => "io",
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => "pool",
+                sqlx::Error::Database(_) => "server",
+                _ => "other",
+            },
+        ),
+        _ => return None,
+    })
+}
+
+impl Error {
+    /// Counts this error in `agentbus_backend_errors_total` when it is a
+    /// backing service's failure. Called where an operation really failed
+    /// (a request answered 5xx, a background pass or a worker's call given
+    /// up), not where an error is converted, so an error that is handled
+    /// (a missing group re-created, a read retried inside an operation) is
+    /// not counted.
+    pub fn count_failure(&self) {
+        if let Some((service, kind)) = backend_failure(self) {
+            crate::metrics::backend_error(service, kind);
+        }
+    }
+}
 
 impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
-        // Answers the code expects (a group or stream gone, a blocked read
-        // ended because its stream was deleted) are outcomes, not failures.
-        if matches!(err.code(), Some("NOGROUP" | "UNBLOCKED" | "BUSYGROUP")) {
-            return Error::Redis(err);
-        }
-        let kind =
-            if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
-                "io"
-            } else if err.is_timeout() {
-                "timeout"
-            } else {
-                "server"
-            };
-        crate::metrics::backend_error("redis", kind);
         Error::Redis(err)
     }
 }
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
-        let kind = match &err {
-            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => "io",
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => "pool",
-            sqlx::Error::Database(_) => "server",
-            _ => "other",
-        };
-        crate::metrics::backend_error("postgres", kind);
         Error::Postgres(err)
     }
 }
@@ -169,10 +190,7 @@ impl From<bb8::RunError<redis::RedisError>> for Error {
     fn from(err: bb8::RunError<redis::RedisError>) -> Self {
         match err {
             bb8::RunError::User(e) => e.into(),
-            bb8::RunError::TimedOut => {
-                crate::metrics::backend_error("redis", "pool");
-                Error::Pool("timed out waiting for a connection".into())
-            }
+            bb8::RunError::TimedOut => Error::Pool("timed out waiting for a connection".into()),
         }
     }
 }

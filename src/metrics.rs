@@ -149,7 +149,7 @@ fn describe() {
     describe_counter!("agentbus_reaper_runs_total", "Reaper passes");
     describe_counter!(
         "agentbus_backend_errors_total",
-        "Redis and Postgres errors, by service and kind"
+        "Operations failed by Redis or Postgres (a request answered 503, a background pass, a worker's call given up), by service and kind"
     );
     describe_histogram!(
         "agentbus_http_request_duration_seconds",

@@ -29,7 +29,10 @@ pub async fn run(bus: AgentBus, interval: Duration, shutdown: CancellationToken)
         match reap_once(&bus).await {
             Ok((0, 0)) => {}
             Ok((stale, expired)) => tracing::info!(stale, expired, "reaped agents and invocations"),
-            Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
+            Err(e) => {
+                e.count_failure();
+                tracing::warn!(error = %e, "reaper pass failed")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -198,11 +198,36 @@ async fn every_metric_is_exported_with_the_right_counts_and_the_dashboard_uses_o
         .await
         .unwrap();
 
-    // A missing inbox is an outcome (NOGROUP), not a backend error...
+    // Backend errors are counted where an operation failed: a missing inbox
+    // is an outcome (NOGROUP → 404), not one...
+    let backend_errors = || async {
+        let (_, body) = call(&app, "GET", "/metrics", Some(common::ADMIN_TOKEN), None).await;
+        value(
+            &parse(body.as_str().unwrap_or_default()),
+            "agentbus_backend_errors_total",
+            &[("service", "redis")],
+        )
+    };
+    let before = backend_errors().await;
     let mut ghost = bus.receiver(&t, &Ident::new("i", "ghost").unwrap());
     assert!(ghost.recv(Duration::from_millis(10)).await.is_err());
-    // ...while Redis refusing a command is one: a bystander's balance hash
-    // replaced by a string answers WRONGTYPE.
+    let observer = env.token("observed").await;
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/v1/agents/ghost/messages/receive",
+        Some(&observer),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        backend_errors().await,
+        before,
+        "an outcome is not a failure"
+    );
+    // ...while a request Redis refuses is one, counted once: a tenant's
+    // balance hash replaced by a string answers WRONGTYPE.
     let broken = env.tenant("broken");
     let mut conn = env.conn().await;
     redis::cmd("SET")
@@ -212,6 +237,21 @@ async fn every_metric_is_exported_with_the_right_counts_and_the_dashboard_uses_o
         .await
         .unwrap();
     assert!(bus.balance(&broken).await.is_err());
+    assert_eq!(
+        backend_errors().await,
+        before,
+        "a library call's error is its caller's to count"
+    );
+    let broken_token = env.token("broken").await;
+    let (status, _) = call(&app, "GET", "/api/v1/credits", Some(&broken_token), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(backend_errors().await, before + 1.0);
+    // Mended, so the background passes below meet a sound tenant.
+    redis::cmd("DEL")
+        .arg(bus.keys(&broken).credits())
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
 
     // Background passes, then the sink mirrors everything.
     reclaim::reclaim_once(bus).await.unwrap();

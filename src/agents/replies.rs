@@ -95,6 +95,7 @@ async fn read_replies(bus: AgentBus, tenant: TenantId, reader: Arc<TenantReader>
                 entries
             }
             Err(e) => {
+                e.count_failure();
                 tracing::warn!(error = %e, "reply reader: read failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));

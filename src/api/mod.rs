@@ -422,6 +422,7 @@ impl ApiError {
             }
             Error::Forbidden(why) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", why),
             e @ (Error::Redis(_) | Error::Pool(_) | Error::Postgres(_) | Error::Timeout(_)) => {
+                e.count_failure();
                 tracing::warn!(error = %e, "backing service unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

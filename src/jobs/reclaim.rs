@@ -38,7 +38,10 @@ pub async fn run(bus: AgentBus, interval: Duration, shutdown: CancellationToken)
             Ok((requeued, failed)) => {
                 tracing::info!(requeued, failed, "reclaimed stalled items")
             }
-            Err(e) => tracing::warn!(error = %e, "reclaim pass failed"),
+            Err(e) => {
+                e.count_failure();
+                tracing::warn!(error = %e, "reclaim pass failed")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -298,6 +298,7 @@ impl Worker {
                     continue;
                 }
                 Err(e) if e.is_transient() => {
+                    e.count_failure();
                     tracing::warn!(error = %e, consumer = %self.consumer, "worker read failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -376,6 +377,7 @@ impl Worker {
             Err(Error::NotFound(_)) => Ok(false),
             // Unknowable while Redis is away: keep going, the next read retries.
             Err(e) if e.is_transient() => {
+                e.count_failure();
                 tracing::warn!(error = %e, consumer = %self.consumer, "cannot read the job's state; carrying on");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 Ok(true)
@@ -423,6 +425,7 @@ async fn complete_loop(
                     ok.iter().for_each(|o| Tally::count(&o.tally.rejected))
                 }
                 Err(e) => {
+                    e.count_failure();
                     tracing::error!(error = %e, items = ok.len(), "completions not delivered; items will be reclaimed")
                 }
             }
@@ -444,6 +447,7 @@ async fn complete_loop(
                         Tally::count(&t.rejected)
                     }
                     Err(e) => {
+                        e.count_failure();
                         tracing::error!(error = %e, "failure report not delivered; item will be reclaimed")
                     }
                 }
@@ -461,6 +465,8 @@ where
     let mut delay = Duration::from_millis(50);
     for _ in 0..8 {
         match op().await {
+            // Not counted yet: the attempt is retried (the caller counts a
+            // completion given up).
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "completion failed; retrying");
                 tokio::time::sleep(delay).await;

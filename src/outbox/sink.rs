@@ -361,6 +361,7 @@ impl Sink {
             let tenants = match self.bus.tenants().await {
                 Ok(t) => t,
                 Err(e) => {
+                    e.count_failure();
                     tracing::warn!(error = %e, "sink: cannot list tenants");
                     sleep_or_stop(&shutdown, backoff).await;
                     continue;
@@ -371,6 +372,7 @@ impl Sink {
             let mut failed = false;
             for tenant in &tenants {
                 if takeover && let Err(e) = self.take_over(tenant).await {
+                    e.count_failure();
                     tracing::warn!(error = %e, "sink: takeover failed");
                 }
                 // Take over and recover only now and then; prefetched batches
@@ -382,6 +384,7 @@ impl Sink {
                         recovered.insert(tenant.clone());
                     }
                     Err(e) => {
+                        e.count_failure();
                         tracing::warn!(tenant = %tenant, error = %e, "sink: batch failed; will retry");
                         recovered.remove(tenant);
                         failed = true;

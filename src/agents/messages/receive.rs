@@ -431,6 +431,7 @@ impl Receiver {
                     b
                 }
                 Err(e) if e.is_transient() => {
+                    e.count_failure();
                     tracing::warn!(error = %e, instance = %self.instance, "inbox read failed; retrying");
                     // Whatever was delivered while the link was down is handed back first.
                     self.next_redeliver = None;
