@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::extract::{ApiJson, ApiPath, OptionalJson, Params, path_uuid};
+use super::extract::{ApiJson, ApiPath, OptionalJson, path_uuid};
+use super::query::{Query, query};
 use super::{ApiError, ApiResult, AppState, Tenant};
 use crate::agents::messages::{Message, MessageFilter, MessageStatus, OutgoingMessage};
 use crate::agents::registry::{AgentFilter, AgentStatus, Instance, Registration};
@@ -86,35 +87,30 @@ pub async fn deregister(
     ))
 }
 
+/// The statuses an instance can be listed by.
+pub const AGENT_STATUSES: &[&str] = &["starting", "running", "idle", "stopped", "stale"];
+
+query! {
+    /// `GET /agents`
+    pub struct ListQuery {
+        agent_id: ident(),
+        job_id: uuid(),
+        status: one_of(AGENT_STATUSES),
+        limit: int<usize>(100, 1, 1000),
+    }
+}
+
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    params: Params,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let filter = AgentFilter {
-        agent_id: params
-            .text("agent_id")
-            .map(|a| Ident::new("agent_id", a))
-            .transpose()?,
-        job_id: params
-            .text("job_id")
-            .map(|j| path_uuid("job_id", j))
-            .transpose()?,
-        status: params
-            .text("status")
-            .map(|s| {
-                AgentStatus::parse(s).ok_or_else(|| {
-                    ApiError::field(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "status",
-                        "one of starting, running, idle, stopped, stale",
-                    )
-                })
-            })
-            .transpose()?,
+        agent_id: q.agent_id,
+        job_id: q.job_id,
+        status: q.status.as_deref().and_then(AgentStatus::parse),
     };
-    let limit = params.number("limit", 100usize, 1, 1000)?;
-    let instances = state.bus.list_agents(&tenant, &filter, limit).await?;
+    let instances = state.bus.list_agents(&tenant, &filter, q.limit).await?;
     Ok(Json(
         serde_json::json!({ "count": instances.len(), "instances": instances }),
     ))
@@ -175,48 +171,32 @@ pub struct MessagePage {
     next: Option<String>,
 }
 
+query! {
+    /// `GET /agents/{instance_id}/messages`
+    pub struct MessagesQuery {
+        status: one_of(&["pending", "delivered", "read"]),
+        message_type: text("only messages of this type"),
+        job_id: uuid(),
+        since: time(),
+        after: text("the `next` of the previous page (an entry id)"),
+        limit: int<usize>(100, 1, 500),
+    }
+}
+
 pub async fn list_messages(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(id): ApiPath<String>,
-    params: Params,
+    Query(q): Query<MessagesQuery>,
 ) -> ApiResult<Response> {
     let id = instance(&id)?;
     let filter = MessageFilter {
-        status: params
-            .text("status")
-            .map(|s| {
-                MessageStatus::parse(s).ok_or_else(|| {
-                    ApiError::field(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "status",
-                        "one of pending, delivered, read",
-                    )
-                })
-            })
-            .transpose()?,
-        message_type: params.text("message_type").map(str::to_string),
-        job_id: params
-            .text("job_id")
-            .map(|j| path_uuid("job_id", j))
-            .transpose()?,
-        since: params
-            .text("since")
-            .map(|s| {
-                chrono::DateTime::parse_from_rfc3339(s)
-                    .map(|t| t.with_timezone(&chrono::Utc))
-                    .map_err(|_| {
-                        ApiError::field(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            "since",
-                            "an RFC 3339 time, e.g. 2026-01-01T00:00:00Z",
-                        )
-                    })
-            })
-            .transpose()?,
+        status: q.status.as_deref().and_then(MessageStatus::parse),
+        message_type: q.message_type,
+        job_id: q.job_id,
+        since: q.since,
     };
-    let limit = params.number("limit", 100usize, 1, 500)?;
-    let after = params.text("after").map(str::to_string);
+    let (limit, after) = (q.limit, q.after);
     let work = state.clone();
     Ok(state
         .heavy(async move {
@@ -236,15 +216,22 @@ pub async fn list_messages(
         .await)
 }
 
+query! {
+    /// `POST /agents/{instance_id}/messages/receive`
+    pub struct ReceiveQuery {
+        count: int<usize>(10, 1, 500),
+        wait_ms: int<u64>(0, 0, MAX_WAIT_MS),
+    }
+}
+
 pub async fn receive(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(id): ApiPath<String>,
-    params: Params,
+    Query(q): Query<ReceiveQuery>,
 ) -> ApiResult<Json<Received>> {
     let id = instance(&id)?;
-    let count = params.number("count", 10usize, 1, 500)?;
-    let wait = params.number("wait_ms", 0u64, 0, MAX_WAIT_MS)?;
+    let (count, wait) = (q.count, q.wait_ms);
     let messages = state
         .bus
         .receive_messages(&tenant, &id, count, Duration::from_millis(wait))

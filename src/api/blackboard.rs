@@ -10,7 +10,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{ApiJson, ApiPath, OptionalJson, Params};
+use super::extract::{ApiJson, ApiPath, OptionalJson};
+use super::query::{Query, query};
 use super::{ApiError, ApiResult, AppState, Tenant};
 use crate::blackboard::{
     Blackboard, Bound, CasOutcome, Fence, LockAction, LockOutcome, MAX_VALUE_BYTES,
@@ -311,15 +312,23 @@ pub async fn ns_lock(
     lock_in(&state, &tenant, &ns, name, body).await
 }
 
+query! {
+    /// `GET /namespaces/{ns}/keys`
+    pub struct KeysQuery {
+        after: text("the key to continue after"),
+        limit: int<usize>(100, 1, 1000),
+    }
+}
+
 pub async fn ns_keys(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(ns): ApiPath<String>,
-    params: Params,
+    Query(q): Query<KeysQuery>,
 ) -> ApiResult<Json<Value>> {
-    let limit = params.number("limit", 100usize, 1, 1000)?;
+    let limit = q.limit;
     let entries = board(&state, &tenant, &ns)?
-        .keys_page(params.text("after"), limit)
+        .keys_page(q.after.as_deref(), limit)
         .await?;
     let next = (entries.len() == limit)
         .then(|| entries.last().map(|e| e.key.clone()))
@@ -329,40 +338,46 @@ pub async fn ns_keys(
     ))
 }
 
+query! {
+    /// `GET /namespaces/{ns}/range`
+    pub struct RangeQuery {
+        min: text("lower bound: a number, `(number` for exclusive, or -inf"),
+        max: text("upper bound: a number, `(number` for exclusive, or +inf"),
+        offset: int<usize>(0, 0, 10_000_000),
+        limit: int<usize>(100, 1, 1000),
+    }
+}
+
 pub async fn ns_range(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(ns): ApiPath<String>,
-    params: Params,
+    Query(q): Query<RangeQuery>,
 ) -> ApiResult<Json<Value>> {
-    let min = Bound::parse("min", params.text("min").unwrap_or("-inf"))?;
-    let max = Bound::parse("max", params.text("max").unwrap_or("+inf"))?;
-    let offset = params.number("offset", 0usize, 0, 10_000_000)?;
-    let limit = params.number("limit", 100usize, 1, 1000)?;
+    let min = Bound::parse("min", q.min.as_deref().unwrap_or("-inf"))?;
+    let max = Bound::parse("max", q.max.as_deref().unwrap_or("+inf"))?;
+    let (offset, limit) = (q.offset, q.limit);
     let entries = board(&state, &tenant, &ns)?
         .range(min, max, offset, limit)
         .await?;
     Ok(Json(json!({ "count": entries.len(), "entries": entries })))
 }
 
+query! {
+    /// `GET /namespaces/{ns}/top`
+    pub struct TopQuery {
+        k: int<usize>(10, 1, 1000),
+        order: one_of(&["desc", "asc"]),
+    }
+}
+
 pub async fn ns_top(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(ns): ApiPath<String>,
-    params: Params,
+    Query(q): Query<TopQuery>,
 ) -> ApiResult<Json<Value>> {
-    let k = params.number("k", 10usize, 1, 1000)?;
-    let descending = match params.text("order").unwrap_or("desc") {
-        "desc" => true,
-        "asc" => false,
-        _ => {
-            return Err(ApiError::field(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "order",
-                "asc or desc",
-            ));
-        }
-    };
+    let (k, descending) = (q.k, q.order.as_deref() != Some("asc"));
     let entries = board(&state, &tenant, &ns)?.top(k, descending).await?;
     Ok(Json(json!({ "count": entries.len(), "entries": entries })))
 }

@@ -2,13 +2,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::extract::{ApiJson, ApiPath, Params, path_uuid};
-use super::{ApiError, ApiResult, AppState, Tenant};
+use super::extract::{ApiJson, ApiPath};
+use super::query::{Query, query};
+use super::{ApiResult, AppState, Tenant};
 use crate::agents::invoke::{Invocation, InvokeRequest, InvokeResult};
 use crate::error::Error;
 use crate::keys::Ident;
@@ -79,47 +79,47 @@ pub struct InvocationPage {
     count: usize,
 }
 
+query! {
+    /// `GET /invocations`
+    pub struct ListQuery {
+        status: one_of(&["pending", "completed", "timeout", "failed"]),
+        job_id: uuid(),
+        caller: ident(),
+        limit: int<i64>(50, 1, 500),
+        offset: int<i64>(0, 0, 10_000_000),
+    }
+}
+
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    params: Params,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<InvocationPage>> {
-    let status = params.text("status").map(str::to_string);
-    if let Some(s) = &status
-        && !["pending", "completed", "timeout", "failed"].contains(&s.as_str())
-    {
-        return Err(ApiError::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "status",
-            "one of pending, completed, timeout, failed",
-        ));
-    }
     let filter = AuditFilter {
-        job_id: params
-            .text("job_id")
-            .map(|j| path_uuid("job_id", j))
-            .transpose()?,
-        caller: params
-            .text("caller")
-            .map(|c| Ident::new("caller", c).map(|i| i.to_string()))
-            .transpose()?,
-        status,
+        job_id: q.job_id,
+        caller: q.caller.map(|c| c.to_string()),
+        status: q.status,
     };
-    let limit = params.number("limit", 50i64, 1, 500)?;
-    let offset = params.number("offset", 0i64, 0, 10_000_000)?;
-    let invocations = audit::list(&state.db, &tenant, &filter, limit, offset).await?;
+    let invocations = audit::list(&state.db, &tenant, &filter, q.limit, q.offset).await?;
     Ok(Json(InvocationPage {
         count: invocations.len(),
         invocations,
     }))
 }
 
+query! {
+    /// `GET /invocations/stats`
+    pub struct StatsQuery {
+        since_hours: int<i64>(24, 1, 24 * 365),
+    }
+}
+
 pub async fn stats(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    params: Params,
+    Query(q): Query<StatsQuery>,
 ) -> ApiResult<Json<Value>> {
-    let since_hours = params.number("since_hours", 24i64, 1, 24 * 365)?;
+    let since_hours = q.since_hours;
     let by_status = audit::stats(&state.db, &tenant, since_hours).await?;
     Ok(Json(
         serde_json::json!({ "since_hours": since_hours, "by_status": by_status }),

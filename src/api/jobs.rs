@@ -11,9 +11,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::extract::{
-    ApiPath, OptionalJson, Params, RawJson, parse_json, parse_json_at, path_uuid,
-};
+use super::extract::{ApiPath, OptionalJson, RawJson, parse_json, parse_json_at, path_uuid};
+use super::query::{Query, query};
 use super::{ApiError, ApiResult, AppState, HEAVY_BODY_BYTES, Tenant};
 use crate::bounded;
 use crate::jobs::{
@@ -163,14 +162,20 @@ pub async fn get_one(
     Ok(Json(state.bus.job(&tenant, &job_id).await?))
 }
 
+query! {
+    /// `GET /jobs`
+    pub struct ListQuery {
+        offset: int<usize>(0, 0, 1_000_000),
+        limit: int<usize>(50, 1, 200),
+    }
+}
+
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    params: Params,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<JobPage>> {
-    let offset = params.number("offset", 0usize, 0, 1_000_000)?;
-    let limit = params.number("limit", 50usize, 1, 200)?;
-    Ok(Json(state.bus.list_jobs(&tenant, offset, limit).await?))
+    Ok(Json(state.bus.list_jobs(&tenant, q.offset, q.limit).await?))
 }
 
 #[derive(Serialize)]
@@ -182,22 +187,23 @@ pub struct ClaimResponse {
     items: Vec<ClaimedItem>,
 }
 
+query! {
+    /// `POST /jobs/{job_id}/claim`
+    pub struct ClaimQuery {
+        worker_instance_id: required_ident("the claiming worker"),
+        wait_ms: int<u64>(0, 0, MAX_WAIT_MS),
+        count: int<usize>(1, 1, MAX_CLAIM_COUNT),
+    }
+}
+
 pub async fn claim(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(job_id): ApiPath<String>,
-    params: Params,
+    Query(q): Query<ClaimQuery>,
 ) -> ApiResult<Json<ClaimResponse>> {
     let job_id = path_uuid("job_id", &job_id)?;
-    let worker = params.text("worker_instance_id").ok_or_else(|| {
-        ApiError::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "worker_instance_id",
-            "required query parameter",
-        )
-    })?;
-    let wait_ms = params.number("wait_ms", 0u64, 0, MAX_WAIT_MS)?;
-    let count = params.number("count", 1usize, 1, MAX_CLAIM_COUNT)?;
+    let (worker, wait_ms, count) = (q.worker_instance_id.as_str(), q.wait_ms, q.count);
     let items = state
         .bus
         .claim_items(
@@ -367,15 +373,22 @@ pub struct ResultsPage {
     next: Option<String>,
 }
 
+query! {
+    /// `GET /jobs/{job_id}/results`
+    pub struct ResultsQuery {
+        after: text("the `next` of the previous page (a result id)"),
+        limit: int<usize>(100, 1, 1000),
+    }
+}
+
 pub async fn results(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(job_id): ApiPath<String>,
-    params: Params,
+    Query(q): Query<ResultsQuery>,
 ) -> ApiResult<Response> {
     let job_id = path_uuid("job_id", &job_id)?;
-    let limit = params.number("limit", 100usize, 1, 1000)?;
-    let after = params.text("after").map(str::to_string);
+    let (limit, after) = (q.limit, q.after);
     let work = state.clone();
     Ok(state
         .heavy(async move {

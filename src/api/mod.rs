@@ -16,6 +16,7 @@ mod health;
 mod invocations;
 mod jobs;
 mod openapi;
+mod query;
 mod routes;
 mod tokens;
 

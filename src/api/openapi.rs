@@ -62,6 +62,18 @@ fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     generator.subschema_for::<T>()
 }
 
+/// A query parameter's kind, for its description (see `api::query`).
+pub enum Param {
+    /// default, minimum, maximum
+    Int(i64, i64, i64),
+    Text(&'static str),
+    RequiredIdent(&'static str),
+    OneOf(&'static [&'static str]),
+    Uuid,
+    Time,
+    Ident,
+}
+
 /// The description of one operation.
 pub struct Op {
     method: Method,
@@ -145,8 +157,33 @@ impl Op {
         self
     }
 
+    /// The query parameters documented so far.
+    #[cfg(test)]
+    pub fn document_for_test(&self) -> Vec<Value> {
+        self.query.clone()
+    }
+
+    /// The parameters of a query struct (`api::query`), documented from
+    /// the same declaration the handler parses with.
+    pub fn query<T: super::query::QueryParams>(self) -> Self {
+        T::document(self)
+    }
+
+    /// One query parameter, as a query struct declares it.
+    pub fn param(self, name: &str, param: Param) -> Self {
+        match param {
+            Param::Int(default, lo, hi) => self.int(name, default, lo, hi),
+            Param::Text(description) => self.text(name, description),
+            Param::RequiredIdent(description) => self.required_ident(name, description),
+            Param::OneOf(values) => self.one_of(name, values),
+            Param::Uuid => self.uuid(name),
+            Param::Time => self.query_time(name),
+            Param::Ident => self.ident(name),
+        }
+    }
+
     /// An integer query parameter checked against `lo..=hi`.
-    pub fn int(mut self, name: &str, default: i64, lo: i64, hi: i64) -> Self {
+    fn int(mut self, name: &str, default: i64, lo: i64, hi: i64) -> Self {
         self.query.push(json!({
             "name": name, "in": "query", "required": false,
             "schema": { "type": "integer", "default": default, "minimum": lo, "maximum": hi },
@@ -155,22 +192,22 @@ impl Op {
     }
 
     /// A text query parameter.
-    pub fn text(self, name: &str, description: &str) -> Self {
+    fn text(self, name: &str, description: &str) -> Self {
         self.query_param(name, false, description, json!({ "type": "string" }))
     }
 
     /// A required identifier (`[A-Za-z0-9_.-]`) query parameter.
-    pub fn required_ident(self, name: &str, description: &str) -> Self {
+    fn required_ident(self, name: &str, description: &str) -> Self {
         self.query_param(name, true, description, ident_schema())
     }
 
     /// A query parameter taking one of `values`.
-    pub fn one_of(self, name: &str, values: &[&str]) -> Self {
+    fn one_of(self, name: &str, values: &[&str]) -> Self {
         self.query_param(name, false, "", json!({ "type": "string", "enum": values }))
     }
 
     /// A UUID query parameter.
-    pub fn uuid(self, name: &str) -> Self {
+    fn uuid(self, name: &str) -> Self {
         self.query_param(
             name,
             false,
@@ -180,13 +217,13 @@ impl Op {
     }
 
     /// An RFC 3339 time query parameter.
-    pub fn query_time(self, name: &str) -> Self {
+    fn query_time(self, name: &str) -> Self {
         let schema = json!({ "type": "string", "format": "date-time" });
         self.query_param(name, false, "an RFC 3339 time", schema)
     }
 
     /// An identifier (`[A-Za-z0-9_.-]`) query parameter.
-    pub fn ident(self, name: &str) -> Self {
+    fn ident(self, name: &str) -> Self {
         self.query_param(name, false, "", ident_schema())
     }
 

@@ -8,7 +8,6 @@ use super::{agents, blackboard, credits, invocations, jobs, tokens};
 pub(super) fn v1_api() -> Api {
     use agents::{BroadcastBody, HeartbeatBody, SendBody};
     use blackboard::{CasBody, DeleteBody, IncrementBody, LockBody, PutBody};
-    const AGENT_STATUSES: &[&str] = &["starting", "running", "idle", "stopped", "stale"];
     const NEW_JOB: &[(&str, &str)] = &[("job_id", "$response.body#/id")];
     const CLAIMED_ITEM: &[(&str, &str)] = &[
         ("job_id", "$request.path.job_id"),
@@ -34,8 +33,7 @@ pub(super) fn v1_api() -> Api {
         )
         .route(
             Op::get("/jobs", "jobs", "List the tenant's jobs, newest first")
-                .int("offset", 0, 0, 1_000_000)
-                .int("limit", 50, 1, 200),
+                .query::<jobs::ListQuery>(),
             jobs::list,
         )
         .route(
@@ -57,9 +55,7 @@ pub(super) fn v1_api() -> Api {
                 "jobs",
                 "Claim items for a worker (optionally waiting for them)",
             )
-            .required_ident("worker_instance_id", "the claiming worker")
-            .int("wait_ms", 0, 0, jobs::MAX_WAIT_MS as i64)
-            .int("count", 1, 1, jobs::MAX_CLAIM_COUNT as i64)
+            .query::<jobs::ClaimQuery>()
             .link("post_jobs_job_id_items_item_id_complete", CLAIMED_ITEM)
             .link("post_jobs_job_id_items_item_id_fail", CLAIMED_ITEM),
             jobs::claim,
@@ -97,8 +93,7 @@ pub(super) fn v1_api() -> Api {
                 "jobs",
                 "Completed items' outputs, in order",
             )
-            .text("after", "the `next` of the previous page (a result id)")
-            .int("limit", 100, 1, 1000),
+            .query::<jobs::ResultsQuery>(),
             jobs::results,
         )
         .route(
@@ -121,11 +116,7 @@ pub(super) fn v1_api() -> Api {
             credits::grant,
         )
         .route(
-            Op::get("/agents", "agents", "List agent instances")
-                .ident("agent_id")
-                .uuid("job_id")
-                .one_of("status", AGENT_STATUSES)
-                .int("limit", 100, 1, 1000),
+            Op::get("/agents", "agents", "List agent instances").query::<agents::ListQuery>(),
             agents::list,
         )
         .route(
@@ -181,12 +172,7 @@ pub(super) fn v1_api() -> Api {
                 "messages",
                 "An inbox's messages, with filters",
             )
-            .one_of("status", &["pending", "delivered", "read"])
-            .text("message_type", "only messages of this type")
-            .uuid("job_id")
-            .query_time("since")
-            .text("after", "the `next` of the previous page (an entry id)")
-            .int("limit", 100, 1, 500),
+            .query::<agents::MessagesQuery>(),
             agents::list_messages,
         )
         .route(
@@ -195,8 +181,7 @@ pub(super) fn v1_api() -> Api {
                 "messages",
                 "Receive new messages (optionally waiting)",
             )
-            .int("count", 10, 1, 500)
-            .int("wait_ms", 0, 0, agents::MAX_WAIT_MS as i64),
+            .query::<agents::ReceiveQuery>(),
             agents::receive,
         )
         .route(
@@ -218,11 +203,7 @@ pub(super) fn v1_api() -> Api {
         )
         .route(
             Op::get("/invocations", "invocations", "The invocation audit trail")
-                .one_of("status", &["pending", "completed", "timeout", "failed"])
-                .uuid("job_id")
-                .ident("caller")
-                .int("limit", 50, 1, 500)
-                .int("offset", 0, 0, 10_000_000),
+                .query::<invocations::ListQuery>(),
             invocations::list,
         )
         .route(
@@ -231,7 +212,7 @@ pub(super) fn v1_api() -> Api {
                 "invocations",
                 "Invocations per status over recent hours",
             )
-            .int("since_hours", 24, 1, 24 * 365),
+            .query::<invocations::StatsQuery>(),
             invocations::stats,
         )
         .route(
@@ -341,8 +322,7 @@ pub(super) fn v1_api() -> Api {
                 "blackboard",
                 "A namespace's keys in order, a page at a time",
             )
-            .text("after", "the key to continue after")
-            .int("limit", 100, 1, 1000),
+            .query::<blackboard::KeysQuery>(),
             blackboard::ns_keys,
         )
         .route(
@@ -351,16 +331,7 @@ pub(super) fn v1_api() -> Api {
                 "blackboard",
                 "Entries with numeric values in a score range",
             )
-            .text(
-                "min",
-                "lower bound: a number, `(number` for exclusive, or -inf",
-            )
-            .text(
-                "max",
-                "upper bound: a number, `(number` for exclusive, or +inf",
-            )
-            .int("offset", 0, 0, 10_000_000)
-            .int("limit", 100, 1, 1000),
+            .query::<blackboard::RangeQuery>(),
             blackboard::ns_range,
         )
         .route(
@@ -369,8 +340,7 @@ pub(super) fn v1_api() -> Api {
                 "blackboard",
                 "The k entries with the highest (or lowest) values",
             )
-            .int("k", 10, 1, 1000)
-            .one_of("order", &["desc", "asc"]),
+            .query::<blackboard::TopQuery>(),
             blackboard::ns_top,
         )
         .route(
@@ -388,7 +358,7 @@ pub(super) fn v1_api() -> Api {
                 "List tenant tokens (never their secrets)",
             )
             .admin()
-            .ident("tenant"),
+            .query::<tokens::ListQuery>(),
             tokens::list,
         )
         .route(

@@ -8,7 +8,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{ApiJson, ApiPath, Params};
+use super::extract::{ApiJson, ApiPath};
+use super::query::{Query, query};
 use super::{Admin, ApiResult, AppState};
 use crate::auth::{NewToken, TokenInfo};
 use crate::keys::{self, TenantId};
@@ -30,12 +31,19 @@ pub async fn create(
     ))
 }
 
+query! {
+    /// `GET /tokens`
+    pub struct ListQuery {
+        tenant: tenant(),
+    }
+}
+
 pub async fn list(
     State(state): State<AppState>,
     _admin: Admin,
-    params: Params,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let tenant = params.text("tenant").map(TenantId::new).transpose()?;
+    let tenant = q.tenant;
     let tokens: Vec<TokenInfo> = state
         .bus
         .list_tokens(tenant.as_ref())
