@@ -177,6 +177,16 @@ mod tests {
     async fn one_declaration_parses_bounds_and_documents() {
         let q = Sample::parse(&Params::of(&[("who", "w1")])).expect("defaults");
         assert_eq!((q.who.as_str(), q.limit, q.order), ("w1", 10, None));
+        assert!(q.job_id.is_none() && q.since.is_none());
+        let id = "6f1c2b8e-2d1a-4c59-9a47-0e3f1e6c7a10";
+        let q = Sample::parse(&Params::of(&[
+            ("who", "w"),
+            ("job_id", id),
+            ("since", "2026-01-01T00:00:00Z"),
+        ]))
+        .expect("typed");
+        assert_eq!(q.job_id.map(|u| u.to_string()).as_deref(), Some(id));
+        assert_eq!(q.since.map(|t| t.timestamp()), Some(1_767_225_600));
         let q = Sample::parse(&Params::of(&[
             ("who", "w"),
             ("limit", "50"),
