@@ -14,6 +14,16 @@ use crate::error::{Error, Result};
 use crate::keys::Keyspace;
 use crate::prices::Prices;
 
+/// Defaults of the connection settings, read by the flags and by
+/// [`Config::defaults`] (the engine's own defaults: `bus::defaults`,
+/// `api::defaults`, `conn::DEFAULT_POOL_SIZE`).
+pub mod defaults {
+    pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+    pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+    pub const PREFIX: &str = "ab";
+    pub const PG_POOL: u32 = 8;
+}
+
 /// Settings shared by every subcommand.
 #[derive(Args, Clone, Debug)]
 pub struct Config {
@@ -21,7 +31,7 @@ pub struct Config {
     #[arg(
         long,
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        default_value = defaults::REDIS_URL,
         global = true
     )]
     pub redis_url: String,
@@ -30,14 +40,14 @@ pub struct Config {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        default_value = defaults::DATABASE_URL,
         global = true,
         hide_env_values = true
     )]
     pub database_url: String,
 
     /// Prefix of every Redis key.
-    #[arg(long, env = "AGENTBUS_PREFIX", default_value = "ab", global = true)]
+    #[arg(long, env = "AGENTBUS_PREFIX", default_value = defaults::PREFIX, global = true)]
     pub prefix: String,
 
     /// Price overrides, e.g. `job_item=2.5,agent_invoke=10`.
@@ -92,11 +102,11 @@ pub struct Config {
     pub max_instances: usize,
 
     /// Size of the Redis connection pool.
-    #[arg(long, env = "AGENTBUS_REDIS_POOL", default_value_t = 16, global = true)]
+    #[arg(long, env = "AGENTBUS_REDIS_POOL", default_value_t = crate::conn::DEFAULT_POOL_SIZE, global = true)]
     pub redis_pool: u32,
 
     /// Size of the Postgres connection pool.
-    #[arg(long, env = "AGENTBUS_PG_POOL", default_value_t = 8, global = true)]
+    #[arg(long, env = "AGENTBUS_PG_POOL", default_value_t = defaults::PG_POOL, global = true)]
     pub pg_pool: u32,
 
     /// Seconds of silence after which an agent is stale.
@@ -131,17 +141,17 @@ impl Config {
     /// Settings with every default, as if no flag or variable were given.
     pub fn defaults() -> Self {
         Self {
-            redis_url: "redis://127.0.0.1:6379".into(),
-            database_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
-            prefix: "ab".into(),
+            redis_url: defaults::REDIS_URL.into(),
+            database_url: defaults::DATABASE_URL.into(),
+            prefix: defaults::PREFIX.into(),
             prices: String::new(),
             job_retention_secs: bus::defaults::JOB_RETENTION_SECS,
             max_items: bus::defaults::MAX_ITEMS,
             max_payload_bytes: bus::defaults::MAX_PAYLOAD_BYTES,
             max_page_bytes: bus::defaults::MAX_PAGE_BYTES,
             max_instances: bus::defaults::MAX_INSTANCES,
-            redis_pool: 16,
-            pg_pool: 8,
+            redis_pool: crate::conn::DEFAULT_POOL_SIZE,
+            pg_pool: defaults::PG_POOL,
             stale_after_secs: bus::defaults::STALE_AFTER_SECS,
             inbox_cap: bus::defaults::INBOX_CAP,
             max_deliveries: bus::defaults::MAX_DELIVERIES,

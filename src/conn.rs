@@ -25,6 +25,8 @@ use crate::error::{Error, Result};
 
 /// How long a pooled command may take before it fails (spawning a large job is one Lua call).
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Redis connections pooled per process unless configured.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Margin a blocking read gets on top of its BLOCK time before the client gives up.
 const BLOCK_MARGIN: Duration = Duration::from_secs(5);
@@ -40,7 +42,7 @@ pub struct RedisOptions {
 impl Default for RedisOptions {
     fn default() -> Self {
         Self {
-            pool_size: 16,
+            pool_size: DEFAULT_POOL_SIZE,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
         }
     }
