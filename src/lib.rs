@@ -12,7 +12,9 @@
 //!   (MessagePack ↔ JSON), [`bounded`] (input bounded while parsed),
 //!   [`error`], [`conn`] (Redis connections), [`scripts`] (the Lua scripts of
 //!   `lua/` and the typed calls to them), [`bus`] (the handle every
-//!   capability hangs off), [`prices`], [`db`] (Postgres and migrations).
+//!   capability hangs off), [`tenant`] (the same, scoped to one tenant:
+//!   `bus.tenant(&t).jobs()…`), [`prices`], [`db`] (Postgres and
+//!   migrations).
 //! - Money and jobs: [`credits`], [`jobs`] (spec, model, operations; the
 //!   reclaimer and the Rust worker), [`simulate`], [`pages`].
 //! - [`agents`]: registry, messages and their receiver, replies, invoke,
@@ -53,6 +55,7 @@ pub mod scripts;
 pub mod server;
 pub mod simulate;
 pub mod telemetry;
+pub mod tenant;
 pub mod text;
 
 pub use bus::{AgentBus, Limits};

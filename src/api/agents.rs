@@ -33,11 +33,10 @@ pub struct Registered {
 }
 
 pub async fn register(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiJson(reg): ApiJson<Registration>,
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
-    let instance = state.bus.register_agent(&tenant, &reg).await?;
+    let instance = tenant.agents().register(&reg).await?;
     Ok((
         StatusCode::CREATED,
         Json(Registered {
@@ -55,33 +54,30 @@ pub struct HeartbeatBody {
 }
 
 pub async fn heartbeat(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(id): ApiPath<String>,
     OptionalJson(body): OptionalJson<HeartbeatBody>,
 ) -> ApiResult<Json<Value>> {
     let id = instance(&id)?;
-    let status = state.bus.heartbeat(&tenant, &id, body.status).await?;
+    let status = tenant.agents().heartbeat(&id, body.status).await?;
     Ok(Json(
         serde_json::json!({ "heartbeat": true, "instance_id": id, "status": status }),
     ))
 }
 
 pub async fn get_one(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Instance>> {
-    Ok(Json(state.bus.agent(&tenant, &instance(&id)?).await?))
+    Ok(Json(tenant.agents().get(&instance(&id)?).await?))
 }
 
 pub async fn deregister(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let id = instance(&id)?;
-    state.bus.deregister_agent(&tenant, &id).await?;
+    tenant.agents().deregister(&id).await?;
     Ok(Json(
         serde_json::json!({ "deregistered": true, "instance_id": id }),
     ))
@@ -100,17 +96,13 @@ query! {
     }
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+pub async fn list(Tenant(tenant): Tenant, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
     let filter = AgentFilter {
         agent_id: q.agent_id,
         job_id: q.job_id,
         status: q.status.as_deref().and_then(AgentStatus::parse),
     };
-    let instances = state.bus.list_agents(&tenant, &filter, q.limit).await?;
+    let instances = tenant.agents().list(&filter, q.limit).await?;
     Ok(Json(
         serde_json::json!({ "count": instances.len(), "instances": instances }),
     ))
@@ -130,7 +122,6 @@ pub struct SendBody {
 }
 
 pub async fn send(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SendBody>,
@@ -144,7 +135,7 @@ pub async fn send(
     );
     msg.job_id = body.job_id;
     msg.reply_to = body.reply_to_id;
-    let sent = state.bus.send_message(&tenant, &msg).await?;
+    let sent = tenant.messages().send(&msg).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({
@@ -197,11 +188,11 @@ pub async fn list_messages(
         since: q.since,
     };
     let (limit, after) = (q.limit, q.after);
-    let work = state.clone();
     Ok(state
         .heavy(async move {
-            work.bus
-                .list_messages(&tenant, &id, &filter, after.as_deref(), limit)
+            tenant
+                .messages()
+                .list(&id, &filter, after.as_deref(), limit)
                 .await
                 .map(|page| {
                     Json(MessagePage {
@@ -225,16 +216,15 @@ query! {
 }
 
 pub async fn receive(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(id): ApiPath<String>,
     Query(q): Query<ReceiveQuery>,
 ) -> ApiResult<Json<Received>> {
     let id = instance(&id)?;
     let (count, wait) = (q.count, q.wait_ms);
-    let messages = state
-        .bus
-        .receive_messages(&tenant, &id, count, Duration::from_millis(wait))
+    let messages = tenant
+        .messages()
+        .receive(&id, count, Duration::from_millis(wait))
         .await?;
     Ok(Json(Received {
         count: messages.len(),
@@ -243,15 +233,11 @@ pub async fn receive(
 }
 
 pub async fn read(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath((id, message_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let id = instance(&id)?;
-    let acked = state
-        .bus
-        .ack_messages(&tenant, &id, &[message_id.as_str()])
-        .await?;
+    let acked = tenant.messages().ack(&id, &[message_id.as_str()]).await?;
     if acked == 0 {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -279,16 +265,14 @@ fn broadcast_type() -> String {
 }
 
 pub async fn broadcast(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(job_id): ApiPath<String>,
     ApiJson(body): ApiJson<BroadcastBody>,
 ) -> ApiResult<Json<Value>> {
     let job_id = path_uuid("job_id", &job_id)?;
-    let reached = state
-        .bus
+    let reached = tenant
+        .messages()
         .broadcast(
-            &tenant,
             &job_id,
             &body.from_instance_id,
             &body.message_type,

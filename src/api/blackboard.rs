@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
 use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -12,20 +11,21 @@ use serde_json::{Value, json};
 
 use super::extract::{ApiJson, ApiPath, OptionalJson};
 use super::query::{Query, query};
-use super::{ApiError, ApiResult, AppState, Tenant};
+use super::{ApiError, ApiResult, Tenant};
 use crate::blackboard::{
     Blackboard, Bound, CasOutcome, Fence, LockAction, LockOutcome, MAX_VALUE_BYTES,
 };
-use crate::keys::{Ident, TenantId};
+use crate::keys::Ident;
 use crate::payload::Payload;
+use crate::tenant::TenantBus;
 
 const DEFAULT_NAMESPACE: &str = "default";
 /// Longest TTL accepted, in seconds (30 days).
 const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 
-fn board(state: &AppState, tenant: &TenantId, ns: &str) -> Result<Blackboard, ApiError> {
+fn board(tenant: &TenantBus, ns: &str) -> Result<Blackboard, ApiError> {
     let ns = Ident::new("namespace", ns)?;
-    Ok(state.bus.blackboard(tenant, &ns))
+    Ok(tenant.blackboard(&ns))
 }
 
 fn ttl(secs: Option<u64>) -> Result<Option<Duration>, ApiError> {
@@ -59,26 +59,20 @@ pub struct PutBody {
     fence: Option<Fence>,
 }
 
-async fn get_in(
-    state: &AppState,
-    tenant: &TenantId,
-    ns: &str,
-    key: String,
-) -> ApiResult<Json<Value>> {
-    let value = board(state, tenant, ns)?.get(&key).await?;
+async fn get_in(tenant: &TenantBus, ns: &str, key: String) -> ApiResult<Json<Value>> {
+    let value = board(tenant, ns)?.get(&key).await?;
     Ok(Json(
         json!({ "key": key, "found": value.is_some(), "value": value }),
     ))
 }
 
 async fn put_in(
-    state: &AppState,
-    tenant: &TenantId,
+    tenant: &TenantBus,
     ns: &str,
     key: String,
     body: PutBody,
 ) -> ApiResult<Json<Value>> {
-    let existed = board(state, tenant, ns)?
+    let existed = board(tenant, ns)?
         .set(
             &key,
             &bb_value("value", &body.value)?,
@@ -105,8 +99,7 @@ pub struct IncrementBody {
 }
 
 async fn increment_in(
-    state: &AppState,
-    tenant: &TenantId,
+    tenant: &TenantBus,
     ns: &str,
     key: String,
     body: IncrementBody,
@@ -116,7 +109,7 @@ async fn increment_in(
     } else {
         body.amount
     };
-    let value = board(state, tenant, ns)?
+    let value = board(tenant, ns)?
         .increment(&key, &amount, body.fence.as_ref())
         .await?;
     Ok(Json(json!({ "key": key, "value": value })))
@@ -136,15 +129,14 @@ pub struct LockBody {
 }
 
 async fn lock_in(
-    state: &AppState,
-    tenant: &TenantId,
+    tenant: &TenantBus,
     ns: &str,
     name: String,
     body: LockBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = Ident::new("lock", name)?;
     let ttl = ttl(Some(body.ttl))?.unwrap_or(Duration::from_secs(30));
-    let outcome = board(state, tenant, ns)?
+    let outcome = board(tenant, ns)?
         .lock(&name, body.action, &body.holder, ttl)
         .await?;
     let verb = match body.action {
@@ -177,58 +169,49 @@ async fn lock_in(
 
 // The original flat endpoints, on the default namespace.
 
-pub async fn get(
-    State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    ApiPath(key): ApiPath<String>,
-) -> ApiResult<Json<Value>> {
-    get_in(&state, &tenant, DEFAULT_NAMESPACE, key).await
+pub async fn get(Tenant(tenant): Tenant, ApiPath(key): ApiPath<String>) -> ApiResult<Json<Value>> {
+    get_in(&tenant, DEFAULT_NAMESPACE, key).await
 }
 
 pub async fn put(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<PutBody>,
 ) -> ApiResult<Json<Value>> {
-    put_in(&state, &tenant, DEFAULT_NAMESPACE, key, body).await
+    put_in(&tenant, DEFAULT_NAMESPACE, key, body).await
 }
 
 pub async fn increment(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(key): ApiPath<String>,
     OptionalJson(body): OptionalJson<IncrementBody>,
 ) -> ApiResult<Json<Value>> {
-    increment_in(&state, &tenant, DEFAULT_NAMESPACE, key, body).await
+    increment_in(&tenant, DEFAULT_NAMESPACE, key, body).await
 }
 
 pub async fn lock(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<LockBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    lock_in(&state, &tenant, DEFAULT_NAMESPACE, name, body).await
+    lock_in(&tenant, DEFAULT_NAMESPACE, name, body).await
 }
 
 // Namespaced endpoints.
 
 pub async fn ns_get(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath((ns, key)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    get_in(&state, &tenant, &ns, key).await
+    get_in(&tenant, &ns, key).await
 }
 
 pub async fn ns_put(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath((ns, key)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<PutBody>,
 ) -> ApiResult<Json<Value>> {
-    put_in(&state, &tenant, &ns, key, body).await
+    put_in(&tenant, &ns, key, body).await
 }
 
 #[derive(Deserialize, JsonSchema, Default)]
@@ -239,12 +222,11 @@ pub struct DeleteBody {
 }
 
 pub async fn ns_delete(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath((ns, key)): ApiPath<(String, String)>,
     OptionalJson(body): OptionalJson<DeleteBody>,
 ) -> ApiResult<Json<Value>> {
-    let existed = board(&state, &tenant, &ns)?
+    let existed = board(&tenant, &ns)?
         .delete(&key, body.fence.as_ref())
         .await?;
     Ok(Json(json!({ "deleted": existed, "key": key })))
@@ -266,7 +248,6 @@ pub struct CasBody {
 }
 
 pub async fn ns_cas(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath((ns, key)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<CasBody>,
@@ -276,7 +257,7 @@ pub async fn ns_cas(
         None => None,
     };
     let value = bb_value("value", &body.value)?;
-    let outcome = board(&state, &tenant, &ns)?
+    let outcome = board(&tenant, &ns)?
         .compare_and_set(
             &key,
             expected.as_ref(),
@@ -295,21 +276,19 @@ pub async fn ns_cas(
 }
 
 pub async fn ns_increment(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath((ns, key)): ApiPath<(String, String)>,
     OptionalJson(body): OptionalJson<IncrementBody>,
 ) -> ApiResult<Json<Value>> {
-    increment_in(&state, &tenant, &ns, key, body).await
+    increment_in(&tenant, &ns, key, body).await
 }
 
 pub async fn ns_lock(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath((ns, name)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<LockBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    lock_in(&state, &tenant, &ns, name, body).await
+    lock_in(&tenant, &ns, name, body).await
 }
 
 query! {
@@ -321,13 +300,12 @@ query! {
 }
 
 pub async fn ns_keys(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(ns): ApiPath<String>,
     Query(q): Query<KeysQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = q.limit;
-    let entries = board(&state, &tenant, &ns)?
+    let entries = board(&tenant, &ns)?
         .keys_page(q.after.as_deref(), limit)
         .await?;
     let next = (entries.len() == limit)
@@ -349,7 +327,6 @@ query! {
 }
 
 pub async fn ns_range(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(ns): ApiPath<String>,
     Query(q): Query<RangeQuery>,
@@ -357,9 +334,7 @@ pub async fn ns_range(
     let min = Bound::parse("min", q.min.as_deref().unwrap_or("-inf"))?;
     let max = Bound::parse("max", q.max.as_deref().unwrap_or("+inf"))?;
     let (offset, limit) = (q.offset, q.limit);
-    let entries = board(&state, &tenant, &ns)?
-        .range(min, max, offset, limit)
-        .await?;
+    let entries = board(&tenant, &ns)?.range(min, max, offset, limit).await?;
     Ok(Json(json!({ "count": entries.len(), "entries": entries })))
 }
 
@@ -372,20 +347,18 @@ query! {
 }
 
 pub async fn ns_top(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(ns): ApiPath<String>,
     Query(q): Query<TopQuery>,
 ) -> ApiResult<Json<Value>> {
     let (k, descending) = (q.k, q.order.as_deref() != Some("asc"));
-    let entries = board(&state, &tenant, &ns)?.top(k, descending).await?;
+    let entries = board(&tenant, &ns)?.top(k, descending).await?;
     Ok(Json(json!({ "count": entries.len(), "entries": entries })))
 }
 
 pub async fn ns_aggregate(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(ns): ApiPath<String>,
 ) -> ApiResult<Json<crate::blackboard::Aggregate>> {
-    Ok(Json(board(&state, &tenant, &ns)?.aggregate().await?))
+    Ok(Json(board(&tenant, &ns)?.aggregate().await?))
 }

@@ -11,11 +11,8 @@ use crate::credits::{Balance, grant_context};
 use crate::keys::TenantId;
 use crate::money::Credits;
 
-pub async fn show(
-    State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-) -> ApiResult<Json<Balance>> {
-    Ok(Json(state.bus.balance(&tenant).await?))
+pub async fn show(Tenant(tenant): Tenant) -> ApiResult<Json<Balance>> {
+    Ok(Json(tenant.credits().balance().await?))
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -33,10 +30,7 @@ pub async fn grant(
     ApiJson(body): ApiJson<GrantBody>,
 ) -> ApiResult<Json<Balance>> {
     let context = grant_context(&body.reason.unwrap_or_default(), "admin")?;
-    Ok(Json(
-        state
-            .bus
-            .grant_credits(&body.tenant, body.amount, context)
-            .await?,
-    ))
+    // The admin names the tenant: the handle is scoped to it from here.
+    let tenant = state.bus.tenant(&body.tenant);
+    Ok(Json(tenant.credits().grant(body.amount, context).await?))
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::caller::Caller;
 use super::{ApiError, AppState};
 use crate::error::Error;
-use crate::keys::TenantId;
+use crate::tenant::TenantBus;
 
 /// A JSON body; errors name the offending field (`items[3]`, `parallelism`).
 pub struct ApiJson<T>(pub T);
@@ -244,15 +244,16 @@ pub fn path_uuid(name: &str, raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-/// The tenant the request's bearer token belongs to (set by [`super::caller`]).
-pub struct Tenant(pub TenantId);
+/// The engine scoped to the tenant the request's bearer token belongs to
+/// (set by [`super::caller`]): a handler reaches that tenant's data only.
+pub struct Tenant(pub TenantBus);
 
-impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match parts.extensions.get::<Caller>() {
-            Some(Caller::Tenant(t)) => Ok(Tenant(t.clone())),
+            Some(Caller::Tenant(t)) => Ok(Tenant(state.bus.tenant(t))),
             Some(Caller::Admin) => Err(Error::Forbidden("this call needs a tenant's token").into()),
             None => Err(Error::Unauthorized("missing bearer token").into()),
         }

@@ -16,11 +16,10 @@ use crate::outbox::audit::{self, AuditFilter};
 use crate::payload::Payload;
 
 pub async fn invoke(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiJson(req): ApiJson<InvokeRequest>,
 ) -> ApiResult<Json<InvokeResult>> {
-    Ok(Json(state.bus.invoke(&tenant, &req).await?))
+    Ok(Json(tenant.invocations().invoke(&req).await?))
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -37,14 +36,12 @@ pub struct RespondBody {
 }
 
 pub async fn respond(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiJson(body): ApiJson<RespondBody>,
 ) -> ApiResult<Json<Value>> {
-    let (status, duration_ms) = state
-        .bus
+    let (status, duration_ms) = tenant
+        .invocations()
         .respond(
-            &tenant,
             &body.invoke_id,
             &body.response_payload,
             body.error.as_deref().filter(|e| !e.is_empty()),
@@ -65,9 +62,9 @@ pub async fn get_one(
     Tenant(tenant): Tenant,
     ApiPath(invoke_id): ApiPath<String>,
 ) -> ApiResult<Json<Invocation>> {
-    match state.bus.invocation(&tenant, &invoke_id).await {
+    match tenant.invocations().get(&invoke_id).await {
         Err(Error::NotFound(_)) => Ok(Json(
-            audit::invocation(&state.db, &tenant, &invoke_id).await?,
+            audit::invocation(&state.db, tenant.id(), &invoke_id).await?,
         )),
         other => Ok(Json(other?)),
     }
@@ -100,7 +97,7 @@ pub async fn list(
         caller: q.caller.map(|c| c.to_string()),
         status: q.status,
     };
-    let invocations = audit::list(&state.db, &tenant, &filter, q.limit, q.offset).await?;
+    let invocations = audit::list(&state.db, tenant.id(), &filter, q.limit, q.offset).await?;
     Ok(Json(InvocationPage {
         count: invocations.len(),
         invocations,
@@ -120,7 +117,7 @@ pub async fn stats(
     Query(q): Query<StatsQuery>,
 ) -> ApiResult<Json<Value>> {
     let since_hours = q.since_hours;
-    let by_status = audit::stats(&state.db, &tenant, since_hours).await?;
+    let by_status = audit::stats(&state.db, tenant.id(), since_hours).await?;
     Ok(Json(
         serde_json::json!({ "since_hours": since_hours, "by_status": by_status }),
     ))

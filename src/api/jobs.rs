@@ -19,9 +19,9 @@ use crate::jobs::{
     CancelOutcome, ClaimedItem, CompleteOutcome, FailOutcome, ItemResult, Job, JobPage, JobSpec,
     validate_stream_id,
 };
-use crate::keys::TenantId;
 use crate::payload::Payload;
 use crate::simulate::{MAX_STAGES, Simulation, StageSpec};
+use crate::tenant::TenantBus;
 
 /// Longest a claim may long-poll.
 pub(super) const MAX_WAIT_MS: u64 = 30_000;
@@ -32,10 +32,10 @@ pub async fn create(
     Tenant(tenant): Tenant,
     RawJson(body): RawJson,
 ) -> Response {
-    async fn spawn(state: AppState, tenant: TenantId, body: Bytes) -> Response {
+    async fn spawn(state: AppState, tenant: TenantBus, body: Bytes) -> Response {
         let spawned = async {
             let spec = parse_spec(&state, &body)?;
-            let job = state.bus.spawn_job(&tenant, &spec).await?;
+            let job = tenant.jobs().spawn(&spec).await?;
             ApiResult::Ok((StatusCode::CREATED, Json(job)))
         };
         spawned.await.into_response()
@@ -81,7 +81,7 @@ pub async fn simulate(
 
 async fn simulate_now(
     state: &AppState,
-    tenant: &TenantId,
+    tenant: &TenantBus,
     body: &[u8],
 ) -> ApiResult<Json<Simulation>> {
     // Top-level fields kept as text (no tree): `stages` is split off, the
@@ -106,7 +106,7 @@ async fn simulate_now(
     }
     rest.push('}');
     let spec = parse_spec(state, rest.as_bytes())?;
-    Ok(Json(state.bus.simulate(tenant, &spec, &stages).await?))
+    Ok(Json(tenant.jobs().simulate(&spec, &stages).await?))
 }
 
 /// The top-level fields of a JSON object as text, in order; a field given
@@ -154,12 +154,11 @@ fn parse_stages(text: &str) -> ApiResult<Vec<StageSpec>> {
 }
 
 pub async fn get_one(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(job_id): ApiPath<String>,
 ) -> ApiResult<Json<Job>> {
     let job_id = path_uuid("job_id", &job_id)?;
-    Ok(Json(state.bus.job(&tenant, &job_id).await?))
+    Ok(Json(tenant.jobs().get(&job_id).await?))
 }
 
 query! {
@@ -170,12 +169,8 @@ query! {
     }
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<Json<JobPage>> {
-    Ok(Json(state.bus.list_jobs(&tenant, q.offset, q.limit).await?))
+pub async fn list(Tenant(tenant): Tenant, Query(q): Query<ListQuery>) -> ApiResult<Json<JobPage>> {
+    Ok(Json(tenant.jobs().list(q.offset, q.limit).await?))
 }
 
 #[derive(Serialize)]
@@ -197,22 +192,15 @@ query! {
 }
 
 pub async fn claim(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(job_id): ApiPath<String>,
     Query(q): Query<ClaimQuery>,
 ) -> ApiResult<Json<ClaimResponse>> {
     let job_id = path_uuid("job_id", &job_id)?;
     let (worker, wait_ms, count) = (q.worker_instance_id.as_str(), q.wait_ms, q.count);
-    let items = state
-        .bus
-        .claim_items(
-            &tenant,
-            &job_id,
-            worker,
-            count,
-            Duration::from_millis(wait_ms),
-        )
+    let items = tenant
+        .jobs()
+        .claim(&job_id, worker, count, Duration::from_millis(wait_ms))
         .await?;
     Ok(Json(ClaimResponse {
         claimed: !items.is_empty(),
@@ -236,16 +224,15 @@ pub struct CompleteResponse {
 }
 
 pub async fn complete(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath((job_id, item_id)): ApiPath<(String, String)>,
     OptionalJson(body): OptionalJson<CompleteBody>,
 ) -> ApiResult<Json<CompleteResponse>> {
     let job_id = path_uuid("job_id", &job_id)?;
     validate_stream_id("item_id", &item_id)?;
-    let outcome = state
-        .bus
-        .complete_items(&tenant, &job_id, &[(item_id.clone(), body.output)])
+    let outcome = tenant
+        .jobs()
+        .complete(&job_id, &[(item_id.clone(), body.output)])
         .await?
         .into_iter()
         .next()
@@ -304,7 +291,6 @@ pub struct FailResponse {
 const MAX_ERROR_LEN: usize = 4096;
 
 pub async fn fail(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath((job_id, item_id)): ApiPath<(String, String)>,
     OptionalJson(body): OptionalJson<FailBody>,
@@ -318,9 +304,9 @@ pub async fn fail(
             format!("at most {MAX_ERROR_LEN} bytes"),
         ));
     }
-    let outcome = state
-        .bus
-        .fail_item(&tenant, &job_id, &item_id, &body.error_message, body.retry)
+    let outcome = tenant
+        .jobs()
+        .fail(&job_id, &item_id, &body.error_message, body.retry)
         .await?;
     match outcome {
         FailOutcome::Stale => Err(ApiError::new(
@@ -351,7 +337,6 @@ pub struct CancelBody {
 }
 
 pub async fn cancel(
-    State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiPath(job_id): ApiPath<String>,
     OptionalJson(body): OptionalJson<CancelBody>,
@@ -359,9 +344,7 @@ pub async fn cancel(
     let job_id = path_uuid("job_id", &job_id)?;
     let reason = body.reason.unwrap_or_default();
     let by = body.cancelled_by.unwrap_or_else(|| "api".into());
-    Ok(Json(
-        state.bus.cancel_job(&tenant, &job_id, &by, &reason).await?,
-    ))
+    Ok(Json(tenant.jobs().cancel(&job_id, &by, &reason).await?))
 }
 
 #[derive(Serialize)]
@@ -389,12 +372,11 @@ pub async fn results(
 ) -> ApiResult<Response> {
     let job_id = path_uuid("job_id", &job_id)?;
     let (limit, after) = (q.limit, q.after);
-    let work = state.clone();
     Ok(state
         .heavy(async move {
-            let page = work
-                .bus
-                .job_results(&tenant, &job_id, after.as_deref(), limit)
+            let page = tenant
+                .jobs()
+                .results(&job_id, after.as_deref(), limit)
                 .await;
             page.map(|page| {
                 Json(ResultsPage {

@@ -221,3 +221,73 @@ fn bad_urls_exit_nonzero_with_one_line_naming_the_variable() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tenant"), "{err}");
 }
+
+/// `bus.tenant(&t)` binds the tenant once: what one tenant's handle spawns,
+/// credits and registers, another's handle cannot see or touch.
+#[tokio::test]
+async fn a_tenant_handle_reaches_its_own_tenant_only() {
+    use agentbus::Error;
+    use agentbus::agents::registry::Registration;
+    use agentbus::jobs::JobSpec;
+    use agentbus::keys::Ident;
+    use serde_json::json;
+
+    let env = TestEnv::new().await;
+    let (a, b) = (env.tenant("handle-a"), env.tenant("handle-b"));
+    let (ha, hb) = (env.bus.tenant(&a), env.bus.tenant(&b));
+    assert_eq!(ha.id(), &a);
+    ha.credits()
+        .grant(rust_decimal::Decimal::from(100).into(), json!({}))
+        .await
+        .unwrap();
+    let job = ha
+        .jobs()
+        .spawn(&JobSpec::new("o", "w", "t", vec![json!(1), json!(2)]))
+        .await
+        .unwrap();
+    // The same job through the handle and through the explicit call.
+    assert_eq!(
+        ha.jobs().get(&job.id).await.unwrap().id,
+        env.bus.job(&a, &job.id).await.unwrap().id
+    );
+    assert!(matches!(
+        hb.jobs().get(&job.id).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        hb.jobs().cancel(&job.id, "b", "not mine").await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(
+        hb.jobs()
+            .claim(&job.id, "w1", 1, Duration::ZERO)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        hb.credits().balance().await.unwrap().total,
+        rust_decimal::Decimal::ZERO
+    );
+    let claimed = ha
+        .jobs()
+        .claim(&job.id, "w1", 2, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let inst = ha
+        .agents()
+        .register(&Registration::new("worker").unwrap())
+        .await
+        .unwrap();
+    let id = Ident::new("instance_id", inst.instance_id.as_str()).unwrap();
+    assert!(ha.agents().get(&id).await.is_ok());
+    assert!(matches!(
+        hb.agents().get(&id).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(hb.agents().deregister(&id).await.is_err());
+    assert!(
+        ha.agents().get(&id).await.is_ok(),
+        "b's deregister touched a"
+    );
+}
