@@ -6,7 +6,8 @@ table row `agentbus bench` prints) and the Redis CPU it cost per unit of
 work (`INFO cpu` before and after, user + system), which is steadier than
 timings on a shared machine. Prints a markdown table of medians.
 
-Usage: bench/ab.py OLD NEW [--runs 5]
+Usage: bench/ab.py OLD NEW [--runs 5]   (the sink workload uses a database
+agentbus_ab, made afresh)
 """
 
 import argparse
@@ -21,7 +22,13 @@ ap.add_argument("--runs", type=int, default=5)
 args = ap.parse_args()
 
 ENV = {"AGENTBUS_PREFIX": "ab", "AGENTBUS_MAX_ITEMS": "1000000", "AGENTBUS_JOB_RETENTION_SECS": "60",
-       "RUST_LOG": "error"}
+       "RUST_LOG": "error",
+       # The sink workload writes into a database of its own (made below).
+       "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/agentbus_ab"}
+subprocess.run(["psql", "postgres://postgres@127.0.0.1:5432/postgres", "-qc",
+                "DROP DATABASE IF EXISTS agentbus_ab WITH (FORCE)"], check=True)
+subprocess.run(["psql", "postgres://postgres@127.0.0.1:5432/postgres", "-qc",
+                "CREATE DATABASE agentbus_ab"], check=True)
 
 
 def redis_cpu():
@@ -54,6 +61,13 @@ WORKLOADS = [
                                               "--concurrency", "1"], 2000, None),
     ("bench messages 100 agents, 2000/s for 5 s", ["bench", "messages", "--runs", "1", "--agents",
                                                    "100", "--rate", "2000", "--secs", "5"], 10000, None),
+    ("bench invoke 5000 calls, 16 at a time", ["bench", "invoke", "--runs", "1", "--calls", "5000",
+                                               "--concurrency", "16"], 5000, None),
+    ("bench sink 100000 backlog, 10000/s for 5 s", ["bench", "sink", "--runs", "1", "--backlog",
+                                                    "100000", "--rate", "10000", "--secs", "5"],
+     150000, None),
+    ("bench blackboard 100000 entries", ["bench", "blackboard", "--runs", "1", "--sizes", "100000",
+                                         "--samples", "200"], 100000, None),
 ]
 
 
