@@ -44,7 +44,12 @@ pub fn micro_units(value: &Value) -> Option<i64> {
     let d = Decimal::from_str(&text)
         .or_else(|_| Decimal::from_scientific(&text))
         .ok()?;
-    let micro = (d.round_dp(6) * Decimal::from(1_000_000)).to_i64()?;
+    // Checked: a number past Decimal's range once scaled is out of range
+    // here, not a panic (the fuzzer sent -1.19e24).
+    let micro = d
+        .round_dp(6)
+        .checked_mul(Decimal::from(1_000_000))?
+        .to_i64()?;
     (micro.abs() <= MAX_AGGREGATED).then_some(micro)
 }
 
@@ -567,6 +572,10 @@ mod tests {
         assert_eq!(micro_units(&json!(-2.5)), Some(-2_500_000));
         assert_eq!(micro_units(&json!(1.0000004)), Some(1_000_000));
         assert_eq!(micro_units(&json!(1e20)), None);
+        // Past Decimal's range once scaled by 10^6: refused, not a panic.
+        for huge in [-1.1908014246670206e24, 7.9e28, 1e300, -f64::MAX] {
+            assert_eq!(micro_units(&json!(huge)), None, "{huge}");
+        }
         assert_eq!(micro_units(&json!("1")), None);
         assert_eq!(micro_units(&json!(null)), None);
     }
