@@ -37,6 +37,7 @@ fn main() {
     let mut fields = String::new();
     let mut inits = String::new();
     let mut all = String::new();
+    let mut each = String::new();
     for path in paths {
         let name = path
             .file_stem()
@@ -95,11 +96,13 @@ fn main() {
         )
         .expect("write");
         writeln!(all, "    &{upper},").expect("write");
+        writeln!(each, "            &self.{name},").expect("write");
     }
     let generated = format!(
         "{defs}\n/// Every script, by name.\npub struct Scripts {{\n{fields}}}\n\n\
          fn assemble() -> Scripts {{\n    Scripts {{\n{inits}    }}\n}}\n\n\
-         /// Every script's contract, in name order.\npub static ALL: &[&Def] = &[\n{all}];\n"
+         /// Every script's contract, in name order.\npub static ALL: &[&Def] = &[\n{all}];\n\n\
+         impl Scripts {{\n    /// Every script, in name order.\n    pub fn all(&self) -> Vec<&Lua> {{\n        vec![\n{each}        ]\n    }}\n}}\n"
     );
     fs::write(Path::new(&out_dir).join("scripts.rs"), generated).expect("write scripts.rs");
 }

@@ -103,3 +103,79 @@ fn the_wire_protocol_lists_every_script_as_its_header_says() {
         );
     }
 }
+
+/// Every key name keys.rs builds for sample values: the fixture the Python
+/// client's tests compare their own key names with
+/// (clients/python/tests/fixtures/contract.json). Blessed like the document.
+fn key_fixture() -> String {
+    use agentbus::keys::{Ident, Keyspace, TenantId};
+    let ks = Keyspace::new("ab").expect("prefix");
+    let t = ks.tenant(&TenantId::new("t1").expect("tenant"));
+    let job = uuid::Uuid::parse_str("6f1c2b8e-2d1a-4c59-9a47-0e3f1e6c7a10").expect("uuid");
+    let i = Ident::new("instance", "i1").expect("ident");
+    let keys = serde_json::json!({
+        "prefix": "ab",
+        "tenant": "t1",
+        "job": job.to_string(),
+        "instance": "i1",
+        "invoke": "inv1",
+        "process": "p1",
+        "task": "task1",
+        "worker": "w1",
+        "names": {
+            "credits": t.credits(),
+            "outbox": t.outbox(),
+            "jobs": t.jobs(),
+            "active_jobs": t.active_jobs(),
+            "job": t.job(&job),
+            "job_items": t.job_items(&job),
+            "job_done": t.job_done(&job),
+            "job_results": t.job_results(&job),
+            "dlq": t.dlq(),
+            "outbox_dead": t.outbox_dead(),
+            "agents": t.agents(),
+            "agent_prefix": t.agent_prefix(),
+            "agent": t.agent(&i),
+            "agents_of_type_prefix": t.agents_of_type_prefix(),
+            "agents_of_job_prefix": t.agents_of_job_prefix(),
+            "agents_with_status_prefix": t.agents_with_status_prefix(),
+            "inbox_prefix": t.inbox_prefix(),
+            "inbox": t.inbox(&i),
+            "invoke": t.invoke("inv1"),
+            "pending_invokes": t.pending_invokes(),
+            "replies": t.replies("p1"),
+            "blackboard_root": t.blackboard_root(),
+            "blackboard_namespaces": t.blackboard_namespaces(),
+            "task_stats": t.task_stats("task1"),
+            "agent_task_stats": t.agent_task_stats("w1", "task1"),
+        },
+        // Each script's SHA1 as the server assembles it: a client that
+        // assembles the same text from the headers gets the same one.
+        "script_sha1": agentbus::scripts::scripts()
+            .all()
+            .into_iter()
+            .map(|l| (l.def().name.to_string(), serde_json::json!(l.script().get_hash())))
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    serde_json::to_string_pretty(&keys).expect("json") + "\n"
+}
+
+#[test]
+fn the_python_clients_contract_fixture_is_what_the_server_builds() {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("clients/python/tests/fixtures/contract.json");
+    let generated = key_fixture();
+    if std::env::var_os("AGENTBUS_BLESS").is_some() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "AGENTBUS_BLESS is set in CI: the committed fixture would not be checked"
+        );
+        std::fs::create_dir_all(file.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&file, &generated).expect("write the fixture");
+    }
+    let committed = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "clients/python/tests/fixtures/contract.json is stale: run `AGENTBUS_BLESS=1 cargo test --test it protocol`"
+    );
+}

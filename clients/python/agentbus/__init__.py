@@ -1,0 +1,32 @@
+"""agentbus for Python agents: the server's own Lua scripts over redis-py.
+
+    from agentbus import Client, Worker
+
+    async with Client("redis://127.0.0.1:6379", tenant="acme") as client:
+        tally = await Worker(client, job_id, "py-worker-1", handler).run()
+"""
+
+from .client import Client, decode, encode
+from .errors import AgentbusError, Conflict, InsufficientCredits, NotFound, credits
+from .scripts import Answer, ContractError, Script, Scripts, parse_header
+from .worker import Fail, Item, Tally, Worker
+
+__all__ = [
+    "AgentbusError",
+    "Answer",
+    "Client",
+    "Conflict",
+    "ContractError",
+    "Fail",
+    "InsufficientCredits",
+    "Item",
+    "NotFound",
+    "Script",
+    "Scripts",
+    "Tally",
+    "Worker",
+    "credits",
+    "decode",
+    "encode",
+    "parse_header",
+]

@@ -1,0 +1,99 @@
+"""Redis key names, as the server's src/keys.rs builds them.
+
+tests/test_keys.py checks every name here against a fixture the Rust test
+suite writes from keys.rs itself (tests/fixtures/keys.json), so the two
+cannot drift. A tenant's keys share the hash tag ``{tenant}``: one cluster
+slot per tenant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TenantKeys:
+    prefix: str
+    tenant: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{{{self.tenant}}}"
+
+    def _key(self, suffix: str) -> str:
+        return f"{self.base}:{suffix}"
+
+    def credits(self) -> str:
+        return self._key("credits")
+
+    def outbox(self) -> str:
+        return self._key("outbox")
+
+    def jobs(self) -> str:
+        return self._key("jobs")
+
+    def active_jobs(self) -> str:
+        return self._key("jobs:active")
+
+    def job(self, job: str) -> str:
+        return self._key(f"job:{job}")
+
+    def job_items(self, job: str) -> str:
+        return self._key(f"job:{job}:items")
+
+    def job_done(self, job: str) -> str:
+        return self._key(f"job:{job}:done")
+
+    def job_results(self, job: str) -> str:
+        return self._key(f"job:{job}:results")
+
+    def dlq(self) -> str:
+        return self._key("dlq")
+
+    def outbox_dead(self) -> str:
+        return self._key("outbox:dead")
+
+    def agents(self) -> str:
+        return self._key("agents")
+
+    def agent_prefix(self) -> str:
+        return self._key("agent:")
+
+    def agent(self, instance: str) -> str:
+        return self.agent_prefix() + instance
+
+    def agents_of_type_prefix(self) -> str:
+        return self._key("agents:by-type:")
+
+    def agents_of_job_prefix(self) -> str:
+        return self._key("agents:by-job:")
+
+    def agents_with_status_prefix(self) -> str:
+        return self._key("agents:by-status:")
+
+    def inbox_prefix(self) -> str:
+        return self._key("inbox:")
+
+    def inbox(self, instance: str) -> str:
+        return self.inbox_prefix() + instance
+
+    def invoke(self, invoke_id: str) -> str:
+        return self._key(f"invoke:{invoke_id}")
+
+    def pending_invokes(self) -> str:
+        return self._key("invokes:pending")
+
+    def replies(self, process: str) -> str:
+        return self._key(f"replies:{process}")
+
+    def blackboard_root(self) -> str:
+        return self._key("bb:")
+
+    def blackboard_namespaces(self) -> str:
+        return self._key("bbns")
+
+    def task_stats(self, task: str) -> str:
+        return self._key(f"stats:task:{task}")
+
+    def agent_task_stats(self, worker_agent: str, task: str) -> str:
+        return self._key(f"stats:agent:{worker_agent}:{task}")

@@ -1,0 +1,85 @@
+-- job_complete: complete delivered items, charge each exactly once.
+-- An item is completed only while its entry is pending (delivered, not yet
+-- acked or reclaimed); a second completion is a duplicate and costs nothing.
+-- A job spawned with an aggregate namespace also writes the blackboard keys
+-- of that namespace (same tenant, same slot), named from the prefixes
+-- keys.rs passes. In `ok`: `ended` is how long the job lasted (ms) and
+-- `status` its final status when this call ended it, else 0 and ''; one
+-- outcome per pair, completed | duplicate | stale (no longer pending) |
+-- invalid; the delivery-to-completion ms of each completed item.
+-- @include common job bb
+-- @layout job
+-- @arg bb_root the tenant's blackboard key prefix
+-- @arg bb_namespaces its namespaces set
+-- @arg (entry, output)... an entry id and its MessagePack output
+-- @reply ok(ended:int, status:text, outcomes:texts, durations:ints)
+-- @reply missing
+-- @reply not_running(status:text)
+
+arg_text(5)
+arg_text(6)
+if #ARGV < 8 or (#ARGV - 6) % 2 ~= 0 then arg_error(7, 'must be pairs of entry id and output') end
+local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'agg_ns', 'agg_field')
+local status, cost, total = v[1], tonumber(v[2]), tonumber(v[3])
+-- The job may aggregate numeric outputs into a blackboard namespace.
+local agg = v[4] and v[4] ~= '' and bb_named(ARGV[5], ARGV[6], v[4])
+local agg_field = v[5] or ''
+if not status then return {'missing'} end
+if status ~= 'running' then return {'not_running', status} end
+
+-- Puts an item's numeric output (or the number at `field` of it) into the
+-- namespace as "<job>:<idx>", rounded to micro-units.
+local function aggregate_output(B, field, idx, output)
+  local ok, decoded = pcall(cmsgpack.unpack, output)
+  if not ok then return end
+  local x = decoded
+  if field ~= '' then x = type(decoded) == 'table' and decoded[field] or nil end
+  if type(x) ~= 'number' or x ~= x or math.abs(x) > 9000000000 then return end
+  local micro = x < 0 and -math.floor(-x * 1000000 + 0.5) or math.floor(x * 1000000 + 0.5)
+  bb_put(B, JOB_ID .. ':' .. idx, micro_to_json(micro), int(micro), 0)
+end
+
+local ts = now_ms()
+local out = {}
+local completed, acks, durations = 0, {}, {}
+for i = 7, #ARGV - 1, 2 do
+  local entry_id, output = ARGV[i], ARGV[i + 1]
+  local idx = item_index(entry_id)
+  local outcome
+  if not idx or idx >= total then
+    outcome = 'invalid'
+  else
+    local pending, idle_ms = is_pending(entry_id)
+    if not pending then
+      outcome = redis.call('GETBIT', K_DONE, idx) == 1 and 'duplicate' or 'stale'
+    else
+      acks[#acks + 1] = entry_id
+      -- SETBIT answers the old bit: 1 means another delivery completed it first.
+      if redis.call('SETBIT', K_DONE, idx, 1) == 1 then
+        outcome = 'duplicate'
+      else
+        redis.call('XADD', K_RESULTS, '*', 'idx', idx, 'ts', ts, 'output', output)
+        if agg then aggregate_output(agg, agg_field, idx, output) end
+        durations[#durations + 1] = idle_ms
+        completed = completed + 1
+        outcome = 'completed'
+      end
+    end
+  end
+  out[#out + 1] = outcome
+end
+
+if #acks > 0 then
+  redis.call('XACK', K_ITEMS, GROUP, unpack(acks))
+end
+local ended, ended_status = 0, ''
+if completed > 0 then
+  local amount = completed * cost
+  redis.call('HINCRBY', K_JOB, 'completed', completed)
+  redis.call('HINCRBY', K_JOB, 'spent', int(amount))
+  move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'spend', 'job_item', amount,
+    {items = completed})
+  record_durations(durations)
+  ended, ended_status = finish_if_done(ts)
+end
+return {'ok', ended, ended_status, out, durations}

@@ -1,0 +1,68 @@
+-- job_spawn: reserve the job's credits, create the job and enqueue every item,
+-- all or nothing.
+-- @include common job
+-- @layout job
+-- @arg item_cost minor units
+-- @arg overhead job overhead (minor units)
+-- @arg task the task
+-- @arg orchestrator orchestrator instance
+-- @arg worker worker agent
+-- @arg parallelism most items in flight
+-- @arg item_timeout timeout per item (ms)
+-- @arg max_retries retries per item
+-- @arg agg_ns blackboard namespace to aggregate outputs into, or ''
+-- @arg agg_field field of the output to aggregate, or '' for the output itself
+-- @arg task_history history hash of the task
+-- @arg worker_history history hash of the worker agent and task
+-- @arg input... one MessagePack input per item
+-- @reply ok(reserved:int, available:int) available after the reservation
+-- @reply insufficient(required:int, available:int)
+-- @reply exists
+
+local item_cost, overhead = arg_int(5, 0, MAX_MINOR), arg_int(6, 0, MAX_MINOR)
+local task = arg_text(7)
+arg_text(9)
+arg_int(10, 1, 2147483647)
+arg_int(11, 1, 2147483647000)
+arg_int(12, 0, 2147483647)
+local n = #ARGV - 16
+if n < 1 then arg_error(17, 'at least one item') end
+-- Doubles are exact here: both terms are checked before they are multiplied
+-- past 2^53 only when the job could never be paid anyway.
+local required = overhead + n * item_cost
+if required > MAX_MINOR then arg_error(5, 'the job would reserve more than any balance holds') end
+
+local total, reserved, spent = balance(K_CREDITS)
+local available = total - reserved - spent
+if required > available then
+  return {'insufficient', int(required), int(available)}
+end
+if redis.call('EXISTS', K_JOB) == 1 then
+  return {'exists'}
+end
+
+local ts = now_ms()
+move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'reserve', 'job', required,
+  {task = task, items = n})
+move_credits(K_CREDITS, K_OUTBOX, EVENT_BASE, ts, TENANT, JOB_ID, 'spend', 'agent_spawn', overhead,
+  {task = task})
+
+redis.call('HSET', K_JOB,
+  'status', 'running', 'task', task, 'orchestrator', ARGV[8], 'worker_agent', ARGV[9],
+  'parallelism', ARGV[10], 'timeout_ms', ARGV[11], 'max_retries', ARGV[12],
+  'total', n, 'completed', 0, 'failed', 0, 'retried', 0, 'gen', 1,
+  'item_cost', int(item_cost), 'overhead', int(overhead),
+  'reserved', int(required), 'spent', int(overhead), 'refunded', 0,
+  'created_at', ts, 'started_at', ts, 'agg_ns', ARGV[13], 'agg_field', ARGV[14],
+  'stats_task', ARGV[15], 'stats_agent', ARGV[16])
+
+redis.call('XGROUP', 'CREATE', K_ITEMS, GROUP, '0', 'MKSTREAM')
+-- First attempts carry only idx and input (attempt 0 is implied): a large
+-- spawn is one script call, so every field per entry counts.
+for i = 1, n do
+  redis.call('XADD', K_ITEMS, '1-' .. (i - 1), 'idx', i - 1, 'input', ARGV[16 + i])
+end
+redis.call('ZADD', K_JOBS, ts, JOB_ID)
+redis.call('SADD', K_ACTIVE, JOB_ID)
+job_summary(ts)
+return {'ok', int(required), int(available - required)}

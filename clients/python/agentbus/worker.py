@@ -1,0 +1,219 @@
+"""Working a job's items from Python, through the server's job scripts.
+
+A :class:`Worker` claims items (``job_claim``, which refuses a job that is
+not running; when nothing is new it blocks in ``XREADGROUP`` on the job's
+items stream), runs the handler on each, and completes the batch in one
+``job_complete`` call (each item charged exactly once; a second completion
+is a duplicate and costs nothing) or reports a failure (``job_fail``:
+retried while attempts remain). It first re-walks its own pending entries,
+so after a crash or reconnect nothing it held is left waiting for the
+reclaimer. It stops when the job is no longer running (completed,
+cancelled, failed) or on :meth:`Worker.stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from redis.exceptions import ResponseError
+
+from .client import Client, decode, encode
+
+
+@dataclass
+class Item:
+    item_id: str
+    index: int
+    input: Any
+    attempt: int = 0
+
+
+class Fail(Exception):
+    """Raised by a handler to fail its item; ``retry=False`` ends it for good."""
+
+    def __init__(self, message: str, retry: bool = True):
+        super().__init__(message)
+        self.retry = retry
+
+
+@dataclass
+class Tally:
+    completed: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    retried: int = 0
+    failed: int = 0
+    durations_ms: list[int] = field(default_factory=list)
+
+
+Handler = Callable[[Item], Awaitable[Any]]
+
+
+def _item(entry_id: Any, fields: dict[bytes, bytes]) -> Item:
+    def get(name: str) -> bytes | None:
+        return fields.get(name.encode())
+
+    return Item(
+        item_id=entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
+        index=int(get("idx") or -1),
+        input=decode(get("input")),
+        attempt=int(get("attempt") or 0),
+    )
+
+
+def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+
+
+def _printable(text: str) -> str:
+    """Error text as the ledger's mirror holds it: control characters other
+    than tab and newlines are replaced (the server refuses them in text it
+    mirrors)."""
+    return "".join(c if c in "\t\n\r" or ord(c) >= 32 and c != "\x7f" else "\ufffd" for c in text)
+
+
+class Worker:
+    """Works ``job_id`` as ``instance_id``: ``concurrency`` loops, each
+    claiming up to ``batch`` items, running ``handler`` on them together and
+    completing them in one call."""
+
+    def __init__(
+        self,
+        client: Client,
+        job_id: str,
+        instance_id: str,
+        handler: Handler,
+        *,
+        concurrency: int = 4,
+        batch: int = 32,
+        block_ms: int = 1000,
+    ) -> None:
+        if not 1 <= batch <= 100:
+            raise ValueError("batch: 1 to 100 items per claim (as the server allows)")
+        self.client, self.job_id, self.instance_id = client, job_id, instance_id
+        self.handler, self.concurrency, self.batch = handler, max(1, concurrency), batch
+        self.block_ms = block_ms
+        self.tally = Tally()
+        self._stopping = asyncio.Event()
+        self._ended = False
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> Tally:
+        await self._rewalk_own_pending()
+        await asyncio.gather(*(self._loop() for _ in range(self.concurrency)))
+        return self.tally
+
+    async def _rewalk_own_pending(self) -> None:
+        """Entries delivered to this instance and never completed (a crash,
+        a lost connection): finished now rather than after their timeout."""
+        try:
+            read = await self.client.redis.xreadgroup(
+                "workers",
+                self.instance_id,
+                {self.client.keys.job_items(self.job_id): "0"},
+                count=1000,
+            )
+        except ResponseError as e:
+            if "NOGROUP" in str(e):
+                self._ended = True
+                return
+            raise
+        items = [_item(i, f) for _, entries in read or [] for i, f in entries if f]
+        if items:
+            await self._work(items)
+
+    async def _claim(self) -> list[Item] | None:
+        """Up to `batch` items; None when the job no longer runs."""
+        keys, args = self.client.job_layout(self.job_id)
+        answer = await self.client.scripts.job_claim(
+            self.client.redis,
+            keys,
+            args + [("consumer", self.instance_id), ("count", self.batch)],
+        )
+        if answer.tag != "ok":
+            return None
+        items = []
+        for entry in answer["entries"]:
+            entry_id, flat = entry[0], entry[1]
+            items.append(_item(entry_id, _pairs(flat)))
+        if items:
+            return items
+        try:
+            read = await self.client.redis.xreadgroup(
+                "workers",
+                self.instance_id,
+                {self.client.keys.job_items(self.job_id): ">"},
+                count=self.batch,
+                block=self.block_ms,
+            )
+        except ResponseError as e:
+            # The job ended while this read waited (its stream is gone).
+            if "NOGROUP" in str(e) or "UNBLOCKED" in str(e):
+                return None
+            raise
+        return [_item(i, f) for _, entries in read or [] for i, f in entries]
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set() and not self._ended:
+            items = await self._claim()
+            if items is None:
+                self._ended = True
+                return
+            if items:
+                await self._work(items)
+
+    async def _work(self, items: list[Item]) -> None:
+        results = await asyncio.gather(
+            *(self.handler(i) for i in items), return_exceptions=True
+        )
+        done: list[tuple[Item, Any]] = []
+        for item, result in zip(items, results):
+            if isinstance(result, BaseException):
+                await self._fail(item, result)
+            else:
+                done.append((item, result))
+        if done:
+            await self._complete(done)
+
+    async def _complete(self, done: list[tuple[Item, Any]]) -> None:
+        keys, args = self.client.job_layout(self.job_id)
+        k = self.client.keys
+        args += [("bb_root", k.blackboard_root()), ("bb_namespaces", k.blackboard_namespaces())]
+        for item, output in done:
+            args += [("entry", item.item_id), ("output", encode(output))]
+        answer = await self.client.scripts.job_complete(self.client.redis, keys, args)
+        if answer.tag != "ok":
+            self._ended = True
+            return
+        for outcome in answer["outcomes"]:
+            if outcome == "completed":
+                self.tally.completed += 1
+            elif outcome == "duplicate":
+                self.tally.duplicates += 1
+            else:
+                self.tally.stale += 1
+        self.tally.durations_ms += answer["durations"]
+        if answer["ended"] > 0:
+            self._ended = True
+
+    async def _fail(self, item: Item, error: BaseException) -> None:
+        retry = error.retry if isinstance(error, Fail) else True
+        keys, args = self.client.job_layout(self.job_id)
+        args += [
+            ("entry", item.item_id),
+            ("error", _printable(str(error) or type(error).__name__)[:4096]),
+            ("retry", "1" if retry else "0"),
+        ]
+        answer = await self.client.scripts.job_fail(self.client.redis, keys, args)
+        if answer.tag == "retried":
+            self.tally.retried += 1
+        elif answer.tag == "failed":
+            self.tally.failed += 1
+            if answer["ended"] > 0:
+                self._ended = True
+        elif answer.tag in ("missing", "not_running"):
+            self._ended = True

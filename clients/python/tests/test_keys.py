@@ -1,0 +1,37 @@
+"""Key names as the server's keys.rs builds them (the contract fixture is
+written from keys.rs by the Rust test suite)."""
+
+from agentbus.keys import TenantKeys
+
+
+def test_every_key_name_is_the_servers(contract):
+    k = TenantKeys(contract["prefix"], contract["tenant"])
+    job, inst = contract["job"], contract["instance"]
+    ours = {
+        "credits": k.credits(),
+        "outbox": k.outbox(),
+        "jobs": k.jobs(),
+        "active_jobs": k.active_jobs(),
+        "job": k.job(job),
+        "job_items": k.job_items(job),
+        "job_done": k.job_done(job),
+        "job_results": k.job_results(job),
+        "dlq": k.dlq(),
+        "outbox_dead": k.outbox_dead(),
+        "agents": k.agents(),
+        "agent_prefix": k.agent_prefix(),
+        "agent": k.agent(inst),
+        "agents_of_type_prefix": k.agents_of_type_prefix(),
+        "agents_of_job_prefix": k.agents_of_job_prefix(),
+        "agents_with_status_prefix": k.agents_with_status_prefix(),
+        "inbox_prefix": k.inbox_prefix(),
+        "inbox": k.inbox(inst),
+        "invoke": k.invoke(contract["invoke"]),
+        "pending_invokes": k.pending_invokes(),
+        "replies": k.replies(contract["process"]),
+        "blackboard_root": k.blackboard_root(),
+        "blackboard_namespaces": k.blackboard_namespaces(),
+        "task_stats": k.task_stats(contract["task"]),
+        "agent_task_stats": k.agent_task_stats(contract["worker"], contract["task"]),
+    }
+    assert ours == contract["names"]
