@@ -52,8 +52,8 @@ async def main():
         assert tally.completed == args.items
     finally:
         server.stop()
-        import redis
-        r = redis.Redis.from_url(REDIS_URL)
+        from conftest import sync_redis
+        r = sync_redis()
         for k in r.scan_iter("pybench:*", count=1000):
             r.delete(k)
 

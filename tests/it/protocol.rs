@@ -123,6 +123,7 @@ fn key_fixture() -> String {
         "task": "task1",
         "worker": "w1",
         "names": {
+            "tenants": ks.tenants(),
             "credits": t.credits(),
             "outbox": t.outbox(),
             "jobs": t.jobs(),

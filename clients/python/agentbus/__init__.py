@@ -6,13 +6,21 @@
         tally = await Worker(client, job_id, "py-worker-1", handler).run()
 """
 
+from .agents import Agent, Inbox, InvokeResult, Message, invoke, send, serve_invocations
 from .client import Client, decode, encode
 from .errors import AgentbusError, Conflict, InsufficientCredits, NotFound, credits
 from .scripts import Answer, ContractError, Script, Scripts, parse_header
 from .worker import Fail, Item, Tally, Worker
 
 __all__ = [
+    "Agent",
     "AgentbusError",
+    "Inbox",
+    "InvokeResult",
+    "Message",
+    "invoke",
+    "send",
+    "serve_invocations",
     "Answer",
     "Client",
     "Conflict",

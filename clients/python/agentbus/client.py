@@ -9,6 +9,7 @@ from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from .keys import TenantKeys
 from .scripts import Scripts
@@ -42,6 +43,28 @@ def decode(data: bytes | None) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
+CLUSTER_SCHEME = "redis+cluster://"
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The seed nodes of a ``redis+cluster://h1:p1,h2:p2`` URL (the
+    server's own form for a Redis Cluster)."""
+    nodes = []
+    for part in url[len(CLUSTER_SCHEME) :].split("/")[0].split(","):
+        host, _, port = part.rpartition(":")
+        nodes.append((host, int(port)))
+    return nodes
+
+
+def connect(url: str) -> Any:
+    """A redis-py asyncio client for ``url``: one Redis, or a Redis Cluster
+    for ``redis+cluster://`` (every key of a tenant shares one slot)."""
+    if url.startswith(CLUSTER_SCHEME):
+        nodes = [ClusterNode(h, p) for h, p in cluster_nodes(url)]
+        return RedisCluster(startup_nodes=nodes, decode_responses=False)
+    return aioredis.from_url(url, decode_responses=False)
+
+
 class Client:
     """One tenant on one Redis. ``prefix`` is the server's AGENTBUS_PREFIX;
     ``job_retention`` its AGENTBUS_JOB_RETENTION_SECS (how long a job this
@@ -55,13 +78,16 @@ class Client:
         prefix: str = "ab",
         job_retention: int = 86400,
     ) -> None:
-        self.redis = aioredis.from_url(redis_url, decode_responses=False)
+        self.redis = connect(redis_url)
         self.tenant = tenant
         self.keys = TenantKeys(prefix, tenant)
         self.scripts = scripts()
         self.job_retention = job_retention
 
     async def close(self) -> None:
+        replies = getattr(self, "_replies", None)
+        if replies is not None:
+            await replies.close()
         await self.redis.aclose()
 
     async def __aenter__(self) -> "Client":

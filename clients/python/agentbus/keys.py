@@ -11,6 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def tenants_key(prefix: str) -> str:
+    """The set of every tenant the deployment knows (its background tasks
+    visit these)."""
+    return f"{prefix}:tenants"
+
+
 @dataclass(frozen=True)
 class TenantKeys:
     prefix: str

@@ -212,8 +212,9 @@ class Script:
         except Exception as e:  # redis.exceptions.NoScriptError
             if "NOSCRIPT" not in str(e):
                 raise
-            await redis.script_load(self.text)
-            value = await redis.evalsha(self.sha, len(key_values), *key_values, *arg_values)
+            # EVAL caches the script on the node that runs it (the one
+            # owning the keys' slot, on a cluster).
+            value = await redis.eval(self.text, len(key_values), *key_values, *arg_values)
         return self.parse(value)
 
 

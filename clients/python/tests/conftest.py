@@ -102,8 +102,18 @@ def server():
     yield s
     s.stop()
     # Leave Redis as found.
-    import redis
-
-    r = redis.Redis.from_url(REDIS_URL)
+    r = sync_redis()
     for key in r.scan_iter(f"{prefix}:*", count=1000):
         r.delete(key)
+
+
+def sync_redis():
+    """A plain (blocking) client of the tests' Redis, or Redis Cluster."""
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    from agentbus.client import CLUSTER_SCHEME, cluster_nodes
+
+    if REDIS_URL.startswith(CLUSTER_SCHEME):
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(REDIS_URL)])
+    return redis.Redis.from_url(REDIS_URL)

@@ -1,13 +1,14 @@
 """Key names as the server's keys.rs builds them (the contract fixture is
 written from keys.rs by the Rust test suite)."""
 
-from agentbus.keys import TenantKeys
+from agentbus.keys import TenantKeys, tenants_key
 
 
 def test_every_key_name_is_the_servers(contract):
     k = TenantKeys(contract["prefix"], contract["tenant"])
     job, inst = contract["job"], contract["instance"]
     ours = {
+        "tenants": tenants_key(contract["prefix"]),
         "credits": k.credits(),
         "outbox": k.outbox(),
         "jobs": k.jobs(),

@@ -1,0 +1,133 @@
+"""Python agents and the Rust server, both ways: invocations (charged once,
+answered or timed out), messages, and poison payloads dead-lettered alone."""
+
+import asyncio
+import secrets
+import threading
+from decimal import Decimal
+
+from agentbus import Agent, Client, Inbox, invoke, send, serve_invocations
+
+from conftest import REDIS_URL, sync_redis
+
+INVOKE, MESSAGE = Decimal("10.00"), Decimal("2.00")  # the server's default prices
+
+
+def register_rest(server, token, instance, agent="rust"):
+    status, body = server.call("POST", "/agents/register", token, {"agent_id": agent, "instance_id": instance})
+    assert status == 201, body
+
+
+def available(server, token):
+    return Decimal(str(server.call("GET", "/credits", token)[1]["available"]))
+
+
+async def test_the_rust_server_invokes_a_python_agent(server):
+    tenant = "t" + secrets.token_hex(3)
+    token = server.tenant(tenant, 100)
+    register_rest(server, token, "rust-caller")
+    async with Client(REDIS_URL, tenant, prefix=server.prefix) as client:
+        await Agent(client, "py-target", "python").register()
+
+        async def answer(payload):
+            if payload.get("fail"):
+                raise ValueError("asked to fail")
+            return {"echo": payload["x"], "by": "python"}
+
+        serving = asyncio.create_task(serve_invocations(client, "py-target", answer))
+        before = available(server, token)
+        body = {"caller_instance_id": "rust-caller", "target_instance_id": "py-target",
+                "request_payload": {"x": 7}, "timeout_seconds": 10}
+        status, result = await asyncio.to_thread(server.call, "POST", "/invocations", token, body)
+        assert status == 200, result
+        assert result["success"] is True and result["response_payload"] == {"echo": 7, "by": "python"}
+        assert available(server, token) == before - INVOKE
+        status, result = await asyncio.to_thread(
+            server.call, "POST", "/invocations", token, {**body, "request_payload": {"fail": True}})
+        assert result["success"] is False and "asked to fail" in result["error"]
+        assert available(server, token) == before - INVOKE, "a failed invocation is not charged"
+        serving.cancel()
+
+
+async def test_a_python_agent_invokes_one_the_rust_server_answers(server):
+    tenant = "t" + secrets.token_hex(3)
+    token = server.tenant(tenant, 100)
+    register_rest(server, token, "rust-target")
+    stop = threading.Event()
+
+    def rust_side():
+        # The target answers through the REST API (the Rust code path).
+        while not stop.is_set():
+            status, got = server.call("POST", "/agents/rust-target/messages/receive?wait_ms=200", token)
+            for m in got.get("messages", []):
+                if m.get("invoke_id"):
+                    server.call("POST", "/invocations/respond", token,
+                                {"invoke_id": m["invoke_id"], "response_payload": {"sum": sum(m["payload"])}})
+                server.call("POST", f"/agents/rust-target/messages/{m['message_id']}/read", token)
+
+    t = threading.Thread(target=rust_side, daemon=True)
+    t.start()
+    try:
+        async with Client(REDIS_URL, tenant, prefix=server.prefix) as client:
+            await Agent(client, "py-caller", "python").register()
+            before = available(server, token)
+            results = await asyncio.gather(*(invoke(client, "py-caller", "rust-target", [i, 1, 2]) for i in range(5)))
+            assert [r.response for r in results] == [{"sum": i + 3} for i in range(5)]
+            assert all(r.success for r in results)
+            assert available(server, token) == before - 5 * INVOKE
+            # Nobody answers an unknown instance: refused before anything is reserved.
+            try:
+                await invoke(client, "py-caller", "nobody", 1, timeout=1)
+                raise AssertionError("an unknown target was invoked")
+            except Exception as e:
+                assert type(e).__name__ == "NotFound"
+            assert available(server, token) == before - 5 * INVOKE
+    finally:
+        stop.set()
+        t.join(5)
+
+
+async def test_a_silent_target_times_out_and_its_reservation_comes_back(server):
+    tenant = "t" + secrets.token_hex(3)
+    token = server.tenant(tenant, 100)
+    register_rest(server, token, "silent")
+    async with Client(REDIS_URL, tenant, prefix=server.prefix) as client:
+        await Agent(client, "py-caller", "python").register()
+        before = available(server, token)
+        result = await invoke(client, "py-caller", "silent", {"q": 1}, timeout=0.5)
+        assert (result.success, result.error) == (False, "timeout")
+        assert available(server, token) == before
+        status, live = server.call("GET", "/credits", token)
+        assert Decimal(str(live["reserved"])) == 0
+
+
+async def test_messages_both_ways_and_poison_dead_lettered_alone(server):
+    tenant = "t" + secrets.token_hex(3)
+    token = server.tenant(tenant, 100)
+    register_rest(server, token, "rust-agent")
+    async with Client(REDIS_URL, tenant, prefix=server.prefix) as client:
+        await Agent(client, "py-agent", "python").register()
+        # Rust → Python, with a poison entry between two good ones.
+        status, _ = server.call("POST", "/agents/py-agent/messages", token,
+                                {"from_instance_id": "rust-agent", "message_type": "note", "payload": {"n": 1}})
+        assert status == 201, _
+        r = sync_redis()
+        r.xadd(client.keys.inbox("py-agent"), {"id": "bad", "from": "x", "type": "note", "payload": b"\xc1"})
+        status, _ = server.call("POST", "/agents/py-agent/messages", token,
+                                {"from_instance_id": "rust-agent", "message_type": "note", "payload": {"n": 2}})
+        inbox = Inbox(client, "py-agent", block_ms=200)
+        got = []
+        while len(got) < 2:
+            for m in await inbox.receive():
+                got.append(m)
+                await inbox.ack(m)
+        assert [(m.sender, m.type, m.payload) for m in got] == [("rust-agent", "note", {"n": 1}),
+                                                                ("rust-agent", "note", {"n": 2})]
+        dead = r.xrange(client.keys.dlq())
+        assert len(dead) == 1 and b"undecodable payload" in dead[0][1][b"reason"], dead
+        # Python → Rust, charged like any message.
+        before = available(server, token)
+        await send(client, "py-agent", "rust-agent", "hello", {"from": "python"})
+        status, got = server.call("POST", "/agents/rust-agent/messages/receive", token)
+        assert [(m["from_instance_id"], m["payload"]) for m in got["messages"]] == [("py-agent", {"from": "python"})]
+        assert available(server, token) == before - MESSAGE
