@@ -113,6 +113,50 @@ fn key_fixture() -> String {
     let t = ks.tenant(&TenantId::new("t1").expect("tenant"));
     let job = uuid::Uuid::parse_str("6f1c2b8e-2d1a-4c59-9a47-0e3f1e6c7a10").expect("uuid");
     let i = Ident::new("instance", "i1").expect("ident");
+    let bb = t.blackboard(&Ident::new("namespace", "ns1").expect("ident"));
+    let names: serde_json::Map<String, serde_json::Value> = [
+        ("tenants", ks.tenants()),
+        ("credits", t.credits()),
+        ("outbox", t.outbox()),
+        ("jobs", t.jobs()),
+        ("active_jobs", t.active_jobs()),
+        ("job", t.job(&job)),
+        ("job_items", t.job_items(&job)),
+        ("job_done", t.job_done(&job)),
+        ("job_results", t.job_results(&job)),
+        ("dlq", t.dlq()),
+        ("outbox_dead", t.outbox_dead()),
+        ("agents", t.agents()),
+        ("agent_prefix", t.agent_prefix()),
+        ("agent", t.agent(&i)),
+        ("agents_of_type_prefix", t.agents_of_type_prefix()),
+        ("agents_of_job_prefix", t.agents_of_job_prefix()),
+        ("agents_with_status_prefix", t.agents_with_status_prefix()),
+        ("inbox_prefix", t.inbox_prefix()),
+        ("inbox", t.inbox(&i)),
+        ("invoke", t.invoke("inv1")),
+        ("pending_invokes", t.pending_invokes()),
+        ("replies", t.replies("p1")),
+        ("blackboard_root", t.blackboard_root()),
+        ("blackboard_namespaces", t.blackboard_namespaces()),
+        ("task_stats", t.task_stats("task1")),
+        ("agent_task_stats", t.agent_task_stats("w1", "task1")),
+        ("bb_vals", bb.vals.clone()),
+        ("bb_nums", bb.nums.clone()),
+        ("bb_lex", bb.lex.clone()),
+        ("bb_score", bb.score.clone()),
+        ("bb_agg", bb.agg.clone()),
+        ("bb_exp", bb.exp.clone()),
+        ("bb_fence", bb.fence.clone()),
+        ("bb_namespaces", bb.namespaces.clone()),
+        (
+            "bb_lock",
+            bb.lock(&Ident::new("lock", "l1").expect("ident")),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v): (&str, String)| (k.to_string(), serde_json::json!(v)))
+    .collect();
     let keys = serde_json::json!({
         "prefix": "ab",
         "tenant": "t1",
@@ -122,34 +166,9 @@ fn key_fixture() -> String {
         "process": "p1",
         "task": "task1",
         "worker": "w1",
-        "names": {
-            "tenants": ks.tenants(),
-            "credits": t.credits(),
-            "outbox": t.outbox(),
-            "jobs": t.jobs(),
-            "active_jobs": t.active_jobs(),
-            "job": t.job(&job),
-            "job_items": t.job_items(&job),
-            "job_done": t.job_done(&job),
-            "job_results": t.job_results(&job),
-            "dlq": t.dlq(),
-            "outbox_dead": t.outbox_dead(),
-            "agents": t.agents(),
-            "agent_prefix": t.agent_prefix(),
-            "agent": t.agent(&i),
-            "agents_of_type_prefix": t.agents_of_type_prefix(),
-            "agents_of_job_prefix": t.agents_of_job_prefix(),
-            "agents_with_status_prefix": t.agents_with_status_prefix(),
-            "inbox_prefix": t.inbox_prefix(),
-            "inbox": t.inbox(&i),
-            "invoke": t.invoke("inv1"),
-            "pending_invokes": t.pending_invokes(),
-            "replies": t.replies("p1"),
-            "blackboard_root": t.blackboard_root(),
-            "blackboard_namespaces": t.blackboard_namespaces(),
-            "task_stats": t.task_stats("task1"),
-            "agent_task_stats": t.agent_task_stats("w1", "task1"),
-        },
+        "namespace": "ns1",
+        "lock": "l1",
+        "names": names,
         // Each script's SHA1 as the server assembles it: a client that
         // assembles the same text from the headers gets the same one.
         "script_sha1": agentbus::scripts::scripts()

@@ -7,6 +7,7 @@
 """
 
 from .agents import Agent, Inbox, InvokeResult, Message, invoke, send, serve_invocations
+from .blackboard import Aggregate, Blackboard, Lock
 from .client import Client, decode, encode
 from .errors import AgentbusError, Conflict, InsufficientCredits, NotFound, credits
 from .scripts import Answer, ContractError, Script, Scripts, parse_header
@@ -15,6 +16,9 @@ from .worker import Fail, Item, Tally, Worker
 __all__ = [
     "Agent",
     "AgentbusError",
+    "Aggregate",
+    "Blackboard",
+    "Lock",
     "Inbox",
     "InvokeResult",
     "Message",

@@ -103,3 +103,35 @@ class TenantKeys:
 
     def agent_task_stats(self, worker_agent: str, task: str) -> str:
         return self._key(f"stats:agent:{worker_agent}:{task}")
+
+    def blackboard(self, namespace: str) -> "BlackboardKeys":
+        p = f"{self.blackboard_root()}{namespace}:"
+        return BlackboardKeys(
+            vals=p + "vals",
+            nums=p + "nums",
+            lex=p + "lex",
+            score=p + "score",
+            agg=p + "agg",
+            exp=p + "exp",
+            fence=p + "fence",
+            namespaces=self.blackboard_namespaces(),
+            lock_prefix=p + "lock:",
+        )
+
+
+@dataclass(frozen=True)
+class BlackboardKeys:
+    """A namespace's keys (the `@layout bb` of the blackboard scripts)."""
+
+    vals: str
+    nums: str
+    lex: str
+    score: str
+    agg: str
+    exp: str
+    fence: str
+    namespaces: str
+    lock_prefix: str
+
+    def lock(self, name: str) -> str:
+        return self.lock_prefix + name

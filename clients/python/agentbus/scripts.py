@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Mapping, Sequence
 
+from redis.exceptions import NoScriptError
+
 TYPES = {"int", "text", "texts", "ints", "raw", "rest"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -209,8 +211,8 @@ class Script:
         arg_values = [v for _, v in args]
         try:
             value = await redis.evalsha(self.sha, len(key_values), *key_values, *arg_values)
-        except Exception as e:  # redis.exceptions.NoScriptError
-            if "NOSCRIPT" not in str(e):
+        except Exception as e:
+            if not isinstance(e, NoScriptError) and "NOSCRIPT" not in str(e):
                 raise
             # EVAL caches the script on the node that runs it (the one
             # owning the keys' slot, on a cluster).

@@ -35,4 +35,9 @@ def test_every_key_name_is_the_servers(contract):
         "task_stats": k.task_stats(contract["task"]),
         "agent_task_stats": k.agent_task_stats(contract["worker"], contract["task"]),
     }
+    bb = k.blackboard(contract["namespace"])
+    ours.update(
+        bb_vals=bb.vals, bb_nums=bb.nums, bb_lex=bb.lex, bb_score=bb.score, bb_agg=bb.agg,
+        bb_exp=bb.exp, bb_fence=bb.fence, bb_namespaces=bb.namespaces, bb_lock=bb.lock(contract["lock"]),
+    )
     assert ours == contract["names"]

@@ -75,3 +75,20 @@ def test_the_header_grammar():
     assert h.replies[0].fields == (("n", "int"), ("s", "text"))
     with pytest.raises(ContractError):
         parse_header("-- @frobnicate\n")
+
+
+async def test_a_flushed_script_cache_is_refilled(server):
+    """After SCRIPT FLUSH (or a Redis restart) the first call answers
+    NOSCRIPT: the script is sent again and the call succeeds."""
+    from agentbus import Client
+    from conftest import REDIS_URL, sync_redis
+
+    async with Client(REDIS_URL, "flush", prefix=server.prefix) as client:
+        r = sync_redis()
+        r.script_flush()  # on a cluster, redis-py sends it to every primary
+        k = client.keys
+        answer = await client.scripts.credits_flush(
+            client.redis, [("credits", k.credits()), ("outbox", k.outbox())],
+            [("event_base", "e"), ("tenant", "flush")],
+        )
+        assert answer["value"] == 0
