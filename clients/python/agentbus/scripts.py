@@ -12,6 +12,7 @@ sent; a reply is parsed against the declared shapes into an :class:`Answer`.
 from __future__ import annotations
 
 import hashlib
+import pathlib
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -220,14 +221,26 @@ class Script:
         return self.parse(value)
 
 
+def lua_dir() -> Any:
+    """The scripts: those the package was built with (setup.py copies the
+    repository's lua/ in), or, run from a checkout, the repository's own."""
+    bundled = resources.files("agentbus").joinpath("lua")
+    if bundled.is_dir():
+        return bundled
+    checkout = pathlib.Path(__file__).resolve().parents[3] / "lua"
+    if checkout.is_dir():
+        return checkout
+    raise ContractError("no Lua scripts: build the package from the agentbus repository")
+
+
 def _read(path: str) -> str:
-    return resources.files("agentbus").joinpath("lua", path).read_text()
+    return lua_dir().joinpath(path).read_text()
 
 
 def load_all() -> dict[str, Script]:
     """Every bundled script, assembled from the includes its header names."""
     out = {}
-    for entry in sorted(resources.files("agentbus").joinpath("lua").iterdir(), key=lambda p: p.name):
+    for entry in sorted(lua_dir().iterdir(), key=lambda p: p.name):
         if not entry.name.endswith(".lua"):
             continue
         name = entry.name[:-4]

@@ -10,15 +10,16 @@ from agentbus.client import scripts
 
 from conftest import REPO
 
-PACKAGE_LUA = pathlib.Path(__file__).resolve().parents[1] / "agentbus" / "lua"
+def test_the_installed_scripts_are_the_repositorys():
+    from agentbus.scripts import lua_dir
 
-
-def test_the_bundled_scripts_are_the_repositorys():
+    installed = pathlib.Path(str(lua_dir()))
+    assert installed != REPO / "lua", "the package under test carries no scripts of its own"
     repo = {p.relative_to(REPO / "lua"): p.read_bytes() for p in (REPO / "lua").rglob("*.lua")}
-    bundled = {p.relative_to(PACKAGE_LUA): p.read_bytes() for p in PACKAGE_LUA.rglob("*.lua")}
-    assert repo.keys() == bundled.keys(), "run clients/python/sync_lua.py"
+    bundled = {p.relative_to(installed): p.read_bytes() for p in installed.rglob("*.lua")}
+    assert repo.keys() == bundled.keys()
     stale = [str(k) for k in repo if repo[k] != bundled[k]]
-    assert not stale, f"bundled scripts differ from lua/ ({stale}): run clients/python/sync_lua.py"
+    assert not stale, f"installed scripts differ from lua/ ({stale}): reinstall the package"
 
 
 def test_each_script_assembles_to_the_servers_sha(contract):
