@@ -17,8 +17,9 @@ local key, delta = arg_text(3), arg_int(4, -18000000000000000, 18000000000000000
 if ARGV[5] ~= '' then arg_digits(6) end
 if fenced_out(B, ARGV[5], ARGV[6]) then return {'fenced'} end
 local now = now_ms()
-expire_if_due(B, key, now)
-local current = redis.call('HGET', B.vals, key)
+-- An expired entry counts as absent (0); removed only once nothing refuses.
+local due = is_due(B, key, now)
+local current = not due and redis.call('HGET', B.vals, key) or nil
 local old = 0
 if current then
   local micro = redis.call('HGET', B.nums, key)
@@ -30,6 +31,7 @@ local new = old + delta
 if math.abs(new) > 9000000000000000 then return {'out_of_range'} end
 local ok, available = meter(KEYS[1], tonumber(ARGV[2]), 'blackboard_write')
 if not ok then return {'insufficient', ARGV[2], int(available)} end
+if due then bb_remove(B, key) end
 local json = micro_to_json(new)
 local expire_at = tonumber(redis.call('ZSCORE', B.exp, key) or '0')
 bb_put(B, key, json, int(new), expire_at)

@@ -35,9 +35,10 @@ elseif mode == 'top' then
   arg_one_of(5, {asc = true, desc = true})
 end
 local now = now_ms()
-sweep(B, now, 100)
+-- Charged first: a refused read sweeps nothing (it writes nothing).
 local ok, available = meter(KEYS[1], tonumber(ARGV[2]), 'blackboard_read')
 if not ok then return {'insufficient', ARGV[2], int(available)} end
+sweep(B, now, 100)
 
 local function with_values(keys)
   local out = {'ok'}

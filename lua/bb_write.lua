@@ -22,8 +22,10 @@ arg_int(7, 0, 315360000000)
 if ARGV[9] ~= '' then arg_digits(10) end
 if fenced_out(B, ARGV[9], ARGV[10]) then return {'fenced'} end
 local now = now_ms()
-expire_if_due(B, key, now)
-local current = redis.call('HGET', B.vals, key)
+-- An expired entry counts as absent; it is removed only after the checks
+-- and the charge, so a refused call writes nothing.
+local due = is_due(B, key, now)
+local current = not due and redis.call('HGET', B.vals, key) or nil
 if mode == 'cas' then
   local expected = ARGV[8]
   if (expected == '' and current) or (expected ~= '' and current ~= expected) then
@@ -32,6 +34,7 @@ if mode == 'cas' then
 end
 local ok, available = meter(KEYS[1], tonumber(ARGV[2]), 'blackboard_write')
 if not ok then return {'insufficient', ARGV[2], int(available)} end
+if due then bb_remove(B, key) end
 if mode == 'delete' then
   bb_remove(B, key)
 else

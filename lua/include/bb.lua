@@ -114,6 +114,13 @@ local function bb_put(B, key, json, micro, expire_at)
 end
 
 -- True (and the entry removed) when the key's expiry has passed.
+-- Whether `key`'s expiry has passed (read only: a script decides first, and
+-- removes it with bb_remove only once nothing can refuse the call).
+local function is_due(B, key, now)
+  local at = redis.call('ZSCORE', B.exp, key)
+  return at ~= false and at ~= nil and tonumber(at) <= now
+end
+
 local function expire_if_due(B, key, now)
   local at = redis.call('ZSCORE', B.exp, key)
   if at and tonumber(at) <= now then

@@ -522,6 +522,40 @@ async fn operations_are_metered_and_refused_without_credit() {
     assert_eq!(env.bus.flush_metering(&t).await.unwrap(), Decimal::ZERO);
 }
 
+/// A call refused for credit writes nothing, not even the housekeeping of an
+/// entry that expired meanwhile (the fuzzer saw a 402 that had removed one):
+/// the charge is decided before anything is swept.
+#[tokio::test]
+async fn a_call_refused_for_credit_sweeps_nothing() {
+    let env = TestEnv::new().await;
+    let t = env.tenant("broke");
+    env.grant(&t, 2).await;
+    let bb = env.bus.blackboard(&t, &ns("e"));
+    bb.set("x", &json!(1), Some(Duration::from_millis(1)), None)
+        .await
+        .unwrap();
+    bb.set("n", &json!(5), Some(Duration::from_millis(1)), None)
+        .await
+        .unwrap(); // the last credit
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let before = env.snapshot().await;
+    let refused = |r: Result<_, Error>| matches!(r, Err(Error::InsufficientCredits { .. }));
+    assert!(refused(
+        bb.set("x", &json!(2), None, None).await.map(|_| ())
+    ));
+    assert!(refused(
+        bb.increment("n", &json!(1), None).await.map(|_| ())
+    ));
+    assert!(refused(bb.get("x").await.map(|_| ())));
+    assert!(refused(bb.aggregate().await.map(|_| ())));
+    assert_eq!(before, env.snapshot().await, "a refused call wrote");
+    // With credit, the expired entries are gone as they should be.
+    env.grant(&t, 5).await;
+    assert_eq!(bb.get("x").await.unwrap(), None);
+    assert_eq!(bb.increment("n", &json!(1), None).await.unwrap(), json!(1));
+    assert_eq!(bb.aggregate().await.unwrap().count, 1);
+}
+
 #[tokio::test]
 async fn a_jobs_results_are_aggregated_into_a_namespace_as_items_complete() {
     let env = TestEnv::new().await;

@@ -180,7 +180,8 @@ class Inbox:
                 ("most_bytes", ""),
             ],
         )
-        entries = [(e[0], dict(zip(e[1][::2], e[1][1::2]))) for e in answer["entries"] or [] if e]
+        # XCLAIM's form; an entry trimmed away meanwhile comes back without fields.
+        entries = [(e[0], dict(zip(e[1][::2], e[1][1::2]))) for e in answer["entries"] or [] if e and e[1]]
         return await self._set_aside(entries)
 
     async def receive(self) -> list[Message]:
