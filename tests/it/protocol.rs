@@ -30,6 +30,71 @@ integers), `raw` (any value; the prose says what) and `rest` (every \
 remaining element, last only). The layouts' declarations are in \
 `lua/include/job.lua`, `invoke.lua` and `bb.lua`.";
 
+/// The numbers a client of the scripts needs (prices, delivery rules),
+/// from the server's own defaults so the document cannot drift from them.
+fn defaults_section() -> String {
+    use agentbus::bus::defaults as d;
+    let p = agentbus::prices::Prices::default();
+    let c = |minor: i64| agentbus::money::from_minor(minor).to_string();
+    let mut out = String::from(
+        "## Prices and delivery rules\n\nDefault prices (credits; `AGENTBUS_PRICES` overrides \
+         them, e.g. `job_item=2.5`; scripts take them in hundredths as their `price` argument):\n\n\
+         | skill | credits | charged by |\n|---|---|---|\n",
+    );
+    for (skill, minor, by) in [
+        (
+            "agent_spawn",
+            p.agent_spawn,
+            "job_spawn (once per job, reserved with its items)",
+        ),
+        (
+            "job_item",
+            p.job_item,
+            "job_spawn reserves, job_complete charges each item once",
+        ),
+        (
+            "agent_message",
+            p.agent_message,
+            "message_send, message_broadcast (per delivery)",
+        ),
+        (
+            "agent_invoke",
+            p.agent_invoke,
+            "invoke_start reserves, invoke_respond charges on success",
+        ),
+        ("blackboard_read", p.blackboard_read, "bb_read"),
+        (
+            "blackboard_write",
+            p.blackboard_write,
+            "bb_write, bb_increment",
+        ),
+        ("blackboard_lock", p.blackboard_lock, "bb_lock"),
+    ] {
+        out += &format!("| `{skill}` | {} | {by} |\n", c(minor));
+    }
+    out += &format!(
+        "\nInbox delivery: a message left unacknowledged for {} s is delivered again \
+         (`inbox_redeliver`); one delivered {} times (`AGENTBUS_MAX_DELIVERIES`) goes to the \
+         tenant's dead-letter stream instead; an entry whose payload is not MessagePack is \
+         dead-lettered alone on its first read (`inbox_poison`). An inbox keeps its newest {} \
+         entries (`AGENTBUS_INBOX_CAP`). An instance silent for {} s is stale (not invokable). \
+         A job item held longer than its `timeout_per_item` is delivered again by the \
+         reclaimer, and fails for good after `max_retries`.\n\n\
+         Field names on the wire and in REST:\n\n\
+         | wire (stream field, script argument) | REST |\n|---|---|\n\
+         | `from` | `from_instance_id` |\n| `type` | `message_type` |\n| `id` | `message_id` |\n\
+         | `job` | `job_id` |\n| `reply_to` | `reply_to_id` |\n| `caller` | `caller_instance_id` |\n\
+         | `target` | `target_instance_id` |\n| `request` | `request_payload` |\n\
+         | `response` | `response_payload` |\n| `idx` | `item_index` |\n| `input` | `input` |\n\
+         | `output` | `output` |\n",
+        d::REDELIVER_AFTER_SECS,
+        d::MAX_DELIVERIES,
+        d::INBOX_CAP,
+        d::STALE_AFTER_SECS,
+    );
+    out
+}
+
 /// The scripts section: each script's header comment, in name order.
 fn scripts_section(root: &std::path::Path) -> String {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(root.join("lua"))
@@ -39,11 +104,12 @@ fn scripts_section(root: &std::path::Path) -> String {
         .collect();
     paths.sort();
     let mut out = format!(
-        "{BEGIN}\n\n## Script headers\n\n{HEADERS}\n\n## Scripts\n\nEvery change of state is one of these, called with `EVALSHA` (the \
+        "{BEGIN}\n\n{}\n## Script headers\n\n{HEADERS}\n\n## Scripts\n\nEvery change of state is one of these, called with `EVALSHA` (the \
          script's SHA1 of its assembled text: the files of `lua/include/` its \
          `@include` line names, in that order, then the script). A script checks its arguments \
          before its first write (a bad one is an error reply, and nothing \
-         changed), except where its header says the caller validated them.\n"
+         changed), except where its header says the caller validated them.\n",
+        defaults_section()
     );
     for path in paths {
         let name = path
