@@ -1,8 +1,8 @@
 //! A handle scoped to one tenant: `bus.tenant(&t)` binds the tenant once,
 //! and every operation reached through it (`.jobs()`, `.credits()`,
-//! `.agents()`, `.messages()`, `.invocations()`, `.blackboard(ns)`,
-//! `.stranded()`) acts on that tenant only, so a call against another
-//! tenant cannot be written by passing the wrong id. The REST handlers
+//! `.agents()`, `.messages()`, `.invocations()`, `.blackboard(ns)`) acts
+//! on that tenant only, so a call against another tenant cannot be written
+//! by passing the wrong id. The REST handlers
 //! reach the engine only through it (their `Tenant` extractor yields one).
 //!
 //! Each group forwards to the `AgentBus` operation of the same capability
@@ -30,7 +30,6 @@ use crate::jobs::{
 };
 use crate::keys::{Ident, TenantId};
 use crate::money::Credits;
-use crate::outbox::stranded::{Replayed, StrandedEvent};
 use crate::payload::{Encode, Payload};
 use crate::simulate::{Simulation, StageSpec, TaskHistory};
 
@@ -56,11 +55,6 @@ impl TenantBus {
         &self.tenant
     }
 
-    /// The engine, for what is not a tenant's operation (prices, limits).
-    pub fn bus(&self) -> &AgentBus {
-        &self.bus
-    }
-
     pub fn jobs(&self) -> Jobs<'_> {
         Jobs(self)
     }
@@ -79,10 +73,6 @@ impl TenantBus {
 
     pub fn invocations(&self) -> Invocations<'_> {
         Invocations(self)
-    }
-
-    pub fn stranded(&self) -> Stranded<'_> {
-        Stranded(self)
     }
 
     /// A namespace of the tenant's blackboard.
@@ -195,13 +185,3 @@ impl Invocations<'_> {
             .await
     }
 }
-
-/// Outbox events Postgres refused (operators').
-pub struct Stranded<'a>(&'a TenantBus);
-
-forward!(Stranded {
-    fn count() -> Result<u64> = stranded_count;
-    fn list(after: Option<&str>, limit: usize) -> Result<Vec<StrandedEvent>> = stranded_events;
-    fn replay(ids: &[String]) -> Result<Replayed> = replay_stranded;
-    fn discard(ids: &[String]) -> Result<u64> = discard_stranded;
-});

@@ -252,13 +252,17 @@ class Replies:
         r = self.client.redis
         while self._waiting:
             read = await r.xread({self.stream: last}, count=100, block=500)
+            done = []
             for _, entries in read or []:
                 for entry_id, fields in entries:
                     last = entry_id
-                    await r.xdel(self.stream, entry_id)
+                    done.append(entry_id)
                     fut = self._waiting.pop((fields.get(b"reply_to") or b"").decode(), None)
                     if fut and not fut.done():
                         fut.set_result(fields)
+            if done:
+                # One XDEL per batch read, not one per reply.
+                await r.xdel(self.stream, *done)
 
 
 MESSAGE_PRICE = 200
