@@ -9,11 +9,41 @@
 from .agents import Agent, Inbox, InvokeResult, Message, invoke, send, serve_invocations
 from .blackboard import Aggregate, Blackboard, Lock
 from .client import Client, decode, encode
-from .errors import AgentbusError, Conflict, InsufficientCredits, NotFound, credits
+from .errors import (
+    AgentbusError,
+    Conflict,
+    Forbidden,
+    InsufficientCredits,
+    Invalid,
+    InvokeRefused,
+    NotFound,
+    RateLimited,
+    ServerError,
+    Unauthorized,
+    Unavailable,
+    credits,
+)
+from .rest import Api, Balance, Cancelled, Job, Jobs, Result, Simulation
 from .scripts import Answer, ContractError, Script, Scripts, parse_header
+from .sync import SyncClient
 from .worker import Fail, Item, Tally, Worker
 
 __all__ = [
+    "Api",
+    "Balance",
+    "Cancelled",
+    "Forbidden",
+    "Invalid",
+    "InvokeRefused",
+    "Job",
+    "Jobs",
+    "RateLimited",
+    "Result",
+    "ServerError",
+    "Simulation",
+    "SyncClient",
+    "Unauthorized",
+    "Unavailable",
     "Agent",
     "AgentbusError",
     "Aggregate",

@@ -20,7 +20,7 @@ import msgpack
 from redis.exceptions import ResponseError
 
 from .client import Client, encode, event_base
-from .errors import Conflict, InsufficientCredits, NotFound, credits
+from .errors import AgentbusError, Conflict, InsufficientCredits, InvokeRefused, NotFound, credits
 from .keys import tenants_key
 
 GROUP = "inbox"
@@ -361,13 +361,17 @@ async def invoke(
     )
     if answer.tag != "ok":
         replies.forget(invoke_id)
+        cause: AgentbusError
         if answer.tag == "unknown_target":
-            raise NotFound(f"target instance {target}")
-        if answer.tag == "insufficient_credits":
-            raise InsufficientCredits(credits(answer["required"]), credits(answer["available"]))
-        if answer.tag == "target_stopped":
-            raise Conflict(f"target instance {target} is {answer['status']}")
-        raise Conflict(f"invocation {invoke_id} {answer.tag}")
+            cause = NotFound(f"target instance {target}")
+        elif answer.tag == "insufficient_credits":
+            cause = InsufficientCredits(credits(answer["required"]), credits(answer["available"]))
+        elif answer.tag == "target_stopped":
+            cause = Conflict(f"target instance {target} is {answer['status']}")
+        else:
+            raise Conflict(f"invocation {invoke_id} {answer.tag}")
+        # Audited as refused under invoke_id, as the server's REST answer says.
+        raise InvokeRefused(invoke_id, answer.tag, cause)
     try:
         fields = await asyncio.wait_for(waiting, timeout)
     except asyncio.TimeoutError:

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from .keys import TenantKeys
+from .rest import Api, Jobs
 from .scripts import Scripts
 
 _SCRIPTS: Scripts | None = None
@@ -68,7 +69,9 @@ def connect(url: str) -> Any:
 class Client:
     """One tenant on one Redis. ``prefix`` is the server's AGENTBUS_PREFIX;
     ``job_retention`` its AGENTBUS_JOB_RETENTION_SECS (how long a job this
-    client ends keeps its keys)."""
+    client ends keeps its keys). With ``api_url`` and the tenant's
+    ``token``, :attr:`jobs` and :attr:`api` reach the server's REST API for
+    what is not a script (spawn, simulate, job state, balance)."""
 
     def __init__(
         self,
@@ -77,8 +80,11 @@ class Client:
         *,
         prefix: str = "ab",
         job_retention: int = 86400,
+        api_url: str | None = None,
+        token: str | None = None,
     ) -> None:
         self.redis = connect(redis_url)
+        self._api = Api(api_url, token) if api_url and token else None
         self.tenant = tenant
         self.keys = TenantKeys(prefix, tenant)
         self.scripts = scripts()
@@ -88,7 +94,19 @@ class Client:
         replies = getattr(self, "_replies", None)
         if replies is not None:
             await replies.close()
+        if self._api is not None:
+            await self._api.close()
         await self.redis.aclose()
+
+    @property
+    def api(self) -> Api:
+        if self._api is None:
+            raise RuntimeError("Client(api_url=..., token=...) is needed for REST calls")
+        return self._api
+
+    @property
+    def jobs(self) -> Jobs:
+        return Jobs(self.api)
 
     async def __aenter__(self) -> "Client":
         return self

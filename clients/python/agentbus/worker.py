@@ -9,17 +9,26 @@ retried while attempts remain). It first re-walks its own pending entries,
 so after a crash or reconnect nothing it held is left waiting for the
 reclaimer. It stops when the job is no longer running (completed,
 cancelled, failed) or on :meth:`Worker.stop`.
+
+Given the :class:`~agentbus.agents.Agent` it runs as, the worker keeps that
+instance alive in the registry while it works (a heartbeat every
+``heartbeat_s``, well inside the server's 60 s staleness) and marks it
+``idle`` when it stops. A heartbeat does not extend an item's time: an item
+held past the job's ``timeout_per_item`` is redelivered, as the job asked.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from redis.exceptions import ResponseError
 
 from .client import Client, decode, encode
+
+if TYPE_CHECKING:
+    from .agents import Agent
 
 
 @dataclass
@@ -28,6 +37,9 @@ class Item:
     index: int
     input: Any
     attempt: int = 0
+    #: Why the stored input is not MessagePack: such an item fails for good
+    #: without reaching the handler (as the Rust worker does).
+    undecodable: str | None = None
 
 
 class Fail(Exception):
@@ -45,6 +57,7 @@ class Tally:
     stale: int = 0
     retried: int = 0
     failed: int = 0
+    heartbeats: int = 0
     durations_ms: list[int] = field(default_factory=list)
 
 
@@ -55,11 +68,18 @@ def _item(entry_id: Any, fields: dict[bytes, bytes]) -> Item:
     def get(name: str) -> bytes | None:
         return fields.get(name.encode())
 
+    item_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    index, attempt = get("idx"), get("attempt")
+    try:
+        value, why = decode(get("input")), None
+    except Exception as e:  # another writer's bytes: this item alone fails
+        value, why = None, f"undecodable input: {e}"[:1024]
     return Item(
-        item_id=entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
-        index=int(get("idx") or -1),
-        input=decode(get("input")),
-        attempt=int(get("attempt") or 0),
+        item_id=item_id,
+        index=int(index) if index and index.isdigit() else -1,
+        input=value,
+        attempt=int(attempt) if attempt and attempt.isdigit() else 0,
+        undecodable=why,
     )
 
 
@@ -89,12 +109,15 @@ class Worker:
         concurrency: int = 4,
         batch: int = 32,
         block_ms: int = 1000,
+        agent: "Agent | None" = None,
+        heartbeat_s: float = 10.0,
     ) -> None:
         if not 1 <= batch <= 100:
             raise ValueError("batch: 1 to 100 items per claim (as the server allows)")
         self.client, self.job_id, self.instance_id = client, job_id, instance_id
         self.handler, self.concurrency, self.batch = handler, max(1, concurrency), batch
         self.block_ms = block_ms
+        self.agent, self.heartbeat_s = agent, heartbeat_s
         self.tally = Tally()
         self._stopping = asyncio.Event()
         self._ended = False
@@ -103,9 +126,23 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> Tally:
-        await self._rewalk_own_pending()
-        await asyncio.gather(*(self._loop() for _ in range(self.concurrency)))
+        beating = asyncio.create_task(self._heartbeats()) if self.agent else None
+        try:
+            await self._rewalk_own_pending()
+            await asyncio.gather(*(self._loop() for _ in range(self.concurrency)))
+        finally:
+            if beating is not None:
+                beating.cancel()
+                await asyncio.gather(beating, return_exceptions=True)
+                await self.agent.heartbeat("idle")  # type: ignore[union-attr]
         return self.tally
+
+    async def _heartbeats(self) -> None:
+        assert self.agent is not None
+        while True:
+            await self.agent.heartbeat("running")
+            self.tally.heartbeats += 1
+            await asyncio.sleep(self.heartbeat_s)
 
     async def _rewalk_own_pending(self) -> None:
         """Entries delivered to this instance and never completed (a crash,
@@ -167,6 +204,10 @@ class Worker:
                 await self._work(items)
 
     async def _work(self, items: list[Item]) -> None:
+        for item in items:
+            if item.undecodable:
+                await self._fail(item, Fail(item.undecodable, retry=False))
+        items = [i for i in items if not i.undecodable]
         results = await asyncio.gather(
             *(self.handler(i) for i in items), return_exceptions=True
         )

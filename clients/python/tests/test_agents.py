@@ -2,13 +2,14 @@
 answered or timed out), messages, and poison payloads dead-lettered alone."""
 
 import asyncio
+import json
 import secrets
 import threading
 from decimal import Decimal
 
-from agentbus import Agent, Client, Inbox, invoke, send, serve_invocations
+from agentbus import Agent, Client, Inbox, InvokeRefused, NotFound, invoke, send, serve_invocations
 
-from conftest import REDIS_URL, sync_redis
+from conftest import REDIS_URL, audit_row, eventually, sync_redis
 
 INVOKE, MESSAGE = Decimal("10.00"), Decimal("2.00")  # the server's default prices
 
@@ -22,7 +23,8 @@ def available(server, token):
     return Decimal(str(server.call("GET", "/credits", token)[1]["available"]))
 
 
-async def test_the_rust_server_invokes_a_python_agent(server):
+async def test_the_rust_server_invokes_a_python_agent(server_pg):
+    server = server_pg
     tenant = "t" + secrets.token_hex(3)
     token = server.tenant(tenant, 100)
     register_rest(server, token, "rust-caller")
@@ -42,14 +44,26 @@ async def test_the_rust_server_invokes_a_python_agent(server):
         assert status == 200, result
         assert result["success"] is True and result["response_payload"] == {"echo": 7, "by": "python"}
         assert available(server, token) == before - INVOKE
+        answered = result["invoke_id"]
         status, result = await asyncio.to_thread(
             server.call, "POST", "/invocations", token, {**body, "request_payload": {"fail": True}})
         assert result["success"] is False and "asked to fail" in result["error"]
         assert available(server, token) == before - INVOKE, "a failed invocation is not charged"
+        failed = result["invoke_id"]
         serving.cancel()
+    # The audit trail in Postgres, as the sink mirrored it.
+    row = await asyncio.to_thread(eventually, lambda: audit_row(server.database, answered))
+    assert (row["caller_instance_id"], row["target_instance_id"], row["status"]) == ("rust-caller", "py-target", "completed")
+    assert (Decimal(row["credits_charged"]), row["tenant_id"]) == (INVOKE, tenant)
+    assert json.loads(row["request_payload"]) == {"x": 7}
+    assert json.loads(row["response_payload"]) == {"echo": 7, "by": "python"}
+    row = await asyncio.to_thread(eventually, lambda: audit_row(server.database, failed))
+    assert row["status"] == "failed" and "asked to fail" in row["error_message"]
+    assert Decimal(row["credits_charged"] or 0) == 0
 
 
-async def test_a_python_agent_invokes_one_the_rust_server_answers(server):
+async def test_a_python_agent_invokes_one_the_rust_server_answers(server_pg):
+    server = server_pg
     tenant = "t" + secrets.token_hex(3)
     token = server.tenant(tenant, 100)
     register_rest(server, token, "rust-target")
@@ -79,12 +93,24 @@ async def test_a_python_agent_invokes_one_the_rust_server_answers(server):
             try:
                 await invoke(client, "py-caller", "nobody", 1, timeout=1)
                 raise AssertionError("an unknown target was invoked")
-            except Exception as e:
-                assert type(e).__name__ == "NotFound"
+            except InvokeRefused as e:
+                # As REST answers it: audited under an id, the cause typed.
+                assert isinstance(e.cause, NotFound) and e.reason == "unknown_target"
+                assert e.invoke_id.startswith("inv_")
+                refused = e.invoke_id
             assert available(server, token) == before - 5 * INVOKE
     finally:
         stop.set()
         t.join(5)
+    for r, i in zip(results, range(5)):
+        row = await asyncio.to_thread(eventually, lambda: audit_row(server.database, r.invoke_id))
+        assert (row["caller_instance_id"], row["target_instance_id"], row["status"]) == ("py-caller", "rust-target", "completed")
+        assert (Decimal(row["credits_charged"]), row["tenant_id"]) == (INVOKE, tenant)
+        assert json.loads(row["request_payload"]) == [i, 1, 2]
+        assert json.loads(row["response_payload"]) == {"sum": i + 3}
+    row = await asyncio.to_thread(eventually, lambda: audit_row(server.database, refused))
+    assert (row["target_instance_id"], row["status"]) == ("nobody", "failed")
+    assert "unknown_target" in row["error_message"]
 
 
 async def test_a_silent_target_times_out_and_its_reservation_comes_back(server):

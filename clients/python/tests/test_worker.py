@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from agentbus import Client, Fail, Worker
 
-from conftest import REDIS_URL
+from conftest import REDIS_URL, eventually, sync_redis
 
 ITEM, OVERHEAD = Decimal("2.00"), Decimal("5.00")  # the server's default prices
 
@@ -60,7 +60,8 @@ async def test_python_workers_complete_a_rust_spawned_job_exactly_once(server):
     assert outputs == {i: {"y": 2 * i} for i in range(n)}
 
 
-async def test_a_cancel_while_python_workers_run_refunds_exactly(server):
+async def test_a_cancel_while_python_workers_run_refunds_exactly(server_pg):
+    server = server_pg
     tenant = "t" + secrets.token_hex(3)
     token = server.tenant(tenant, 1000)
     n = 200
@@ -72,21 +73,72 @@ async def test_a_cancel_while_python_workers_run_refunds_exactly(server):
         await asyncio.sleep(0.02)
         return item.input
 
-    async with Client(REDIS_URL, tenant, prefix=server.prefix) as client:
-        worker = Worker(client, job_id, "py-slow", slow, concurrency=1, batch=4, block_ms=200)
-        run = asyncio.create_task(worker.run())
+    async with Client(REDIS_URL, tenant, prefix=server.prefix, api_url=server.url, token=token) as client:
+        workers = [Worker(client, job_id, f"py-slow-{w}", slow, concurrency=1, batch=4, block_ms=200)
+                   for w in range(2)]
+        runs = [asyncio.create_task(w.run()) for w in workers]
         await started.wait()
         await asyncio.sleep(0.2)
-        status, cancelled = await asyncio.to_thread(
-            server.call, "POST", f"/jobs/{job_id}/cancel", token, {"reason": "enough"}
-        )
-        assert status == 200, cancelled
-        tally = await asyncio.wait_for(run, 10)
-    done = cancelled["completed_items"]
-    assert 0 < done < n
+        cancelled = await client.jobs.cancel(job_id, reason="enough", cancelled_by="py-orch")
+        tallies = await asyncio.wait_for(asyncio.gather(*runs), 10)
+        balance = await client.api.balance()
+    done = cancelled.completed_items
+    assert 0 < done < n and cancelled.status == "cancelled"
     # Completions racing the cancel are refused, never charged.
-    assert tally.completed == done
-    assert Decimal(str(cancelled["credits_refunded"])) == ITEM * (n - done)
-    status, balance = server.call("GET", "/credits", token)
-    assert Decimal(str(balance["available"])) == Decimal(1000) - OVERHEAD - ITEM * done
-    assert Decimal(str(balance["reserved"])) == 0
+    assert sum(t.completed for t in tallies) == done
+    assert cancelled.credits_refunded == ITEM * (n - done)
+    assert balance.available == Decimal(1000) - OVERHEAD - ITEM * done
+    assert balance.reserved == 0
+    # Postgres, as the sink mirrored it: the cancellation and the ledger.
+    db = server.database
+    row = await asyncio.to_thread(eventually, lambda: db.rows(
+        "SELECT items_completed, credits_refunded, reason, cancelled_by FROM agents.job_cancellations"
+        f" WHERE job_id = '{job_id}'"))
+    assert row == [[str(done), str(ITEM * (n - done)), "enough", "py-orch"]]
+
+    def ledger():
+        rows = db.rows("SELECT operation, sum(amount) FROM agents.credit_ledger"
+                       f" WHERE job_id = '{job_id}' GROUP BY operation ORDER BY operation")
+        return rows if any(op == "refund" for op, _ in rows) else None
+
+    sums = {op: Decimal(total) for op, total in await asyncio.to_thread(eventually, ledger)}
+    assert sums == {"reserve": OVERHEAD + ITEM * n, "spend": OVERHEAD + ITEM * done, "refund": ITEM * (n - done)}
+
+    def pg_balance():
+        rows = db.rows("SELECT total_credits, reserved_credits, spent_credits FROM agents.credit_balances"
+                       f" WHERE tenant_id = '{tenant}'")
+        return rows if rows and Decimal(rows[0][1]) == 0 else None
+
+    total, reserved, spent = (await asyncio.to_thread(eventually, pg_balance))[0]
+    assert (Decimal(total), Decimal(spent)) == (Decimal(1000), OVERHEAD + ITEM * done)
+
+
+async def test_an_undecodable_item_fails_for_good_alone_without_reaching_the_handler(server):
+    tenant = "t" + secrets.token_hex(3)
+    token = server.tenant(tenant, 100)
+    job_id = spawn(server, token, [0, 1, 2])
+    r = sync_redis()
+    async with Client(REDIS_URL, tenant, prefix=server.prefix, api_url=server.url, token=token) as client:
+        items = client.keys.job_items(job_id)
+        # Another writer rewrites item 1 with bytes that are not MessagePack
+        # (same index, a later entry id), as the Rust suite does.
+        entries = r.xrange(items)
+        entry_id, fields = next((i, f) for i, f in entries if f[b"idx"] == b"1")
+        r.xdel(items, entry_id)
+        last_ms = int(entries[-1][0].split(b"-")[0])
+        r.xadd(items, {**fields, b"input": b"\xc1\x00"}, id=f"{last_ms + 1}-1")
+        handled = []
+
+        async def handler(item):
+            handled.append(item.index)
+            return item.input
+
+        tally = await Worker(client, job_id, "py-poison", handler, batch=10).run()
+        assert sorted(handled) == [0, 2], "the undecodable item reached the handler"
+        assert (tally.completed, tally.failed, tally.retried) == (2, 1, 0)
+        job = await client.jobs.get(job_id)
+        assert (job.progress.completed, job.progress.failed, job.status) == (2, 1, "failed")
+        assert job.credits.spent == OVERHEAD + ITEM * 2 and job.credits.refunded == ITEM
+        dead = r.xrange(client.keys.dlq())
+        assert len(dead) == 1 and b"undecodable input" in dead[0][1][b"reason"], dead
+        assert dead[0][1][b"input"] == b"\xc1\x00", "the poison bytes are kept for inspection"
