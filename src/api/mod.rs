@@ -18,6 +18,7 @@ mod jobs;
 mod openapi;
 mod query;
 mod routes;
+mod settings;
 mod tokens;
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! description (see [`super::openapi`]).
 
 use super::openapi::{Api, Op};
-use super::{agents, blackboard, credits, invocations, jobs, tokens};
+use super::{agents, blackboard, credits, invocations, jobs, settings, tokens};
 
 /// Every `/api/v1` route, with its documentation.
 pub(super) fn v1_api() -> Api {
@@ -108,6 +108,14 @@ pub(super) fn v1_api() -> Api {
         .route(
             Op::get("/credits", "credits", "The tenant's credit balance"),
             credits::show,
+        )
+        .route(
+            Op::get(
+                "/settings",
+                "credits",
+                "The server's prices and the limits its scripts are given",
+            ),
+            settings::show,
         )
         .route(
             Op::post("/credits/grant", "credits", "Grant credits to a tenant")

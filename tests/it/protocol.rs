@@ -38,7 +38,8 @@ fn defaults_section() -> String {
     let c = |minor: i64| agentbus::money::from_minor(minor).to_string();
     let mut out = String::from(
         "## Prices and delivery rules\n\nDefault prices (credits; `AGENTBUS_PRICES` overrides \
-         them, e.g. `job_item=2.5`; scripts take them in hundredths as their `price` argument):\n\n\
+         them, e.g. `job_item=2.5`; scripts take them in hundredths as their `price` argument; \
+         a running server's own prices and limits are at `GET /api/v1/settings`):\n\n\
          | skill | credits | charged by |\n|---|---|---|\n",
     );
     for (skill, minor, by) in [

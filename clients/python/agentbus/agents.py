@@ -24,13 +24,6 @@ from .errors import AgentbusError, Conflict, InsufficientCredits, InvokeRefused,
 from .keys import tenants_key
 
 GROUP = "inbox"
-#: The server's defaults (AGENTBUS_MAX_DELIVERIES, its redelivery time, the
-#: agent_invoke price in hundredths, AGENTBUS_MAX_INSTANCES, the inbox cap).
-MAX_DELIVERIES = 5
-REDELIVER_AFTER_MS = 30_000
-INVOKE_PRICE = 1000
-MAX_INSTANCES = 10_000
-INBOX_CAP = 10_000
 
 
 @dataclass
@@ -101,7 +94,7 @@ class Agent:
                 ("job", self.job_id or ""),
                 ("capabilities", json.dumps(list(capabilities))),
                 ("status", "running"),
-                ("most_instances", MAX_INSTANCES),
+                ("most_instances", self.client.settings.max_instances),
             ]
             + self._index_args(),
         )
@@ -136,12 +129,14 @@ class Inbox:
         *,
         batch: int = 64,
         block_ms: int = 1000,
-        redeliver_after_ms: int = REDELIVER_AFTER_MS,
-        max_deliveries: int = MAX_DELIVERIES,
+        redeliver_after_ms: int | None = None,
+        max_deliveries: int | None = None,
     ):
         self.client, self.instance_id = client, instance_id
         self.batch, self.block_ms = batch, block_ms
-        self.redeliver_after_ms, self.max_deliveries = redeliver_after_ms, max_deliveries
+        # The server's (client.settings), unless given.
+        self.redeliver_after_ms = redeliver_after_ms or client.settings.redeliver_after_ms
+        self.max_deliveries = max_deliveries or client.settings.max_deliveries
         self.key = client.keys.inbox(instance_id)
         self._next_redeliver = 0.0
         self._pending_first = True
@@ -265,9 +260,6 @@ class Replies:
                 await r.xdel(self.stream, *done)
 
 
-MESSAGE_PRICE = 200
-
-
 async def send(
     client: Client,
     sender: str,
@@ -277,7 +269,7 @@ async def send(
     *,
     job_id: str | None = None,
     reply_to: str | None = None,
-    price: int = MESSAGE_PRICE,
+    price: int | None = None,
 ) -> str:
     """Sends (and is charged for) one message to ``to``'s inbox; returns its
     message id."""
@@ -289,8 +281,8 @@ async def send(
         [
             ("event_base", event_base()),
             ("tenant", client.tenant),
-            ("price", price),
-            ("inbox_cap", INBOX_CAP),
+            ("price", client.settings.price("agent_message") if price is None else price),
+            ("inbox_cap", client.settings.inbox_cap),
             ("message_id", message_id),
             ("from", sender),
             ("type", message_type),
@@ -324,7 +316,7 @@ async def invoke(
     timeout: float = 30.0,
     *,
     job_id: str | None = None,
-    price: int = INVOKE_PRICE,
+    price: int | None = None,
 ) -> InvokeResult:
     """Calls ``target`` and waits for its answer or ``timeout`` seconds; the
     price is reserved at the start and charged only on success."""
@@ -346,8 +338,8 @@ async def invoke(
         layout + [("agents", k.agents()), ("target", k.agent(target)), ("target_inbox", k.inbox(target))],
         first
         + [
-            ("price", price),
-            ("inbox_cap", INBOX_CAP),
+            ("price", client.settings.price("agent_invoke") if price is None else price),
+            ("inbox_cap", client.settings.inbox_cap),
             ("message_id", str(uuid.uuid4())),
             ("caller", caller),
             ("target", target),
@@ -355,8 +347,8 @@ async def invoke(
             ("request", encode(payload)),
             ("timeout", int(timeout * 1000)),
             ("reply_stream", replies.stream),
-            ("staleness", 30_000),
-            ("retention", 86_400),
+            ("staleness", client.settings.stale_after_secs * 1000),
+            ("retention", client.settings.invoke_retention_secs),
         ],
     )
     if answer.tag != "ok":

@@ -13,8 +13,6 @@ from typing import Any
 from .client import Client
 from .errors import Conflict, InsufficientCredits, credits
 
-#: The server's default prices, in hundredths (AGENTBUS_PRICES overrides them).
-READ_PRICE, WRITE_PRICE, LOCK_PRICE = 100, 100, 200
 #: Numbers aggregated are at most 9e9 in magnitude (as the server bounds them).
 MAX_AGGREGATED = 9_000_000_000_000_000
 _MISSING = object()
@@ -111,7 +109,7 @@ class Blackboard:
         return answer
 
     async def _read(self, mode: str, *params: Any) -> list[Any]:
-        keys, args = self._layout(READ_PRICE)
+        keys, args = self._layout(self.client.settings.price("blackboard_read"))
         args += [("mode", mode)] + [("params", p) for p in params]
         answer = self._charged(await self.client.scripts.bb_read(self.client.redis, keys, args))
         return answer["values"]
@@ -121,7 +119,7 @@ class Blackboard:
         return _value(values[0]) if values and values[0] else default
 
     async def _write(self, mode: str, key: str, value: Any, ttl_ms: int, expected: Any, fence) -> Any:
-        keys, args = self._layout(WRITE_PRICE)
+        keys, args = self._layout(self.client.settings.price("blackboard_write"))
         micro = micro_units(value) if mode != "delete" else None
         args += [
             ("mode", mode),
@@ -156,7 +154,7 @@ class Blackboard:
         micro = micro_units(amount)
         if micro is None:
             raise ValueError("amount: a number of at most 9e9 (6 decimal places kept)")
-        keys, args = self._layout(WRITE_PRICE)
+        keys, args = self._layout(self.client.settings.price("blackboard_write"))
         args += [
             ("key", key),
             ("amount", micro),
@@ -190,7 +188,7 @@ class Blackboard:
         return Aggregate(int(keys), int(count), Decimal(micro).scaleb(-6).normalize(), _value(mn), _value(mx))
 
     async def _lock(self, name: str, action: str, holder: str, ttl_ms: int) -> Any:
-        keys, args = self._layout(LOCK_PRICE)
+        keys, args = self._layout(self.client.settings.price("blackboard_lock"))
         keys.append(("lock", self.keys.lock(name)))
         args += [("lock", name), ("action", action), ("holder", holder), ("ttl", ttl_ms)]
         return self._charged(await self.client.scripts.bb_lock(self.client.redis, keys, args))

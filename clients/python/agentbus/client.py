@@ -14,6 +14,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from .keys import TenantKeys
 from .rest import Api, Jobs
 from .scripts import Scripts
+from .settings import Settings
 
 _SCRIPTS: Scripts | None = None
 
@@ -79,7 +80,7 @@ class Client:
         tenant: str,
         *,
         prefix: str = "ab",
-        job_retention: int = 86400,
+        job_retention: int | None = None,
         api_url: str | None = None,
         token: str | None = None,
     ) -> None:
@@ -88,7 +89,11 @@ class Client:
         self.tenant = tenant
         self.keys = TenantKeys(prefix, tenant)
         self.scripts = scripts()
-        self.job_retention = job_retention
+        #: The server's prices and limits: its defaults until
+        #: :meth:`load_settings` reads the running server's.
+        self.settings = Settings.defaults()
+        if job_retention is not None:
+            self.settings.job_retention_secs = job_retention
 
     async def close(self) -> None:
         replies = getattr(self, "_replies", None)
@@ -103,6 +108,12 @@ class Client:
         if self._api is None:
             raise RuntimeError("Client(api_url=..., token=...) is needed for REST calls")
         return self._api
+
+    async def load_settings(self) -> Settings:
+        """Reads the running server's prices and limits (REST), so scripts
+        charge what the server charges when it runs with AGENTBUS_PRICES."""
+        self.settings = Settings.of(await self.api.request("GET", "/settings"))
+        return self.settings
 
     @property
     def jobs(self) -> Jobs:
@@ -132,6 +143,6 @@ class Client:
             ("event_base", event_base()),
             ("tenant", self.tenant),
             ("job_id", job_id),
-            ("retention", max(1, self.job_retention)),
+            ("retention", max(1, self.settings.job_retention_secs)),
         ]
         return keys, args

@@ -6,8 +6,10 @@ items stream), runs the handler on each, and completes the batch in one
 ``job_complete`` call (each item charged exactly once; a second completion
 is a duplicate and costs nothing) or reports a failure (``job_fail``:
 retried while attempts remain). It first re-walks its own pending entries,
-so after a crash or reconnect nothing it held is left waiting for the
-reclaimer. It stops when the job is no longer running (completed,
+and again whenever Redis answers after an outage (which it rides out for
+up to ``reconnect_for_s``), so after a crash or a lost connection nothing
+it held waits for the reclaimer; handlers are run at least once, items are
+charged exactly once. It stops when the job is no longer running (completed,
 cancelled, failed) or on :meth:`Worker.stop`.
 
 Given the :class:`~agentbus.agents.Agent` it runs as, the worker keeps that
@@ -20,10 +22,14 @@ held past the job's ``timeout_per_item`` is redelivered, as the job asked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .client import Client, decode, encode
 
@@ -58,10 +64,16 @@ class Tally:
     retried: int = 0
     failed: int = 0
     heartbeats: int = 0
+    #: Calls that met Redis unreachable, and entries finished by a re-walk.
+    reconnects: int = 0
+    rewalked: int = 0
     durations_ms: list[int] = field(default_factory=list)
 
 
 Handler = Callable[[Item], Awaitable[Any]]
+
+#: What a lost or refused connection raises.
+_LOST = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 def _item(entry_id: Any, fields: dict[bytes, bytes]) -> Item:
@@ -111,6 +123,7 @@ class Worker:
         block_ms: int = 1000,
         agent: "Agent | None" = None,
         heartbeat_s: float = 10.0,
+        reconnect_for_s: float = 60.0,
     ) -> None:
         if not 1 <= batch <= 100:
             raise ValueError("batch: 1 to 100 items per claim (as the server allows)")
@@ -118,6 +131,10 @@ class Worker:
         self.handler, self.concurrency, self.batch = handler, max(1, concurrency), batch
         self.block_ms = block_ms
         self.agent, self.heartbeat_s = agent, heartbeat_s
+        self.reconnect_for_s = reconnect_for_s
+        self._rewalking = asyncio.Lock()
+        self._needs_rewalk = False
+        self._in_flight: set[str] = set()
         self.tally = Tally()
         self._stopping = asyncio.Event()
         self._ended = False
@@ -134,34 +151,74 @@ class Worker:
             if beating is not None:
                 beating.cancel()
                 await asyncio.gather(beating, return_exceptions=True)
-                await self.agent.heartbeat("idle")  # type: ignore[union-attr]
+                with contextlib.suppress(*_LOST):
+                    await self.agent.heartbeat("idle")  # type: ignore[union-attr]
         return self.tally
 
     async def _heartbeats(self) -> None:
         assert self.agent is not None
         while True:
-            await self.agent.heartbeat("running")
-            self.tally.heartbeats += 1
+            with contextlib.suppress(*_LOST):  # an outage is the loops' to report
+                await self.agent.heartbeat("running")
+                self.tally.heartbeats += 1
             await asyncio.sleep(self.heartbeat_s)
 
     async def _rewalk_own_pending(self) -> None:
         """Entries delivered to this instance and never completed (a crash,
-        a lost connection): finished now rather than after their timeout."""
-        try:
-            read = await self.client.redis.xreadgroup(
-                "workers",
-                self.instance_id,
-                {self.client.keys.job_items(self.job_id): "0"},
-                count=1000,
-            )
-        except ResponseError as e:
-            if "NOGROUP" in str(e):
-                self._ended = True
-                return
-            raise
-        items = [_item(i, f) for _, entries in read or [] for i, f in entries if f]
-        if items:
-            await self._work(items)
+        a lost connection): finished now rather than after their timeout.
+        Entries a loop of this worker holds right now are left to it."""
+        async with self._rewalking:
+            self._needs_rewalk = False
+            after = "0"
+            while not self._ended:
+                try:
+                    read = await self.client.redis.xreadgroup(
+                        "workers",
+                        self.instance_id,
+                        {self.client.keys.job_items(self.job_id): after},
+                        count=self.batch,
+                    )
+                except ResponseError as e:
+                    if "NOGROUP" in str(e):
+                        self._ended = True
+                        return
+                    raise
+                entries = [(i, f) for _, batch in read or [] for i, f in batch]
+                if not entries:
+                    return
+                after = entries[-1][0]
+                items = [_item(i, f) for i, f in entries if f]
+                items = [i for i in items if i.item_id not in self._in_flight]
+                if items:
+                    self.tally.rewalked += len(items)
+                    await self._work(items)
+
+    async def _loop(self) -> None:
+        outage_since: float | None = None
+        delay = 0.05
+        while not self._stopping.is_set() and not self._ended:
+            try:
+                if self._needs_rewalk:
+                    await self._rewalk_own_pending()
+                items = await self._claim()
+                outage_since, delay = None, 0.05
+                if items is None:
+                    self._ended = True
+                    return
+                if items:
+                    await self._work(items)
+            except _LOST:
+                # Redis went away: what this worker held stays pending under
+                # its name; once Redis answers again it is re-walked (and
+                # charged once: a completion that did land is a duplicate).
+                now = asyncio.get_running_loop().time()
+                outage_since = outage_since or now
+                if now - outage_since > self.reconnect_for_s:
+                    raise
+                self.tally.reconnects += 1
+                self._needs_rewalk = True
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
 
     async def _claim(self) -> list[Item] | None:
         """Up to `batch` items; None when the job no longer runs."""
@@ -194,16 +251,15 @@ class Worker:
             raise
         return [_item(i, f) for _, entries in read or [] for i, f in entries]
 
-    async def _loop(self) -> None:
-        while not self._stopping.is_set() and not self._ended:
-            items = await self._claim()
-            if items is None:
-                self._ended = True
-                return
-            if items:
-                await self._work(items)
-
     async def _work(self, items: list[Item]) -> None:
+        ids = {i.item_id for i in items}
+        self._in_flight |= ids
+        try:
+            await self._work_held(items)
+        finally:
+            self._in_flight -= ids
+
+    async def _work_held(self, items: list[Item]) -> None:
         for item in items:
             if item.undecodable:
                 await self._fail(item, Fail(item.undecodable, retry=False))

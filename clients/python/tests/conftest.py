@@ -76,7 +76,7 @@ class Server:
     """`agentbus serve` and its REST API, for what Python agents do not do
     through the scripts (spawning and reading jobs, tokens, credits)."""
 
-    def __init__(self, prefix: str, database: Database | None = None):
+    def __init__(self, prefix: str, database: Database | None = None, extra_env: dict | None = None):
         binary = _binary()
         self.prefix = prefix
         self.port = _free_port()
@@ -94,6 +94,7 @@ class Server:
             # The sink runs: ledger, cancellations and audit reach Postgres.
             env.pop("AGENTBUS_NO_SINK")
             env["DATABASE_URL"] = database.url
+        env.update(extra_env or {})
         self.proc = subprocess.Popen(
             [binary, "serve", "--bind", f"127.0.0.1:{self.port}"],
             env=env,
@@ -207,3 +208,68 @@ def audit_row(db: Database, invoke_id: str) -> dict[str, str] | None:
         f" WHERE a.invoke_id = '{invoke_id}' AND a.status <> 'pending'"
     )
     return dict(zip(cols, rows[0])) if rows else None
+
+
+class Proxy:
+    """A TCP proxy in front of the tests' (single) Redis that can cut every
+    connection and refuse new ones for a while: an outage on demand."""
+
+    def __init__(self) -> None:
+        from urllib.parse import urlparse
+
+        u = urlparse(REDIS_URL)
+        self.target = (u.hostname or "127.0.0.1", u.port or 6379)
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.links: set = set()
+        self.server = None
+
+    async def start(self) -> "Proxy":
+        import asyncio
+
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def _serve(self, reader, writer) -> None:
+        import asyncio
+
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        link = (writer, up_writer)
+        self.links.add(link)
+
+        async def pipe(r, w):
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except OSError:
+                pass
+            finally:
+                w.transport.abort()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            self.links.discard(link)
+
+    async def cut(self, seconds: float) -> None:
+        """Drops every connection and refuses new ones for ``seconds``."""
+        import asyncio
+
+        self.server.close()
+        for a, b in list(self.links):
+            a.transport.abort()
+            b.transport.abort()
+        await asyncio.sleep(seconds)
+        await self.start()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for a, b in list(self.links):
+            a.transport.abort()
+            b.transport.abort()

@@ -3,11 +3,14 @@ exact to the minor unit, and a cancel while they run refunds exactly."""
 
 import asyncio
 import secrets
+from collections import Counter
 from decimal import Decimal
+
+import pytest
 
 from agentbus import Client, Fail, Worker
 
-from conftest import REDIS_URL, eventually, sync_redis
+from conftest import REDIS_URL, Proxy, eventually, sync_redis
 
 ITEM, OVERHEAD = Decimal("2.00"), Decimal("5.00")  # the server's default prices
 
@@ -142,3 +145,37 @@ async def test_an_undecodable_item_fails_for_good_alone_without_reaching_the_han
         dead = r.xrange(client.keys.dlq())
         assert len(dead) == 1 and b"undecodable input" in dead[0][1][b"reason"], dead
         assert dead[0][1][b"input"] == b"\xc1\x00", "the poison bytes are kept for inspection"
+
+
+async def test_a_worker_rides_out_a_redis_outage_and_rewalks_what_it_held(server):
+    if REDIS_URL.startswith("redis+cluster://"):
+        pytest.skip("the proxy fronts one Redis (cluster nodes redirect past it); the single-Redis pass runs this")
+    tenant = "t" + secrets.token_hex(3)
+    token = server.tenant(tenant, 1000)
+    n = 300
+    job_id = spawn(server, token, list(range(n)))  # 60 s per item before the reclaimer would act
+    proxy = await Proxy().start()
+    seen: Counter = Counter()
+
+    async def handler(item):
+        seen[item.index] += 1
+        await asyncio.sleep(0.05)
+        return item.input
+
+    try:
+        async with Client(proxy.url, tenant, prefix=server.prefix, api_url=server.url, token=token) as client:
+            worker = Worker(client, job_id, "py-outage", handler, concurrency=2, batch=16)
+            run = asyncio.create_task(worker.run())
+            while len(seen) < 60:
+                await asyncio.sleep(0.005)
+            await proxy.cut(1.5)  # both loops hold items whose completion now fails
+            tally = await asyncio.wait_for(run, 30)  # far inside the items' 60 s timeout
+            job = await client.jobs.get(job_id)
+    finally:
+        proxy.close()
+    assert tally.reconnects >= 1 and tally.rewalked >= 1, tally
+    assert set(seen) == set(range(n))
+    # Handlers ran again only for what the outage cut off; each item charged once.
+    assert sum(seen.values()) - n <= tally.rewalked
+    assert (job.status, job.progress.completed) == ("completed", n)
+    assert (job.credits.spent, job.credits.still_reserved) == (OVERHEAD + ITEM * n, 0)
