@@ -95,6 +95,20 @@ class Client:
         if job_retention is not None:
             self.settings.job_retention_secs = job_retention
 
+    @classmethod
+    def from_env(cls, **options: Any) -> "Client":
+        """A client configured as the server is: REDIS_URL, AGENTBUS_TENANT,
+        AGENTBUS_PREFIX (default "ab"), AGENTBUS_URL and AGENTBUS_TOKEN (for
+        the REST calls; the tenant's token)."""
+        env = os.environ
+        tenant = env.get("AGENTBUS_TENANT")
+        if not tenant:
+            raise RuntimeError("AGENTBUS_TENANT: the tenant to work as")
+        options.setdefault("prefix", env.get("AGENTBUS_PREFIX", "ab"))
+        options.setdefault("api_url", env.get("AGENTBUS_URL"))
+        options.setdefault("token", env.get("AGENTBUS_TOKEN"))
+        return cls(env.get("REDIS_URL", "redis://127.0.0.1:6379"), tenant, **options)
+
     async def close(self) -> None:
         replies = getattr(self, "_replies", None)
         if replies is not None:

@@ -58,6 +58,10 @@ class Blocking:
     def __init__(self, target: Any, loop: _Loop) -> None:
         self._target, self._loop = target, loop
 
+    def __iter__(self) -> Iterator[Any]:
+        """An async-iterable target (an Inbox) iterated, blocking."""
+        return self._loop.iterate(self._target.__aiter__())
+
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._target, name)
         if inspect.iscoroutinefunction(attr):
@@ -77,6 +81,18 @@ class SyncClient:
             return Client(redis_url, tenant, **options)
 
         self.client = self._loop.run(make())
+
+    @classmethod
+    def from_env(cls, **options: Any) -> "SyncClient":
+        """As :meth:`Client.from_env <agentbus.client.Client.from_env>`."""
+        made = cls.__new__(cls)
+        made._loop = _Loop()
+
+        async def make() -> Client:
+            return Client.from_env(**options)
+
+        made.client = made._loop.run(make())
+        return made
 
     def close(self) -> None:
         try:
