@@ -404,6 +404,7 @@ async fn one_tenants_token_never_reaches_another_tenants_state_on_any_endpoint()
         ("GET", "/api/v1/namespaces/b-ns/top".into(), None),
         ("GET", "/api/v1/namespaces/b-ns/aggregate".into(), None),
         ("GET", "/api/v1/credits".into(), None),
+        ("GET", "/api/v1/settings".into(), None),
         (
             "POST",
             "/api/v1/credits/grant".into(),
