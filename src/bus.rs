@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agents::reply_hub::ReplyHub;
+use crate::auth::cache::TokenCache;
 use crate::conn::Redis;
 use crate::error::Result;
 use crate::keys::{Keyspace, TenantId, TenantKeys};
@@ -26,6 +27,7 @@ pub mod defaults {
     pub const REDELIVER_AFTER_SECS: u64 = 30;
     pub const INBOX_RETENTION_SECS: u64 = 24 * 3600;
     pub const INVOKE_RETENTION_SECS: u64 = 3600;
+    pub const TOKEN_CACHE_SECS: u64 = 10;
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +58,9 @@ pub struct Limits {
     pub inbox_retention: Duration,
     /// How long a finished invocation stays in Redis (the audit trail lives on in Postgres).
     pub invoke_retention: Duration,
+    /// How long a process may trust a cached token record without hearing
+    /// of its revocation (zero: every request reads Redis).
+    pub token_cache: Duration,
 }
 
 impl Default for Limits {
@@ -74,6 +79,7 @@ impl Default for Limits {
             redeliver_after: Duration::from_secs(d::REDELIVER_AFTER_SECS),
             inbox_retention: Duration::from_secs(d::INBOX_RETENTION_SECS),
             invoke_retention: Duration::from_secs(d::INVOKE_RETENTION_SECS),
+            token_cache: Duration::from_secs(d::TOKEN_CACHE_SECS),
         }
     }
 }
@@ -86,6 +92,7 @@ struct Inner {
     /// Unique per process: names its reply streams and consumers.
     process_id: String,
     replies: ReplyHub,
+    tokens: TokenCache,
 }
 
 #[derive(Clone)]
@@ -100,6 +107,7 @@ impl AgentBus {
                 redis,
                 keys,
                 prices,
+                tokens: TokenCache::new(limits.token_cache),
                 limits,
                 process_id: format!("p{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
                 replies: ReplyHub::default(),
@@ -125,6 +133,11 @@ impl AgentBus {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// This process's cache of token records (see [`crate::auth::cache`]).
+    pub fn token_cache(&self) -> &TokenCache {
+        &self.inner.tokens
     }
 
     /// This process's unique id.

@@ -118,6 +118,16 @@ pub struct Config {
     )]
     pub stale_after_secs: u64,
 
+    /// Seconds a process may trust a cached API token record without
+    /// hearing of its revocation (0: read Redis on every request).
+    #[arg(
+        long,
+        env = "AGENTBUS_TOKEN_CACHE_SECS",
+        default_value_t = bus::defaults::TOKEN_CACHE_SECS,
+        global = true
+    )]
+    pub token_cache_secs: u64,
+
     /// Most entries an inbox keeps.
     #[arg(
         long,
@@ -154,6 +164,7 @@ impl Config {
             pg_pool: defaults::PG_POOL,
             stale_after_secs: bus::defaults::STALE_AFTER_SECS,
             inbox_cap: bus::defaults::INBOX_CAP,
+            token_cache_secs: bus::defaults::TOKEN_CACHE_SECS,
             max_deliveries: bus::defaults::MAX_DELIVERIES,
         }
     }
@@ -196,6 +207,7 @@ impl Config {
                 stale_after: Duration::from_secs(self.stale_after_secs.max(1)),
                 inbox_cap: self.inbox_cap.max(1),
                 max_deliveries: self.max_deliveries.max(1),
+                token_cache: Duration::from_secs(self.token_cache_secs),
                 ..Limits::default()
             },
         ))

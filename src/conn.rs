@@ -82,6 +82,9 @@ enum Backend {
         /// Made on first use, so a process can start while the cluster is down.
         conn: std::sync::Arc<OnceCell<ClusterConnection>>,
         response_timeout: Duration,
+        /// Subscriptions go to one node: a cluster carries what is published
+        /// on any node to the subscribers of every node.
+        subscribe_to: redis::Client,
     },
 }
 
@@ -128,6 +131,12 @@ impl Redis {
     /// use, so a process can start (and report not-ready) while Redis is down.
     pub fn open(url: &str, options: RedisOptions) -> Result<Self> {
         if let Some(nodes) = cluster_nodes(url) {
+            let subscribe_to = nodes
+                .first()
+                .map(|n| redis::Client::open(n.as_str()))
+                .transpose()
+                .map_err(|e| config_error(url, e))?
+                .ok_or_else(|| config_error(url, "no nodes"))?;
             let client = ClusterClient::builder(nodes)
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(options.response_timeout)
@@ -138,6 +147,7 @@ impl Redis {
                     client: std::sync::Arc::new(client),
                     conn: Default::default(),
                     response_timeout: options.response_timeout,
+                    subscribe_to,
                 },
             });
         }
@@ -173,6 +183,7 @@ impl Redis {
                 client,
                 conn,
                 response_timeout,
+                ..
             } => {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(CONNECT_TIMEOUT)
@@ -191,6 +202,20 @@ impl Redis {
         BlockingConn {
             backend: self.backend.clone(),
             conn: None,
+        }
+    }
+
+    /// A connection for `SUBSCRIBE` (of its own, as subscribing takes it over).
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub> {
+        let client = match &self.backend {
+            Backend::Single { client, .. } => client,
+            Backend::Cluster { subscribe_to, .. } => subscribe_to,
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
+            Ok(connected) => Ok(connected?),
+            Err(_) => Err(Error::Timeout(
+                "connecting to Redis for a subscription".into(),
+            )),
         }
     }
 

@@ -181,6 +181,12 @@ impl Keyspace {
         format!("{}:tokens", self.prefix)
     }
 
+    /// Pub/sub channel of revoked (and rotated) token ids: each process
+    /// drops them from its token cache.
+    pub fn tokens_revoked(&self) -> String {
+        format!("{}:tokens:revoked", self.prefix)
+    }
+
     /// A token's rate-limit state (one key per token, expiring when idle).
     pub fn rate_limit(&self, token_id: &str) -> String {
         format!("{}:rl:{token_id}", self.prefix)

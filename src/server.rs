@@ -60,6 +60,10 @@ pub async fn start(config: &Config, serve: &ServeConfig) -> Result<Running> {
             }
         }));
     }
+    tasks.push(tokio::spawn(crate::auth::cache::run(
+        bus.clone(),
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(reclaim::run(
         bus.clone(),
         Duration::from_millis(serve.reclaim_interval_ms.max(10)),

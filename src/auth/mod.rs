@@ -2,7 +2,11 @@
 //!
 //! A token reads `abt_<id>_<secret>`. The id names the record in the hash
 //! `ab:tokens` (so a token can be listed and revoked without its secret); the
-//! secret is checked against its SHA-256 in constant time.
+//! secret is checked against its SHA-256 in constant time. Records are
+//! cached per process ([`cache`]); a revocation reaches every process's
+//! cache over pub/sub.
+
+pub mod cache;
 
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
@@ -127,8 +131,22 @@ impl AgentBus {
         }
     }
 
-    /// The record of token `id`, if there is one (an unreadable one counts as none).
+    /// The record of token `id`, if there is one (an unreadable one counts
+    /// as none): from this process's cache when it may be trusted.
     async fn token_record(&self, id: &str) -> Result<Option<TokenRecord>> {
+        let cache = self.token_cache();
+        if let Some(record) = cache.get(id) {
+            return Ok(Some(record));
+        }
+        let epoch = cache.epoch();
+        let record = self.stored_token_record(id).await?;
+        if let Some(r) = &record {
+            cache.put(r, epoch);
+        }
+        Ok(record)
+    }
+
+    async fn stored_token_record(&self, id: &str) -> Result<Option<TokenRecord>> {
         let mut conn = self.redis().conn().await?;
         let json: Option<String> = redis::cmd("HGET")
             .arg(self.keyspace().tokens())
@@ -136,6 +154,27 @@ impl AgentBus {
             .query_async(&mut conn)
             .await?;
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// Tells every process's cache that token `id` is no longer valid (this
+    /// process's at once). A lost publish is bounded by the caches' time to
+    /// live, so it is logged and counted, not returned.
+    async fn announce_revoked(&self, id: &str) {
+        self.token_cache().forget(id);
+        let published: Result<()> = async {
+            let mut conn = self.redis().conn().await?;
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(self.keyspace().tokens_revoked())
+                .arg(id)
+                .query_async(&mut conn)
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = published {
+            e.count_failure();
+            tracing::warn!(error = %e, token = id, "revocation not published; other processes drop the token within their cache time");
+        }
     }
 
     /// Every token record (secrets are never stored), optionally of one tenant.
@@ -158,7 +197,7 @@ impl AgentBus {
     /// secret stops working at the moment the new one starts.
     pub async fn rotate_token(&self, id: &str) -> Result<NewToken> {
         let old = self
-            .token_record(id)
+            .stored_token_record(id)
             .await?
             .ok_or_else(|| Error::not_found(format!("token {id}")))?;
         let mut conn = self.redis().conn().await?;
@@ -186,6 +225,8 @@ impl AgentBus {
                 .await?;
             return Err(Error::not_found(format!("token {id}")));
         }
+        drop(conn);
+        self.announce_revoked(id).await;
         Ok(NewToken {
             id: record.id,
             tenant: record.tenant,
@@ -214,7 +255,9 @@ impl AgentBus {
             .then(|| std::time::Duration::from_millis(wait_ms.max(1) as u64)))
     }
 
-    /// Revokes a token by id; effective on the next request.
+    /// Revokes a token by id: refused from this process's next request, and
+    /// from other processes' once the revocation reaches them (pub/sub,
+    /// milliseconds; at most their cache time, `AGENTBUS_TOKEN_CACHE_SECS`).
     pub async fn revoke_token(&self, id: &str) -> Result<()> {
         let mut conn = self.redis().conn().await?;
         let removed: i64 = redis::cmd("HDEL")
@@ -225,6 +268,8 @@ impl AgentBus {
         if removed == 0 {
             return Err(Error::not_found(format!("token {id}")));
         }
+        drop(conn);
+        self.announce_revoked(id).await;
         Ok(())
     }
 }

@@ -28,4 +28,5 @@ mod reconnect;
 mod security;
 mod simulate;
 mod sink;
+mod token_cache;
 mod verify;
