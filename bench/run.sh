@@ -63,11 +63,11 @@ out=bench/RESULTS.md.tmp
   clean
   echo "### HTTP request path (median of $runs runs)"
   echo
-  echo "| server | GET /healthz req/s | CPU per request | GET /api/v1/credits req/s | CPU per request |"
-  echo "|---|---|---|---|---|"
+  echo "| server | GET /healthz req/s | CPU per request | GET /api/v1/credits req/s | CPU per request | Redis commands per request |"
+  echo "|---|---|---|---|---|---|"
   bench/http.sh "$runs" "$bin"
   echo
-  echo '`bench/http.sh`: `agentbus serve` without sink, rate limit off, wrk with 50 connections for 10 s; CPU is that of the server process (user + system) per request answered.'
+  echo '`bench/http.sh`: `agentbus serve` without sink, rate limit off, wrk with 50 connections for 10 s; CPU is that of the server process (user + system) per request answered; Redis commands per authenticated request from `INFO stats`.'
   echo
   clean
   echo "### Under attack (one run of bench/attack.py, 512 MiB cgroup)"

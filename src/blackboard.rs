@@ -200,15 +200,17 @@ impl AgentBus {
     pub async fn flush_metering(&self, tenant: &TenantId) -> Result<Decimal> {
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
-        let minor = scripts()
-            .credits_flush
-            .key("credits", keys.credits())
-            .key("outbox", keys.outbox())
+        let mut call = scripts().credits_flush.key("credits", keys.credits());
+        call.key("outbox", keys.outbox())
             .arg("event_base", event_base())
-            .arg("tenant", tenant.as_str())
-            .invoke(&mut conn)
-            .await?
-            .value()?;
+            .arg("tenant", tenant.as_str());
+        // Most passes find nothing metered: signal the sink only when the
+        // flush wrote events (one more round trip then).
+        call.quiet();
+        let minor = call.invoke(&mut conn).await?.value()?;
+        if minor > 0 {
+            self.signal_outbox(tenant).await?;
+        }
         Ok(from_minor(minor))
     }
 
@@ -555,6 +557,8 @@ impl Blackboard {
     pub async fn sweep(&self, limit: usize) -> Result<i64> {
         let mut call = self.call(&scripts().bb_sweep, 0);
         call.arg("most", limit.clamp(1, MAX_READ));
+        // Free of charge, it appends no event: no signal for the sink.
+        call.quiet();
         let mut conn = self.bus.redis().conn().await?;
         call.invoke(&mut conn).await?.value()
     }

@@ -161,6 +161,24 @@ impl AgentBus {
         Ok(())
     }
 
+    /// Tells the sink `tenant` has new outbox events (what every script call
+    /// that writes an outbox does by itself; see `scripts`).
+    pub async fn signal_outbox(&self, tenant: &TenantId) -> Result<()> {
+        let mut conn = self.redis().conn().await?;
+        redis::cmd("ZADD")
+            .arg(
+                self.inner
+                    .keys
+                    .outbox_ready(crate::keys::ready_shard(tenant.as_str())),
+            )
+            .arg("NX")
+            .arg(chrono::Utc::now().timestamp_millis())
+            .arg(tenant.as_str())
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Every tenant known to this deployment.
     pub async fn tenants(&self) -> Result<Vec<TenantId>> {
         let mut conn = self.redis().conn().await?;

@@ -310,6 +310,11 @@ pub struct SinkConfig {
     /// Seconds another sink's unacknowledged events wait before this one takes them over.
     #[arg(long, env = "AGENTBUS_SINK_TAKEOVER_SECS", default_value_t = crate::outbox::sink::TAKEOVER_IDLE.as_secs())]
     pub sink_takeover_secs: u64,
+
+    /// Seconds between the sink's visits of every tenant (signals bring it
+    /// to a tenant with new events at once; this is the safety net).
+    #[arg(long, env = "AGENTBUS_SINK_SWEEP_SECS", default_value_t = crate::outbox::sink::SWEEP_EVERY.as_secs())]
+    pub sink_sweep_secs: u64,
 }
 
 impl SinkConfig {
@@ -329,6 +334,7 @@ impl SinkConfig {
         let mut options = crate::outbox::sink::SinkOptions::new(&consumer);
         options.batch = self.sink_batch.clamp(1, crate::outbox::sink::MAX_BATCH);
         options.takeover_idle = Duration::from_secs(self.sink_takeover_secs.max(1));
+        options.sweep_every = Duration::from_secs(self.sink_sweep_secs.max(1));
         Ok(options)
     }
 }

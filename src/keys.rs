@@ -141,6 +141,29 @@ impl schemars::JsonSchema for Ident {
     }
 }
 
+/// Shards of the sink's ready signal ([`Keyspace::outbox_ready`]).
+pub const READY_SHARDS: usize = 16;
+
+/// The shard of `tenant`'s ready signal: FNV-1a (32 bit) of its name,
+/// modulo [`READY_SHARDS`] (clients in other languages compute the same).
+pub fn ready_shard(tenant: &str) -> usize {
+    let hash = tenant.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash as usize % READY_SHARDS
+}
+
+/// For a tenant's outbox key, the ready-signal key to write and the tenant
+/// to write into it; `None` for anything that is not an outbox key.
+pub fn ready_signal(outbox_key: &[u8]) -> Option<(String, String)> {
+    let key = std::str::from_utf8(outbox_key).ok()?;
+    let rest = key.strip_suffix("}:outbox")?;
+    let (prefix, tenant) = rest.rsplit_once(":{")?;
+    TenantId::new(tenant).ok()?;
+    let keys = Keyspace::new(prefix).ok()?;
+    Some((keys.outbox_ready(ready_shard(tenant)), tenant.to_string()))
+}
+
 /// The key names of one deployment (one prefix).
 #[derive(Clone, Debug)]
 pub struct Keyspace {
@@ -185,6 +208,19 @@ impl Keyspace {
     /// drops them from its token cache.
     pub fn tokens_revoked(&self) -> String {
         format!("{}:tokens:revoked", self.prefix)
+    }
+
+    /// The "ready" signals of the sink, one zset per shard: tenant → time
+    /// its outbox was first written since the sink last took the signal.
+    /// Written after every script call that writes an outbox (see
+    /// [`ready_signal`]); shards spread them over a cluster's masters.
+    pub fn outbox_ready(&self, shard: usize) -> String {
+        format!("{}:outbox:ready:{shard}", self.prefix)
+    }
+
+    /// Every shard of [`outbox_ready`](Self::outbox_ready).
+    pub fn outbox_ready_all(&self) -> Vec<String> {
+        (0..READY_SHARDS).map(|s| self.outbox_ready(s)).collect()
     }
 
     /// A token's rate-limit state (one key per token, expiring when idle).
@@ -401,6 +437,20 @@ impl BlackboardKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outbox_key_names_its_ready_signal() {
+        let ks = Keyspace::new("ab:x").unwrap();
+        let t = TenantId::new("acme.1").unwrap();
+        let (key, tenant) = ready_signal(ks.tenant(&t).outbox().as_bytes()).unwrap();
+        assert_eq!(tenant, "acme.1");
+        assert_eq!(key, ks.outbox_ready(ready_shard("acme.1")));
+        assert!(ready_signal(ks.tenant(&t).credits().as_bytes()).is_none());
+        assert!(ready_signal(b"ab:{a b}:outbox").is_none());
+        // FNV-1a, as other languages compute it.
+        assert_eq!(ready_shard(""), 0x811c_9dc5 % READY_SHARDS);
+        assert_eq!(ready_shard("a"), 0xe40c_292c_u32 as usize % READY_SHARDS);
+    }
 
     #[test]
     fn tenant_keys_share_one_hash_tag() {

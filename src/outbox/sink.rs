@@ -11,6 +11,14 @@
 //! again to no effect. Postgres being down means waiting, not dropping. An
 //! event Postgres refuses is stranded: kept, counted and replayable (see
 //! [`crate::outbox::stranded`]).
+//!
+//! Which tenants to visit is driven by work: every script call that writes
+//! an outbox also writes its tenant into a ready signal (one zset per shard,
+//! `keys::ready_signal`), and the sink blocks on those (`BZMPOP`, one reader
+//! per shard), so an idle tenant costs nothing. A full sweep of every
+//! tenant — taking over what a dead sink left, reading its own pending
+//! entries, refreshing the backlog gauges — runs at start and then every
+//! `sweep_every`, the safety net for a signal lost with a crash.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -38,8 +46,10 @@ pub const GROUP: &str = "sink";
 pub const MAX_BATCH: usize = 5000;
 /// Events per batch unless configured (`AGENTBUS_SINK_BATCH`).
 pub const DEFAULT_BATCH: usize = 1000;
-/// How often the lag gauges are refreshed.
-const LAG_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How often every tenant is visited whatever the signals (default).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(300);
+/// Most tenants one signal read takes.
+const SIGNALS_PER_READ: usize = 1000;
 /// Entries another sink has held this long without acknowledging are taken over (default).
 pub const TAKEOVER_IDLE: Duration = Duration::from_secs(30);
 
@@ -61,10 +71,10 @@ pub struct SinkOptions {
     /// Consumer name: unique per sink process, stable across its restarts.
     pub consumer: String,
     pub batch: usize,
-    /// Pause when every outbox is empty.
-    pub idle_sleep: Duration,
     /// Entries another consumer (a sink that died) has held this long are taken over.
     pub takeover_idle: Duration,
+    /// Every tenant is visited this often, signalled or not.
+    pub sweep_every: Duration,
     pub hook: Option<SinkHook>,
 }
 
@@ -73,8 +83,8 @@ impl SinkOptions {
         Self {
             consumer: consumer.to_string(),
             batch: DEFAULT_BATCH,
-            idle_sleep: Duration::from_millis(20),
             takeover_idle: TAKEOVER_IDLE,
+            sweep_every: SWEEP_EVERY,
             hook: None,
         }
     }
@@ -88,6 +98,9 @@ pub struct Written {
     pub dead_lettered: usize,
     /// When each event entered the outbox (ms, from its entry id): lag = commit time − this.
     pub appended_at_ms: Vec<i64>,
+    /// The last batch was full: more may be waiting.
+    #[serde(skip)]
+    pub more: bool,
 }
 
 /// The sink of one process.
@@ -257,6 +270,7 @@ impl Sink {
             ledger_rows,
             dead_lettered: poison.len(),
             appended_at_ms: entries.iter().filter_map(|e| entry_millis(&e.id)).collect(),
+            more: false,
         })
     }
 
@@ -287,6 +301,7 @@ impl Sink {
             total.ledger_rows += written.ledger_rows;
             total.dead_lettered += written.dead_lettered;
             total.appended_at_ms.extend(written.appended_at_ms);
+            total.more = written.events >= self.options.batch;
             current = next;
         }
         Ok(total)
@@ -344,64 +359,80 @@ impl Sink {
         for e in entries {
             call.arg("entry", &e.id);
         }
+        // It removes events: nothing new for the sink.
+        call.quiet();
         call.invoke(&mut conn).await?;
         Ok(())
     }
 
-    /// Runs until `shutdown`: every tenant, batch after batch, backing off
-    /// while Postgres or Redis fail.
+    /// Runs until `shutdown`: the tenants the ready signals name, as they
+    /// are signalled, and every tenant at each sweep; backing off while
+    /// Postgres or Redis fail.
     pub async fn run(self, shutdown: CancellationToken) {
+        let (tx, mut signals) = tokio::sync::mpsc::channel::<Vec<TenantId>>(64);
+        let readers: Vec<_> = self
+            .bus
+            .keyspace()
+            .outbox_ready_all()
+            .into_iter()
+            .map(|key| {
+                tokio::spawn(read_signals(
+                    self.bus.clone(),
+                    key,
+                    tx.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        drop(tx);
         let mut backoff = Duration::from_millis(100);
-        let takeover_every = self.options.takeover_idle / 2;
-        let mut last_takeover = Instant::now() - takeover_every;
+        let mut next_sweep = Instant::now();
         // Tenants whose own pending entries must be read first (all, at start).
         let mut recovered: HashSet<TenantId> = HashSet::new();
-        let mut last_lag_report = Instant::now() - LAG_REPORT_EVERY;
+        // Tenants to drain next, in arrival order, each once.
+        let mut queue = Queue::default();
         while !shutdown.is_cancelled() {
-            let tenants = match self.bus.tenants().await {
-                Ok(t) => t,
-                Err(e) => {
-                    e.count_failure();
-                    tracing::warn!(error = %e, "sink: cannot list tenants");
-                    sleep_or_stop(&shutdown, backoff).await;
-                    continue;
+            if Instant::now() >= next_sweep {
+                next_sweep = match self.sweep(&mut recovered).await {
+                    Ok(()) => Instant::now() + self.options.sweep_every,
+                    Err(e) => {
+                        e.count_failure();
+                        tracing::warn!(error = %e, "sink: sweep failed; will retry");
+                        Instant::now() + backoff
+                    }
+                };
+                continue;
+            }
+            if queue.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(next_sweep.into()) => continue,
+                    got = signals.recv() => match got {
+                        Some(tenants) => queue.add(tenants),
+                        None => break,
+                    },
                 }
-            };
-            let takeover = last_takeover.elapsed() >= takeover_every;
-            let mut busy = false;
+            }
+            while let Ok(tenants) = signals.try_recv() {
+                queue.add(tenants);
+            }
             let mut failed = false;
-            for tenant in &tenants {
-                if takeover && let Err(e) = self.take_over(tenant).await {
-                    e.count_failure();
-                    tracing::warn!(error = %e, "sink: takeover failed");
-                }
-                // Take over and recover only now and then; prefetched batches
-                // left pending are picked up by the recovery read.
-                let recover = takeover || !recovered.contains(tenant);
-                match self.drain_tenant(tenant, recover, 16).await {
+            for tenant in queue.take() {
+                let recover = !recovered.contains(&tenant);
+                match self.drain_tenant(&tenant, recover, 16).await {
                     Ok(written) => {
-                        busy |= written.events > 0;
                         recovered.insert(tenant.clone());
+                        if written.more {
+                            queue.add(vec![tenant]);
+                        }
                     }
                     Err(e) => {
                         e.count_failure();
                         tracing::warn!(tenant = %tenant, error = %e, "sink: batch failed; will retry");
-                        recovered.remove(tenant);
+                        recovered.remove(&tenant);
+                        queue.add(vec![tenant]);
                         failed = true;
                     }
-                }
-            }
-            if takeover {
-                last_takeover = Instant::now();
-            }
-            if last_lag_report.elapsed() >= LAG_REPORT_EVERY {
-                last_lag_report = Instant::now();
-                if let Ok(status) = self.bus.outbox_status().await {
-                    metrics::sink_lag(
-                        status
-                            .iter()
-                            .map(|s| (s.tenant.as_str(), s.events, s.oldest_age_secs, s.stranded)),
-                    );
                 }
             }
             if failed {
@@ -409,12 +440,137 @@ impl Sink {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             } else {
                 backoff = Duration::from_millis(100);
-                if !busy {
-                    sleep_or_stop(&shutdown, self.options.idle_sleep).await;
+            }
+        }
+        for reader in readers {
+            reader.abort();
+        }
+    }
+
+    /// Visits every tenant: takes over what another sink left idle, reads
+    /// this sink's own pending entries, drains, and refreshes the backlog
+    /// gauges.
+    async fn sweep(&self, recovered: &mut HashSet<TenantId>) -> Result<()> {
+        let tenants = self.bus.tenants().await?;
+        let mut first_error = None;
+        for tenant in &tenants {
+            if let Err(e) = self.take_over(tenant).await {
+                e.count_failure();
+                tracing::warn!(error = %e, "sink: takeover failed");
+            }
+            loop {
+                match self.drain_tenant(tenant, true, 16).await {
+                    Ok(written) if written.more => continue,
+                    Ok(_) => {
+                        recovered.insert(tenant.clone());
+                    }
+                    Err(e) => {
+                        recovered.remove(tenant);
+                        first_error.get_or_insert(e);
+                    }
                 }
+                break;
+            }
+        }
+        if let Ok(status) = self.bus.outbox_status().await {
+            metrics::sink_lag(
+                status
+                    .iter()
+                    .map(|s| (s.tenant.as_str(), s.events, s.oldest_age_secs, s.stranded)),
+            );
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Tenants waiting to be drained, in arrival order, each at most once.
+#[derive(Default)]
+struct Queue {
+    order: Vec<TenantId>,
+    members: HashSet<TenantId>,
+}
+
+impl Queue {
+    fn add(&mut self, tenants: Vec<TenantId>) {
+        for t in tenants {
+            if self.members.insert(t.clone()) {
+                self.order.push(t);
             }
         }
     }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    fn take(&mut self) -> Vec<TenantId> {
+        self.members.clear();
+        std::mem::take(&mut self.order)
+    }
+}
+
+/// Reads one shard of the ready signals into `tx` until `shutdown`: each
+/// read takes (and removes) up to [`SIGNALS_PER_READ`] tenants, blocking up
+/// to a second when there are none.
+async fn read_signals(
+    bus: AgentBus,
+    key: String,
+    tx: tokio::sync::mpsc::Sender<Vec<TenantId>>,
+    shutdown: CancellationToken,
+) {
+    const BLOCK: Duration = Duration::from_secs(1);
+    let mut conn = bus.redis().blocking();
+    let mut backoff = Duration::from_millis(100);
+    let mut cmd = redis::cmd("BZMPOP");
+    cmd.arg(BLOCK.as_secs())
+        .arg(1)
+        .arg(&key)
+        .arg("MIN")
+        .arg("COUNT")
+        .arg(SIGNALS_PER_READ);
+    loop {
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            read = conn.query::<Value>(&cmd, BLOCK) => read,
+        };
+        match read {
+            Ok(reply) => {
+                backoff = Duration::from_millis(100);
+                let tenants = signalled_tenants(&reply);
+                if !tenants.is_empty() && tx.send(tenants).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                e.count_failure();
+                tracing::debug!(error = %e, key, "sink: cannot read signals");
+                sleep_or_stop(&shutdown, backoff).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The members of a `BZMPOP` reply (`[key, [[member, score], ...]]`, or
+/// nil when it timed out), as tenants; anything else is ignored.
+fn signalled_tenants(reply: &Value) -> Vec<TenantId> {
+    let Value::Array(parts) = reply else {
+        return Vec::new();
+    };
+    let Some(Value::Array(pairs)) = parts.get(1) else {
+        return Vec::new();
+    };
+    pairs
+        .iter()
+        .filter_map(|pair| match pair {
+            Value::Array(p) => crate::codec::text(p.first()?),
+            _ => None,
+        })
+        .filter_map(|name| TenantId::new(name).ok())
+        .collect()
 }
 
 /// The millisecond part of a stream entry id.

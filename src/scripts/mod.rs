@@ -12,16 +12,21 @@
 //! its header name, checked in order, and the counts are checked before
 //! anything is sent (a mismatch is an error, never a half-built call). The
 //! reply is parsed once, against the shapes the header declares, into an
-//! [`Answer`] whose fields are read by name. `redis::Script` runs it by
-//! EVALSHA and loads it again when Redis answers NOSCRIPT (after a restart
-//! or `SCRIPT FLUSH`).
+//! [`Answer`] whose fields are read by name. A call runs by EVALSHA and
+//! loads its script again when Redis answers NOSCRIPT (after a restart or
+//! `SCRIPT FLUSH`).
+//!
+//! A call that passes a tenant's `outbox` key also writes the sink's ready
+//! signal for that tenant (`keys::ready_signal`), in the same round trip,
+//! after the script: the sink learns which tenants have new events without
+//! visiting the others.
 
 pub mod header;
 
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
-use redis::{Script, ScriptInvocation, ToRedisArgs, Value};
+use redis::{Cmd, Script, ToRedisArgs, Value};
 
 use crate::error::{Error, Result};
 pub use header::Ty;
@@ -95,9 +100,10 @@ impl Lua {
     pub fn call(&self) -> Call<'_> {
         Call {
             def: self.def,
-            invocation: self.script.prepare_invoke(),
-            keys: 0,
-            args: 0,
+            script: &self.script,
+            keys: Vec::new(),
+            args: Vec::new(),
+            outbox: None,
             fault: None,
         }
     }
@@ -124,38 +130,89 @@ fn complete(fixed: &[&str], group: &[&str], n: usize) -> bool {
 /// One call being built: keys and arguments pushed by their header names.
 pub struct Call<'a> {
     def: &'static Def,
-    invocation: ScriptInvocation<'a>,
-    keys: usize,
-    args: usize,
+    script: &'a Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+    /// The tenant outbox this call writes, if any.
+    outbox: Option<Vec<u8>>,
     /// The first name that did not match the header.
     fault: Option<String>,
 }
 
 impl Call<'_> {
     pub fn key(&mut self, name: &'static str, key: impl ToRedisArgs) -> &mut Self {
-        let expected = slot(self.def.keys, self.def.key_group, self.keys);
-        if expected != Some(name) && self.fault.is_none() {
+        let expected = slot(self.def.keys, self.def.key_group, self.keys.len());
+        let mut encoded = key.to_redis_args();
+        if (expected != Some(name) || encoded.len() != 1) && self.fault.is_none() {
             self.fault = Some(format!(
-                "KEYS[{}] is {expected:?}, pushed as {name:?}",
-                self.keys + 1
+                "KEYS[{}] is {expected:?}, pushed as {name:?} ({} values)",
+                self.keys.len() + 1,
+                encoded.len()
             ));
         }
-        self.keys += 1;
-        self.invocation.key(key);
+        let first = encoded.pop().unwrap_or_default();
+        if name == "outbox" {
+            self.outbox = Some(first.clone());
+        }
+        self.keys.push(first);
         self
     }
 
     pub fn arg(&mut self, name: &'static str, arg: impl ToRedisArgs) -> &mut Self {
-        let expected = slot(self.def.args, self.def.arg_group, self.args);
-        if expected != Some(name) && self.fault.is_none() {
+        let expected = slot(self.def.args, self.def.arg_group, self.args.len());
+        let mut encoded = arg.to_redis_args();
+        if (expected != Some(name) || encoded.len() != 1) && self.fault.is_none() {
             self.fault = Some(format!(
-                "ARGV[{}] is {expected:?}, pushed as {name:?}",
-                self.args + 1
+                "ARGV[{}] is {expected:?}, pushed as {name:?} ({} values)",
+                self.args.len() + 1,
+                encoded.len()
             ));
         }
-        self.args += 1;
-        self.invocation.arg(arg);
+        self.args.push(encoded.pop().unwrap_or_default());
         self
+    }
+
+    /// No ready signal for this call: it passes an outbox but appends
+    /// nothing to it (an acknowledgement, a free sweep).
+    pub fn quiet(&mut self) -> &mut Self {
+        self.outbox = None;
+        self
+    }
+
+    fn evalsha(&self) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
+    }
+
+    /// The ready signal of the outbox this call writes: `ZADD NX`, so the
+    /// time kept is when the tenant first had events the sink has not seen.
+    fn signal(&self) -> Option<Cmd> {
+        let (key, tenant) = crate::keys::ready_signal(self.outbox.as_deref()?)?;
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(key)
+            .arg("NX")
+            .arg(chrono::Utc::now().timestamp_millis())
+            .arg(tenant);
+        Some(cmd)
+    }
+
+    /// Runs the script (and its signal) once; NOSCRIPT is the caller's.
+    async fn run(&self, conn: &mut impl ConnectionLike) -> redis::RedisResult<Value> {
+        match self.signal() {
+            None => self.evalsha().query_async(conn).await,
+            Some(signal) => {
+                let (value, _): (Value, Value) = redis::pipe()
+                    .add_command(self.evalsha())
+                    .add_command(signal)
+                    .query_async(conn)
+                    .await?;
+                Ok(value)
+            }
+        }
     }
 
     /// The call's fault against the header, if any: names out of order, or
@@ -163,10 +220,10 @@ impl Call<'_> {
     pub fn check(&self) -> Result<()> {
         let d = self.def;
         let fault = self.fault.clone().or_else(|| {
-            if !complete(d.keys, d.key_group, self.keys) {
-                Some(format!("{} KEYS do not fill {:?}", self.keys, d.keys))
-            } else if !complete(d.args, d.arg_group, self.args) {
-                Some(format!("{} ARGV do not fill {:?}", self.args, d.args))
+            if !complete(d.keys, d.key_group, self.keys.len()) {
+                Some(format!("{} KEYS do not fill {:?}", self.keys.len(), d.keys))
+            } else if !complete(d.args, d.arg_group, self.args.len()) {
+                Some(format!("{} ARGV do not fill {:?}", self.args.len(), d.args))
             } else {
                 None
             }
@@ -184,7 +241,13 @@ impl Call<'_> {
     /// parses its reply against the header's shapes.
     pub async fn invoke(&self, conn: &mut impl ConnectionLike) -> Result<Answer> {
         self.check()?;
-        let value: Value = self.invocation.invoke_async(conn).await?;
+        let value = match self.run(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.script.load_async(conn).await?;
+                self.run(conn).await?
+            }
+            other => other?,
+        };
         Answer::parse(self.def, value)
     }
 }

@@ -28,5 +28,6 @@ mod reconnect;
 mod security;
 mod simulate;
 mod sink;
+mod sink_signals;
 mod token_cache;
 mod verify;

@@ -382,9 +382,10 @@ async fn a_sink_takes_over_what_another_left_idle() {
         .await
         .unwrap();
     // Sink "b" runs: new reads find nothing, yet the events reach Postgres
-    // once they sat idle past its takeover time.
+    // at its first sweep after they sat idle past its takeover time.
     let mut options = SinkOptions::new("b");
     options.takeover_idle = Duration::from_millis(500);
+    options.sweep_every = Duration::from_secs(1);
     let sink = Sink::new(env.bus.clone(), env.pool().clone(), options);
     let stop = CancellationToken::new();
     let running = tokio::spawn(sink.run(stop.clone()));

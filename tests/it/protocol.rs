@@ -183,6 +183,16 @@ fn key_fixture() -> String {
     let bb = t.blackboard(&Ident::new("namespace", "ns1").expect("ident"));
     let names: serde_json::Map<String, serde_json::Value> = [
         ("tenants", ks.tenants()),
+        (
+            "outbox_ready",
+            agentbus::keys::ready_signal(t.outbox().as_bytes())
+                .expect("an outbox key")
+                .0,
+        ),
+        (
+            "outbox_ready_other",
+            ks.outbox_ready(agentbus::keys::ready_shard("tenant-b")),
+        ),
         ("credits", t.credits()),
         ("outbox", t.outbox()),
         ("jobs", t.jobs()),

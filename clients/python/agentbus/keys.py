@@ -11,6 +11,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+#: Shards of the sink's ready signal (keys.rs READY_SHARDS).
+READY_SHARDS = 16
+
+
+def ready_shard(tenant: str) -> int:
+    """FNV-1a (32 bit) of the tenant's name, modulo the shards (keys.rs)."""
+    h = 0x811C9DC5
+    for b in tenant.encode():
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h % READY_SHARDS
+
+
+def outbox_ready(prefix: str, tenant: str) -> str:
+    """The zset the sink blocks on to learn ``tenant`` has new outbox
+    events: written after every script call that writes its outbox."""
+    return f"{prefix}:outbox:ready:{ready_shard(tenant)}"
+
+
+def ready_signal(outbox_key: str) -> tuple[str, str] | None:
+    """For a tenant's outbox key, the ready key and the tenant to write in
+    it (keys.rs ``ready_signal``); None for any other key."""
+    if not outbox_key.endswith("}:outbox") or ":{" not in outbox_key:
+        return None
+    prefix, tenant = outbox_key[: -len("}:outbox")].rsplit(":{", 1)
+    return outbox_ready(prefix, tenant), tenant
+
+
 def tenants_key(prefix: str) -> str:
     """The set of every tenant the deployment knows (its background tasks
     visit these)."""

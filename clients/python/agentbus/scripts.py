@@ -14,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import pathlib
 import re
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Mapping, Sequence
 
 from redis.exceptions import NoScriptError
+
+from .keys import ready_signal
 
 TYPES = {"int", "text", "texts", "ints", "raw", "rest"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -218,6 +221,12 @@ class Script:
             # EVAL caches the script on the node that runs it (the one
             # owning the keys' slot, on a cluster).
             value = await redis.eval(self.text, len(key_values), *key_values, *arg_values)
+        # A call that wrote a tenant's outbox tells the sink, as the server
+        # does (keys.rs ready_signal): it visits only signalled tenants.
+        outbox = next((v for name, v in keys if name == "outbox"), None)
+        signal = ready_signal(outbox) if isinstance(outbox, str) else None
+        if signal is not None:
+            await redis.zadd(signal[0], {signal[1]: int(time.time() * 1000)}, nx=True)
         return self.parse(value)
 
 

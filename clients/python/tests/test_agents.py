@@ -157,3 +157,25 @@ async def test_messages_both_ways_and_poison_dead_lettered_alone(server):
         status, got = server.call("POST", "/agents/rust-agent/messages/receive", token)
         assert [(m["from_instance_id"], m["payload"]) for m in got["messages"]] == [("py-agent", {"from": "python"})]
         assert available(server, token) == before - MESSAGE
+
+
+async def test_a_python_write_reaches_postgres_through_its_ready_signal(server_pg):
+    """Nothing but the Python client writes after the grant: its message's
+    charge reaches the ledger because the client signals the sink as the
+    server does (the sink's sweep is minutes away)."""
+    server = server_pg
+    tenant = "t" + secrets.token_hex(3)
+    server.tenant(tenant, 100)
+    db = server.database
+
+    def skills():
+        return sorted(r[0] for r in db.rows(
+            f"SELECT skill FROM agents.credit_ledger WHERE tenant_id = '{tenant}'"))
+
+    await asyncio.to_thread(eventually, lambda: skills() == ["grant"])
+    async with Client(REDIS_URL, tenant, prefix=server.prefix) as client:
+        await Agent(client, "py-a", "python").register()
+        await Agent(client, "py-b", "python").register()
+        await send(client, "py-a", "py-b", "note", {"n": 1})
+    got = await asyncio.to_thread(eventually, lambda: len(skills()) == 2 and skills(), 10)
+    assert got == ["agent_message", "grant"], got

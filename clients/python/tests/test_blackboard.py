@@ -1,6 +1,7 @@
 """The blackboard from Python and from the Rust server: one namespace, the
 same values, exact aggregates, charges and fencing."""
 
+import asyncio
 import secrets
 from decimal import Decimal
 
@@ -60,3 +61,4 @@ async def test_python_and_rust_share_one_namespace(server):
             with pytest.raises(Conflict):
                 await board.put("guarded", 2, fence=old)
             assert await board.get("guarded") == 1
+

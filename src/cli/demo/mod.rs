@@ -94,6 +94,7 @@ pub async fn run(config: &Config) -> Result<DemoReport> {
             sink_consumer: Some(format!("demo-sink-{}", std::process::id())),
             sink_batch: 1000,
             sink_takeover_secs: 30,
+            sink_sweep_secs: agentbus::outbox::sink::SWEEP_EVERY.as_secs(),
         },
         ..ServeConfig::defaults()
     };

@@ -1,0 +1,162 @@
+//! The sink is driven by work: it reaches a tenant with new events through
+//! the ready signal its write left, visits no idle tenant between sweeps,
+//! and its sweep catches an event whose signal was lost.
+
+use std::time::Duration;
+
+use agentbus::TenantId;
+use agentbus::bus::{AgentBus, Limits};
+use agentbus::conn::{Redis, RedisOptions};
+use agentbus::keys::Keyspace;
+use agentbus::outbox::sink::{Sink, SinkOptions};
+use agentbus::prices::Prices;
+use rust_decimal::Decimal;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{PrivateRedis, TestEnv, eventually};
+
+const IDLE_TENANTS: usize = 300;
+
+async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn calls(stats: &[(String, u64)], name: &str) -> u64 {
+    stats.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c)
+}
+
+async fn ledger_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM agents.credit_ledger")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn rows_reach(pool: &PgPool, n: i64, within: Duration) -> bool {
+    eventually(within, || async { ledger_rows(pool).await == n }).await
+}
+
+fn sink(bus: &AgentBus, pool: &PgPool, sweep: Duration, stop: &CancellationToken) {
+    let mut options = SinkOptions::new("sink-signals");
+    options.sweep_every = sweep;
+    let sink = Sink::new(bus.clone(), pool.clone(), options);
+    tokio::spawn(sink.run(stop.clone()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_visits_signalled_tenants_only_and_sweeps_up_a_lost_signal() {
+    let server = PrivateRedis::start(&[]);
+    let env = TestEnv::with_db().await;
+    let pool = env.pool().clone();
+    let redis = Redis::open(&server.url(), RedisOptions::default()).unwrap();
+    let bus = AgentBus::new(
+        redis,
+        Keyspace::new("sig").unwrap(),
+        Prices::default(),
+        Limits::default(),
+    );
+    let tenant = |i: usize| TenantId::new(format!("t{i}")).unwrap();
+    for i in 0..IDLE_TENANTS {
+        bus.grant_credits(&tenant(i), Decimal::ONE, json!({}))
+            .await
+            .unwrap();
+    }
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    // A sink whose sweep (the safety net) never comes again in this test.
+    let stop = CancellationToken::new();
+    sink(&bus, &pool, Duration::from_secs(3600), &stop);
+    assert!(rows_reach(&pool, IDLE_TENANTS as i64, Duration::from_secs(20)).await);
+
+    // Idle: no tenant is visited.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = commands(&mut conn).await;
+    assert_eq!(
+        calls(&idle, "xreadgroup"),
+        0,
+        "an idle tenant was read: {idle:?}"
+    );
+    let total: u64 = idle.iter().map(|(_, c)| c).sum();
+    assert!(
+        total < 100,
+        "idle sink sent {total} commands in 2 s: {idle:?}"
+    );
+
+    // One tenant's grant reaches Postgres through its signal, visiting it alone.
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    bus.grant_credits(&tenant(7), Decimal::ONE, json!({}))
+        .await
+        .unwrap();
+    assert!(
+        rows_reach(&pool, IDLE_TENANTS as i64 + 1, Duration::from_secs(5)).await,
+        "a signalled event did not arrive"
+    );
+    let busy = commands(&mut conn).await;
+    assert!(calls(&busy, "xreadgroup") <= 3, "{busy:?}");
+    stop.cancel();
+
+    // An event appended without a signal (a writer that died between the
+    // two) waits for the sweep: a sink sweeping every second finds it.
+    let outbox = bus.keys(&tenant(3)).outbox();
+    let entries: Vec<redis::Value> = redis::cmd("XRANGE")
+        .arg(Keyspace::new("sig").unwrap().tenant(&tenant(3)).outbox())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        entries.is_empty(),
+        "the outbox was not emptied: {entries:?}"
+    );
+    let stop = CancellationToken::new();
+    sink(&bus, &pool, Duration::from_secs(1), &stop);
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the start sweep
+    let mut add = redis::cmd("XADD");
+    add.arg(&outbox).arg("*");
+    for (k, v) in [
+        ("type", &b"ledger"[..]),
+        ("id", b"lost-signal.1"),
+        ("ts", b"1700000000000"),
+        ("tenant", b"t3"),
+        ("job", b""),
+        ("op", b"grant"),
+        ("skill", b"credit_grant"),
+        ("amount", b"100"),
+        ("ctx", b"\x80"), // MessagePack {}
+    ] {
+        add.arg(k).arg(v);
+    }
+    let _: String = add.query_async(&mut conn).await.unwrap();
+    assert!(
+        rows_reach(&pool, IDLE_TENANTS as i64 + 2, Duration::from_secs(10)).await,
+        "the sweep did not find an unsignalled event"
+    );
+    stop.cancel();
+}
