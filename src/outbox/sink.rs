@@ -210,18 +210,23 @@ impl Sink {
     async fn read_batch(&self, tenant: &TenantId, recover: bool) -> Result<Vec<StreamEntry>> {
         self.ensure_group(tenant).await?;
         if recover {
-            let entries = self.read(tenant, "0").await?;
-            // Pending entries whose data is gone cannot be mirrored: just release them.
-            let (gone, kept): (Vec<_>, Vec<_>) =
-                entries.into_iter().partition(|e| e.fields.is_empty());
-            if !gone.is_empty() {
-                self.ack(tenant, &gone).await?;
-            }
+            let kept = self.read_pending(tenant).await?;
             if !kept.is_empty() {
                 return Ok(kept);
             }
         }
         self.read(tenant, ">").await
+    }
+
+    /// The first batch of this consumer's own unacknowledged entries.
+    async fn read_pending(&self, tenant: &TenantId) -> Result<Vec<StreamEntry>> {
+        let entries = self.read(tenant, "0").await?;
+        // Pending entries whose data is gone cannot be mirrored: just release them.
+        let (gone, kept): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.fields.is_empty());
+        if !gone.is_empty() {
+            self.ack(tenant, &gone).await?;
+        }
+        Ok(kept)
     }
 
     /// Writes one batch in one transaction, dead-letters what can never be
@@ -283,8 +288,28 @@ impl Sink {
         recover: bool,
         max_batches: usize,
     ) -> Result<Written> {
-        let mut current = self.read_batch(tenant, recover).await?;
         let mut total = Written::default();
+        if recover {
+            // Every entry this consumer holds (read before a failure, or
+            // taken over), before anything new: once a tenant counts as
+            // recovered, only new entries are read.
+            self.ensure_group(tenant).await?;
+            let mut last_first: Option<String> = None;
+            loop {
+                let pending = self.read_pending(tenant).await?;
+                let first = pending.first().map(|e| e.id.clone());
+                if pending.is_empty() || first == last_first {
+                    break;
+                }
+                last_first = first;
+                let written = self.process(tenant, pending).await?;
+                total.events += written.events;
+                total.ledger_rows += written.ledger_rows;
+                total.dead_lettered += written.dead_lettered;
+                total.appended_at_ms.extend(written.appended_at_ms);
+            }
+        }
+        let mut current = self.read_batch(tenant, false).await?;
         for round in 0..max_batches {
             if current.is_empty() {
                 break;

@@ -176,7 +176,14 @@ impl Run {
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(["--reclaim-interval-ms", "200", "--reap-interval-ms", "500"]);
         match sink_consumer {
-            Some(consumer) => cmd.args(["--sink-consumer", consumer, "--sink-takeover-secs", "2"]),
+            Some(consumer) => cmd.args([
+                "--sink-consumer",
+                consumer,
+                "--sink-takeover-secs",
+                "2",
+                "--sink-sweep-secs",
+                "2",
+            ]),
             None => cmd.arg("--no-sink"),
         };
         self.server = Some(cmd.spawn().expect("start agentbus serve"));
@@ -188,7 +195,8 @@ impl Run {
             .command(&format!("sink-{slot}.log"))
             .arg("sink")
             .args(["--sink-consumer", &format!("sink-proc-{slot}")])
-            .args(["--sink-takeover-secs", "2", "--sink-batch", "100"])
+            .args(["--sink-takeover-secs", "2", "--sink-sweep-secs", "2"])
+            .args(["--sink-batch", "100"])
             .spawn()
             .expect("start agentbus sink");
         self.sinks[slot] = Some(child);
