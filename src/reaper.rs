@@ -26,7 +26,12 @@ pub async fn reap_once(bus: &AgentBus) -> Result<(i64, usize)> {
 /// Runs [`reap_once`] every `interval` until `shutdown`.
 pub async fn run(bus: AgentBus, interval: Duration, shutdown: CancellationToken) {
     loop {
-        match reap_once(&bus).await {
+        // As the reclaimer: shutdown does not wait for a long pass.
+        let pass = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            pass = reap_once(&bus) => pass,
+        };
+        match pass {
             Ok((0, 0)) => {}
             Ok((stale, expired)) => tracing::info!(stale, expired, "reaped agents and invocations"),
             Err(e) => {

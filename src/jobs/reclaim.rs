@@ -33,7 +33,13 @@ pub async fn reclaim_once(bus: &AgentBus) -> Result<(i64, i64)> {
 /// Runs [`reclaim_once`] every `interval` until `shutdown`.
 pub async fn run(bus: AgentBus, interval: Duration, shutdown: CancellationToken) {
     loop {
-        match reclaim_once(&bus).await {
+        // A pass over many tenants takes a while: shutdown does not wait
+        // for it (each script call is atomic; an unfinished pass is redone).
+        let pass = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            pass = reclaim_once(&bus) => pass,
+        };
+        match pass {
             Ok((0, 0)) => {}
             Ok((requeued, failed)) => {
                 tracing::info!(requeued, failed, "reclaimed stalled items")

@@ -418,7 +418,13 @@ impl Sink {
         let mut queue = Queue::default();
         while !shutdown.is_cancelled() {
             if Instant::now() >= next_sweep {
-                next_sweep = match self.sweep(&mut recovered).await {
+                // Shutdown does not wait for a sweep of many tenants (a
+                // batch cut off is read again by the next start's sweep).
+                let swept = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    swept = self.sweep(&mut recovered) => swept,
+                };
+                next_sweep = match swept {
                     Ok(()) => Instant::now() + self.options.sweep_every,
                     Err(e) => {
                         e.count_failure();
@@ -479,7 +485,12 @@ impl Sink {
         let tenants = self.bus.tenants().await?;
         let mut first_error = None;
         for tenant in &tenants {
-            if let Err(e) = self.take_over(tenant).await {
+            // A tenant whose outbox has no group yet has nothing to take over.
+            let taken = match self.ensure_group(tenant).await {
+                Ok(()) => self.take_over(tenant).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = taken {
                 e.count_failure();
                 tracing::warn!(error = %e, "sink: takeover failed");
             }

@@ -201,18 +201,44 @@ impl Call<'_> {
     }
 
     /// Runs the script (and its signal) once; NOSCRIPT is the caller's.
+    /// The script's answer is the call's: a signal that fails is logged and
+    /// counted, never turned into a failure of a script that ran (the
+    /// sink's sweep catches what a lost signal leaves).
     async fn run(&self, conn: &mut impl ConnectionLike) -> redis::RedisResult<Value> {
-        match self.signal() {
-            None => self.evalsha().query_async(conn).await,
-            Some(signal) => {
-                let (value, _): (Value, Value) = redis::pipe()
-                    .add_command(self.evalsha())
-                    .add_command(signal)
-                    .query_async(conn)
-                    .await?;
-                Ok(value)
+        let Some(signal) = self.signal() else {
+            return self.evalsha().query_async(conn).await;
+        };
+        let mut pipe = redis::pipe();
+        pipe.add_command(self.evalsha())
+            .add_command(signal.clone())
+            .ignore_errors();
+        let (script, signalled) = match pipe
+            .query_async::<Vec<redis::RedisResult<Value>>>(conn)
+            .await
+        {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                let script = results.next().unwrap_or(Ok(Value::Nil));
+                (script, results.next().unwrap_or(Ok(Value::Nil)))
             }
+            // A cluster pipeline must stay in one slot and the signal's key
+            // is not the tenant's: two commands then, in the same order.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot) => {
+                let script = self.evalsha().query_async(conn).await;
+                let signalled = match &script {
+                    Ok(_) => signal.query_async(conn).await,
+                    Err(_) => Ok(Value::Nil),
+                };
+                (script, signalled)
+            }
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = signalled {
+            let e = Error::from(e);
+            e.count_failure();
+            tracing::warn!(error = %e, script = self.def.name, "sink signal not written; the sweep will find the events");
         }
+        script
     }
 
     /// The call's fault against the header, if any: names out of order, or
