@@ -320,6 +320,26 @@ pub fn dec(v: &serde_json::Value) -> Decimal {
         .unwrap_or_else(|_| panic!("not a decimal: {v}"))
 }
 
+/// `INFO commandstats` of the Redis behind `conn`: calls per command name.
+pub async fn command_calls(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The calls of `name` in a [`command_calls`] answer.
+pub fn calls_of(stats: &[(String, u64)], name: &str) -> u64 {
+    stats.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c)
+}
+
 /// Polls `check` until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where

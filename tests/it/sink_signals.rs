@@ -15,27 +15,11 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{PrivateRedis, TestEnv, eventually};
+use crate::common::{
+    PrivateRedis, TestEnv, calls_of as calls, command_calls as commands, eventually,
+};
 
 const IDLE_TENANTS: usize = 300;
-
-async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
-        })
-        .collect()
-}
-
-fn calls(stats: &[(String, u64)], name: &str) -> u64 {
-    stats.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c)
-}
 
 async fn ledger_rows(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM agents.credit_ledger")

@@ -11,7 +11,7 @@ use agentbus::keys::{Keyspace, TenantId};
 use agentbus::prices::Prices;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{PrivateRedis, TestEnv, eventually};
+use crate::common::{PrivateRedis, TestEnv, calls_of, command_calls, eventually};
 
 /// A process's view: its own bus (and cache) on `url` under `prefix`, with
 /// the subscriber running when `subscribe`.
@@ -39,15 +39,7 @@ async fn process(url: &str, prefix: &str, cache: Duration, stop: &CancellationTo
 }
 
 async fn hget_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_hget:calls="))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
+    calls_of(&command_calls(conn).await, "hget")
 }
 
 fn refused(r: &agentbus::error::Result<TenantId>) -> bool {
