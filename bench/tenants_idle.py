@@ -15,21 +15,22 @@ tenants set, a credits hash, an outbox stream with the sink's group), so a
 100,000-tenant run starts in seconds.
 
 Usage: bench/tenants_idle.py --binary OLD --binary NEW [--tenants 1,1000,10000]
-(needs psycopg in the running Python: pip install 'psycopg[binary]')
+(needs psycopg and pytest in the running Python: pip install "psycopg[binary]" pytest)
 """
 
 import argparse
-import json
 import os
+import pathlib
 import secrets
-import socket
 import statistics
-import subprocess
+import sys
 import time
-import urllib.request
 
 import psycopg
 import redis
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "clients" / "python" / "tests"))
+from conftest import Database, Server  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--binary", action="append", required=True)
@@ -40,15 +41,8 @@ ap.add_argument("--settle-secs", type=float, default=5)
 args = ap.parse_args()
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
-PG_ADMIN = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 TCK = os.sysconf("SC_CLK_TCK")
 r = redis.Redis.from_url(REDIS_URL)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_cpu(pid):
@@ -82,58 +76,28 @@ def clean(prefix):
         r.unlink(key)
 
 
-def database():
-    name = "bench_tenants_" + secrets.token_hex(4)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
-    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    return name, url
-
-
-def drop(name):
-    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def call(port, admin, method, path, body=None):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode())
-    req.add_header("authorization", f"Bearer {admin}")
-    req.add_header("content-type", "application/json")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 def run(binary, n):
+    """Idle figures and grant lags of `binary` with `n` idle tenants."""
+    os.environ["AGENTBUS_BIN"] = binary
     prefix = "bt" + secrets.token_hex(3)
     make_idle(prefix, n)
-    name, url = database()
-    admin = secrets.token_hex(20)
-    port = free_port()
-    env = dict(os.environ, REDIS_URL=REDIS_URL, DATABASE_URL=url, AGENTBUS_PREFIX=prefix,
-               AGENTBUS_ADMIN_TOKEN=admin, AGENTBUS_RATE_LIMIT="0", RUST_LOG="warn")
-    subprocess.run([binary, "migrate", "up"], env=env, check=True, stdout=subprocess.DEVNULL)
-    server = subprocess.Popen([binary, "serve", "--bind", f"127.0.0.1:{port}"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = Database()
+    server = Server(prefix, db)
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
         time.sleep(args.settle_secs)
-        c0, r0, k0, t0 = proc_cpu(server.pid), redis_cpu(), redis_commands(), time.monotonic()
+        pid = server.proc.pid
+        c0, r0, k0, t0 = proc_cpu(pid), redis_cpu(), redis_commands(), time.monotonic()
         time.sleep(args.idle_secs)
-        c1, r1, k1, t1 = proc_cpu(server.pid), redis_cpu(), redis_commands(), time.monotonic()
+        c1, r1, k1, t1 = proc_cpu(pid), redis_cpu(), redis_commands(), time.monotonic()
         took = t1 - t0
         idle = ((c1 - c0) / took * 100, (r1 - r0) / took * 100, (k1 - k0) / took)
         lags = []
-        with psycopg.connect(url, autocommit=True) as pg:
+        with psycopg.connect(db.url, autocommit=True) as pg:
             def rows():
                 return pg.execute("SELECT count(*) FROM agents.credit_ledger WHERE tenant_id = 'active'").fetchone()[0]
             for i in range(args.grants):
-                call(port, admin, "POST", "/credits/grant", {"tenant": "active", "amount": 1})
+                status, body = server.call("POST", "/credits/grant", body={"tenant": "active", "amount": 1})
+                assert status == 200, body
                 sent = time.monotonic()
                 while rows() < i + 1:
                     if time.monotonic() - sent > 30:
@@ -143,10 +107,9 @@ def run(binary, n):
                 time.sleep(0.1)
         return idle, lags
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
         clean(prefix)
-        drop(name)
+        db.drop()
 
 
 def pct(v, q):

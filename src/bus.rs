@@ -164,16 +164,12 @@ impl AgentBus {
     /// Tells the sink `tenant` has new outbox events (what every script call
     /// that writes an outbox does by itself; see `scripts`).
     pub async fn signal_outbox(&self, tenant: &TenantId) -> Result<()> {
+        let key = self
+            .inner
+            .keys
+            .outbox_ready(crate::keys::ready_shard(tenant.as_str()));
         let mut conn = self.redis().conn().await?;
-        redis::cmd("ZADD")
-            .arg(
-                self.inner
-                    .keys
-                    .outbox_ready(crate::keys::ready_shard(tenant.as_str())),
-            )
-            .arg("NX")
-            .arg(chrono::Utc::now().timestamp_millis())
-            .arg(tenant.as_str())
+        crate::scripts::signal_cmd(&key, tenant.as_str())
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())

@@ -103,6 +103,16 @@ pub struct Written {
     pub more: bool,
 }
 
+impl Written {
+    /// Adds what another batch wrote.
+    fn absorb(&mut self, other: Written) {
+        self.events += other.events;
+        self.ledger_rows += other.ledger_rows;
+        self.dead_lettered += other.dead_lettered;
+        self.appended_at_ms.extend(other.appended_at_ms);
+    }
+}
+
 /// The sink of one process.
 pub struct Sink {
     bus: AgentBus,
@@ -302,11 +312,7 @@ impl Sink {
                     break;
                 }
                 last_first = first;
-                let written = self.process(tenant, pending).await?;
-                total.events += written.events;
-                total.ledger_rows += written.ledger_rows;
-                total.dead_lettered += written.dead_lettered;
-                total.appended_at_ms.extend(written.appended_at_ms);
+                total.absorb(self.process(tenant, pending).await?);
             }
         }
         let mut current = self.read_batch(tenant, false).await?;
@@ -322,11 +328,9 @@ impl Sink {
             } else {
                 (self.process(tenant, current).await?, Vec::new())
             };
-            total.events += written.events;
-            total.ledger_rows += written.ledger_rows;
-            total.dead_lettered += written.dead_lettered;
-            total.appended_at_ms.extend(written.appended_at_ms);
-            total.more = written.events >= self.options.batch;
+            let full = written.events >= self.options.batch;
+            total.absorb(written);
+            total.more = full;
             current = next;
         }
         Ok(total)

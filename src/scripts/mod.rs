@@ -127,6 +127,17 @@ fn complete(fixed: &[&str], group: &[&str], n: usize) -> bool {
     }
 }
 
+/// The sink's ready signal of `tenant` in shard key `key`: `ZADD NX`, so
+/// the time kept is when the tenant first had events the sink has not seen.
+pub(crate) fn signal_cmd(key: &str, tenant: &str) -> Cmd {
+    let mut cmd = redis::cmd("ZADD");
+    cmd.arg(key)
+        .arg("NX")
+        .arg(chrono::Utc::now().timestamp_millis())
+        .arg(tenant);
+    cmd
+}
+
 /// One call being built: keys and arguments pushed by their header names.
 pub struct Call<'a> {
     def: &'static Def,
@@ -188,16 +199,10 @@ impl Call<'_> {
         cmd
     }
 
-    /// The ready signal of the outbox this call writes: `ZADD NX`, so the
-    /// time kept is when the tenant first had events the sink has not seen.
+    /// The ready signal of the outbox this call writes.
     fn signal(&self) -> Option<Cmd> {
         let (key, tenant) = crate::keys::ready_signal(self.outbox.as_deref()?)?;
-        let mut cmd = redis::cmd("ZADD");
-        cmd.arg(key)
-            .arg("NX")
-            .arg(chrono::Utc::now().timestamp_millis())
-            .arg(tenant);
-        Some(cmd)
+        Some(signal_cmd(&key, &tenant))
     }
 
     /// Runs the script (and its signal) once; NOSCRIPT is the caller's.

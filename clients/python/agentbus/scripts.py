@@ -12,6 +12,7 @@ sent; a reply is parsed against the declared shapes into an :class:`Answer`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import pathlib
 import re
 import time
@@ -19,9 +20,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Mapping, Sequence
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from .keys import ready_signal
+
+_log = logging.getLogger("agentbus")
 
 TYPES = {"int", "text", "texts", "ints", "raw", "rest"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -213,21 +217,54 @@ class Script:
         self._check([a for a, _ in args], h.args, h.arg_group, "ARGV")
         key_values = [v for _, v in keys]
         arg_values = [v for _, v in args]
-        try:
-            value = await redis.evalsha(self.sha, len(key_values), *key_values, *arg_values)
-        except Exception as e:
-            if not isinstance(e, NoScriptError) and "NOSCRIPT" not in str(e):
-                raise
-            # EVAL caches the script on the node that runs it (the one
-            # owning the keys' slot, on a cluster).
-            value = await redis.eval(self.text, len(key_values), *key_values, *arg_values)
-        # A call that wrote a tenant's outbox tells the sink, as the server
+        # A call that writes a tenant's outbox tells the sink, as the server
         # does (keys.rs ready_signal): it visits only signalled tenants.
         outbox = next((v for name, v in keys if name == "outbox"), None)
         signal = ready_signal(outbox) if isinstance(outbox, str) else None
-        if signal is not None:
-            await redis.zadd(signal[0], {signal[1]: int(time.time() * 1000)}, nx=True)
+        signalled: Any = None
+        if signal is not None and not isinstance(redis, RedisCluster):
+            # One round trip: the script, then its signal. (A cluster sends
+            # them apart: the signal's key is not in the tenant's slot.)
+            pipe = redis.pipeline(transaction=False)
+            pipe.evalsha(self.sha, len(key_values), *key_values, *arg_values)
+            pipe.zadd(signal[0], {signal[1]: _now_ms()}, nx=True)
+            value, signalled = await pipe.execute(raise_on_error=False)
+            if isinstance(value, Exception):
+                if not _no_script(value):
+                    raise value
+                value = await redis.eval(self.text, len(key_values), *key_values, *arg_values)
+                signalled = await _signal(redis, signal)
+        else:
+            try:
+                value = await redis.evalsha(self.sha, len(key_values), *key_values, *arg_values)
+            except Exception as e:
+                if not _no_script(e):
+                    raise
+                # EVAL caches the script on the node that runs it (the one
+                # owning the keys' slot, on a cluster).
+                value = await redis.eval(self.text, len(key_values), *key_values, *arg_values)
+            if signal is not None:
+                signalled = await _signal(redis, signal)
+        if isinstance(signalled, Exception):
+            # The script ran: its answer stands; the sink's sweep finds the events.
+            _log.warning("sink signal not written after %s: %s", self.name, signalled)
         return self.parse(value)
+
+
+def _no_script(e: BaseException) -> bool:
+    return isinstance(e, NoScriptError) or "NOSCRIPT" in str(e)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def _signal(redis: Any, signal: tuple[str, str]) -> Any:
+    """Writes a ready signal; a failure is returned, not raised."""
+    try:
+        return await redis.zadd(signal[0], {signal[1]: _now_ms()}, nx=True)
+    except Exception as e:  # noqa: BLE001 - reported by the caller
+        return e
 
 
 def lua_dir() -> Any:
