@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::bus::{AgentBus, event_base};
 use crate::error::{Error, Result};
-use crate::keys::{BlackboardKeys, Ident, TenantId};
+use crate::keys::{BlackboardKeys, Chore, Ident, TenantId};
 use crate::metrics;
 use crate::money::{self, from_minor};
 use crate::scripts::{Answer, Call, Lua, scripts};
@@ -214,6 +214,34 @@ impl AgentBus {
         Ok(from_minor(minor))
     }
 
+    /// The earliest expiry (ms) among the tenant's blackboard entries: one
+    /// read per namespace that has entries with a TTL.
+    pub async fn next_expiry(&self, tenant: &TenantId) -> Result<Option<i64>> {
+        let mut conn = self.redis().conn().await?;
+        let namespaces: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys(tenant).blackboard_namespaces())
+            .query_async(&mut conn)
+            .await?;
+        let mut pipe = redis::pipe();
+        for ns in namespaces {
+            if let Ok(ns) = Ident::new("namespace", ns) {
+                pipe.cmd("ZRANGE")
+                    .arg(&self.blackboard(tenant, &ns).keys.exp)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES");
+            }
+        }
+        if pipe.is_empty() {
+            return Ok(None);
+        }
+        let firsts: Vec<Vec<(String, f64)>> = pipe.query_async(&mut conn).await?;
+        Ok(firsts
+            .iter()
+            .filter_map(|f| f.first().map(|(_, at)| *at as i64))
+            .min())
+    }
+
     /// Sweeps expired entries of every namespace of the tenant (bounded per namespace).
     pub async fn sweep_blackboards(&self, tenant: &TenantId) -> Result<i64> {
         let mut conn = self.redis().conn().await?;
@@ -248,6 +276,14 @@ impl Blackboard {
             .key("namespaces", &k.namespaces)
             .arg("namespace", self.namespace.as_str())
             .arg("price", price);
+        if price > 0 {
+            // A metered charge: the reaper turns it into a ledger event.
+            call.due(
+                self.bus.due_key(Chore::Reap, &self.tenant),
+                self.tenant.as_str(),
+                crate::due::now_ms(),
+            );
+        }
         call
     }
 
@@ -354,6 +390,14 @@ impl Blackboard {
             .arg("expected", expected)
             .arg("fence_lock", fence.map(|f| f.lock.as_str()).unwrap_or(""))
             .arg("fence_token", fence.map(|f| f.token).unwrap_or(0));
+        if ttl_ms > 0 {
+            // The reaper sweeps the entry when it expires.
+            call.due(
+                self.bus.due_key(Chore::Reap, &self.tenant),
+                self.tenant.as_str(),
+                crate::due::now_ms().saturating_add(ttl_ms as i64),
+            );
+        }
         let op = match mode {
             "set" => "set",
             "cas" => "cas",

@@ -249,6 +249,12 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTBUS_REAP_INTERVAL_MS", default_value_t = 5000)]
     pub reap_interval_ms: u64,
 
+    /// Seconds between the reaper's and the reclaimer's sweeps over every
+    /// tenant, the safety net under their deadlines (the first at start;
+    /// paced at 500 tenants per pass).
+    #[arg(long, env = "AGENTBUS_SWEEP_SECS", default_value_t = 900)]
+    pub sweep_secs: u64,
+
     /// Seconds a client has to send a request's headers; also how long a
     /// kept-alive connection may stay idle.
     #[arg(long, env = "AGENTBUS_HEADER_TIMEOUT_SECS", default_value_t = 10)]

@@ -153,6 +153,25 @@ pub fn ready_shard(tenant: &str) -> usize {
     hash as usize % READY_SHARDS
 }
 
+/// A background chore that works from deadlines ([`Keyspace::due`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chore {
+    /// The reaper: stale agents, expired invocations and blackboard
+    /// entries, metered charges.
+    Reap,
+    /// The reclaimer: stalled items of running jobs.
+    Reclaim,
+}
+
+impl Chore {
+    pub fn name(self) -> &'static str {
+        match self {
+            Chore::Reap => "reap",
+            Chore::Reclaim => "reclaim",
+        }
+    }
+}
+
 /// For a tenant's outbox key, the ready-signal key to write and the tenant
 /// to write into it; `None` for anything that is not an outbox key.
 pub fn ready_signal(outbox_key: &[u8]) -> Option<(String, String)> {
@@ -221,6 +240,19 @@ impl Keyspace {
     /// Every shard of [`outbox_ready`](Self::outbox_ready).
     pub fn outbox_ready_all(&self) -> Vec<String> {
         (0..READY_SHARDS).map(|s| self.outbox_ready(s)).collect()
+    }
+
+    /// The deadlines of one background chore, one zset per shard (the
+    /// shard of the tenant, as [`ready_shard`]): tenant → the time (ms) it
+    /// next needs the chore. Written (`ZADD LT`) next to each call that
+    /// creates a deadline; the chore visits only tenants that are due.
+    pub fn due(&self, chore: Chore, shard: usize) -> String {
+        format!("{}:due:{}:{shard}", self.prefix, chore.name())
+    }
+
+    /// The deadline key of `tenant` for `chore`.
+    pub fn due_of(&self, chore: Chore, tenant: &str) -> String {
+        self.due(chore, ready_shard(tenant))
     }
 
     /// A token's rate-limit state (one key per token, expiring when idle).

@@ -23,7 +23,9 @@
 //! - [`outbox`]: the event schema, the sink and its Postgres writer,
 //!   stranded events, the audit trail, `verify`.
 //! - Serving: [`api`] (axum, REST, OpenAPI), [`auth`], [`metrics`],
-//!   [`telemetry`], [`reaper`] (background sweeps), [`server`].
+//!   [`telemetry`], [`reaper`] (stale agents, expired invocations and
+//!   entries, metering), [`due`] (the deadlines that drive the reaper and
+//!   the reclaimer), [`server`].
 //! - For the operator tools: [`config`] (flags and environment, shared with
 //!   [`server`]) and [`inspect`]. The tools themselves — the command line,
 //!   the demo, the load test, the benchmarks and their HTTP client — are the
@@ -40,6 +42,7 @@ pub mod config;
 pub mod conn;
 pub mod credits;
 pub mod db;
+pub mod due;
 pub mod error;
 pub mod inspect;
 pub mod jobs;

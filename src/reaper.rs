@@ -2,46 +2,64 @@
 //! invocations whose caller stopped waiting (past their deadline) so their
 //! reserved credits come back, sweeps expired blackboard entries, and turns
 //! metered blackboard charges into ledger events.
-
-use std::time::Duration;
+//!
+//! It visits only tenants that are due ([`crate::due`]): registering an
+//! agent or a heartbeat (due when it would turn stale), starting an
+//! invocation (due at its deadline) and every metered blackboard call (due
+//! at once: its charge and any TTL) write the tenant's deadline; a visit
+//! answers the next one from what the tenant still holds.
 
 use tokio_util::sync::CancellationToken;
 
+use crate::agents::registry::REAP_MOST;
 use crate::bus::AgentBus;
+use crate::due::{self, Schedule, Visited};
 use crate::error::Result;
+use crate::keys::{Chore, TenantId};
 
-/// One pass over every tenant. Returns (agents marked stale, invocations expired).
-pub async fn reap_once(bus: &AgentBus) -> Result<(i64, usize)> {
-    crate::metrics::reaper_run();
-    let mut totals = (0, 0);
-    for tenant in bus.tenants().await? {
-        totals.0 += bus.reap_agents(&tenant).await?;
-        totals.1 += bus.expire_due_invokes(&tenant).await?;
-        bus.sweep_blackboards(&tenant).await?;
-        bus.flush_metering(&tenant).await?;
-    }
-    Ok(totals)
+/// One visit of a tenant: the four sweeps, then its next deadline (now
+/// when a sweep stopped at its bound).
+pub async fn visit(bus: AgentBus, tenant: TenantId) -> Result<Visited> {
+    let stale = bus.reap_agents(&tenant).await?;
+    let expired = bus.expire_due_invokes(&tenant).await?;
+    bus.sweep_blackboards(&tenant).await?;
+    bus.flush_metering(&tenant).await?;
+    let next = if stale >= REAP_MOST {
+        Some(due::now_ms())
+    } else {
+        [
+            bus.next_stale_at(&tenant).await?,
+            bus.next_invoke_deadline(&tenant).await?,
+            bus.next_expiry(&tenant).await?,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    };
+    Ok(Visited {
+        counts: (stale, expired as i64),
+        next,
+    })
 }
 
-/// Runs [`reap_once`] every `interval` until `shutdown`.
-pub async fn run(bus: AgentBus, interval: Duration, shutdown: CancellationToken) {
-    loop {
-        // As the reclaimer: shutdown does not wait for a long pass.
-        let pass = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            pass = reap_once(&bus) => pass,
-        };
-        match pass {
-            Ok((0, 0)) => {}
-            Ok((stale, expired)) => tracing::info!(stale, expired, "reaped agents and invocations"),
-            Err(e) => {
-                e.count_failure();
-                tracing::warn!(error = %e, "reaper pass failed")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
+/// One pass over every tenant (what the sweep does, all at once).
+/// Returns (agents marked stale, invocations expired).
+pub async fn reap_once(bus: &AgentBus) -> Result<(i64, usize)> {
+    crate::metrics::reaper_run();
+    let tenants = bus.tenants().await?;
+    let (stale, expired) = bus.sweep_due(Chore::Reap, &tenants, &visit).await?;
+    Ok((stale, expired as usize))
+}
+
+/// Runs the reaper on `schedule` until `shutdown`.
+pub async fn run(bus: AgentBus, schedule: Schedule, shutdown: CancellationToken) {
+    due::run(
+        bus,
+        Chore::Reap,
+        schedule,
+        ("stale agents", "expired invocations"),
+        shutdown,
+        visit,
+    )
+    .await
 }

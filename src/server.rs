@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, ServeConfig};
+use crate::due::Schedule;
 use crate::error::{Error, Result};
 use crate::jobs::reclaim;
 use crate::outbox::sink::Sink;
@@ -64,14 +65,21 @@ pub async fn start(config: &Config, serve: &ServeConfig) -> Result<Running> {
         bus.clone(),
         shutdown.clone(),
     )));
+    let sweep_every = Duration::from_secs(serve.sweep_secs.max(1));
     tasks.push(tokio::spawn(reclaim::run(
         bus.clone(),
-        Duration::from_millis(serve.reclaim_interval_ms.max(10)),
+        Schedule {
+            interval: Duration::from_millis(serve.reclaim_interval_ms.max(10)),
+            sweep_every,
+        },
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(reaper::run(
         bus.clone(),
-        Duration::from_millis(serve.reap_interval_ms.max(10)),
+        Schedule {
+            interval: Duration::from_millis(serve.reap_interval_ms.max(10)),
+            sweep_every,
+        },
         shutdown.clone(),
     )));
     if !serve.no_sink {

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::bus::{AgentBus, event_base};
 use crate::error::{Error, Result};
-use crate::keys::{self, Ident, TenantId, TenantKeys};
+use crate::keys::{self, Chore, Ident, TenantId, TenantKeys};
 use crate::metrics;
 use crate::money::{Credits, from_minor};
 use crate::payload::{self, Encode, Payload};
@@ -208,6 +208,12 @@ impl AgentBus {
             .arg("reply_stream", self.reply_stream(tenant))
             .arg("staleness", limits.stale_after.as_millis() as u64)
             .arg("retention", limits.invoke_retention.as_secs().max(1))
+            // If the caller stops waiting, the reaper ends it at its deadline.
+            .due(
+                self.due_key(Chore::Reap, tenant),
+                tenant.as_str(),
+                Utc::now().timestamp_millis() + timeout.as_millis() as i64 + 1,
+            )
             .invoke(&mut conn)
             .await?;
         drop(conn);
@@ -369,6 +375,19 @@ impl AgentBus {
             return Err(Error::not_found(format!("invocation {invoke_id}")));
         }
         Invocation::from_hash(invoke_id, &h)
+    }
+
+    /// The earliest deadline of the tenant's pending invocations (ms).
+    pub async fn next_invoke_deadline(&self, tenant: &TenantId) -> Result<Option<i64>> {
+        let mut conn = self.redis().conn().await?;
+        let first: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(self.keys(tenant).pending_invokes())
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        Ok(first.first().map(|(_, at)| *at as i64))
     }
 
     /// Ends every invocation of `tenant` past its deadline (the caller is

@@ -14,8 +14,11 @@ use uuid::Uuid;
 
 use crate::bus::AgentBus;
 use crate::error::{Error, Result};
-use crate::keys::{Ident, TenantId};
+use crate::keys::{Chore, Ident, TenantId};
 use crate::scripts::scripts;
+
+/// Instances `reap_agents` examines per call.
+pub const REAP_MOST: i64 = 500;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -224,6 +227,11 @@ impl AgentBus {
             .arg("by_type", keys.agents_of_type_prefix())
             .arg("by_job", keys.agents_of_job_prefix())
             .arg("by_status", keys.agents_with_status_prefix())
+            .due(
+                self.due_key(Chore::Reap, tenant),
+                tenant.as_str(),
+                self.stale_at(),
+            )
             .invoke(&mut conn)
             .await?;
         if reply.is("limit") {
@@ -262,6 +270,13 @@ impl AgentBus {
             .arg("by_type", keys.agents_of_type_prefix())
             .arg("by_job", keys.agents_of_job_prefix())
             .arg("by_status", keys.agents_with_status_prefix())
+            // A stale instance that beats again is live: due when it would
+            // turn stale (for one already live, ZADD LT keeps the earlier).
+            .due(
+                self.due_key(Chore::Reap, tenant),
+                tenant.as_str(),
+                self.stale_at(),
+            )
             .invoke(&mut conn)
             .await?;
         match reply.tag() {
@@ -376,6 +391,13 @@ impl AgentBus {
         Ok(out)
     }
 
+    /// When an instance beating now turns stale if it stays silent (ms).
+    fn stale_at(&self) -> i64 {
+        Utc::now().timestamp_millis()
+            + i64::try_from(self.limits().stale_after.as_millis()).unwrap_or(i64::MAX / 4)
+            + 1
+    }
+
     fn stale_cutoff_ms(&self) -> i64 {
         Utc::now().timestamp_millis()
             - i64::try_from(self.limits().stale_after.as_millis()).unwrap_or(i64::MAX)
@@ -435,7 +457,29 @@ impl AgentBus {
         }
     }
 
-    /// Marks instances silent past `stale_after` as stale. Returns how many.
+    /// When the next live instance turns stale if it stays silent (ms):
+    /// the oldest heartbeat not yet past the cutoff, plus `stale_after`.
+    pub async fn next_stale_at(&self, tenant: &TenantId) -> Result<Option<i64>> {
+        let cutoff = self.stale_cutoff_ms();
+        let mut conn = self.redis().conn().await?;
+        let first: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys(tenant).agents())
+            .arg(cutoff)
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        let stale_after = i64::try_from(self.limits().stale_after.as_millis()).unwrap_or(i64::MAX);
+        Ok(first
+            .first()
+            .map(|(_, beat)| (*beat as i64).saturating_add(stale_after) + 1))
+    }
+
+    /// Marks instances silent past `stale_after` as stale (at most
+    /// [`REAP_MOST`] per call). Returns how many.
     pub async fn reap_agents(&self, tenant: &TenantId) -> Result<i64> {
         let cutoff = self.stale_cutoff_ms();
         let keys = self.keys(tenant);
@@ -444,7 +488,7 @@ impl AgentBus {
             .agent_reap
             .key("agents", keys.agents())
             .arg("cutoff", cutoff)
-            .arg("most", 500)
+            .arg("most", REAP_MOST)
             .arg("agent_prefix", keys.agent_prefix())
             .arg("by_type", keys.agents_of_type_prefix())
             .arg("by_job", keys.agents_of_job_prefix())

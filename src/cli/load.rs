@@ -329,7 +329,10 @@ pub async fn run(
     let job = bus.spawn_job(&options.tenant, &spec).await?;
     let reclaimer = tokio::spawn(reclaim::run(
         bus.clone(),
-        Duration::from_millis(500),
+        agentbus::due::Schedule {
+            interval: Duration::from_millis(500),
+            sweep_every: Duration::from_secs(3600),
+        },
         shutdown.clone(),
     ));
 

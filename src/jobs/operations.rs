@@ -14,7 +14,7 @@ use super::*;
 use crate::bus::{AgentBus, event_base};
 use crate::codec::StreamEntry;
 use crate::error::{Error, Result};
-use crate::keys::{self, TenantId, TenantKeys};
+use crate::keys::{self, Chore, TenantId, TenantKeys};
 use crate::metrics;
 use crate::money::{Credits, from_minor};
 use crate::payload::{self, Encode};
@@ -135,6 +135,12 @@ impl AgentBus {
                 item.encode_checked(&format!("items[{i}]"), max_payload)?,
             );
         }
+        // The reclaimer looks after the tenant's jobs from now on.
+        call.due(
+            self.due_key(Chore::Reclaim, tenant),
+            tenant.as_str(),
+            crate::due::now_ms(),
+        );
         let started = std::time::Instant::now();
         let mut conn = self.redis().conn().await?;
         let reply = call.invoke(&mut conn).await?;

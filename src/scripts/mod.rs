@@ -19,7 +19,8 @@
 //! A call that passes a tenant's `outbox` key also writes the sink's ready
 //! signal for that tenant (`keys::ready_signal`), in the same round trip,
 //! after the script: the sink learns which tenants have new events without
-//! visiting the others.
+//! visiting the others. A call may also carry a deadline for a background
+//! chore ([`Call::due`], `keys::Chore`), sent the same way.
 
 pub mod header;
 
@@ -104,6 +105,7 @@ impl Lua {
             keys: Vec::new(),
             args: Vec::new(),
             outbox: None,
+            due: Vec::new(),
             fault: None,
         }
     }
@@ -138,6 +140,15 @@ pub(crate) fn signal_cmd(key: &str, tenant: &str) -> Cmd {
     cmd
 }
 
+/// `tenant`'s deadline `at_ms` in a chore's shard key `key`: `ZADD LT`, so
+/// the earliest deadline stays (and a visit's lease is lowered; see
+/// `lua/due_take.lua`).
+pub(crate) fn due_cmd(key: &str, tenant: &str, at_ms: i64) -> Cmd {
+    let mut cmd = redis::cmd("ZADD");
+    cmd.arg(key).arg("LT").arg(at_ms).arg(tenant);
+    cmd
+}
+
 /// One call being built: keys and arguments pushed by their header names.
 pub struct Call<'a> {
     def: &'static Def,
@@ -146,6 +157,8 @@ pub struct Call<'a> {
     args: Vec<Vec<u8>>,
     /// The tenant outbox this call writes, if any.
     outbox: Option<Vec<u8>>,
+    /// Deadlines written after the script (see [`Call::due`]).
+    due: Vec<Cmd>,
     /// The first name that did not match the header.
     fault: Option<String>,
 }
@@ -190,6 +203,13 @@ impl Call<'_> {
         self
     }
 
+    /// Also writes `tenant`'s deadline `at_ms` into a chore's shard `key`
+    /// (`Keyspace::due_of`), in the same round trip, after the script.
+    pub fn due(&mut self, key: String, tenant: &str, at_ms: i64) -> &mut Self {
+        self.due.push(due_cmd(&key, tenant, at_ms));
+        self
+    }
+
     fn evalsha(&self) -> Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.script.get_hash())
@@ -199,49 +219,59 @@ impl Call<'_> {
         cmd
     }
 
-    /// The ready signal of the outbox this call writes.
-    fn signal(&self) -> Option<Cmd> {
-        let (key, tenant) = crate::keys::ready_signal(self.outbox.as_deref()?)?;
-        Some(signal_cmd(&key, &tenant))
+    /// What follows the script: the ready signal of the outbox it writes,
+    /// then its deadlines.
+    fn followers(&self) -> Vec<Cmd> {
+        let signal = self
+            .outbox
+            .as_deref()
+            .and_then(crate::keys::ready_signal)
+            .map(|(key, tenant)| signal_cmd(&key, &tenant));
+        signal.into_iter().chain(self.due.iter().cloned()).collect()
     }
 
-    /// Runs the script (and its signal) once; NOSCRIPT is the caller's.
-    /// The script's answer is the call's: a signal that fails is logged and
-    /// counted, never turned into a failure of a script that ran (the
-    /// sink's sweep catches what a lost signal leaves).
+    /// Runs the script (and its followers) once; NOSCRIPT is the caller's.
+    /// The script's answer is the call's: a follower that fails is logged
+    /// and counted, never turned into a failure of a script that ran (the
+    /// sweeps of the sink and the chores catch what a lost one leaves).
     async fn run(&self, conn: &mut impl ConnectionLike) -> redis::RedisResult<Value> {
-        let Some(signal) = self.signal() else {
+        let followers = self.followers();
+        if followers.is_empty() {
             return self.evalsha().query_async(conn).await;
-        };
+        }
         let mut pipe = redis::pipe();
-        pipe.add_command(self.evalsha())
-            .add_command(signal.clone())
-            .ignore_errors();
-        let (script, signalled) = match pipe
+        pipe.add_command(self.evalsha());
+        for f in &followers {
+            pipe.add_command(f.clone());
+        }
+        pipe.ignore_errors();
+        let (script, followed) = match pipe
             .query_async::<Vec<redis::RedisResult<Value>>>(conn)
             .await
         {
             Ok(results) => {
                 let mut results = results.into_iter();
                 let script = results.next().unwrap_or(Ok(Value::Nil));
-                (script, results.next().unwrap_or(Ok(Value::Nil)))
+                (script, results.collect::<Vec<_>>())
             }
-            // A cluster pipeline must stay in one slot and the signal's key
-            // is not the tenant's: two commands then, in the same order.
+            // A cluster pipeline must stay in one slot and the followers'
+            // keys are not the tenant's: one command each then, in order.
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot) => {
                 let script = self.evalsha().query_async(conn).await;
-                let signalled = match &script {
-                    Ok(_) => signal.query_async(conn).await,
-                    Err(_) => Ok(Value::Nil),
-                };
-                (script, signalled)
+                let mut followed = Vec::new();
+                if script.is_ok() {
+                    for f in &followers {
+                        followed.push(f.query_async::<Value>(conn).await);
+                    }
+                }
+                (script, followed)
             }
             Err(e) => return Err(e),
         };
-        if let Err(e) = signalled {
+        for e in followed.into_iter().filter_map(|r| r.err()) {
             let e = Error::from(e);
             e.count_failure();
-            tracing::warn!(error = %e, script = self.def.name, "sink signal not written; the sweep will find the events");
+            tracing::warn!(error = %e, script = self.def.name, "sink signal or deadline not written; a sweep will find it");
         }
         script
     }
@@ -595,7 +625,7 @@ mod tests {
         };
         assert_eq!(
             ALL.len(),
-            30,
+            32,
             "a script was added or removed: update this count"
         );
         for def in ALL {

@@ -407,7 +407,10 @@ async fn an_item_of_an_aborted_worker_is_redelivered_after_its_timeout_and_compl
     let shutdown = CancellationToken::new();
     let reclaimer = tokio::spawn(reclaim::run(
         env.bus.clone(),
-        Duration::from_millis(100),
+        agentbus::due::Schedule {
+            interval: Duration::from_millis(100),
+            sweep_every: Duration::from_secs(3600),
+        },
         shutdown.clone(),
     ));
     let seen: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();

@@ -193,6 +193,11 @@ fn key_fixture() -> String {
             "outbox_ready_other",
             ks.outbox_ready(agentbus::keys::ready_shard("tenant-b")),
         ),
+        ("due_reap", ks.due_of(agentbus::keys::Chore::Reap, "t1")),
+        (
+            "due_reclaim_other",
+            ks.due_of(agentbus::keys::Chore::Reclaim, "tenant-b"),
+        ),
         ("credits", t.credits()),
         ("outbox", t.outbox()),
         ("jobs", t.jobs()),

@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 
 from .client import Client, encode, event_base
 from .errors import AgentbusError, Conflict, InsufficientCredits, InvokeRefused, NotFound, credits
-from .keys import tenants_key
+from .keys import REAP, due_key, tenants_key
 
 GROUP = "inbox"
 
@@ -82,6 +82,12 @@ class Agent:
             ("by_status", k.agents_with_status_prefix()),
         ]
 
+    def _stale_at(self) -> list[tuple[str, str, int]]:
+        """The reaper's deadline: when this instance turns stale if silent."""
+        c = self.client
+        at = int(time.time() * 1000) + c.settings.stale_after_secs * 1000 + 1
+        return [(due_key(c.keys.prefix, REAP, c.tenant), c.tenant, at)]
+
     async def register(self, capabilities: Any = ()) -> None:
         k = self.client.keys
         await self.client.redis.sadd(tenants_key(k.prefix), self.client.tenant)
@@ -97,6 +103,7 @@ class Agent:
                 ("most_instances", self.client.settings.max_instances),
             ]
             + self._index_args(),
+            self._stale_at(),
         )
         if answer.tag == "limit":
             raise Conflict(f"the tenant has {answer['registered']} instances registered")
@@ -107,6 +114,9 @@ class Agent:
             self.client.redis,
             [("agents", k.agents()), ("agent", k.agent(self.instance_id))],
             [("instance", self.instance_id), ("status", status or "")] + self._index_args(),
+            # A stale instance that beats again is live: due when it would
+            # turn stale (ZADD LT keeps an earlier deadline).
+            self._stale_at(),
         )
         if answer.tag == "missing":
             raise NotFound(f"agent instance {self.instance_id}")
@@ -350,6 +360,8 @@ async def invoke(
             ("staleness", client.settings.stale_after_secs * 1000),
             ("retention", client.settings.invoke_retention_secs),
         ],
+        # If this caller stops waiting, the server's reaper ends it then.
+        [(due_key(k.prefix, REAP, client.tenant), client.tenant, int(time.time() * 1000) + int(timeout * 1000) + 1)],
     )
     if answer.tag != "ok":
         replies.forget(invoke_id)

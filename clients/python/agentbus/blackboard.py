@@ -6,12 +6,14 @@ TTLs and fenced locks. Each operation is charged as the server charges it.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from .client import Client
 from .errors import Conflict, InsufficientCredits, credits
+from .keys import REAP, due_key
 
 #: Numbers aggregated are at most 9e9 in magnitude (as the server bounds them).
 MAX_AGGREGATED = 9_000_000_000_000_000
@@ -108,10 +110,23 @@ class Blackboard:
             raise Conflict("stale fencing token: the lock was acquired again since; write refused")
         return answer
 
+    def _due(self, price: int, ttl_ms: int = 0) -> list[tuple[str, str, int]]:
+        """The reaper's deadlines this call creates, as the server writes
+        them: a metered charge is due at once (the reaper turns it into a
+        ledger event), an entry with a TTL when it expires."""
+        key, now = due_key(self.client.keys.prefix, REAP, self.client.tenant), int(time.time() * 1000)
+        out = [(key, self.client.tenant, now)] if price > 0 else []
+        if ttl_ms > 0:
+            out.append((key, self.client.tenant, now + ttl_ms))
+        return out
+
     async def _read(self, mode: str, *params: Any) -> list[Any]:
-        keys, args = self._layout(self.client.settings.price("blackboard_read"))
+        price = self.client.settings.price("blackboard_read")
+        keys, args = self._layout(price)
         args += [("mode", mode)] + [("params", p) for p in params]
-        answer = self._charged(await self.client.scripts.bb_read(self.client.redis, keys, args))
+        answer = self._charged(
+            await self.client.scripts.bb_read(self.client.redis, keys, args, self._due(price))
+        )
         return answer["values"]
 
     async def get(self, key: str, default: Any = None) -> Any:
@@ -119,7 +134,8 @@ class Blackboard:
         return _value(values[0]) if values and values[0] else default
 
     async def _write(self, mode: str, key: str, value: Any, ttl_ms: int, expected: Any, fence) -> Any:
-        keys, args = self._layout(self.client.settings.price("blackboard_write"))
+        price = self.client.settings.price("blackboard_write")
+        keys, args = self._layout(price)
         micro = micro_units(value) if mode != "delete" else None
         args += [
             ("mode", mode),
@@ -131,7 +147,9 @@ class Blackboard:
             ("fence_lock", fence[0] if fence else ""),
             ("fence_token", fence[1] if fence else 0),
         ]
-        return self._charged(await self.client.scripts.bb_write(self.client.redis, keys, args))
+        return self._charged(
+            await self.client.scripts.bb_write(self.client.redis, keys, args, self._due(price, ttl_ms))
+        )
 
     async def put(self, key: str, value: Any, *, ttl_ms: int = 0, fence: tuple[str, int] | None = None) -> bool:
         """Sets ``key``; returns whether it existed."""
@@ -154,14 +172,17 @@ class Blackboard:
         micro = micro_units(amount)
         if micro is None:
             raise ValueError("amount: a number of at most 9e9 (6 decimal places kept)")
-        keys, args = self._layout(self.client.settings.price("blackboard_write"))
+        price = self.client.settings.price("blackboard_write")
+        keys, args = self._layout(price)
         args += [
             ("key", key),
             ("amount", micro),
             ("fence_lock", fence[0] if fence else ""),
             ("fence_token", fence[1] if fence else 0),
         ]
-        answer = self._charged(await self.client.scripts.bb_increment(self.client.redis, keys, args))
+        answer = self._charged(
+            await self.client.scripts.bb_increment(self.client.redis, keys, args, self._due(price))
+        )
         if answer.tag == "not_a_number":
             raise Conflict(f"{key} holds a value that is not a number")
         if answer.tag == "out_of_range":
@@ -188,10 +209,13 @@ class Blackboard:
         return Aggregate(int(keys), int(count), Decimal(micro).scaleb(-6).normalize(), _value(mn), _value(mx))
 
     async def _lock(self, name: str, action: str, holder: str, ttl_ms: int) -> Any:
-        keys, args = self._layout(self.client.settings.price("blackboard_lock"))
+        price = self.client.settings.price("blackboard_lock")
+        keys, args = self._layout(price)
         keys.append(("lock", self.keys.lock(name)))
         args += [("lock", name), ("action", action), ("holder", holder), ("ttl", ttl_ms)]
-        return self._charged(await self.client.scripts.bb_lock(self.client.redis, keys, args))
+        return self._charged(
+            await self.client.scripts.bb_lock(self.client.redis, keys, args, self._due(price))
+        )
 
     def lock(self, name: str, holder: str, ttl_ms: int = 10_000) -> Lock:
         """``async with board.lock("l", "me") as held: await board.put(k, v, fence=held.fence)``"""

@@ -38,6 +38,18 @@ def ready_signal(outbox_key: str) -> tuple[str, str] | None:
     return outbox_ready(prefix, tenant), tenant
 
 
+#: Background chores that work from deadlines (keys.rs ``Chore``).
+REAP = "reap"
+RECLAIM = "reclaim"
+
+
+def due_key(prefix: str, chore: str, tenant: str) -> str:
+    """The zset of a chore's deadlines holding ``tenant`` (its shard as for
+    the ready signal): tenant → when it next needs the chore (ms). Calls
+    that create a deadline write it with ``ZADD LT`` (keys.rs ``due``)."""
+    return f"{prefix}:due:{chore}:{ready_shard(tenant)}"
+
+
 def tenants_key(prefix: str) -> str:
     """The set of every tenant the deployment knows (its background tasks
     visit these)."""

@@ -209,9 +209,12 @@ class Script:
         redis: Any,
         keys: Sequence[tuple[str, str]],
         args: Sequence[tuple[str, Any]],
+        due: Sequence[tuple[str, str, int]] = (),
     ) -> Answer:
         """Runs the script (EVALSHA, loaded again on NOSCRIPT) with ``keys``
-        and ``args`` as (header name, value) pairs, in order."""
+        and ``args`` as (header name, value) pairs, in order; then writes
+        each (key, tenant, at_ms) of ``due``, a background chore's deadline
+        (keys.due_key, ``ZADD LT``), as the server does."""
         h = self.header
         self._check([k for k, _ in keys], h.keys, h.key_group, "KEYS")
         self._check([a for a, _ in args], h.args, h.arg_group, "ARGV")
@@ -221,19 +224,25 @@ class Script:
         # does (keys.rs ready_signal): it visits only signalled tenants.
         outbox = next((v for name, v in keys if name == "outbox"), None)
         signal = ready_signal(outbox) if isinstance(outbox, str) else None
-        signalled: Any = None
-        if signal is not None and not isinstance(redis, RedisCluster):
-            # One round trip: the script, then its signal. (A cluster sends
-            # them apart: the signal's key is not in the tenant's slot.)
+        followers: list[tuple[str, str, int, bool]] = [
+            (k, t, at, False) for k, t, at in due
+        ]
+        if signal is not None:
+            followers.insert(0, (signal[0], signal[1], _now_ms(), True))
+        followed: list[Any] = []
+        if followers and not isinstance(redis, RedisCluster):
+            # One round trip: the script, then what follows it. (A cluster
+            # sends them apart: their keys are not in the tenant's slot.)
             pipe = redis.pipeline(transaction=False)
             pipe.evalsha(self.sha, len(key_values), *key_values, *arg_values)
-            pipe.zadd(signal[0], {signal[1]: _now_ms()}, nx=True)
-            value, signalled = await pipe.execute(raise_on_error=False)
+            for f in followers:
+                _zadd(pipe, f)
+            value, *followed = await pipe.execute(raise_on_error=False)
             if isinstance(value, Exception):
                 if not _no_script(value):
                     raise value
                 value = await redis.eval(self.text, len(key_values), *key_values, *arg_values)
-                signalled = await _signal(redis, signal)
+                followed = [await _follow(redis, f) for f in followers]
         else:
             try:
                 value = await redis.evalsha(self.sha, len(key_values), *key_values, *arg_values)
@@ -243,11 +252,12 @@ class Script:
                 # EVAL caches the script on the node that runs it (the one
                 # owning the keys' slot, on a cluster).
                 value = await redis.eval(self.text, len(key_values), *key_values, *arg_values)
-            if signal is not None:
-                signalled = await _signal(redis, signal)
-        if isinstance(signalled, Exception):
-            # The script ran: its answer stands; the sink's sweep finds the events.
-            _log.warning("sink signal not written after %s: %s", self.name, signalled)
+            followed = [await _follow(redis, f) for f in followers]
+        for f in followed:
+            if isinstance(f, Exception):
+                # The script ran: its answer stands; a sweep finds what the
+                # signal or deadline would have pointed at.
+                _log.warning("sink signal or deadline not written after %s: %s", self.name, f)
         return self.parse(value)
 
 
@@ -259,10 +269,17 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def _signal(redis: Any, signal: tuple[str, str]) -> Any:
-    """Writes a ready signal; a failure is returned, not raised."""
+def _zadd(redis: Any, follower: tuple[str, str, int, bool]) -> Any:
+    """A ready signal (``ZADD NX``: the first time stays) or a deadline
+    (``ZADD LT``: the earliest stays)."""
+    key, tenant, at, signal = follower
+    return redis.zadd(key, {tenant: at}, nx=signal, lt=not signal)
+
+
+async def _follow(redis: Any, follower: tuple[str, str, int, bool]) -> Any:
+    """Writes a signal or deadline; a failure is returned, not raised."""
     try:
-        return await redis.zadd(signal[0], {signal[1]: _now_ms()}, nx=True)
+        return await _zadd(redis, follower)
     except Exception as e:  # noqa: BLE001 - reported by the caller
         return e
 

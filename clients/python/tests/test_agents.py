@@ -7,9 +7,9 @@ import secrets
 import threading
 from decimal import Decimal
 
-from agentbus import Agent, Client, Inbox, InvokeRefused, NotFound, invoke, send, serve_invocations
+from agentbus import Agent, Blackboard, Client, Inbox, InvokeRefused, NotFound, invoke, send, serve_invocations
 
-from conftest import REDIS_URL, audit_row, eventually, sync_redis
+from conftest import REDIS_URL, Server, _clean, audit_row, eventually, sync_redis
 
 INVOKE, MESSAGE = Decimal("10.00"), Decimal("2.00")  # the server's default prices
 
@@ -179,3 +179,30 @@ async def test_a_python_write_reaches_postgres_through_its_ready_signal(server_p
         await send(client, "py-a", "py-b", "note", {"n": 1})
     got = await asyncio.to_thread(eventually, lambda: len(skills()) == 2 and skills(), 10)
     assert got == ["agent_message", "grant"], got
+
+
+async def test_the_servers_reaper_finds_what_python_calls_left_by_their_deadlines():
+    # The server sweeps every tenant only at start (and then in an hour):
+    # it reaches this tenant only through the deadlines the client writes.
+    prefix = "py" + secrets.token_hex(4)
+    server = Server(prefix, extra_env={"AGENTBUS_STALE_AFTER_SECS": "1", "AGENTBUS_REAP_INTERVAL_MS": "100",
+                                       "AGENTBUS_SWEEP_SECS": "3600"})
+    try:
+        tenant = "t" + secrets.token_hex(3)
+        token = server.tenant(tenant, 100)
+        async with Client(REDIS_URL, tenant, prefix=prefix, api_url=server.url, token=token) as client:
+            await client.load_settings()
+            await Agent(client, "silent", "py").register()
+            board = Blackboard(client, "ns")
+            await board.get("k")  # metered: the server's reaper turns it into a ledger event
+            await board.put("short", 1, ttl_ms=300)
+            r = sync_redis()
+            unbilled = client.keys.credits()
+            await asyncio.to_thread(
+                eventually, lambda: r.hget(unbilled, "unbilled:blackboard_read") == b"0", 5)
+            await asyncio.to_thread(
+                eventually, lambda: (server.call("GET", "/agents/silent", token)[1] or {}).get("status") == "stale", 5)
+            await asyncio.to_thread(eventually, lambda: r.zcard(client.keys.blackboard("ns").exp) == 0, 5)
+    finally:
+        server.stop()
+        _clean(prefix)

@@ -1,7 +1,7 @@
 """Key names as the server's keys.rs builds them (the contract fixture is
 written from keys.rs by the Rust test suite)."""
 
-from agentbus.keys import TenantKeys, outbox_ready, tenants_key
+from agentbus.keys import REAP, RECLAIM, TenantKeys, due_key, outbox_ready, tenants_key
 
 
 def test_every_key_name_is_the_servers(contract):
@@ -11,6 +11,8 @@ def test_every_key_name_is_the_servers(contract):
         "tenants": tenants_key(contract["prefix"]),
         "outbox_ready": outbox_ready(contract["prefix"], contract["tenant"]),
         "outbox_ready_other": outbox_ready(contract["prefix"], "tenant-b"),
+        "due_reap": due_key(contract["prefix"], REAP, contract["tenant"]),
+        "due_reclaim_other": due_key(contract["prefix"], RECLAIM, "tenant-b"),
         "credits": k.credits(),
         "outbox": k.outbox(),
         "jobs": k.jobs(),

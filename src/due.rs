@@ -1,0 +1,267 @@
+//! Deadlines of the background chores (the reaper, the reclaimer): which
+//! tenants need a visit and when, so a chore visits only the tenants that
+//! are due and an idle tenant costs nothing.
+//!
+//! Each chore has one zset per shard (`Keyspace::due`, the shard of the
+//! tenant as for the sink's ready signal): tenant → the time (ms) it next
+//! needs the chore. A call that creates a deadline writes it next to the
+//! script (`Call::due`, `ZADD LT`: the earliest stays). A chore's pass
+//! takes what is due in each shard with a lease (`lua/due_take.lua`),
+//! visits each tenant and settles it with the next deadline the visit
+//! found, or removes it (`lua/due_settle.lua`); a deadline written during
+//! the visit lowers the lease and is kept. A lease left by a process that
+//! stopped mid-visit is taken again after [`STUCK_MS`]. On Redis Cluster
+//! every shard key is its own slot and each script touches one key.
+//!
+//! The safety net is a slow sweep over every tenant (at start, then every
+//! `sweep_every`), paced at [`SWEEP_PER_PASS`] tenants per pass: it finds
+//! what a lost deadline left (a crash between a script and its deadline on
+//! a cluster, a client that does not write them, data from before
+//! deadlines existed).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::AgentBus;
+use crate::error::Result;
+use crate::keys::{Chore, READY_SHARDS, TenantId};
+use crate::scripts::scripts;
+
+/// Score of a lease at time 0: above every real deadline (ms since 1970
+/// are ~1.8e12), below 2^53 so scores stay exact.
+pub const LEASE_BASE: i64 = 4_000_000_000_000_000;
+/// A lease this old (ms) is taken again: its visitor stopped.
+pub const STUCK_MS: i64 = 60_000;
+/// Tenants taken from one shard per call.
+const TAKE_MOST: usize = 200;
+/// Tenants of a running sweep visited per pass.
+pub const SWEEP_PER_PASS: usize = 500;
+
+/// When a chore runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    /// Between passes over what is due.
+    pub interval: Duration,
+    /// Between sweeps over every tenant (the first at start).
+    pub sweep_every: Duration,
+}
+
+/// What one visit did and when the tenant is next due.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Visited {
+    /// The chore's two counts (reaper: stale agents, expired invocations;
+    /// reclaimer: re-queued, failed items).
+    pub counts: (i64, i64),
+    /// The tenant's next deadline (ms), `None` when it has none.
+    pub next: Option<i64>,
+}
+
+/// Milliseconds since 1970, as the scripts' `now_ms`.
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl AgentBus {
+    /// The deadline key of `tenant` for `chore`.
+    pub fn due_key(&self, chore: Chore, tenant: &TenantId) -> String {
+        self.keyspace().due_of(chore, tenant.as_str())
+    }
+
+    /// Writes `tenant`'s deadline `at_ms` for `chore` (the earliest stays).
+    pub async fn mark_due(&self, chore: Chore, tenant: &TenantId, at_ms: i64) -> Result<()> {
+        let mut conn = self.redis().conn().await?;
+        crate::scripts::due_cmd(&self.due_key(chore, tenant), tenant.as_str(), at_ms)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// `tenant`'s deadline for `chore` (a lease when a visit is under way).
+    pub async fn due_at(&self, chore: Chore, tenant: &TenantId) -> Result<Option<i64>> {
+        let mut conn = self.redis().conn().await?;
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(self.due_key(chore, tenant))
+            .arg(tenant.as_str())
+            .query_async(&mut conn)
+            .await?;
+        Ok(score.map(|s| s as i64))
+    }
+
+    /// Takes up to `most` due tenants of one shard. Returns the lease
+    /// they hold and the tenants.
+    pub async fn take_due(
+        &self,
+        chore: Chore,
+        shard: usize,
+        most: usize,
+    ) -> Result<(i64, Vec<TenantId>)> {
+        let mut conn = self.redis().conn().await?;
+        let reply = scripts()
+            .due_take
+            .key("due", self.keyspace().due(chore, shard))
+            .arg("most", most.clamp(1, 10_000))
+            .arg("lease_base", LEASE_BASE)
+            .arg("stuck_ms", STUCK_MS)
+            .invoke(&mut conn)
+            .await?;
+        let tenants = reply
+            .texts("tenants")?
+            .iter()
+            .filter_map(|t| TenantId::new(t.as_str()).ok())
+            .collect();
+        Ok((reply.int("lease")?, tenants))
+    }
+
+    /// Ends a visit: `next` replaces the lease (`None` removes the
+    /// tenant), unless a deadline written meanwhile is earlier. `lease` 0
+    /// for a visit without one. Returns whether the tenant keeps a deadline.
+    pub async fn settle_due(
+        &self,
+        chore: Chore,
+        tenant: &TenantId,
+        lease: i64,
+        next: Option<i64>,
+    ) -> Result<bool> {
+        let mut conn = self.redis().conn().await?;
+        let kept = scripts()
+            .due_settle
+            .key("due", self.due_key(chore, tenant))
+            .arg("tenant", tenant.as_str())
+            .arg("lease", lease.max(0))
+            .arg("next", next.unwrap_or(0).clamp(0, LEASE_BASE))
+            .invoke(&mut conn)
+            .await?
+            .value()?;
+        Ok(kept == 1)
+    }
+
+    /// Visits every due tenant of `chore` once (each shard until nothing
+    /// due is left). Returns the summed counts.
+    pub async fn run_due<F, Fut>(&self, chore: Chore, visit: &F) -> Result<(i64, i64)>
+    where
+        F: Fn(AgentBus, TenantId) -> Fut,
+        Fut: Future<Output = Result<Visited>>,
+    {
+        let mut totals = (0, 0);
+        for shard in 0..READY_SHARDS {
+            loop {
+                let (lease, tenants) = self.take_due(chore, shard, TAKE_MOST).await?;
+                for tenant in &tenants {
+                    // A visit that fails keeps its lease: the tenant is
+                    // taken again after STUCK_MS (a back-off), the others
+                    // go on.
+                    if let Some(v) = self.visit_logged(chore, tenant, visit).await {
+                        self.settle_due(chore, tenant, lease, v.next).await?;
+                        add(&mut totals, v.counts);
+                    }
+                }
+                if tenants.len() < TAKE_MOST {
+                    break;
+                }
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Visits `tenants` without a lease (a sweep) and records each one's
+    /// next deadline.
+    pub async fn sweep_due<F, Fut>(
+        &self,
+        chore: Chore,
+        tenants: &[TenantId],
+        visit: &F,
+    ) -> Result<(i64, i64)>
+    where
+        F: Fn(AgentBus, TenantId) -> Fut,
+        Fut: Future<Output = Result<Visited>>,
+    {
+        let mut totals = (0, 0);
+        for tenant in tenants {
+            if let Some(v) = self.visit_logged(chore, tenant, visit).await {
+                self.settle_due(chore, tenant, 0, v.next).await?;
+                add(&mut totals, v.counts);
+            }
+        }
+        Ok(totals)
+    }
+
+    async fn visit_logged<F, Fut>(
+        &self,
+        chore: Chore,
+        tenant: &TenantId,
+        visit: &F,
+    ) -> Option<Visited>
+    where
+        F: Fn(AgentBus, TenantId) -> Fut,
+        Fut: Future<Output = Result<Visited>>,
+    {
+        match visit(self.clone(), tenant.clone()).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                e.count_failure();
+                tracing::warn!(error = %e, chore = chore.name(), tenant = %tenant, "visit failed");
+                None
+            }
+        }
+    }
+}
+
+fn add(totals: &mut (i64, i64), counts: (i64, i64)) {
+    totals.0 += counts.0;
+    totals.1 += counts.1;
+}
+
+/// Runs `chore` until `shutdown`: every `interval` a pass over what is due
+/// plus the next [`SWEEP_PER_PASS`] tenants of the running sweep. Logs
+/// what each pass did under `what` (the names of its two counts).
+pub async fn run<F, Fut>(
+    bus: AgentBus,
+    chore: Chore,
+    schedule: Schedule,
+    what: (&'static str, &'static str),
+    shutdown: CancellationToken,
+    visit: F,
+) where
+    F: Fn(AgentBus, TenantId) -> Fut,
+    Fut: Future<Output = Result<Visited>>,
+{
+    let mut sweep: Vec<TenantId> = Vec::new();
+    let mut next_sweep = Instant::now();
+    loop {
+        match chore {
+            Chore::Reap => crate::metrics::reaper_run(),
+            Chore::Reclaim => crate::metrics::reclaimer_run(),
+        }
+        let pass = async {
+            if Instant::now() >= next_sweep {
+                sweep = bus.tenants().await?;
+                next_sweep = Instant::now() + schedule.sweep_every;
+            }
+            let mut totals = bus.run_due(chore, &visit).await?;
+            let chunk: Vec<TenantId> = sweep.drain(..sweep.len().min(SWEEP_PER_PASS)).collect();
+            add(&mut totals, bus.sweep_due(chore, &chunk, &visit).await?);
+            Ok::<_, crate::error::Error>(totals)
+        };
+        // A pass may take a while: shutdown does not wait for it (each
+        // script call is atomic; a lease left behind is taken again).
+        let pass = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            pass = pass => pass,
+        };
+        match pass {
+            Ok((0, 0)) => {}
+            Ok((a, b)) => tracing::info!(chore = chore.name(), "{} {a}, {} {b}", what.0, what.1),
+            Err(e) => {
+                e.count_failure();
+                tracing::warn!(error = %e, chore = chore.name(), "chore pass failed")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(schedule.interval) => {}
+        }
+    }
+}

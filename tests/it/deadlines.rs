@@ -1,0 +1,289 @@
+//! The reaper and the reclaimer work from deadlines: a pass touches only
+//! tenants that are due, a call that creates a deadline writes it, a visit
+//! settles the tenant's next one (or drops the tenant), a deadline written
+//! during a visit survives it, a stuck lease is taken again, and the sweep
+//! restores a lost deadline.
+
+use std::time::Duration;
+
+use agentbus::TenantId;
+use agentbus::agents::invoke::InvokeRequest;
+use agentbus::agents::registry::Registration;
+use agentbus::bus::{AgentBus, Limits};
+use agentbus::conn::{Redis, RedisOptions};
+use agentbus::due::{LEASE_BASE, STUCK_MS, now_ms};
+use agentbus::jobs::{JobSpec, reclaim};
+use agentbus::keys::{Chore, Ident, Keyspace};
+use agentbus::prices::Prices;
+use agentbus::reaper;
+use rust_decimal::Decimal;
+use serde_json::json;
+
+use crate::common::{PrivateRedis, TestEnv, calls_of, command_calls};
+
+fn id(s: &str) -> Ident {
+    Ident::new("instance_id", s).unwrap()
+}
+
+async fn reap_due(bus: &AgentBus) -> (i64, i64) {
+    bus.run_due(Chore::Reap, &reaper::visit).await.unwrap()
+}
+
+async fn reclaim_due(bus: &AgentBus) -> (i64, i64) {
+    bus.run_due(Chore::Reclaim, &|b, t| {
+        reclaim::visit(b, t, Duration::from_millis(100))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_tenant_costs_a_pass_nothing() {
+    let server = PrivateRedis::start(&[]);
+    let redis = Redis::open(&server.url(), RedisOptions::default()).unwrap();
+    let bus = AgentBus::new(
+        redis,
+        Keyspace::new("due").unwrap(),
+        Prices::default(),
+        Limits::default(),
+    );
+    let tenant = |i: usize| TenantId::new(format!("t{i}")).unwrap();
+    for i in 0..300 {
+        bus.grant_credits(&tenant(i), Decimal::ONE, json!({}))
+            .await
+            .unwrap();
+    }
+    // One tenant was active: a metered read made it due; its visit flushes
+    // the charge and, with nothing left, drops it.
+    let ns = Ident::new("namespace", "n").unwrap();
+    bus.blackboard(&tenant(7), &ns).get("k").await.unwrap();
+    assert!(bus.due_at(Chore::Reap, &tenant(7)).await.unwrap().unwrap() <= now_ms());
+    assert_eq!(reap_due(&bus).await, (0, 0));
+    assert_eq!(bus.due_at(Chore::Reap, &tenant(7)).await.unwrap(), None);
+
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        reap_due(&bus).await;
+        reclaim_due(&bus).await;
+    }
+    let stats = command_calls(&mut conn).await;
+    // Per pass and chore: one due_take per shard (two range reads each),
+    // whatever the number of tenants; nothing read or written for any tenant.
+    let takes = 5 * 2 * agentbus::keys::READY_SHARDS as u64;
+    assert_eq!(calls_of(&stats, "evalsha"), takes, "{stats:?}");
+    let total: u64 = stats.iter().map(|(_, n)| n).sum();
+    // EVALSHA, its TIME and two ZRANGEBYSCOREs; and the CONFIG RESETSTAT.
+    assert_eq!(total, takes * 4 + 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn deadlines_drive_the_reaper() {
+    let env = TestEnv::with_limits(Limits {
+        stale_after: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let bus = &env.bus;
+    let t = env.tenant("reap");
+    env.grant(&t, 100).await;
+
+    // Registering: due when the instance would turn stale.
+    let before = now_ms();
+    let reg = Registration::new("w").unwrap().instance("w-1").unwrap();
+    bus.register_agent(&t, &reg).await.unwrap();
+    let due = bus.due_at(Chore::Reap, &t).await.unwrap().unwrap();
+    assert!(
+        (before + 1000..=now_ms() + 1001).contains(&due),
+        "{due} vs {before}"
+    );
+    // Not due yet: the pass does not visit it.
+    assert_eq!(reap_due(bus).await, (0, 0));
+    assert_eq!(bus.due_at(Chore::Reap, &t).await.unwrap(), Some(due));
+
+    // Silent past its deadline: marked stale, and with nothing else the
+    // tenant leaves the set.
+    tokio::time::sleep(Duration::from_millis((due - now_ms()).max(0) as u64 + 50)).await;
+    assert_eq!(reap_due(bus).await, (1, 0));
+    assert_eq!(bus.due_at(Chore::Reap, &t).await.unwrap(), None);
+
+    // A heartbeat brings it back, due again a second later.
+    bus.heartbeat(&t, &id("w-1"), None).await.unwrap();
+    let due = bus.due_at(Chore::Reap, &t).await.unwrap().unwrap();
+    assert!(due > now_ms() + 500, "{due}");
+
+    // An invocation whose caller went away: due at its deadline (before
+    // the heartbeat's), expired there, its reservation returned.
+    let caller = id("caller-1");
+    let reg = Registration::new("c")
+        .unwrap()
+        .instance("caller-1")
+        .unwrap();
+    bus.register_agent(&t, &reg).await.unwrap();
+    let mut req = InvokeRequest::new(&caller, &id("w-1"), json!({"q": 1}));
+    req.timeout_seconds = 1;
+    let (b2, t2) = (bus.clone(), t.clone());
+    let task = tokio::spawn(async move { b2.invoke(&t2, &req).await });
+    let reserved = async {
+        loop {
+            if bus.balance(&t).await.unwrap().reserved > Decimal::ZERO {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), reserved)
+        .await
+        .unwrap();
+    task.abort();
+    let due_invoke = bus.due_at(Chore::Reap, &t).await.unwrap().unwrap();
+    assert!(due_invoke <= now_ms() + 1001, "{due_invoke}");
+    // Keep both instances alive while the invocation runs out.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    bus.heartbeat(&t, &id("w-1"), None).await.unwrap();
+    bus.heartbeat(&t, &caller, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(
+        (due_invoke - now_ms()).max(0) as u64 + 50,
+    ))
+    .await;
+    assert_eq!(reap_due(bus).await, (0, 1));
+    assert_eq!(bus.balance(&t).await.unwrap().reserved, Decimal::ZERO);
+    // Next: the instances' stale time, not the invocation's.
+    let next = bus.due_at(Chore::Reap, &t).await.unwrap().unwrap();
+    assert!(next > now_ms(), "{next}");
+
+    // A blackboard entry with a TTL: the write is metered (due at once);
+    // the visit flushes the charge to the ledger and settles on the
+    // entry's expiry (earlier than the instances' stale time).
+    let ns = Ident::new("namespace", "n").unwrap();
+    let board = bus.blackboard(&t, &ns);
+    board
+        .set("k", &json!(1), Some(Duration::from_millis(300)), None)
+        .await
+        .unwrap();
+    assert!(bus.due_at(Chore::Reap, &t).await.unwrap().unwrap() <= now_ms());
+    reap_due(bus).await;
+    let flushed: i64 = redis::cmd("HGET")
+        .arg(bus.keys(&t).credits())
+        .arg("unbilled:blackboard_write")
+        .query_async(&mut env.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(flushed, 0);
+    let expiry = bus.due_at(Chore::Reap, &t).await.unwrap().unwrap();
+    assert!(
+        expiry <= now_ms() + 300 && expiry > now_ms() - 300,
+        "{expiry}"
+    );
+    tokio::time::sleep(Duration::from_millis(
+        (expiry - now_ms()).max(0) as u64 + 50,
+    ))
+    .await;
+    reap_due(bus).await;
+    assert_eq!(board.get("k").await.unwrap(), None);
+    assert_eq!(bus.next_expiry(&t).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn deadlines_drive_the_reclaimer() {
+    let env = TestEnv::new().await;
+    let bus = &env.bus;
+    let t = env.tenant("reclaim");
+    env.grant(&t, 100).await;
+    assert_eq!(bus.due_at(Chore::Reclaim, &t).await.unwrap(), None);
+    let job = bus
+        .spawn_job(&t, &JobSpec::new("o", "w", "t", vec![json!(1), json!(2)]))
+        .await
+        .unwrap();
+    // Due at once, then an interval later while the job runs.
+    assert!(bus.due_at(Chore::Reclaim, &t).await.unwrap().unwrap() <= now_ms());
+    reclaim_due(bus).await;
+    let next = bus.due_at(Chore::Reclaim, &t).await.unwrap().unwrap();
+    assert!(next > now_ms() && next <= now_ms() + 100, "{next}");
+    bus.cancel_job(&t, &job.id, "test", "done").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    reclaim_due(bus).await;
+    assert_eq!(bus.due_at(Chore::Reclaim, &t).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_deadline_written_during_a_visit_survives_it_and_a_stuck_lease_is_retaken() {
+    let env = TestEnv::new().await;
+    let bus = &env.bus;
+    let (a, b) = (env.tenant("a"), env.tenant("b"));
+    let shard = agentbus::keys::ready_shard(a.as_str());
+
+    bus.mark_due(Chore::Reap, &a, now_ms() - 1).await.unwrap();
+    let (lease, taken) = bus.take_due(Chore::Reap, shard, 10).await.unwrap();
+    assert_eq!(taken, vec![a.clone()]);
+    assert_eq!(bus.due_at(Chore::Reap, &a).await.unwrap(), Some(lease));
+    assert!(lease > LEASE_BASE);
+    // Leased: not taken twice.
+    assert!(
+        bus.take_due(Chore::Reap, shard, 10)
+            .await
+            .unwrap()
+            .1
+            .is_empty()
+    );
+    // A deadline written meanwhile (later than anything the visit saw) is
+    // kept when the visit settles with none.
+    let later = now_ms() + 60_000;
+    bus.mark_due(Chore::Reap, &a, later).await.unwrap();
+    assert!(bus.settle_due(Chore::Reap, &a, lease, None).await.unwrap());
+    assert_eq!(bus.due_at(Chore::Reap, &a).await.unwrap(), Some(later));
+    // Without one, settling with none drops the tenant; with a next, that one.
+    bus.mark_due(Chore::Reap, &a, now_ms() - 1).await.unwrap();
+    let (lease, _) = bus.take_due(Chore::Reap, shard, 10).await.unwrap();
+    assert!(!bus.settle_due(Chore::Reap, &a, lease, None).await.unwrap());
+    assert_eq!(bus.due_at(Chore::Reap, &a).await.unwrap(), None);
+
+    // A lease older than STUCK_MS (its visitor died) is taken again.
+    let mut conn = env.conn().await;
+    let old = LEASE_BASE + now_ms() - STUCK_MS - 1000;
+    let _: () = redis::cmd("ZADD")
+        .arg(bus.due_key(Chore::Reap, &b))
+        .arg(old)
+        .arg(b.as_str())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let shard_b = agentbus::keys::ready_shard(b.as_str());
+    let (_, taken) = bus.take_due(Chore::Reap, shard_b, 10).await.unwrap();
+    assert_eq!(taken, vec![b.clone()]);
+}
+
+#[tokio::test]
+async fn the_sweep_restores_a_lost_deadline() {
+    let env = TestEnv::with_limits(Limits {
+        stale_after: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await;
+    let bus = &env.bus;
+    let t = env.tenant("lost");
+    let reg = Registration::new("w").unwrap().instance("w-1").unwrap();
+    bus.register_agent(&t, &reg).await.unwrap();
+    let due = bus.due_at(Chore::Reap, &t).await.unwrap().unwrap();
+    // Lost (as a crash between a script and its deadline on a cluster).
+    let _: () = redis::cmd("ZREM")
+        .arg(bus.due_key(Chore::Reap, &t))
+        .arg(t.as_str())
+        .query_async(&mut env.conn().await)
+        .await
+        .unwrap();
+    reaper::reap_once(bus).await.unwrap();
+    let restored = bus.due_at(Chore::Reap, &t).await.unwrap().unwrap();
+    assert!(
+        (due - 50..=due + 50).contains(&restored),
+        "{restored} vs {due}"
+    );
+}
