@@ -249,9 +249,8 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENTBUS_REAP_INTERVAL_MS", default_value_t = 5000)]
     pub reap_interval_ms: u64,
 
-    /// Seconds between the reaper's and the reclaimer's sweeps over every
-    /// tenant, the safety net under their deadlines (the first at start;
-    /// paced at 500 tenants per pass).
+    /// Seconds over which the reaper and the reclaimer sweep every tenant
+    /// once, spread evenly: the safety net under their deadlines.
     #[arg(long, env = "AGENTBUS_SWEEP_SECS", default_value_t = 900)]
     pub sweep_secs: u64,
 

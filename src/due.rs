@@ -13,11 +13,13 @@
 //! stopped mid-visit is taken again after [`STUCK_MS`]. On Redis Cluster
 //! every shard key is its own slot and each script touches one key.
 //!
-//! The safety net is a slow sweep over every tenant (at start, then every
-//! `sweep_every`), paced at [`SWEEP_PER_PASS`] tenants per pass: it finds
-//! what a lost deadline left (a crash between a script and its deadline on
-//! a cluster, a client that does not write them, data from before
-//! deadlines existed).
+//! The safety net is a slow sweep over every tenant, spread evenly over
+//! `sweep_every` (each pass visits its share), so it costs a steady trickle
+//! rather than a burst: it finds what a lost deadline left (a crash between
+//! a script and its deadline on a cluster, a client that does not write
+//! them). The first sweep of a deployment (no `Keyspace::due_swept` mark
+//! yet: data from before deadlines existed) visits every tenant in the
+//! process's first pass.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -37,8 +39,6 @@ pub const LEASE_BASE: i64 = 4_000_000_000_000_000;
 pub const STUCK_MS: i64 = 60_000;
 /// Tenants taken from one shard per call.
 const TAKE_MOST: usize = 200;
-/// Tenants of a running sweep visited per pass.
-pub const SWEEP_PER_PASS: usize = 500;
 
 /// When a chore runs.
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +88,27 @@ impl AgentBus {
             .query_async(&mut conn)
             .await?;
         Ok(score.map(|s| s as i64))
+    }
+
+    /// Whether a sweep of `chore` has ever completed on this deployment.
+    pub async fn swept(&self, chore: Chore) -> Result<bool> {
+        let mut conn = self.redis().conn().await?;
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(self.keyspace().due_swept(chore))
+            .query_async(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Marks that a sweep of `chore` completed (later ones are paced).
+    pub async fn mark_swept(&self, chore: Chore) -> Result<()> {
+        let mut conn = self.redis().conn().await?;
+        redis::cmd("SET")
+            .arg(self.keyspace().due_swept(chore))
+            .arg(now_ms())
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// Takes up to `most` due tenants of one shard. Returns the lease
@@ -209,14 +230,22 @@ impl AgentBus {
     }
 }
 
+/// Tenants per pass so a sweep of `tenants` ends within `sweep_every`.
+fn sweep_share(tenants: usize, schedule: Schedule) -> usize {
+    let passes = (schedule.sweep_every.as_secs_f64() / schedule.interval.as_secs_f64().max(0.001))
+        .floor()
+        .max(1.0);
+    ((tenants as f64 / passes).ceil() as usize).max(1)
+}
+
 fn add(totals: &mut (i64, i64), counts: (i64, i64)) {
     totals.0 += counts.0;
     totals.1 += counts.1;
 }
 
 /// Runs `chore` until `shutdown`: every `interval` a pass over what is due
-/// plus the next [`SWEEP_PER_PASS`] tenants of the running sweep. Logs
-/// what each pass did under `what` (the names of its two counts).
+/// plus this pass's share of the running sweep. Logs what each pass did
+/// under `what` (the names of its two counts).
 pub async fn run<F, Fut>(
     bus: AgentBus,
     chore: Chore,
@@ -229,6 +258,8 @@ pub async fn run<F, Fut>(
     Fut: Future<Output = Result<Visited>>,
 {
     let mut sweep: Vec<TenantId> = Vec::new();
+    let mut per_pass = 1;
+    let mut first_sweep = false;
     let mut next_sweep = Instant::now();
     loop {
         match chore {
@@ -236,13 +267,23 @@ pub async fn run<F, Fut>(
             Chore::Reclaim => crate::metrics::reclaimer_run(),
         }
         let pass = async {
-            if Instant::now() >= next_sweep {
+            if sweep.is_empty() && Instant::now() >= next_sweep {
                 sweep = bus.tenants().await?;
+                first_sweep = !bus.swept(chore).await?;
+                per_pass = if first_sweep {
+                    sweep.len()
+                } else {
+                    sweep_share(sweep.len(), schedule)
+                };
                 next_sweep = Instant::now() + schedule.sweep_every;
             }
             let mut totals = bus.run_due(chore, &visit).await?;
-            let chunk: Vec<TenantId> = sweep.drain(..sweep.len().min(SWEEP_PER_PASS)).collect();
+            let chunk: Vec<TenantId> = sweep.drain(..sweep.len().min(per_pass)).collect();
             add(&mut totals, bus.sweep_due(chore, &chunk, &visit).await?);
+            if first_sweep && sweep.is_empty() {
+                bus.mark_swept(chore).await?;
+                first_sweep = false;
+            }
             Ok::<_, crate::error::Error>(totals)
         };
         // A pass may take a while: shutdown does not wait for it (each
@@ -263,5 +304,25 @@ pub async fn run<F, Fut>(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(schedule.interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_is_spread_over_its_period() {
+        let s = |interval_ms, every_s| Schedule {
+            interval: Duration::from_millis(interval_ms),
+            sweep_every: Duration::from_secs(every_s),
+        };
+        // 900 s of 5 s passes: 180 passes.
+        assert_eq!(sweep_share(100_000, s(5000, 900)), 556);
+        assert_eq!(sweep_share(10, s(5000, 900)), 1);
+        assert_eq!(sweep_share(0, s(5000, 900)), 1);
+        // A period shorter than a pass: everything in one.
+        assert_eq!(sweep_share(300, s(5000, 1)), 300);
+        assert_eq!(sweep_share(3600, s(1000, 3600)), 1);
     }
 }

@@ -250,6 +250,12 @@ impl Keyspace {
         format!("{}:due:{}:{shard}", self.prefix, chore.name())
     }
 
+    /// Set once a sweep of `chore` has visited every tenant: later sweeps
+    /// are spread over their period (see `due`).
+    pub fn due_swept(&self, chore: Chore) -> String {
+        format!("{}:due:{}:swept", self.prefix, chore.name())
+    }
+
     /// The deadline key of `tenant` for `chore`.
     pub fn due_of(&self, chore: Chore, tenant: &str) -> String {
         self.due(chore, ready_shard(tenant))

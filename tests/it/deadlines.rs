@@ -287,3 +287,43 @@ async fn the_sweep_restores_a_lost_deadline() {
         "{restored} vs {due}"
     );
 }
+
+#[tokio::test]
+async fn a_deployments_first_sweep_visits_every_tenant_at_once_then_marks_it() {
+    let env = TestEnv::with_limits(Limits {
+        stale_after: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await;
+    let bus = &env.bus;
+    // Tenants from before deadlines existed: agents, no deadline.
+    let tenants: Vec<TenantId> = (0..20).map(|i| env.tenant(&format!("old{i}"))).collect();
+    let mut conn = env.conn().await;
+    for t in &tenants {
+        let reg = Registration::new("w").unwrap().instance("w-1").unwrap();
+        bus.register_agent(t, &reg).await.unwrap();
+        let _: () = redis::cmd("ZREM")
+            .arg(bus.due_key(Chore::Reap, t))
+            .arg(t.as_str())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert!(!bus.swept(Chore::Reap).await.unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let schedule = agentbus::due::Schedule {
+        interval: Duration::from_millis(50),
+        sweep_every: Duration::from_secs(3600),
+    };
+    let task = tokio::spawn(reaper::run(bus.clone(), schedule, stop.clone()));
+    let marked = crate::common::eventually(Duration::from_secs(10), || async {
+        bus.swept(Chore::Reap).await.unwrap()
+    })
+    .await;
+    assert!(marked);
+    for t in &tenants {
+        assert!(bus.due_at(Chore::Reap, t).await.unwrap().is_some(), "{t}");
+    }
+    stop.cancel();
+    task.await.unwrap();
+}
