@@ -8,18 +8,26 @@ sink on a fresh Postgres database, on the same Redis:
   (INFO stats; run it on an otherwise idle Redis);
 - sink lag: one active tenant receives --grants grants through REST, one
   every 100 ms; lag is from the grant's answer to its ledger row being
-  visible in Postgres (polled every millisecond): p50 and p99.
+  visible in Postgres (polled every millisecond): p50 and p99;
+- the active tenant's throughput: `agentbus load --items 100000 --workers
+  50` (the binary's own load test, its workers in-process) on the same
+  prefix while the server runs: items/s end to end.
 
 Idle tenants are made directly in Redis, as a grant leaves them (the
 tenants set, a credits hash, an outbox stream with the sink's group), so a
-100,000-tenant run starts in seconds.
+100,000-tenant run starts in seconds; the chores' first-sweep marks are set
+as on a deployment that has run before (a first sweep visits everyone
+once). The idle window starts once the server's start-up work is done
+(the sink's start sweep): Redis below 500 commands/s over 2 s, or 180 s.
 
-Usage: bench/tenants_idle.py --binary OLD --binary NEW [--tenants 1,1000,10000]
+Usage: bench/tenants_idle.py --binary old=PATH --binary new=PATH [--tenants 1,1000,10000,100000]
 (needs psycopg and pytest in the running Python: pip install "psycopg[binary]" pytest)
 """
 
 import argparse
+import json
 import os
+import subprocess
 import pathlib
 import secrets
 import statistics
@@ -37,12 +45,23 @@ ap.add_argument("--binary", action="append", required=True)
 ap.add_argument("--tenants", default="1,1000,10000")
 ap.add_argument("--grants", type=int, default=50)
 ap.add_argument("--idle-secs", type=float, default=10)
-ap.add_argument("--settle-secs", type=float, default=5)
+ap.add_argument("--load-items", type=int, default=100000)
+ap.add_argument("--load-workers", type=int, default=50)
 args = ap.parse_args()
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 TCK = os.sysconf("SC_CLK_TCK")
-r = redis.Redis.from_url(REDIS_URL)
+CLUSTER = REDIS_URL.startswith("redis+cluster://")
+if CLUSTER:
+    # Figures are summed over the masters; keys are written through the cluster.
+    from redis.cluster import ClusterNode, RedisCluster
+
+    hosts = [h.split(":") for h in REDIS_URL[len("redis+cluster://"):].split(",")]
+    nodes = [redis.Redis(host=h, port=int(p)) for h, p in hosts]
+    r = RedisCluster(startup_nodes=[ClusterNode(h, int(p)) for h, p in hosts])
+else:
+    r = redis.Redis.from_url(REDIS_URL)
+    nodes = [r]
 
 
 def proc_cpu(pid):
@@ -51,29 +70,62 @@ def proc_cpu(pid):
 
 
 def redis_cpu():
-    info = r.info("cpu")
-    return info["used_cpu_sys"] + info["used_cpu_user"]
+    return sum(i["used_cpu_sys"] + i["used_cpu_user"] for i in (n.info("cpu") for n in nodes))
 
 
 def redis_commands():
-    return r.info("stats")["total_commands_processed"]
+    return sum(n.info("stats")["total_commands_processed"] for n in nodes)
+
+
+def shard(name):
+    """keys.rs ready_shard: FNV-1a (32 bit) modulo 16."""
+    h = 0x811C9DC5
+    for b in name.encode():
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h % 16
 
 
 def make_idle(prefix, n):
     pipe = r.pipeline(transaction=False)
     for i in range(n):
         t = f"idle{i}"
+        # The registry as each binary keeps it: sharded (new) and one set (old).
+        pipe.sadd(f"{prefix}:tenants:{shard(t)}", t)
         pipe.sadd(f"{prefix}:tenants", t)
         pipe.hset(f"{prefix}:{{{t}}}:credits", mapping={"total": 10000, "reserved": 0, "spent": 0})
         pipe.xgroup_create(f"{prefix}:{{{t}}}:outbox", "sink", id="$", mkstream=True)
         if len(pipe) >= 3000:
             pipe.execute()
     pipe.execute()
+    for chore in ("reap", "reclaim"):
+        r.set(f"{prefix}:due:{chore}:swept", 0)
+
+
+def settle(pid):
+    """Waits out the server's start-up work; returns how long it took and
+    the Redis commands it cost."""
+    k0, t0 = redis_commands(), time.monotonic()
+    while time.monotonic() - t0 < 180:
+        a = redis_commands()
+        time.sleep(2)
+        if (redis_commands() - a) / 2 < 500:
+            break
+    return time.monotonic() - t0, redis_commands() - k0
+
+
+def load(binary, prefix):
+    env = dict(os.environ, REDIS_URL=REDIS_URL, AGENTBUS_PREFIX=prefix, RUST_LOG="warn")
+    out = subprocess.run([binary, "load", "--items", str(args.load_items), "--workers", str(args.load_workers),
+                          "--tenant", "loadtenant", "--json"], env=env, capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout)
+    assert report["credits_exact"] and report["lost"] == 0, report
+    return report["items_per_sec"]
 
 
 def clean(prefix):
-    for key in r.scan_iter(f"{prefix}:*", count=5000):
-        r.unlink(key)
+    for n in nodes:
+        for key in n.scan_iter(f"{prefix}:*", count=5000):
+            n.unlink(key)
 
 
 def run(binary, n):
@@ -84,8 +136,8 @@ def run(binary, n):
     db = Database()
     server = Server(prefix, db)
     try:
-        time.sleep(args.settle_secs)
         pid = server.proc.pid
+        start = settle(pid)
         c0, r0, k0, t0 = proc_cpu(pid), redis_cpu(), redis_commands(), time.monotonic()
         time.sleep(args.idle_secs)
         c1, r1, k1, t1 = proc_cpu(pid), redis_cpu(), redis_commands(), time.monotonic()
@@ -105,7 +157,7 @@ def run(binary, n):
                     time.sleep(0.001)
                 lags.append((time.monotonic() - sent) * 1000)
                 time.sleep(0.1)
-        return idle, lags
+        return idle, lags, start, load(binary, prefix)
     finally:
         server.stop()
         clean(prefix)
@@ -117,10 +169,13 @@ def pct(v, q):
     return v[min(len(v) - 1, int(len(v) * q))]
 
 
-print("| idle tenants | binary | server CPU idle | Redis CPU idle | Redis commands/s idle | sink lag p50 | p99 |")
-print("|---|---|---|---|---|---|---|")
+print("| idle tenants | binary | start-up work | server CPU idle | Redis CPU idle | Redis commands/s idle "
+      "| sink lag p50 | p99 | active tenant items/s |")
+print("|---|---|---|---|---|---|---|---|---|")
 for n in [int(x) for x in args.tenants.split(",")]:
     for binary in args.binary:
-        (cpu, rcpu, cmds), lags = run(binary, n)
-        print(f"| {n:,} | {os.path.basename(binary)} | {cpu:.1f}% | {rcpu:.1f}% | {cmds:,.0f} | "
-              f"{statistics.median(lags):.1f} ms | {pct(lags, 0.99):.1f} ms |", flush=True)
+        label, _, path = binary.rpartition("=")
+        (cpu, rcpu, cmds), lags, (took, cost), rate = run(path, n)
+        print(f"| {n:,} | {label or path} "
+              f"| {took:.0f} s, {cost:,} cmds | {cpu:.1f}% | {rcpu:.1f}% | {cmds:,.0f} | "
+              f"{statistics.median(lags):.1f} ms | {pct(lags, 0.99):.1f} ms | {rate:,.0f} |", flush=True)

@@ -154,7 +154,7 @@ impl AgentBus {
     pub async fn register_tenant(&self, tenant: &TenantId) -> Result<()> {
         let mut conn = self.redis().conn().await?;
         redis::cmd("SADD")
-            .arg(self.inner.keys.tenants())
+            .arg(self.inner.keys.tenants_of(tenant.as_str()))
             .arg(tenant.as_str())
             .query_async::<()>(&mut conn)
             .await?;
@@ -175,13 +175,23 @@ impl AgentBus {
         Ok(())
     }
 
-    /// Every tenant known to this deployment.
+    /// Every tenant known to this deployment (each shard of the registry,
+    /// and the unsharded set of an older deployment), in name order.
     pub async fn tenants(&self) -> Result<Vec<TenantId>> {
+        let keys = &self.inner.keys;
         let mut conn = self.redis().conn().await?;
-        let names: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.inner.keys.tenants())
-            .query_async(&mut conn)
-            .await?;
+        let mut names = std::collections::BTreeSet::new();
+        // One command per key: the shards live in different cluster slots.
+        for key in (0..crate::keys::READY_SHARDS)
+            .map(|s| keys.tenants(s))
+            .chain([keys.tenants_legacy()])
+        {
+            let shard: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async(&mut conn)
+                .await?;
+            names.extend(shard);
+        }
         Ok(names
             .into_iter()
             .filter_map(|n| TenantId::new(n).ok())

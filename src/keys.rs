@@ -213,13 +213,39 @@ impl Keyspace {
         &self.prefix
     }
 
-    /// Set of tenants that have an outbox: how the sink and reclaimer find them.
-    pub fn tenants(&self) -> String {
+    /// The tenants registry, one set per shard (of the tenant, as
+    /// [`ready_shard`]): how the sweeps find every tenant.
+    pub fn tenants(&self, shard: usize) -> String {
+        format!("{}:tenants:{shard}", self.prefix)
+    }
+
+    /// The shard of the tenants registry that holds `tenant`.
+    pub fn tenants_of(&self, tenant: &str) -> String {
+        self.tenants(ready_shard(tenant))
+    }
+
+    /// The unsharded registry of deployments from before the shards: read
+    /// (with the shards), never written.
+    pub fn tenants_legacy(&self) -> String {
         format!("{}:tenants", self.prefix)
     }
 
-    /// Hash of API tokens: token id → record (tenant, hash of the secret).
-    pub fn tokens(&self) -> String {
+    /// API tokens, one hash per shard (of the token id, as
+    /// [`ready_shard`]): token id → record (tenant, hash of the secret).
+    /// Shards spread the records over a cluster's masters; a rotation's new
+    /// id is drawn in its old one's shard so one MULTI swaps them.
+    pub fn tokens(&self, shard: usize) -> String {
+        format!("{}:tokens:{shard}", self.prefix)
+    }
+
+    /// The shard of the token records that holds token `id`.
+    pub fn tokens_of(&self, id: &str) -> String {
+        self.tokens(ready_shard(id))
+    }
+
+    /// The unsharded token hash of deployments from before the shards:
+    /// read, rotated in place and revoked from, never added to.
+    pub fn tokens_legacy(&self) -> String {
         format!("{}:tokens", self.prefix)
     }
 

@@ -38,8 +38,20 @@ pub struct NewToken {
 
 /// A new token's record (to store) and its text (to hand out once).
 fn fresh_token(tenant: &TenantId) -> (TokenRecord, String) {
+    fresh_token_in(tenant, None)
+}
+
+/// A fresh token whose id falls in `shard` (of the token records), when
+/// given: a rotation swaps two records of one hash in one MULTI. One id in
+/// READY_SHARDS lands there, so a few dozen draws at most in practice.
+fn fresh_token_in(tenant: &TenantId, shard: Option<usize>) -> (TokenRecord, String) {
     let mut rng = rand::rng();
-    let id = hex::encode(rng.random::<[u8; 6]>());
+    let mut id = hex::encode(rng.random::<[u8; 6]>());
+    while let Some(shard) = shard
+        && crate::keys::ready_shard(&id) != shard
+    {
+        id = hex::encode(rng.random::<[u8; 6]>());
+    }
     let secret = hex::encode(rng.random::<[u8; 32]>());
     let token = format!("{TOKEN_PREFIX}{id}_{secret}");
     let record = TokenRecord {
@@ -93,7 +105,7 @@ impl AgentBus {
         let json = serde_json::to_string(&record).map_err(|e| Error::Codec(e.to_string()))?;
         let mut conn = self.redis().conn().await?;
         let created: bool = redis::cmd("HSETNX")
-            .arg(self.keyspace().tokens())
+            .arg(self.keyspace().tokens_of(&id))
             .arg(&id)
             .arg(json)
             .query_async(&mut conn)
@@ -147,13 +159,27 @@ impl AgentBus {
     }
 
     async fn stored_token_record(&self, id: &str) -> Result<Option<TokenRecord>> {
+        Ok(self.find_token(id).await?.map(|(record, _)| record))
+    }
+
+    /// Token `id`'s record and the hash holding it: its shard, or the
+    /// unsharded hash of an older deployment.
+    async fn find_token(&self, id: &str) -> Result<Option<(TokenRecord, String)>> {
         let mut conn = self.redis().conn().await?;
-        let json: Option<String> = redis::cmd("HGET")
-            .arg(self.keyspace().tokens())
-            .arg(id)
-            .query_async(&mut conn)
-            .await?;
-        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+        for key in [
+            self.keyspace().tokens_of(id),
+            self.keyspace().tokens_legacy(),
+        ] {
+            let json: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg(id)
+                .query_async(&mut conn)
+                .await?;
+            if let Some(record) = json.and_then(|j| serde_json::from_str(&j).ok()) {
+                return Ok(Some((record, key)));
+            }
+        }
+        Ok(None)
     }
 
     /// Tells every process's cache that token `id` is no longer valid (this
@@ -179,11 +205,17 @@ impl AgentBus {
 
     /// Every token record (secrets are never stored), optionally of one tenant.
     pub async fn list_tokens(&self, tenant: Option<&TenantId>) -> Result<Vec<TokenRecord>> {
+        let ks = self.keyspace();
         let mut conn = self.redis().conn().await?;
-        let all: Vec<String> = redis::cmd("HVALS")
-            .arg(self.keyspace().tokens())
-            .query_async(&mut conn)
-            .await?;
+        let mut all: Vec<String> = Vec::new();
+        // One command per key: the shards live in different cluster slots.
+        for key in (0..crate::keys::READY_SHARDS)
+            .map(|s| ks.tokens(s))
+            .chain([ks.tokens_legacy()])
+        {
+            let shard: Vec<String> = redis::cmd("HVALS").arg(key).query_async(&mut conn).await?;
+            all.extend(shard);
+        }
         let mut records: Vec<TokenRecord> = all
             .iter()
             .filter_map(|j| serde_json::from_str(j).ok())
@@ -196,30 +228,33 @@ impl AgentBus {
     /// Replaces a token by a new one of the same tenant, atomically: the old
     /// secret stops working at the moment the new one starts.
     pub async fn rotate_token(&self, id: &str) -> Result<NewToken> {
-        let old = self
-            .stored_token_record(id)
+        let (old, key) = self
+            .find_token(id)
             .await?
             .ok_or_else(|| Error::not_found(format!("token {id}")))?;
         let mut conn = self.redis().conn().await?;
-        let (record, token) = fresh_token(&old.tenant);
+        // The new record goes where the old one is: in its shard (the new id
+        // drawn there), or in the unsharded hash it came from.
+        let shard = (key != self.keyspace().tokens_legacy()).then(|| crate::keys::ready_shard(id));
+        let (record, token) = fresh_token_in(&old.tenant, shard);
         let record_json =
             serde_json::to_string(&record).map_err(|e| Error::Codec(e.to_string()))?;
         // One key, one MULTI: never both valid, never neither.
         let (_, removed): ((), i64) = redis::pipe()
             .atomic()
             .cmd("HSET")
-            .arg(self.keyspace().tokens())
+            .arg(&key)
             .arg(&record.id)
             .arg(record_json)
             .cmd("HDEL")
-            .arg(self.keyspace().tokens())
+            .arg(&key)
             .arg(id)
             .query_async(&mut conn)
             .await?;
         if removed == 0 {
             // Revoked meanwhile: take the new one back too.
             let _: i64 = redis::cmd("HDEL")
-                .arg(self.keyspace().tokens())
+                .arg(&key)
                 .arg(&record.id)
                 .query_async(&mut conn)
                 .await?;
@@ -260,11 +295,17 @@ impl AgentBus {
     /// milliseconds; at most their cache time, `AGENTBUS_TOKEN_CACHE_SECS`).
     pub async fn revoke_token(&self, id: &str) -> Result<()> {
         let mut conn = self.redis().conn().await?;
-        let removed: i64 = redis::cmd("HDEL")
-            .arg(self.keyspace().tokens())
-            .arg(id)
-            .query_async(&mut conn)
-            .await?;
+        let mut removed: i64 = 0;
+        for key in [
+            self.keyspace().tokens_of(id),
+            self.keyspace().tokens_legacy(),
+        ] {
+            removed += redis::cmd("HDEL")
+                .arg(key)
+                .arg(id)
+                .query_async::<i64>(&mut conn)
+                .await?;
+        }
         if removed == 0 {
             return Err(Error::not_found(format!("token {id}")));
         }

@@ -163,8 +163,8 @@ impl TestEnv {
     /// and whether it expires: equal snapshots mean nothing was written.
     pub async fn snapshot(&self) -> BTreeMap<String, (Vec<u8>, bool)> {
         let mut keys = self.keys().await;
-        keys.push(self.bus.keyspace().tenants());
-        keys.push(self.bus.keyspace().tokens());
+        keys.push(self.bus.keyspace().tenants_legacy());
+        keys.push(self.bus.keyspace().tokens_legacy());
         // One pipeline per hash tag: a cluster refuses pipelines across slots.
         let mut by_tag: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for key in keys {

@@ -26,6 +26,7 @@ mod ops;
 mod promises;
 mod protocol;
 mod reconnect;
+mod registry_shards;
 mod security;
 mod simulate;
 mod sink;

@@ -182,7 +182,7 @@ fn key_fixture() -> String {
     let i = Ident::new("instance", "i1").expect("ident");
     let bb = t.blackboard(&Ident::new("namespace", "ns1").expect("ident"));
     let names: serde_json::Map<String, serde_json::Value> = [
-        ("tenants", ks.tenants()),
+        ("tenants", ks.tenants_of("t1")),
         (
             "outbox_ready",
             agentbus::keys::ready_signal(t.outbox().as_bytes())

@@ -147,7 +147,7 @@ async fn a_cache_that_lost_its_subscription_is_not_trusted() {
         .await
         .unwrap();
     let _: i64 = redis::cmd("HDEL")
-        .arg(Keyspace::new("tc").unwrap().tokens())
+        .arg(Keyspace::new("tc").unwrap().tokens_of(&token.id))
         .arg(&token.id)
         .query_async(&mut conn)
         .await

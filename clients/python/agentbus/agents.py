@@ -90,7 +90,7 @@ class Agent:
 
     async def register(self, capabilities: Any = ()) -> None:
         k = self.client.keys
-        await self.client.redis.sadd(tenants_key(k.prefix), self.client.tenant)
+        await self.client.redis.sadd(tenants_key(k.prefix, self.client.tenant), self.client.tenant)
         answer = await self.client.scripts.agent_register(
             self.client.redis,
             [("agents", k.agents()), ("agent", k.agent(self.instance_id)), ("inbox", k.inbox(self.instance_id))],

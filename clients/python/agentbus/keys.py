@@ -50,10 +50,10 @@ def due_key(prefix: str, chore: str, tenant: str) -> str:
     return f"{prefix}:due:{chore}:{ready_shard(tenant)}"
 
 
-def tenants_key(prefix: str) -> str:
-    """The set of every tenant the deployment knows (its background tasks
-    visit these)."""
-    return f"{prefix}:tenants"
+def tenants_key(prefix: str, tenant: str) -> str:
+    """The shard of the tenants registry holding ``tenant`` (the server's
+    sweeps visit every tenant registered)."""
+    return f"{prefix}:tenants:{ready_shard(tenant)}"
 
 
 @dataclass(frozen=True)

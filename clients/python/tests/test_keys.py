@@ -8,7 +8,7 @@ def test_every_key_name_is_the_servers(contract):
     k = TenantKeys(contract["prefix"], contract["tenant"])
     job, inst = contract["job"], contract["instance"]
     ours = {
-        "tenants": tenants_key(contract["prefix"]),
+        "tenants": tenants_key(contract["prefix"], contract["tenant"]),
         "outbox_ready": outbox_ready(contract["prefix"], contract["tenant"]),
         "outbox_ready_other": outbox_ready(contract["prefix"], "tenant-b"),
         "due_reap": due_key(contract["prefix"], REAP, contract["tenant"]),
