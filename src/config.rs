@@ -251,7 +251,7 @@ pub struct ServeConfig {
 
     /// Seconds over which the reaper and the reclaimer sweep every tenant
     /// once, spread evenly: the safety net under their deadlines.
-    #[arg(long, env = "AGENTBUS_SWEEP_SECS", default_value_t = 900)]
+    #[arg(long, env = "AGENTBUS_SWEEP_SECS", default_value_t = 3600)]
     pub sweep_secs: u64,
 
     /// Seconds a client has to send a request's headers; also how long a

@@ -111,21 +111,23 @@ impl AgentBus {
         Ok(())
     }
 
-    /// Takes up to `most` due tenants of one shard. Returns the lease
-    /// they hold and the tenants.
+    /// Takes up to `most` due tenants of one shard, and leases older than
+    /// [`STUCK_MS`] when `stuck`. Returns the lease they hold and the tenants.
     pub async fn take_due(
         &self,
         chore: Chore,
         shard: usize,
         most: usize,
+        stuck: bool,
     ) -> Result<(i64, Vec<TenantId>)> {
         let mut conn = self.redis().conn().await?;
         let reply = scripts()
             .due_take
             .key("due", self.keyspace().due(chore, shard))
+            .arg("now", now_ms())
             .arg("most", most.clamp(1, 10_000))
             .arg("lease_base", LEASE_BASE)
-            .arg("stuck_ms", STUCK_MS)
+            .arg("stuck_ms", if stuck { STUCK_MS } else { 0 })
             .invoke(&mut conn)
             .await?;
         let tenants = reply
@@ -159,17 +161,37 @@ impl AgentBus {
         Ok(kept == 1)
     }
 
+    /// Whether anything in one shard is due: one range read, so an idle
+    /// shard costs a pass one command.
+    async fn any_due(&self, chore: Chore, shard: usize) -> Result<bool> {
+        let mut conn = self.redis().conn().await?;
+        let first: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keyspace().due(chore, shard))
+            .arg("-inf")
+            .arg(now_ms())
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(!first.is_empty())
+    }
+
     /// Visits every due tenant of `chore` once (each shard until nothing
-    /// due is left). Returns the summed counts.
-    pub async fn run_due<F, Fut>(&self, chore: Chore, visit: &F) -> Result<(i64, i64)>
+    /// due is left); with `stuck`, also the tenants whose lease is older
+    /// than [`STUCK_MS`]. Returns the summed counts.
+    pub async fn run_due<F, Fut>(&self, chore: Chore, stuck: bool, visit: &F) -> Result<(i64, i64)>
     where
         F: Fn(AgentBus, TenantId) -> Fut,
         Fut: Future<Output = Result<Visited>>,
     {
         let mut totals = (0, 0);
         for shard in 0..READY_SHARDS {
+            if !stuck && !self.any_due(chore, shard).await? {
+                continue;
+            }
             loop {
-                let (lease, tenants) = self.take_due(chore, shard, TAKE_MOST).await?;
+                let (lease, tenants) = self.take_due(chore, shard, TAKE_MOST, stuck).await?;
                 for tenant in &tenants {
                     // A visit that fails keeps its lease: the tenant is
                     // taken again after STUCK_MS (a back-off), the others
@@ -261,6 +283,9 @@ pub async fn run<F, Fut>(
     let mut per_pass = 1;
     let mut first_sweep = false;
     let mut next_sweep = Instant::now();
+    // Stuck leases are looked for now and then, not on every pass.
+    let mut next_stuck = Instant::now();
+    let stuck_every = Duration::from_millis(STUCK_MS as u64 / 4);
     loop {
         match chore {
             Chore::Reap => crate::metrics::reaper_run(),
@@ -277,7 +302,11 @@ pub async fn run<F, Fut>(
                 };
                 next_sweep = Instant::now() + schedule.sweep_every;
             }
-            let mut totals = bus.run_due(chore, &visit).await?;
+            let stuck = Instant::now() >= next_stuck;
+            if stuck {
+                next_stuck = Instant::now() + stuck_every;
+            }
+            let mut totals = bus.run_due(chore, stuck, &visit).await?;
             let chunk: Vec<TenantId> = sweep.drain(..sweep.len().min(per_pass)).collect();
             add(&mut totals, bus.sweep_due(chore, &chunk, &visit).await?);
             if first_sweep && sweep.is_empty() {
@@ -319,6 +348,7 @@ mod tests {
         };
         // 900 s of 5 s passes: 180 passes.
         assert_eq!(sweep_share(100_000, s(5000, 900)), 556);
+        assert_eq!(sweep_share(10_000, s(5000, 3600)), 14);
         assert_eq!(sweep_share(10, s(5000, 900)), 1);
         assert_eq!(sweep_share(0, s(5000, 900)), 1);
         // A period shorter than a pass: everything in one.
