@@ -488,7 +488,23 @@ impl Sink {
     async fn sweep(&self, recovered: &mut HashSet<TenantId>) -> Result<()> {
         let tenants = self.bus.tenants().await?;
         let mut first_error = None;
+        let (mut idle, mut busy) = (Vec::new(), Vec::new());
         for tenant in &tenants {
+            // Most tenants have nothing in flight and nothing undelivered:
+            // two commands tell, and there is nothing to do for them.
+            match self.idle_outbox(tenant).await {
+                Ok(Some(stranded)) => {
+                    recovered.insert(tenant.clone());
+                    idle.push((tenant.as_str(), stranded));
+                    continue;
+                }
+                Ok(None) => busy.push(tenant.clone()),
+                Err(e) => {
+                    e.count_failure();
+                    tracing::warn!(error = %e, "sink: outbox probe failed");
+                    busy.push(tenant.clone());
+                }
+            }
             // A tenant whose outbox has no group yet has nothing to take over.
             let taken = match self.ensure_group(tenant).await {
                 Ok(()) => self.take_over(tenant).await,
@@ -512,14 +528,64 @@ impl Sink {
                 break;
             }
         }
-        if let Ok(status) = self.bus.outbox_status().await {
+        if let Ok(status) = self.bus.outbox_status_of(&busy).await {
             metrics::sink_lag(
                 status
                     .iter()
-                    .map(|s| (s.tenant.as_str(), s.events, s.oldest_age_secs, s.stranded)),
+                    .map(|s| (s.tenant.as_str(), s.events, s.oldest_age_secs, s.stranded))
+                    .chain(idle.iter().map(|(t, stranded)| (*t, 0, 0.0, *stranded))),
             );
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// For an outbox with nothing pending and nothing undelivered in the
+    /// sink's group (or no outbox at all), its stranded events; `None` when
+    /// the sweep has work there (or cannot tell: no group yet, or a lag
+    /// Redis does not know after a deletion).
+    async fn idle_outbox(&self, tenant: &TenantId) -> Result<Option<u64>> {
+        let keys = self.bus.keys(tenant);
+        let mut conn = self.bus.redis().conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN")
+            .arg(keys.outbox_dead())
+            .cmd("XINFO")
+            .arg("GROUPS")
+            .arg(keys.outbox())
+            .ignore_errors();
+        let mut replies = pipe
+            .query_async::<Vec<redis::RedisResult<Value>>>(&mut conn)
+            .await?
+            .into_iter();
+        let stranded = match replies.next() {
+            Some(Ok(Value::Int(n))) => n.max(0) as u64,
+            Some(Err(e)) => return Err(e.into()),
+            _ => return Ok(None),
+        };
+        let idle = match replies.next() {
+            Some(Ok(Value::Array(groups))) => groups.iter().any(|g| {
+                let field = |name: &str| match g {
+                    Value::Array(kv) => kv
+                        .chunks(2)
+                        .find(|p| matches!(&p[0], Value::BulkString(k) if k.as_slice() == name.as_bytes()))
+                        .and_then(|p| p.get(1).cloned()),
+                    Value::Map(kv) => kv
+                        .iter()
+                        .find(|(k, _)| matches!(k, Value::BulkString(k) if k.as_slice() == name.as_bytes()))
+                        .map(|(_, v)| v.clone()),
+                    _ => None,
+                };
+                let is_sink = matches!(field("name"), Some(Value::BulkString(n)) if n.as_slice() == GROUP.as_bytes());
+                is_sink
+                    && matches!(field("pending"), Some(Value::Int(0)))
+                    && matches!(field("lag"), Some(Value::Int(0)))
+            }),
+            // No outbox at all: nothing was ever appended.
+            Some(Err(e)) if e.to_string().contains("no such key") => true,
+            Some(Err(e)) => return Err(e.into()),
+            _ => false,
+        };
+        Ok(idle.then_some(stranded))
     }
 }
 

@@ -8,6 +8,7 @@ use super::sink::{GROUP, entry_millis};
 use crate::bus::AgentBus;
 use crate::codec::StreamEntry;
 use crate::error::Result;
+use crate::keys::TenantId;
 
 /// The state of one tenant's outbox, for `agentbus sink status`.
 #[derive(Clone, Debug, Serialize)]
@@ -24,10 +25,17 @@ pub struct OutboxStatus {
 }
 
 impl AgentBus {
+    /// Every tenant's outbox.
     pub async fn outbox_status(&self) -> Result<Vec<OutboxStatus>> {
+        self.outbox_status_of(&self.tenants().await?).await
+    }
+
+    /// The outboxes of `tenants`.
+    pub async fn outbox_status_of(&self, tenants: &[TenantId]) -> Result<Vec<OutboxStatus>> {
         let mut out = Vec::new();
         let now = chrono::Utc::now().timestamp_millis();
-        for tenant in self.tenants().await? {
+        for tenant in tenants {
+            let tenant = tenant.clone();
             let outbox = self.keys(&tenant).outbox();
             let mut conn = self.redis().conn().await?;
             let (len, stranded, first): (u64, u64, Value) = redis::pipe()

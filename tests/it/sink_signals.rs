@@ -142,5 +142,22 @@ async fn the_sink_visits_signalled_tenants_only_and_sweeps_up_a_lost_signal() {
         rows_reach(&pool, IDLE_TENANTS as i64 + 2, Duration::from_secs(10)).await,
         "the sweep did not find an unsignalled event"
     );
+
+    // A sweep over tenants with nothing in flight and nothing undelivered
+    // costs two commands each (XINFO GROUPS, XLEN of the dead letters):
+    // nothing is taken over or read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let swept = commands(&mut conn).await;
+    let probes = calls(&swept, "xinfo|groups");
+    assert!(probes >= IDLE_TENANTS as u64, "no sweep ran: {swept:?}");
+    assert_eq!(calls(&swept, "xautoclaim"), 0, "{swept:?}");
+    assert_eq!(calls(&swept, "xreadgroup"), 0, "{swept:?}");
+    assert_eq!(calls(&swept, "xlen"), probes, "{swept:?}");
     stop.cancel();
 }
