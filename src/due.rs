@@ -224,7 +224,11 @@ impl AgentBus {
         let mut totals = (0, 0);
         for tenant in tenants {
             if let Some(v) = self.visit_logged(chore, tenant, visit).await {
-                self.settle_due(chore, tenant, 0, v.next).await?;
+                // Without a lease and without a deadline there is nothing
+                // to write (most tenants of a sweep).
+                if v.next.is_some() {
+                    self.settle_due(chore, tenant, 0, v.next).await?;
+                }
                 add(&mut totals, v.counts);
             }
         }

@@ -17,9 +17,34 @@ use crate::due::{self, Schedule, Visited};
 use crate::error::Result;
 use crate::keys::{Chore, TenantId};
 
+/// Whether the tenant holds anything the reaper looks after: instances,
+/// pending invocations, namespaces with expiring entries, or a metered
+/// charge not yet in the ledger. Two commands, so a sweep over idle tenants
+/// stays cheap.
+async fn has_work(bus: &AgentBus, tenant: &TenantId) -> Result<bool> {
+    let keys = bus.keys(tenant);
+    let mut conn = bus.redis().conn().await?;
+    let (held, credits): (i64, std::collections::HashMap<String, String>) = redis::pipe()
+        .cmd("EXISTS")
+        .arg(keys.agents())
+        .arg(keys.pending_invokes())
+        .arg(keys.blackboard_namespaces())
+        .cmd("HGETALL")
+        .arg(keys.credits())
+        .query_async(&mut conn)
+        .await?;
+    Ok(held > 0
+        || credits
+            .iter()
+            .any(|(field, amount)| field.starts_with("unbilled:") && amount != "0"))
+}
+
 /// One visit of a tenant: the four sweeps, then its next deadline (now
 /// when a sweep stopped at its bound).
 pub async fn visit(bus: AgentBus, tenant: TenantId) -> Result<Visited> {
+    if !has_work(&bus, &tenant).await? {
+        return Ok(Visited::default());
+    }
     let stale = bus.reap_agents(&tenant).await?;
     let expired = bus.expire_due_invokes(&tenant).await?;
     bus.sweep_blackboards(&tenant).await?;

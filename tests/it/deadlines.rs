@@ -85,6 +85,24 @@ async fn an_idle_tenant_costs_a_pass_nothing() {
     let total: u64 = stats.iter().map(|(_, n)| n).sum();
     // And the CONFIG RESETSTAT.
     assert_eq!(total, reads + 1, "{stats:?}");
+
+    // The safety-net sweep visits every tenant, but an idle one costs the
+    // reaper two commands (does it hold anything? a metered charge?) and
+    // the reclaimer one (its running jobs), and writes nothing.
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    reaper::reap_once(&bus).await.unwrap();
+    reclaim::reclaim_once(&bus).await.unwrap();
+    let stats = command_calls(&mut conn).await;
+    let registry = 2 * (agentbus::keys::READY_SHARDS as u64 + 1); // tenants(), twice
+    assert_eq!(calls_of(&stats, "exists"), 300, "{stats:?}");
+    assert_eq!(calls_of(&stats, "hgetall"), 300, "{stats:?}");
+    assert_eq!(calls_of(&stats, "smembers"), 300 + registry, "{stats:?}");
+    let total: u64 = stats.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 900 + registry + 1, "{stats:?}");
 }
 
 #[tokio::test]
