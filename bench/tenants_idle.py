@@ -11,7 +11,8 @@ sink on a fresh Postgres database, on the same Redis:
   visible in Postgres (polled every millisecond): p50 and p99;
 - the active tenant's throughput: `agentbus load --items 100000 --workers
   50` (the binary's own load test, its workers in-process) on the same
-  prefix while the server runs: items/s end to end.
+  prefix while the server runs: items/s end to end (median of
+  --load-runs).
 
 Idle tenants are made directly in Redis, as a grant leaves them (the
 tenants set, a credits hash, an outbox stream with the sink's group), so a
@@ -47,6 +48,10 @@ ap.add_argument("--grants", type=int, default=50)
 ap.add_argument("--idle-secs", type=float, default=10)
 ap.add_argument("--load-items", type=int, default=100000)
 ap.add_argument("--load-workers", type=int, default=50)
+ap.add_argument("--load-runs", type=int, default=1, help="load test runs per row (median)")
+ap.add_argument("--alternate", type=int, default=0,
+                help="instead: the first binary's active-tenant load with 1 and with the largest --tenants idle "
+                     "tenants, two servers side by side, runs alternating, this many each")
 args = ap.parse_args()
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
@@ -157,7 +162,7 @@ def run(binary, n):
                     time.sleep(0.001)
                 lags.append((time.monotonic() - sent) * 1000)
                 time.sleep(0.1)
-        return idle, lags, start, load(binary, prefix)
+        return idle, lags, start, statistics.median(load(binary, prefix) for _ in range(args.load_runs))
     finally:
         server.stop()
         clean(prefix)
@@ -168,6 +173,39 @@ def pct(v, q):
     v = sorted(v)
     return v[min(len(v) - 1, int(len(v) * q))]
 
+
+def alternate():
+    label, _, path = args.binary[0].rpartition("=")
+    os.environ["AGENTBUS_BIN"] = path
+    counts = [1, max(int(x) for x in args.tenants.split(","))]
+    setups = []
+    try:
+        for n in counts:
+            prefix = "bt" + secrets.token_hex(3)
+            make_idle(prefix, n)
+            db = Database()
+            server = Server(prefix, db)
+            setups.append((n, prefix, db, server))
+            settle(server.proc.pid)
+        rates = {n: [] for n in counts}
+        for _ in range(args.alternate):
+            for n, prefix, _, _ in setups:
+                rates[n].append(load(path, prefix))
+        print("| idle tenants | binary | runs (items/s) | median |")
+        print("|---|---|---|---|")
+        for n in counts:
+            print(f"| {n:,} | {label or path} | {', '.join(f'{x:,.0f}' for x in rates[n])} "
+                  f"| {statistics.median(rates[n]):,.0f} |")
+    finally:
+        for _, prefix, db, server in setups:
+            server.stop()
+            clean(prefix)
+            db.drop()
+
+
+if args.alternate:
+    alternate()
+    sys.exit(0)
 
 print("| idle tenants | binary | start-up work | server CPU idle | Redis CPU idle | Redis commands/s idle "
       "| sink lag p50 | p99 | active tenant items/s |")
