@@ -458,24 +458,31 @@ impl AgentBus {
     }
 
     /// When the next live instance turns stale if it stays silent (ms):
-    /// the oldest heartbeat not yet past the cutoff, plus `stale_after`.
+    /// the oldest heartbeat among the live statuses' indexes, plus
+    /// `stale_after`.
     pub async fn next_stale_at(&self, tenant: &TenantId) -> Result<Option<i64>> {
-        let cutoff = self.stale_cutoff_ms();
+        let keys = self.keys(tenant);
+        let mut pipe = redis::pipe();
+        for live in [
+            AgentStatus::Starting,
+            AgentStatus::Running,
+            AgentStatus::Idle,
+        ] {
+            pipe.cmd("ZRANGE")
+                .arg(keys.agents_with_status(live.as_str()))
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES");
+        }
         let mut conn = self.redis().conn().await?;
-        let first: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
-            .arg(self.keys(tenant).agents())
-            .arg(cutoff)
-            .arg("+inf")
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
-        let stale_after = i64::try_from(self.limits().stale_after.as_millis()).unwrap_or(i64::MAX);
-        Ok(first
-            .first()
-            .map(|(_, beat)| (*beat as i64).saturating_add(stale_after) + 1))
+        let firsts: Vec<Vec<(String, f64)>> = pipe.query_async(&mut conn).await?;
+        let stale_after =
+            i64::try_from(self.limits().stale_after.as_millis()).unwrap_or(i64::MAX / 4);
+        Ok(firsts
+            .iter()
+            .filter_map(|f| f.first().map(|(_, beat)| *beat as i64))
+            .min()
+            .map(|beat| beat.saturating_add(stale_after) + 1))
     }
 
     /// Marks instances silent past `stale_after` as stale (at most

@@ -20,7 +20,9 @@
 //! signal for that tenant (`keys::ready_signal`), in the same round trip,
 //! after the script: the sink learns which tenants have new events without
 //! visiting the others. A call may also carry a deadline for a background
-//! chore ([`Call::due`], `keys::Chore`), sent the same way.
+//! chore ([`Call::due`], `keys::Chore`), written after the script only
+//! when it answered `ok` (a refused call creates no deadline and changes
+//! nothing).
 
 pub mod header;
 
@@ -204,7 +206,8 @@ impl Call<'_> {
     }
 
     /// Also writes `tenant`'s deadline `at_ms` into a chore's shard `key`
-    /// (`Keyspace::due_of`), in the same round trip, after the script.
+    /// (`Keyspace::due_of`) once the script has answered `ok`: one more
+    /// round trip, and none for a call refused.
     pub fn due(&mut self, key: String, tenant: &str, at_ms: i64) -> &mut Self {
         self.due.push(due_cmd(&key, tenant, at_ms));
         self
@@ -219,15 +222,42 @@ impl Call<'_> {
         cmd
     }
 
-    /// What follows the script: the ready signal of the outbox it writes,
-    /// then its deadlines.
+    /// What follows the script in its round trip: the ready signal of the
+    /// outbox it writes.
     fn followers(&self) -> Vec<Cmd> {
-        let signal = self
-            .outbox
+        self.outbox
             .as_deref()
             .and_then(crate::keys::ready_signal)
-            .map(|(key, tenant)| signal_cmd(&key, &tenant));
-        signal.into_iter().chain(self.due.iter().cloned()).collect()
+            .map(|(key, tenant)| signal_cmd(&key, &tenant))
+            .into_iter()
+            .collect()
+    }
+
+    /// Writes the call's deadlines (after an `ok`). A deadline not written
+    /// is logged and counted, not the call's failure: the sweep finds it.
+    async fn write_due(&self, conn: &mut impl ConnectionLike) {
+        let mut pipe = redis::pipe();
+        for cmd in &self.due {
+            pipe.add_command(cmd.clone()).ignore();
+        }
+        // One command each on a cluster: the shard keys are in other slots.
+        let written = match pipe.query_async::<()>(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot) => {
+                let mut result = Ok(());
+                for cmd in &self.due {
+                    if let Err(e) = cmd.query_async::<()>(conn).await {
+                        result = Err(e);
+                    }
+                }
+                result
+            }
+            other => other,
+        };
+        if let Err(e) = written {
+            let e = Error::from(e);
+            e.count_failure();
+            tracing::warn!(error = %e, script = self.def.name, "deadline not written; the sweep will find it");
+        }
     }
 
     /// Runs the script (and its followers) once; NOSCRIPT is the caller's.
@@ -271,7 +301,7 @@ impl Call<'_> {
         for e in followed.into_iter().filter_map(|r| r.err()) {
             let e = Error::from(e);
             e.count_failure();
-            tracing::warn!(error = %e, script = self.def.name, "sink signal or deadline not written; a sweep will find it");
+            tracing::warn!(error = %e, script = self.def.name, "sink signal not written; the sweep will find the events");
         }
         script
     }
@@ -309,7 +339,11 @@ impl Call<'_> {
             }
             other => other?,
         };
-        Answer::parse(self.def, value)
+        let answer = Answer::parse(self.def, value)?;
+        if !self.due.is_empty() && answer.is("ok") {
+            self.write_due(conn).await;
+        }
+        Ok(answer)
     }
 }
 

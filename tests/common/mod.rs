@@ -141,11 +141,10 @@ impl TestEnv {
 
     /// Every key under this test's prefix, except the rate limiter's (which
     /// counts every request, accepted or not: that is its job) and the
-    /// background chores' hints (the sink's ready signals, the reaper's and
-    /// reclaimer's deadlines): they are written in the same round trip as
-    /// the script, whatever it answers, and name only the tenant, so a
-    /// refused call may leave one; the visit it causes finds nothing and
-    /// removes it. They are not the tenant's state.
+    /// sink's ready signals (written in the same round trip as the script,
+    /// whatever it answers, naming only the tenant; the visit a stray one
+    /// causes finds nothing). A deadline is written only after an `ok`, so
+    /// it is checked like any key.
     pub async fn keys(&self) -> Vec<String> {
         let mut conn = self.conn().await;
         let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -153,7 +152,7 @@ impl TestEnv {
             .query_async(&mut conn)
             .await
             .expect("KEYS");
-        let hints = [":rl:", ":due:", ":outbox:ready:"].map(|h| format!("{}{h}", self.prefix));
+        let hints = [":rl:", ":outbox:ready:"].map(|h| format!("{}{h}", self.prefix));
         keys.retain(|k| !hints.iter().any(|h| k.starts_with(h.as_str())));
         keys.sort();
         keys

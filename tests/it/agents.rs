@@ -865,3 +865,31 @@ async fn registry_indexes_follow_type_job_and_status_and_listing_stops_at_the_li
     );
     assert_eq!(index(&env, keys.agents_of_job(&j1)).await.len(), 299);
 }
+
+/// Stale instances stay listed (as stale); however many there are, a
+/// newly silent instance is still found and marked.
+#[tokio::test]
+async fn many_stale_instances_do_not_hide_a_newly_silent_one() {
+    let env = TestEnv::with_limits(Limits {
+        stale_after: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let t = env.tenant("crowd");
+    let most = agentbus::agents::registry::REAP_MOST as usize;
+    for i in 0..most + 20 {
+        register(&env, &t, "w", &format!("w-{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut marked = 0;
+    for _ in 0..5 {
+        marked += env.bus.reap_agents(&t).await.unwrap();
+    }
+    assert_eq!(marked, (most + 20) as i64);
+    let late = register(&env, &t, "w", "late-1").await;
+    assert_eq!(env.bus.reap_agents(&t).await.unwrap(), 0, "not silent yet");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(env.bus.reap_agents(&t).await.unwrap(), 1);
+    let inst = env.bus.agent(&t, &late).await.unwrap();
+    assert_eq!(inst.status, AgentStatus::Stale);
+}

@@ -212,9 +212,10 @@ class Script:
         due: Sequence[tuple[str, str, int]] = (),
     ) -> Answer:
         """Runs the script (EVALSHA, loaded again on NOSCRIPT) with ``keys``
-        and ``args`` as (header name, value) pairs, in order; then writes
-        each (key, tenant, at_ms) of ``due``, a background chore's deadline
-        (keys.due_key, ``ZADD LT``), as the server does."""
+        and ``args`` as (header name, value) pairs, in order; then, if it
+        answered ``ok``, writes each (key, tenant, at_ms) of ``due``, a
+        background chore's deadline (keys.due_key, ``ZADD LT``), as the
+        server does (a refused call creates none and changes nothing)."""
         h = self.header
         self._check([k for k, _ in keys], h.keys, h.key_group, "KEYS")
         self._check([a for a, _ in args], h.args, h.arg_group, "ARGV")
@@ -224,11 +225,9 @@ class Script:
         # does (keys.rs ready_signal): it visits only signalled tenants.
         outbox = next((v for name, v in keys if name == "outbox"), None)
         signal = ready_signal(outbox) if isinstance(outbox, str) else None
-        followers: list[tuple[str, str, int, bool]] = [
-            (k, t, at, False) for k, t, at in due
-        ]
+        followers: list[tuple[str, str, int, bool]] = []
         if signal is not None:
-            followers.insert(0, (signal[0], signal[1], _now_ms(), True))
+            followers.append((signal[0], signal[1], _now_ms(), True))
         followed: list[Any] = []
         if followers and not isinstance(redis, RedisCluster):
             # One round trip: the script, then what follows it. (A cluster
@@ -253,12 +252,15 @@ class Script:
                 # owning the keys' slot, on a cluster).
                 value = await redis.eval(self.text, len(key_values), *key_values, *arg_values)
             followed = [await _follow(redis, f) for f in followers]
+        answer = self.parse(value)
+        if due and answer.tag == "ok":
+            followed += [await _follow(redis, (k, t, at, False)) for k, t, at in due]
         for f in followed:
             if isinstance(f, Exception):
                 # The script ran: its answer stands; a sweep finds what the
                 # signal or deadline would have pointed at.
                 _log.warning("sink signal or deadline not written after %s: %s", self.name, f)
-        return self.parse(value)
+        return answer
 
 
 def _no_script(e: BaseException) -> bool:
