@@ -219,16 +219,30 @@ async fn deadlines_drive_the_reclaimer() {
     let t = env.tenant("reclaim");
     env.grant(&t, 100).await;
     assert_eq!(bus.due_at(Chore::Reclaim, &t).await.unwrap(), None);
-    let job = bus
+    // A job whose items may take a minute: visited every 6 s.
+    let slow = bus
         .spawn_job(&t, &JobSpec::new("o", "w", "t", vec![json!(1), json!(2)]))
         .await
         .unwrap();
-    // Due at once, then an interval later while the job runs.
+    // Due at once, then a tenth of its timeout later while the job runs.
     assert!(bus.due_at(Chore::Reclaim, &t).await.unwrap().unwrap() <= now_ms());
     reclaim_due(bus).await;
     let next = bus.due_at(Chore::Reclaim, &t).await.unwrap().unwrap();
+    assert!(
+        (now_ms() + 5_000..=now_ms() + 6_000).contains(&next),
+        "{next}"
+    );
+    // A job with a 1 s timeout brings the tenant's next visit down to the
+    // pass interval (100 ms here).
+    let mut spec = JobSpec::new("o", "w", "t", vec![json!(1)]);
+    spec.timeout_per_item = 1;
+    let quick = bus.spawn_job(&t, &spec).await.unwrap();
+    reclaim_due(bus).await;
+    let next = bus.due_at(Chore::Reclaim, &t).await.unwrap().unwrap();
     assert!(next > now_ms() && next <= now_ms() + 100, "{next}");
-    bus.cancel_job(&t, &job.id, "test", "done").await.unwrap();
+    for job in [&slow, &quick] {
+        bus.cancel_job(&t, &job.id, "test", "done").await.unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(120)).await;
     reclaim_due(bus).await;
     assert_eq!(bus.due_at(Chore::Reclaim, &t).await.unwrap(), None);
