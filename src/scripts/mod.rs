@@ -107,7 +107,7 @@ impl Lua {
             keys: Vec::new(),
             args: Vec::new(),
             outbox: None,
-            due: Vec::new(),
+            due: None,
             fault: None,
         }
     }
@@ -159,8 +159,9 @@ pub struct Call<'a> {
     args: Vec<Vec<u8>>,
     /// The tenant outbox this call writes, if any.
     outbox: Option<Vec<u8>>,
-    /// Deadlines written after the script (see [`Call::due`]).
-    due: Vec<Cmd>,
+    /// The deadline written after the script (see [`Call::due`]): shard
+    /// key, tenant, ms.
+    due: Option<(String, String, i64)>,
     /// The first name that did not match the header.
     fault: Option<String>,
 }
@@ -207,9 +208,12 @@ impl Call<'_> {
 
     /// Also writes `tenant`'s deadline `at_ms` into a chore's shard `key`
     /// (`Keyspace::due_of`) once the script has answered `ok`: one more
-    /// round trip, and none for a call refused.
+    /// round trip, and none for a call refused. A call writes one deadline:
+    /// given several, the earliest (every chore takes the earliest anyway).
     pub fn due(&mut self, key: String, tenant: &str, at_ms: i64) -> &mut Self {
-        self.due.push(due_cmd(&key, tenant, at_ms));
+        if self.due.as_ref().is_none_or(|(_, _, at)| at_ms < *at) {
+            self.due = Some((key, tenant.to_string(), at_ms));
+        }
         self
     }
 
@@ -222,83 +226,59 @@ impl Call<'_> {
         cmd
     }
 
-    /// What follows the script in its round trip: the ready signal of the
-    /// outbox it writes.
-    fn followers(&self) -> Vec<Cmd> {
-        self.outbox
-            .as_deref()
-            .and_then(crate::keys::ready_signal)
-            .map(|(key, tenant)| signal_cmd(&key, &tenant))
-            .into_iter()
-            .collect()
+    /// The ready signal of the outbox this call writes.
+    fn signal(&self) -> Option<Cmd> {
+        let (key, tenant) = crate::keys::ready_signal(self.outbox.as_deref()?)?;
+        Some(signal_cmd(&key, &tenant))
     }
 
-    /// Writes the call's deadlines (after an `ok`). A deadline not written
+    /// Writes the call's deadline (after an `ok`). A deadline not written
     /// is logged and counted, not the call's failure: the sweep finds it.
     async fn write_due(&self, conn: &mut impl ConnectionLike) {
-        let mut pipe = redis::pipe();
-        for cmd in &self.due {
-            pipe.add_command(cmd.clone()).ignore();
-        }
-        // One command each on a cluster: the shard keys are in other slots.
-        let written = match pipe.query_async::<()>(conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot) => {
-                let mut result = Ok(());
-                for cmd in &self.due {
-                    if let Err(e) = cmd.query_async::<()>(conn).await {
-                        result = Err(e);
-                    }
-                }
-                result
-            }
-            other => other,
+        let Some((key, tenant, at)) = &self.due else {
+            return;
         };
-        if let Err(e) = written {
+        if let Err(e) = due_cmd(key, tenant, *at).query_async::<()>(conn).await {
             let e = Error::from(e);
             e.count_failure();
             tracing::warn!(error = %e, script = self.def.name, "deadline not written; the sweep will find it");
         }
     }
 
-    /// Runs the script (and its followers) once; NOSCRIPT is the caller's.
-    /// The script's answer is the call's: a follower that fails is logged
-    /// and counted, never turned into a failure of a script that ran (the
-    /// sweeps of the sink and the chores catch what a lost one leaves).
+    /// Runs the script (and its signal) once; NOSCRIPT is the caller's.
+    /// The script's answer is the call's: a signal that fails is logged and
+    /// counted, never turned into a failure of a script that ran (the
+    /// sink's sweep catches what a lost signal leaves).
     async fn run(&self, conn: &mut impl ConnectionLike) -> redis::RedisResult<Value> {
-        let followers = self.followers();
-        if followers.is_empty() {
+        let Some(signal) = self.signal() else {
             return self.evalsha().query_async(conn).await;
-        }
+        };
         let mut pipe = redis::pipe();
-        pipe.add_command(self.evalsha());
-        for f in &followers {
-            pipe.add_command(f.clone());
-        }
-        pipe.ignore_errors();
-        let (script, followed) = match pipe
+        pipe.add_command(self.evalsha())
+            .add_command(signal.clone())
+            .ignore_errors();
+        let (script, signalled) = match pipe
             .query_async::<Vec<redis::RedisResult<Value>>>(conn)
             .await
         {
             Ok(results) => {
                 let mut results = results.into_iter();
                 let script = results.next().unwrap_or(Ok(Value::Nil));
-                (script, results.collect::<Vec<_>>())
+                (script, results.next().unwrap_or(Ok(Value::Nil)))
             }
-            // A cluster pipeline must stay in one slot and the followers'
-            // keys are not the tenant's: one command each then, in order.
+            // A cluster pipeline must stay in one slot and the signal's key
+            // is not the tenant's: two commands then, in the same order.
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot) => {
                 let script = self.evalsha().query_async(conn).await;
-                let mut followed = Vec::new();
-                if script.is_ok() {
-                    for f in &followers {
-                        followed.push(f.query_async::<Value>(conn).await);
-                    }
-                }
-                (script, followed)
+                let signalled = match &script {
+                    Ok(_) => signal.query_async(conn).await,
+                    Err(_) => Ok(Value::Nil),
+                };
+                (script, signalled)
             }
             Err(e) => return Err(e),
         };
-        for e in followed.into_iter().filter_map(|r| r.err()) {
+        if let Err(e) = signalled {
             let e = Error::from(e);
             e.count_failure();
             tracing::warn!(error = %e, script = self.def.name, "sink signal not written; the sweep will find the events");
@@ -340,7 +320,7 @@ impl Call<'_> {
             other => other?,
         };
         let answer = Answer::parse(self.def, value)?;
-        if !self.due.is_empty() && answer.is("ok") {
+        if answer.is("ok") {
             self.write_due(conn).await;
         }
         Ok(answer)

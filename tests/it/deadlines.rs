@@ -364,3 +364,56 @@ async fn a_deployments_first_sweep_visits_every_tenant_at_once_then_marks_it() {
     stop.cancel();
     task.await.unwrap();
 }
+
+/// The two deadline scripts check every argument before their first write:
+/// a bad one is an error and the shard is left as it was.
+#[tokio::test]
+async fn bad_arguments_leave_a_deadline_shard_unchanged() {
+    let env = TestEnv::new().await;
+    let bus = &env.bus;
+    let t = env.tenant("args");
+    bus.mark_due(Chore::Reap, &t, now_ms() - 1).await.unwrap();
+    let key = bus.due_key(Chore::Reap, &t);
+    let mut conn = env.conn().await;
+    let mut dump = redis::cmd("DUMP");
+    dump.arg(&key);
+    let before: Vec<u8> = dump.query_async(&mut conn).await.unwrap();
+    let s = agentbus::scripts::scripts();
+    let take = |args: Vec<String>| {
+        let mut inv = s.due_take.script().key(&key);
+        for a in args {
+            inv.arg(a);
+        }
+        inv
+    };
+    let now = now_ms().to_string();
+    let base = LEASE_BASE.to_string();
+    for args in [
+        vec![now.clone(), "0".into(), base.clone(), "0".into()], // most < 1
+        vec![now.clone(), "10".into(), "5e15".into(), "0".into()], // not digits
+        vec![now.clone(), "10".into(), base.clone(), "-1".into()], // stuck < 0
+        vec![
+            "99999999999999".into(),
+            "10".into(),
+            base.clone(),
+            "0".into(),
+        ], // now past bound
+    ] {
+        let r: redis::RedisResult<redis::Value> = take(args.clone()).invoke_async(&mut conn).await;
+        assert!(r.is_err(), "{args:?}: {r:?}");
+    }
+    for args in [
+        vec!["".to_string(), "0".into(), "0".into()], // no tenant
+        vec![t.to_string(), "-1".into(), "0".into()], // lease < 0
+        vec![t.to_string(), "0".into(), "4000000000000001".into()], // next past bound
+    ] {
+        let mut inv = s.due_settle.script().key(&key);
+        for a in &args {
+            inv.arg(a);
+        }
+        let r: redis::RedisResult<redis::Value> = inv.invoke_async(&mut conn).await;
+        assert!(r.is_err(), "{args:?}: {r:?}");
+    }
+    let after: Vec<u8> = dump.query_async(&mut conn).await.unwrap();
+    assert_eq!(after, before);
+}

@@ -111,14 +111,13 @@ class Blackboard:
         return answer
 
     def _due(self, price: int, ttl_ms: int = 0) -> list[tuple[str, str, int]]:
-        """The reaper's deadlines this call creates, as the server writes
-        them: a metered charge is due at once (the reaper turns it into a
-        ledger event), an entry with a TTL when it expires."""
+        """The reaper's deadline this call creates, as the server writes it:
+        a metered charge is due at once (the reaper turns it into a ledger
+        event), else an entry with a TTL when it expires."""
         key, now = due_key(self.client.keys.prefix, REAP, self.client.tenant), int(time.time() * 1000)
-        out = [(key, self.client.tenant, now)] if price > 0 else []
-        if ttl_ms > 0:
-            out.append((key, self.client.tenant, now + ttl_ms))
-        return out
+        if price > 0:
+            return [(key, self.client.tenant, now)]
+        return [(key, self.client.tenant, now + ttl_ms)] if ttl_ms > 0 else []
 
     async def _read(self, mode: str, *params: Any) -> list[Any]:
         price = self.client.settings.price("blackboard_read")
