@@ -1,6 +1,8 @@
--- job_cancel: stop a running job at once and refund every uncompleted item.
--- After this call no item is delivered (end_job deletes the items stream and
--- its group) and late completions are refused by the status check.
+-- job_cancel: stop a running (or spawning) job at once and refund every
+-- uncompleted item, staged ones included. After this call no item is
+-- delivered (end_job unlinks the items stream, its group and any staged
+-- inputs) and late completions are refused by the status check. Its work
+-- does not grow with the job's size.
 -- @include common job
 -- @layout job
 -- @arg cancelled_by who cancelled it
@@ -12,7 +14,7 @@
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'completed', 'failed')
 local status, cost = v[1], tonumber(v[2])
 if not status then return {'missing'} end
-if status ~= 'running' then return {'not_running', status} end
+if not is_live(status) then return {'not_running', status} end
 
 local total, completed, failed = tonumber(v[3]), tonumber(v[4]), tonumber(v[5])
 local cancelled = total - completed - failed

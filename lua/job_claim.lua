@@ -9,10 +9,10 @@
 -- @reply not_running(status:text)
 
 arg_text(5)
-arg_int(6, 1, 100000)
+arg_int(6, 1, 1000)
 local status = redis.call('HGET', K_JOB, 'status')
 if not status then return {'missing'} end
-if status ~= 'running' then return {'not_running', status} end
+if not is_live(status) then return {'not_running', status} end
 
 local out = {'ok'}
 local r = redis.call('XREADGROUP', 'GROUP', GROUP, ARGV[5], 'COUNT', ARGV[6], 'STREAMS', K_ITEMS, '>')

@@ -25,7 +25,7 @@ local status, cost, total = v[1], tonumber(v[2]), tonumber(v[3])
 local agg = v[4] and v[4] ~= '' and bb_named(ARGV[5], ARGV[6], v[4])
 local agg_field = v[5] or ''
 if not status then return {'missing'} end
-if status ~= 'running' then return {'not_running', status} end
+if not is_live(status) then return {'not_running', status} end
 
 -- Puts an item's numeric output (or the number at `field` of it) into the
 -- namespace as "<job>:<idx>", rounded to micro-units.

@@ -19,7 +19,7 @@ arg_one_of(7, {['0'] = true, ['1'] = true})
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'max_retries')
 local status, cost, total, max_retries = v[1], tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
 if not status then return {'missing'} end
-if status ~= 'running' then return {'not_running', status} end
+if not is_live(status) then return {'not_running', status} end
 
 local entry_id, message, retry = ARGV[5], ARGV[6], ARGV[7] == '1'
 local idx = item_index(entry_id)

@@ -2,24 +2,26 @@
 -- job's timeout per item (XAUTOCLAIM); past max_retries they fail for good.
 -- Also trims entries that every consumer is done with. `ended`, `status`:
 -- how long the job lasted (ms) and how it ended, when this call ended it,
--- else 0 and ''.
+-- else 0 and ''. `spawn_idle`: for a spawning job, ms since its last chunk
+-- was enqueued (whoever calls may resume a spawner that died), else -1.
 -- @include common job
 -- @layout job
 -- @arg consumer consumer name of the reclaimer
 -- @arg count most entries per call
--- @reply ok(requeued:int, failed:int, ended:int, status:text)
+-- @reply ok(requeued:int, failed:int, ended:int, status:text, spawn_idle:int)
 -- @reply missing
 -- @reply not_running(status:text)
 
 arg_text(5)
-arg_int(6, 1, 100000)
-local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'timeout_ms', 'max_retries')
+arg_int(6, 1, 1000)
+local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'timeout_ms', 'max_retries',
+  'enqueued_at')
 local status, cost, timeout_ms, max_retries = v[1], tonumber(v[2]), v[3], tonumber(v[4])
 if not status then
   redis.call('SREM', K_ACTIVE, JOB_ID)
   return {'missing'}
 end
-if status ~= 'running' then
+if not is_live(status) then
   redis.call('SREM', K_ACTIVE, JOB_ID)
   return {'not_running', status}
 end
@@ -48,4 +50,6 @@ end
 local ended, ended_status = 0, ''
 if failed > 0 then ended, ended_status = finish_if_done(ts) end
 if ended == 0 then trim_acked(K_ITEMS, GROUP) end
-return {'ok', requeued, failed, ended, ended_status}
+local spawn_idle = -1
+if ended == 0 and status == 'spawning' then spawn_idle = ts - (tonumber(v[5]) or 0) end
+return {'ok', requeued, failed, ended, ended_status, spawn_idle}

@@ -28,7 +28,12 @@ use crate::scripts::{Answer, Call, Lua, scripts};
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 256;
 /// Most entries one read returns, and the largest offset (as bb_read.lua checks).
-const MAX_READ: usize = 100_000;
+/// Most entries one read script returns (REST: 1,000 too): a script's work
+/// stays bounded whatever a caller asks.
+const MAX_READ: usize = 1_000;
+/// Expired entries one sweep call removes; the reaper calls again while a
+/// call removes this many.
+const SWEEP_CHUNK: usize = 250;
 const MAX_OFFSET: usize = 1_000_000_000;
 /// Largest JSON value accepted.
 pub const MAX_VALUE_BYTES: usize = 256 * 1024;
@@ -253,7 +258,14 @@ impl AgentBus {
         let mut removed = 0;
         for ns in namespaces {
             if let Ok(ns) = Ident::new("namespace", ns) {
-                removed += self.blackboard(tenant, &ns).sweep(1000).await?;
+                let board = self.blackboard(tenant, &ns);
+                loop {
+                    let n = board.sweep(SWEEP_CHUNK).await?;
+                    removed += n;
+                    if n < SWEEP_CHUNK as i64 {
+                        break;
+                    }
+                }
             }
         }
         Ok(removed)

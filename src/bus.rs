@@ -28,6 +28,8 @@ pub mod defaults {
     pub const INBOX_RETENTION_SECS: u64 = 24 * 3600;
     pub const INVOKE_RETENTION_SECS: u64 = 3600;
     pub const TOKEN_CACHE_SECS: u64 = 10;
+    pub const SPAWN_CHUNK: usize = 500;
+    pub const SPAWN_STALL_SECS: u64 = 10;
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +63,12 @@ pub struct Limits {
     /// How long a process may trust a cached token record without hearing
     /// of its revocation (zero: every request reads Redis).
     pub token_cache: Duration,
+    /// Most items one spawn script call enqueues: a larger job is enqueued
+    /// in chunks, so no call holds Redis for long whatever the job's size.
+    pub spawn_chunk: usize,
+    /// A spawning job whose enqueuing made no progress for this long is
+    /// finished by the reclaimer (its spawner is taken for dead).
+    pub spawn_stall: Duration,
 }
 
 impl Default for Limits {
@@ -80,6 +88,8 @@ impl Default for Limits {
             inbox_retention: Duration::from_secs(d::INBOX_RETENTION_SECS),
             invoke_retention: Duration::from_secs(d::INVOKE_RETENTION_SECS),
             token_cache: Duration::from_secs(d::TOKEN_CACHE_SECS),
+            spawn_chunk: d::SPAWN_CHUNK,
+            spawn_stall: Duration::from_secs(d::SPAWN_STALL_SECS),
         }
     }
 }

@@ -345,6 +345,12 @@ impl TenantKeys {
         self.key(&format!("job:{job}:done"))
     }
 
+    /// List of a large spawn's inputs not yet in the items stream (see
+    /// `lua/job_enqueue.lua`); gone once every item is enqueued.
+    pub fn job_staging(&self, job: &Uuid) -> String {
+        self.key(&format!("job:{job}:staging"))
+    }
+
     /// Stream of outputs in completion order.
     pub fn job_results(&self, job: &Uuid) -> String {
         self.key(&format!("job:{job}:results"))

@@ -16,6 +16,8 @@ use crate::payload::{self, Payload};
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Pending,
+    /// A large spawn's items are still being enqueued (already claimable).
+    Spawning,
     Running,
     Completed,
     Failed,
@@ -26,6 +28,7 @@ impl JobStatus {
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "pending" => JobStatus::Pending,
+            "spawning" => JobStatus::Spawning,
             "running" => JobStatus::Running,
             "completed" => JobStatus::Completed,
             "failed" => JobStatus::Failed,
@@ -37,6 +40,7 @@ impl JobStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Pending => "pending",
+            JobStatus::Spawning => "spawning",
             JobStatus::Running => "running",
             JobStatus::Completed => "completed",
             JobStatus::Failed => "failed",

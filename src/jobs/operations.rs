@@ -37,6 +37,7 @@ fn job_call<'a>(
         .key("active", keys.active_jobs())
         .key("dlq", keys.dlq())
         .key("jobs", keys.jobs())
+        .key("staging", keys.job_staging(job))
         .arg("event_base", event_base())
         .arg("tenant", tenant.as_str())
         .arg("job_id", job.to_string())
@@ -74,10 +75,38 @@ fn job_state_error(reply: &Answer, job: &Uuid) -> Result<Error> {
 }
 
 impl AgentBus {
-    /// Reserves the job's credits and enqueues its items in one step; with
-    /// too little credit nothing is created and the error says how much.
+    /// Reserves the job's credits and enqueues its items; with too little
+    /// credit nothing is created and the error says how much. A job of more
+    /// than one chunk ([`Limits::spawn_chunk`] items, or
+    /// [`SPAWN_CHUNK_BYTES`] of inputs) is `spawning` until every chunk is
+    /// in (see [`AgentBus::begin_spawn`]); this call returns once it is
+    /// `running`, or already ended (cancelled meanwhile). The enqueuing runs
+    /// as its own task: a caller that goes away mid-way leaves it running.
     #[tracing::instrument(name = "spawn_job", skip_all, fields(tenant = %tenant, task = %spec.task, items = spec.items.len()))]
     pub async fn spawn_job(&self, tenant: &TenantId, spec: &JobSpec) -> Result<Job> {
+        let started = std::time::Instant::now();
+        let (id, status) = self.begin_spawn(tenant, spec).await?;
+        if status == JobStatus::Spawning {
+            let (bus, t) = (self.clone(), tenant.clone());
+            tokio::spawn(async move { bus.enqueue_staged(&t, &id).await })
+                .await
+                .map_err(|e| Error::protocol(format!("enqueuing job {id}: {e}")))??;
+        }
+        metrics::job_spawned(tenant, started.elapsed());
+        self.job(tenant, &id).await
+    }
+
+    /// The first half of a spawn: stages the inputs past the first chunk
+    /// (plain RPUSHes of a chunk each), then one script reserves the credits,
+    /// creates the job and enqueues the first chunk. Answers the job's id and
+    /// status: `Running` when every item is in, `Spawning` when staged ones
+    /// remain for [`AgentBus::enqueue_staged`] (which the reclaimer also
+    /// calls for a job whose spawner stopped: [`Limits::spawn_stall`]).
+    pub async fn begin_spawn(
+        &self,
+        tenant: &TenantId,
+        spec: &JobSpec,
+    ) -> Result<(Uuid, JobStatus)> {
         spec.validate(self.limits().max_items)?;
         let prices = self.prices();
         // Past the largest balance no tenant could pay it; refused before Lua
@@ -91,9 +120,23 @@ impl AgentBus {
                 ),
             ));
         }
+        let max_payload = self.limits().max_payload_bytes;
+        let inputs = spec
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| item.encode_checked(&format!("items[{i}]"), max_payload))
+            .collect::<Result<Vec<_>>>()?;
+        let chunk = spawn_chunk(&inputs, self.limits().spawn_chunk);
+        let (inline, staged) = inputs.split_at(inputs.len().min(chunk));
         let id = Uuid::new_v4();
         self.register_tenant(tenant).await?;
         let keys = self.keys(tenant);
+        let staging = keys.job_staging(&id);
+        let mut conn = self.redis().conn().await?;
+        if !staged.is_empty() {
+            stage(&mut conn, &staging, staged, chunk).await?;
+        }
         let mut call = job_call(
             &scripts().job_spawn,
             &keys,
@@ -127,13 +170,11 @@ impl AgentBus {
             .arg(
                 "worker_history",
                 keys.agent_task_stats(&spec.worker_agent, &spec.task),
-            );
-        let max_payload = self.limits().max_payload_bytes;
-        for (i, item) in spec.items.iter().enumerate() {
-            call.arg(
-                "input",
-                item.encode_checked(&format!("items[{i}]"), max_payload)?,
-            );
+            )
+            .arg("staged", staged.len())
+            .arg("chunk", chunk);
+        for input in inline {
+            call.arg("input", input.as_slice());
         }
         // The reclaimer looks after the tenant's jobs from now on.
         call.due(
@@ -141,19 +182,60 @@ impl AgentBus {
             tenant.as_str(),
             crate::due::now_ms(),
         );
-        let started = std::time::Instant::now();
-        let mut conn = self.redis().conn().await?;
-        let reply = call.invoke(&mut conn).await?;
+        let reply = call.invoke(&mut conn).await;
+        let refused = !matches!(&reply, Ok(r) if r.is("ok"));
+        if refused && !staged.is_empty() {
+            // Nothing reserved: the staged inputs belong to no job.
+            redis::cmd("UNLINK")
+                .arg(&staging)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        let reply = reply?;
         match reply.tag() {
-            "ok" => {
-                metrics::job_spawned(tenant, started.elapsed());
-                self.job(tenant, &id).await
-            }
+            "ok" => Ok((id, JobStatus::parse(reply.text("status")?)?)),
             "insufficient" => Err(Error::InsufficientCredits {
                 required: from_minor(reply.int("required")?),
                 available: from_minor(reply.int("available")?),
             }),
             _ => Err(Error::conflict(format!("job {id} already exists"))),
+        }
+    }
+
+    /// Moves a spawning job's staged inputs into its items stream, one
+    /// bounded script call per chunk, until it is `running` (or ended:
+    /// cancelled meanwhile). Safe to call from any number of processes at
+    /// once. Answers how many chunks this call moved.
+    pub async fn enqueue_staged(&self, tenant: &TenantId, job: &Uuid) -> Result<u64> {
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let mut calls = 0;
+        loop {
+            let reply = job_call(
+                &scripts().job_enqueue,
+                &keys,
+                tenant,
+                job,
+                self.limits().job_retention,
+            )
+            .invoke(&mut conn)
+            .await?;
+            match reply.tag() {
+                "ok" => {
+                    calls += 1;
+                    if reply.text("status")? != "spawning" {
+                        return Ok(calls);
+                    }
+                }
+                "not_spawning" => return Ok(calls),
+                "missing" => return Err(Error::not_found(format!("job {job}"))),
+                _ => {
+                    return Err(Error::protocol(format!(
+                        "job {job} is spawning but its staged inputs are gone ({} enqueued)",
+                        reply.int("enqueued").unwrap_or(-1)
+                    )));
+                }
+            }
         }
     }
 
@@ -296,7 +378,7 @@ impl AgentBus {
                 .arg("workers")
                 .arg(consumer)
                 .arg("COUNT")
-                .arg(count.max(1))
+                .arg(count.clamp(1, MAX_CLAIM_PER_CALL))
                 .arg("BLOCK")
                 .arg(wait.as_millis() as u64)
                 .arg("STREAMS")
@@ -507,6 +589,14 @@ impl AgentBus {
                 metrics::items(tenant, "retried", requeued as u64);
                 metrics::items(tenant, "dead_lettered", failed as u64);
                 job_ended(tenant, &reply)?;
+                // A spawn that made no progress for this long lost its
+                // spawner: finish it here.
+                let idle = reply.int("spawn_idle")?;
+                if idle >= 0 && idle as u128 >= self.limits().spawn_stall.as_millis() {
+                    drop(conn);
+                    let calls = self.enqueue_staged(tenant, job).await?;
+                    tracing::info!(%tenant, %job, idle_ms = idle, calls, "resumed a stalled spawn");
+                }
                 Ok((requeued, failed))
             }
             _ => Ok((0, 0)),
@@ -561,6 +651,47 @@ impl AgentBus {
             .await?;
         Ok(ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect())
     }
+}
+
+/// Most input bytes one spawn chunk carries (one script call's worth).
+pub const SPAWN_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// How long a staging list outlives a spawner that died before its job
+/// script ran (afterwards the job owns it).
+const STAGING_TTL_SECS: u64 = 3600;
+
+/// Items per chunk: at most `most`, and at most [`SPAWN_CHUNK_BYTES`] of
+/// the largest input (at least one item).
+fn spawn_chunk(inputs: &[Vec<u8>], most: usize) -> usize {
+    let largest = inputs.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    (SPAWN_CHUNK_BYTES / largest).clamp(1, most.max(1))
+}
+
+/// Appends `inputs` to the staging list, a chunk per RPUSH, a few chunks
+/// per round trip: every command stays as short as one chunk.
+async fn stage(
+    conn: &mut crate::conn::Conn,
+    staging: &str,
+    inputs: &[Vec<u8>],
+    chunk: usize,
+) -> Result<()> {
+    for group in inputs.chunks(chunk * 16) {
+        let mut pipe = redis::pipe();
+        for part in group.chunks(chunk) {
+            let mut cmd = redis::cmd("RPUSH");
+            cmd.arg(staging);
+            for input in part {
+                cmd.arg(input.as_slice());
+            }
+            pipe.add_command(cmd).ignore();
+        }
+        pipe.cmd("EXPIRE")
+            .arg(staging)
+            .arg(STAGING_TTL_SECS)
+            .ignore();
+        pipe.query_async::<()>(conn).await?;
+    }
+    Ok(())
 }
 
 fn parse_uuid(s: &str) -> Result<Uuid> {

@@ -14,7 +14,7 @@ pub const MAX_RETRIES: (i64, i64) = (0, 10);
 /// Longest task description accepted.
 pub const MAX_TASK_LEN: usize = 200;
 /// Most items one claim or reclaim call takes (as the scripts check).
-pub(super) const MAX_CLAIM_PER_CALL: usize = 100_000;
+pub(super) const MAX_CLAIM_PER_CALL: usize = 1_000;
 /// Longest cancel reason or canceller name.
 pub const MAX_CANCEL_TEXT: usize = 1024;
 

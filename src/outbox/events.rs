@@ -81,8 +81,9 @@ pub(super) struct InvokeRow {
 fn status_rank(status: &str) -> u8 {
     match status {
         "pending" => 0,
-        "running" => 1,
-        _ => 2,
+        "spawning" => 1,
+        "running" => 2,
+        _ => 3,
     }
 }
 

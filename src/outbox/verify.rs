@@ -356,13 +356,13 @@ async fn check_jobs(
                     ));
                 }
                 // The jobs table gets a job's figures at spawn and at its end.
-                let ended = !matches!(j.status.as_str(), "running" | "pending");
+                let ended = j.status.is_finished();
                 if ended && *money != job {
                     problems.push(format!("jobs table {} vs Redis {}", fmt(money), fmt(&job)));
                 }
             }
             (None, Some((status, _))) => {
-                if status == "running" || status == "pending" {
+                if matches!(status.as_str(), "running" | "pending" | "spawning") {
                     problems.push(format!(
                         "{status} in Postgres but gone from Redis (its end never reached the mirror)"
                     ));

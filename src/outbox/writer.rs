@@ -102,9 +102,9 @@ pub(super) async fn write_batch(
                 credits_reserved = excluded.credits_reserved, credits_spent = excluded.credits_spent,
                 credits_refunded = excluded.credits_refunded, started_at = excluded.started_at,
                 completed_at = excluded.completed_at, updated_at = excluded.updated_at
-             WHERE (CASE agents.jobs.status WHEN 'pending' THEN 0 WHEN 'running' THEN 1 ELSE 2 END,
+             WHERE (CASE agents.jobs.status WHEN 'pending' THEN 0 WHEN 'spawning' THEN 1 WHEN 'running' THEN 2 ELSE 3 END,
                     agents.jobs.updated_at)
-                <= (CASE excluded.status WHEN 'pending' THEN 0 WHEN 'running' THEN 1 ELSE 2 END,
+                <= (CASE excluded.status WHEN 'pending' THEN 0 WHEN 'spawning' THEN 1 WHEN 'running' THEN 2 ELSE 3 END,
                     excluded.updated_at)",
         )
         .bind(tenant)

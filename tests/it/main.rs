@@ -31,5 +31,6 @@ mod security;
 mod simulate;
 mod sink;
 mod sink_signals;
+mod spawn_chunks;
 mod token_cache;
 mod verify;

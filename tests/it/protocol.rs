@@ -206,6 +206,7 @@ fn key_fixture() -> String {
         ("job_items", t.job_items(&job)),
         ("job_done", t.job_done(&job)),
         ("job_results", t.job_results(&job)),
+        ("job_staging", t.job_staging(&job)),
         ("dlq", t.dlq()),
         ("outbox_dead", t.outbox_dead()),
         ("agents", t.agents()),

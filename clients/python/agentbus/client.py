@@ -152,6 +152,7 @@ class Client:
             ("active", k.active_jobs()),
             ("dlq", k.dlq()),
             ("jobs", k.jobs()),
+            ("staging", k.job_staging(job_id)),
         ]
         args = [
             ("event_base", event_base()),

@@ -89,6 +89,9 @@ class TenantKeys:
     def job_done(self, job: str) -> str:
         return self._key(f"job:{job}:done")
 
+    def job_staging(self, job: str) -> str:
+        return self._key(f"job:{job}:staging")
+
     def job_results(self, job: str) -> str:
         return self._key(f"job:{job}:results")
 

@@ -116,7 +116,7 @@ class Job:
 
     @property
     def running(self) -> bool:
-        return self.status in ("pending", "running")
+        return self.status in ("pending", "spawning", "running")
 
     @classmethod
     def of(cls, d: dict) -> "Job":

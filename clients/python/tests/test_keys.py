@@ -21,6 +21,7 @@ def test_every_key_name_is_the_servers(contract):
         "job_items": k.job_items(job),
         "job_done": k.job_done(job),
         "job_results": k.job_results(job),
+        "job_staging": k.job_staging(job),
         "dlq": k.dlq(),
         "outbox_dead": k.outbox_dead(),
         "agents": k.agents(),

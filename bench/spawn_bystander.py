@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""What one tenant's big jobs cost everyone else (issue 20, bounded script
+time): for each binary (runs alternate), `agentbus serve` (no sink) on the
+same Redis; tenant A spawns a job of --items items through REST and cancels
+it, back to back, for --secs seconds; meanwhile tenant B's client calls
+`GET /api/v1/credits` one request at a time. Reported:
+
+- the bystander's latency p50 / p99 / max (ms) and how many requests it made;
+- the spawner's spawn and cancel times (median, ms) and cycles done;
+- Redis's SLOWLOG over the window (threshold 1 ms): the longest command
+  (µs) and the longest script call (EVALSHA), and how many calls took
+  longer than 5 ms.
+
+Usage: bench/spawn_bystander.py --binary old=PATH --binary new=PATH [--runs 3]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import secrets
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+
+import redis
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "clients" / "python" / "tests"))
+from conftest import Server  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--binary", action="append", required=True)
+ap.add_argument("--items", type=int, default=100_000)
+ap.add_argument("--secs", type=float, default=20)
+ap.add_argument("--runs", type=int, default=1)
+args = ap.parse_args()
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+r = redis.Redis.from_url(REDIS_URL)
+
+
+def request(url, method="GET", token=None, body=None, timeout=120):
+    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status, json.loads(resp.read() or b"null")
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+def run(label, binary):
+    os.environ["AGENTBUS_BIN"] = binary
+    prefix = f"bench-spawn-{secrets.token_hex(4)}"
+    server = Server(prefix, None, {"AGENTBUS_MAX_ITEMS": str(args.items)})
+    try:
+        spawner = server.tenant("spawner", 10_000_000)
+        bystander = server.tenant("bystander", 100)
+        body = json.dumps({
+            "orchestrator_agent": "orch", "worker_agent": "w", "task": "big",
+            "items": [{"n": i, "text": "an item of a large job"} for i in range(args.items)],
+        }).encode()
+        base = f"{server.url}/api/v1"
+        stop = threading.Event()
+        lat = []
+
+        def bystand():
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                request(f"{base}/credits", token=bystander)
+                lat.append((time.perf_counter() - t0) * 1000)
+
+        r.config_set("slowlog-log-slower-than", 1000)
+        r.config_set("slowlog-max-len", 100000)
+        r.slowlog_reset()
+        th = threading.Thread(target=bystand)
+        th.start()
+        spawns, cancels = [], []
+        deadline = time.time() + args.secs
+        while time.time() < deadline:
+            t0 = time.perf_counter()
+            status, job = request(f"{base}/jobs", "POST", spawner, body)
+            spawns.append((time.perf_counter() - t0) * 1000)
+            assert status == 201, job
+            t0 = time.perf_counter()
+            status, out = request(f"{base}/jobs/{job['id']}/cancel", "POST", spawner,
+                                  {"reason": "bench"})
+            cancels.append((time.perf_counter() - t0) * 1000)
+            assert status == 200 and out["cancelled_items"] == args.items, out
+        stop.set()
+        th.join()
+        slow = r.slowlog_get(100000)
+        r.config_set("slowlog-log-slower-than", 10000)
+        scripts = [e for e in slow if e["command"].split(b" ")[0].upper() in (b"EVALSHA", b"EVAL")]
+        longest = max(slow, key=lambda e: e["duration"], default=None)
+        longest_script = max((e["duration"] for e in scripts), default=0)
+        return {
+            "binary": label,
+            "bystander_requests": len(lat),
+            "p50_ms": round(statistics.median(lat), 2),
+            "p99_ms": round(pct(lat, 0.99), 2),
+            "max_ms": round(max(lat), 1),
+            "cycles": len(spawns),
+            "spawn_ms": round(statistics.median(spawns)),
+            "cancel_ms": round(statistics.median(cancels), 1),
+            "longest_us": longest["duration"] if longest else 0,
+            "longest_cmd": (longest["command"][:40].decode(errors="replace") if longest else ""),
+            "longest_script_us": longest_script,
+            "calls_over_5ms": sum(1 for e in slow if e["duration"] > 5000),
+        }
+    finally:
+        server.proc.terminate()
+        server.proc.wait()
+        for k in r.scan_iter(f"{prefix}:*", count=1000):
+            r.unlink(k)
+
+
+results = []
+for i in range(args.runs):
+    for b in args.binary:
+        label, path = b.split("=", 1)
+        res = run(label, path)
+        print(json.dumps(res), flush=True)
+        results.append(res)
+for label in dict.fromkeys(b.split("=", 1)[0] for b in args.binary):
+    rows = [x for x in results if x["binary"] == label]
+    med = {k: statistics.median(x[k] for x in rows)
+           for k in ("p50_ms", "p99_ms", "max_ms", "spawn_ms", "cancel_ms", "longest_us",
+                     "longest_script_us", "calls_over_5ms")}
+    print(label, "median of", len(rows), json.dumps(med))
