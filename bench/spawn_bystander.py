@@ -15,6 +15,7 @@ Usage: bench/spawn_bystander.py --binary old=PATH --binary new=PATH [--runs 3]
 """
 
 import argparse
+import collections
 import json
 import os
 import pathlib
@@ -35,7 +36,21 @@ ap.add_argument("--binary", action="append", required=True)
 ap.add_argument("--items", type=int, default=100_000)
 ap.add_argument("--secs", type=float, default=20)
 ap.add_argument("--runs", type=int, default=1)
+ap.add_argument("--contract", action="append", default=[],
+                help="contract.json files naming script SHAs (default: this checkout's)")
 args = ap.parse_args()
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NAMES = {}
+for c in args.contract or [ROOT / "clients" / "python" / "tests" / "fixtures" / "contract.json"]:
+    NAMES.update({sha: name for name, sha in json.load(open(c))["script_sha1"].items()})
+
+
+def command_name(entry):
+    words = entry["command"].split(b" ")
+    if words[0].upper() == b"EVALSHA" and len(words) > 1:
+        return NAMES.get(words[1].decode(), words[1][:8].decode())
+    return words[0].decode(errors="replace")
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 r = redis.Redis.from_url(REDIS_URL)
@@ -111,9 +126,10 @@ def run(label, binary):
             "spawn_ms": round(statistics.median(spawns)),
             "cancel_ms": round(statistics.median(cancels), 1),
             "longest_us": longest["duration"] if longest else 0,
-            "longest_cmd": (longest["command"][:40].decode(errors="replace") if longest else ""),
+            "longest_cmd": command_name(longest) if longest else "",
             "longest_script_us": longest_script,
             "calls_over_5ms": sum(1 for e in slow if e["duration"] > 5000),
+            "over_5ms_by": dict(collections.Counter(command_name(e) for e in slow if e["duration"] > 5000)),
         }
     finally:
         server.proc.terminate()

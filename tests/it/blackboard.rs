@@ -806,3 +806,78 @@ async fn the_blackboard_over_http() {
         assert_eq!(resp["error"]["field"], field, "{uri}: {resp}");
     }
 }
+
+/// A range is found by rank (ZCOUNT of its ends, then ZRANGE), so a deep
+/// offset costs no walk: it answers exactly what ZRANGEBYSCORE … LIMIT
+/// would, for inclusive, exclusive and open bounds, ties and offsets past
+/// the end.
+#[tokio::test]
+async fn a_range_by_rank_answers_what_zrangebyscore_would() {
+    let env = TestEnv::new().await;
+    let t = env.tenant("ranks");
+    env.grant(&t, 1000).await;
+    let name = ns("ranked");
+    let bb = env.bus.blackboard(&t, &name);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("seed {seed}");
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..60 {
+        // Few distinct values: many ties, broken by key as Redis does.
+        let v = (next() % 13) as f64 / 2.0 - 3.0;
+        bb.set(&format!("k{i:02}"), &json!(v), None, None)
+            .await
+            .unwrap();
+    }
+    let score_key = env.bus.keys(&t).blackboard(&name).score;
+    let mut conn = env.conn().await;
+    let bounds = [
+        Bound::Unbounded,
+        Bound::Inclusive(-1.0),
+        Bound::Exclusive(-1.0),
+        Bound::Inclusive(0.25),
+        Bound::Exclusive(2.5),
+        Bound::Inclusive(9.0),
+    ];
+    let text = |b: Bound, low: bool| match b {
+        Bound::Unbounded if low => "-inf".to_string(),
+        Bound::Unbounded => "+inf".to_string(),
+        Bound::Inclusive(x) => format!("{x}"),
+        Bound::Exclusive(x) => format!("({x}"),
+    };
+    for lo in bounds {
+        for hi in bounds {
+            for (offset, limit) in [(0, 1000), (0, 1), (3, 7), (59, 5), (100, 10)] {
+                let got: Vec<String> = bb
+                    .range(lo, hi, offset, limit)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.key)
+                    .collect();
+                let want: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(&score_key)
+                    .arg(text(lo, true))
+                    .arg(text(hi, false))
+                    .arg("LIMIT")
+                    .arg(offset)
+                    .arg(limit)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    got, want,
+                    "seed {seed}: {lo:?}..{hi:?} offset {offset} limit {limit}"
+                );
+            }
+        }
+    }
+}
