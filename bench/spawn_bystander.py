@@ -11,7 +11,7 @@ it, back to back, for --secs seconds; meanwhile tenant B's client calls
   (µs) and the longest script call (EVALSHA), and how many calls took
   longer than 5 ms.
 
-Usage: bench/spawn_bystander.py --binary old=PATH --binary new=PATH [--runs 3]
+Usage: bench/spawn_bystander.py --binary old=PATH --binary new=PATH [--runs 3] [--chunks 100,200]
 """
 
 import argparse
@@ -36,6 +36,10 @@ ap.add_argument("--binary", action="append", required=True)
 ap.add_argument("--items", type=int, default=100_000)
 ap.add_argument("--secs", type=float, default=20)
 ap.add_argument("--runs", type=int, default=1)
+ap.add_argument("--chunks", default="",
+                help="AGENTBUS_SPAWN_CHUNK values to run each binary with, e.g. 100,200 (default: its own)")
+ap.add_argument("--slowlog-us", type=int, default=1000,
+                help="SLOWLOG threshold (0: every command, for the per-script distribution)")
 ap.add_argument("--contract", action="append", default=[],
                 help="contract.json files naming script SHAs (default: this checkout's)")
 args = ap.parse_args()
@@ -71,10 +75,20 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(len(xs) * p))]
 
 
-def run(label, binary):
+def by_name(entries):
+    out = collections.defaultdict(list)
+    for e in entries:
+        out[command_name(e)].append(e["duration"])
+    return out
+
+
+def run(label, binary, chunk):
     os.environ["AGENTBUS_BIN"] = binary
     prefix = f"bench-spawn-{secrets.token_hex(4)}"
-    server = Server(prefix, None, {"AGENTBUS_MAX_ITEMS": str(args.items)})
+    env = {"AGENTBUS_MAX_ITEMS": str(args.items)}
+    if chunk:
+        env["AGENTBUS_SPAWN_CHUNK"] = chunk
+    server = Server(prefix, None, env)
     try:
         spawner = server.tenant("spawner", 10_000_000)
         bystander = server.tenant("bystander", 100)
@@ -92,8 +106,8 @@ def run(label, binary):
                 request(f"{base}/credits", token=bystander)
                 lat.append((time.perf_counter() - t0) * 1000)
 
-        r.config_set("slowlog-log-slower-than", 1000)
-        r.config_set("slowlog-max-len", 100000)
+        r.config_set("slowlog-log-slower-than", args.slowlog_us)
+        r.config_set("slowlog-max-len", 1000000)
         r.slowlog_reset()
         th = threading.Thread(target=bystand)
         th.start()
@@ -111,9 +125,11 @@ def run(label, binary):
             assert status == 200 and out["cancelled_items"] == args.items, out
         stop.set()
         th.join()
-        slow = r.slowlog_get(100000)
+        slow = r.slowlog_get(1000000)
         r.config_set("slowlog-log-slower-than", 10000)
         scripts = [e for e in slow if e["command"].split(b" ")[0].upper() in (b"EVALSHA", b"EVAL")]
+        # SLOWLOG RESET (before the window) logs itself when the log was long.
+        slow = [e for e in slow if not e["command"].startswith(b"SLOWLOG")]
         longest = max(slow, key=lambda e: e["duration"], default=None)
         longest_script = max((e["duration"] for e in scripts), default=0)
         return {
@@ -128,7 +144,14 @@ def run(label, binary):
             "longest_us": longest["duration"] if longest else 0,
             "longest_cmd": command_name(longest) if longest else "",
             "longest_script_us": longest_script,
-            "calls_over_5ms": sum(1 for e in slow if e["duration"] > 5000),
+            "calls_over_5ms": sum(1 for e in slow
+                                  if e["duration"] > 5000 and not e["command"].startswith(b"SLOWLOG")),
+            "script_us_p50_p99_max": {
+                name: [pct(d, 0.5), pct(d, 0.99), max(d)]
+                for name, d in by_name(scripts).items()
+            },
+            "over_5ms": [(e["duration"], e["command"][:90].decode(errors="replace"))
+                         for e in slow if e["duration"] > 5000 and not e["command"].startswith(b"SLOWLOG")],
             "over_5ms_by": dict(collections.Counter(command_name(e) for e in slow if e["duration"] > 5000)),
         }
     finally:
@@ -138,14 +161,18 @@ def run(label, binary):
             r.unlink(k)
 
 
+configs = []
+for b in args.binary:
+    label, path = b.split("=", 1)
+    for chunk in (args.chunks.split(",") if args.chunks else [""]):
+        configs.append((f"{label}/{chunk}" if chunk else label, path, chunk))
 results = []
 for i in range(args.runs):
-    for b in args.binary:
-        label, path = b.split("=", 1)
-        res = run(label, path)
+    for label, path, chunk in configs:
+        res = run(label, path, chunk)
         print(json.dumps(res), flush=True)
         results.append(res)
-for label in dict.fromkeys(b.split("=", 1)[0] for b in args.binary):
+for label, _, _ in configs:
     rows = [x for x in results if x["binary"] == label]
     med = {k: statistics.median(x[k] for x in rows)
            for k in ("p50_ms", "p99_ms", "max_ms", "spawn_ms", "cancel_ms", "longest_us",

@@ -28,7 +28,7 @@ pub mod defaults {
     pub const INBOX_RETENTION_SECS: u64 = 24 * 3600;
     pub const INVOKE_RETENTION_SECS: u64 = 3600;
     pub const TOKEN_CACHE_SECS: u64 = 10;
-    pub const SPAWN_CHUNK: usize = 500;
+    pub const SPAWN_CHUNK: usize = 100;
     pub const SPAWN_STALL_SECS: u64 = 10;
 }
 

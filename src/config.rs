@@ -128,6 +128,18 @@ pub struct Config {
     )]
     pub token_cache_secs: u64,
 
+    /// Most items one spawn script call enqueues (a larger job is enqueued
+    /// in chunks of this many): bigger chunks spawn faster and hold Redis
+    /// longer per call.
+    #[arg(
+        long,
+        env = "AGENTBUS_SPAWN_CHUNK",
+        default_value_t = bus::defaults::SPAWN_CHUNK as u64,
+        value_parser = clap::value_parser!(u64).range(1..=10_000),
+        global = true
+    )]
+    pub spawn_chunk: u64,
+
     /// Most entries an inbox keeps.
     #[arg(
         long,
@@ -165,6 +177,7 @@ impl Config {
             stale_after_secs: bus::defaults::STALE_AFTER_SECS,
             inbox_cap: bus::defaults::INBOX_CAP,
             token_cache_secs: bus::defaults::TOKEN_CACHE_SECS,
+            spawn_chunk: bus::defaults::SPAWN_CHUNK as u64,
             max_deliveries: bus::defaults::MAX_DELIVERIES,
         }
     }
@@ -208,6 +221,7 @@ impl Config {
                 inbox_cap: self.inbox_cap.max(1),
                 max_deliveries: self.max_deliveries.max(1),
                 token_cache: Duration::from_secs(self.token_cache_secs),
+                spawn_chunk: self.spawn_chunk as usize,
                 ..Limits::default()
             },
         ))

@@ -25,7 +25,7 @@ def spawn(server, token, items, **extra):
 async def test_python_workers_complete_a_rust_spawned_job_exactly_once(server):
     tenant = "t" + secrets.token_hex(3)
     token = server.tenant(tenant, 5000)
-    # Past the server's spawn chunk (500 items): enqueued in three chunks.
+    # Past the server's spawn chunk (100 items): enqueued in thirteen chunks.
     n = 1201
     job_id = spawn(server, token, [{"x": i} for i in range(n)])
     seen: list[int] = []
