@@ -6,8 +6,9 @@ table row `agentbus bench` prints) and the Redis CPU it cost per unit of
 work (`INFO cpu` before and after, user + system), which is steadier than
 timings on a shared machine. Prints a markdown table of medians.
 
-Usage: bench/ab.py OLD NEW [--runs 5]   (the sink workload uses a database
-agentbus_ab, made afresh)
+Usage: bench/ab.py OLD NEW [--runs 5]   (the sink workload uses databases
+agentbus_ab_old and agentbus_ab_new, made afresh: a binary refuses a
+database a newer one has migrated)
 """
 
 import argparse
@@ -22,13 +23,13 @@ ap.add_argument("--runs", type=int, default=5)
 args = ap.parse_args()
 
 ENV = {"AGENTBUS_PREFIX": "ab", "AGENTBUS_MAX_ITEMS": "1000000", "AGENTBUS_JOB_RETENTION_SECS": "60",
-       "RUST_LOG": "error",
-       # The sink workload writes into a database of its own (made below).
-       "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/agentbus_ab"}
-subprocess.run(["psql", "postgres://postgres@127.0.0.1:5432/postgres", "-qc",
-                "DROP DATABASE IF EXISTS agentbus_ab WITH (FORCE)"], check=True)
-subprocess.run(["psql", "postgres://postgres@127.0.0.1:5432/postgres", "-qc",
-                "CREATE DATABASE agentbus_ab"], check=True)
+       "RUST_LOG": "error"}
+# The sink workload writes into a database of each binary's own.
+for label in ("old", "new"):
+    subprocess.run(["psql", "postgres://postgres@127.0.0.1:5432/postgres", "-qc",
+                    f"DROP DATABASE IF EXISTS agentbus_ab_{label} WITH (FORCE)"], check=True)
+    subprocess.run(["psql", "postgres://postgres@127.0.0.1:5432/postgres", "-qc",
+                    f"CREATE DATABASE agentbus_ab_{label}"], check=True)
 
 
 def redis_cpu():
@@ -44,10 +45,11 @@ def clean():
         subprocess.run(["redis-cli", "DEL", *keys[i:i + 500]], capture_output=True)
 
 
-def run(binary, argv):
+def run(binary, argv, label):
     import os
     before = redis_cpu()
-    out = subprocess.run([binary, *argv], env=dict(os.environ, **ENV), capture_output=True,
+    db = f"postgres://postgres@127.0.0.1:5432/agentbus_ab_{label}"
+    out = subprocess.run([binary, *argv], env=dict(os.environ, **ENV, DATABASE_URL=db), capture_output=True,
                          text=True, check=True).stdout
     return out, redis_cpu() - before
 
@@ -82,7 +84,7 @@ for name, argv, units, figure in WORKLOADS:
     for r in range(args.runs):
         for label, binary in (("old", args.old), ("new", args.new)):
             clean()
-            out, cpu = run(binary, argv)
+            out, cpu = run(binary, argv, label)
             shown = figure(out) if figure else row_of(out)
             results.setdefault((name, label), []).append((cpu / units * 1e6, shown))
 clean()

@@ -9,7 +9,9 @@ it, back to back, for --secs seconds; meanwhile tenant B's client calls
 - the spawner's spawn and cancel times (median, ms) and cycles done;
 - Redis's SLOWLOG over the window (threshold 1 ms): the longest command
   (µs) and the longest script call (EVALSHA), and how many calls took
-  longer than 5 ms.
+  longer than 5 ms, by script; and how often Redis's main thread was
+  preempted (a call running then lasts a time slice longer: on a 2-core
+  machine shared with the server and this script, that is the tail).
 
 Usage: bench/spawn_bystander.py --binary old=PATH --binary new=PATH [--runs 3] [--chunks 100,200]
 """
@@ -75,6 +77,16 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(len(xs) * p))]
 
 
+def preemptions():
+    """Times Redis's main thread was descheduled against its will (Linux):
+    a script running when that happens takes a time slice longer."""
+    pid = r.info("server")["process_id"]
+    for line in open(f"/proc/{pid}/task/{pid}/status"):
+        if line.startswith("nonvoluntary_ctxt_switches"):
+            return int(line.split()[1])
+    return 0
+
+
 def by_name(entries):
     out = collections.defaultdict(list)
     for e in entries:
@@ -109,6 +121,7 @@ def run(label, binary, chunk):
         r.config_set("slowlog-log-slower-than", args.slowlog_us)
         r.config_set("slowlog-max-len", 1000000)
         r.slowlog_reset()
+        preempted = preemptions()
         th = threading.Thread(target=bystand)
         th.start()
         spawns, cancels = [], []
@@ -125,6 +138,7 @@ def run(label, binary, chunk):
             assert status == 200 and out["cancelled_items"] == args.items, out
         stop.set()
         th.join()
+        preempted = preemptions() - preempted
         slow = r.slowlog_get(1000000)
         r.config_set("slowlog-log-slower-than", 10000)
         scripts = [e for e in slow if e["command"].split(b" ")[0].upper() in (b"EVALSHA", b"EVAL")]
@@ -144,10 +158,12 @@ def run(label, binary, chunk):
             "longest_us": longest["duration"] if longest else 0,
             "longest_cmd": command_name(longest) if longest else "",
             "longest_script_us": longest_script,
+            "redis_preempted": preempted,
+            "logged": dict(collections.Counter(command_name(e) for e in slow).most_common(6)),
             "calls_over_5ms": sum(1 for e in slow
                                   if e["duration"] > 5000 and not e["command"].startswith(b"SLOWLOG")),
-            "script_us_p50_p99_max": {
-                name: [pct(d, 0.5), pct(d, 0.99), max(d)]
+            "script_us_p50_p99_p999_max": {
+                name: [pct(d, 0.5), pct(d, 0.99), pct(d, 0.999), max(d), len(d)]
                 for name, d in by_name(scripts).items()
             },
             "over_5ms": [(e["duration"], e["command"][:90].decode(errors="replace"))
