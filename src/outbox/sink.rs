@@ -17,8 +17,10 @@
 //! `keys::ready_signal`), and the sink blocks on those (`BZMPOP`, one reader
 //! per shard), so an idle tenant costs nothing. A full sweep of every
 //! tenant — taking over what a dead sink left, reading its own pending
-//! entries, refreshing the backlog gauges — runs at start and then every
-//! `sweep_every`, the safety net for a signal lost with a crash.
+//! entries, refreshing the backlog gauges — is the safety net for a signal
+//! lost with a crash: at start as fast as it goes, then continuously, spread
+//! evenly so each tenant is visited once per `sweep_every`; both in slices
+//! between signal-driven drains, so a sweep never holds up a signal.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -47,7 +49,7 @@ pub const MAX_BATCH: usize = 5000;
 /// Events per batch unless configured (`AGENTBUS_SINK_BATCH`).
 pub const DEFAULT_BATCH: usize = 1000;
 /// How often every tenant is visited whatever the signals (default).
-pub const SWEEP_EVERY: Duration = Duration::from_secs(300);
+pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// Most tenants one signal read takes.
 const SIGNALS_PER_READ: usize = 1000;
 /// Entries another sink has held this long without acknowledging are taken over (default).
@@ -416,32 +418,57 @@ impl Sink {
         drop(tx);
         let mut backoff = Duration::from_millis(100);
         let mut next_sweep = Instant::now();
+        // The sweep in progress: a slice of tenants between drains.
+        let mut sweep: Option<Sweep> = None;
+        let mut first = true;
         // Tenants whose own pending entries must be read first (all, at start).
         let mut recovered: HashSet<TenantId> = HashSet::new();
         // Tenants to drain next, in arrival order, each once.
         let mut queue = Queue::default();
         while !shutdown.is_cancelled() {
-            if Instant::now() >= next_sweep {
-                // Shutdown does not wait for a sweep of many tenants (a
-                // batch cut off is read again by the next start's sweep).
-                let swept = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    swept = self.sweep(&mut recovered) => swept,
-                };
-                next_sweep = match swept {
-                    Ok(()) => Instant::now() + self.options.sweep_every,
+            if sweep.is_none() && Instant::now() >= next_sweep {
+                match self.bus.tenants().await {
+                    Ok(tenants) => sweep = Some(Sweep::new(tenants, first)),
                     Err(e) => {
                         e.count_failure();
-                        tracing::warn!(error = %e, "sink: sweep failed; will retry");
-                        Instant::now() + backoff
+                        tracing::warn!(error = %e, "sink: cannot list tenants; will retry");
+                        next_sweep = Instant::now() + backoff;
                     }
-                };
-                continue;
+                }
             }
+            if let Some(current) = sweep.as_mut() {
+                let upto = current.due_now(self.options.sweep_every);
+                // Shutdown does not wait for a slice (a batch cut off is read
+                // again by the next start's sweep).
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.sweep_slice(current, upto, &mut recovered) => {},
+                }
+                if current.is_done() {
+                    let finished = sweep.take().map(|s| s.finish());
+                    if let Some((status, failed)) = finished {
+                        self.report_lag(status).await;
+                        first = false;
+                        // The next sweep starts at once: spread over the
+                        // period, it visits each tenant once per period.
+                        next_sweep = Instant::now();
+                        if failed {
+                            next_sweep += backoff;
+                        }
+                    }
+                }
+            }
+            // A sweep behind its schedule goes on at once; one on schedule
+            // waits for its next slice (or a signal).
+            let wake = match &sweep {
+                Some(s) if s.behind(self.options.sweep_every) => Instant::now(),
+                Some(_) => Instant::now() + SWEEP_TICK,
+                None => next_sweep,
+            };
             if queue.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep_until(next_sweep.into()) => continue,
+                    _ = tokio::time::sleep_until(wake.into()) => continue,
                     got = signals.recv() => match got {
                         Some(tenants) => queue.add(tenants),
                         None => break,
@@ -482,32 +509,31 @@ impl Sink {
         }
     }
 
-    /// Visits every tenant: takes over what another sink left idle, reads
-    /// this sink's own pending entries, drains, and refreshes the backlog
-    /// gauges.
-    async fn sweep(&self, recovered: &mut HashSet<TenantId>) -> Result<()> {
-        let tenants = self.bus.tenants().await?;
-        let mut first_error = None;
-        let (mut idle, mut busy) = (Vec::new(), Vec::new());
-        for tenant in &tenants {
+    /// Visits the sweep's tenants up to `upto`: each one's outbox is probed;
+    /// where there is work, takes over what another sink left idle, reads
+    /// this sink's own pending entries and drains.
+    async fn sweep_slice(&self, sweep: &mut Sweep, upto: usize, recovered: &mut HashSet<TenantId>) {
+        while sweep.done < upto {
+            let tenant = sweep.tenants[sweep.done].clone();
+            sweep.done += 1;
             // Most tenants have nothing in flight and nothing undelivered:
             // two commands tell, and there is nothing to do for them.
-            match self.idle_outbox(tenant).await {
+            match self.idle_outbox(&tenant).await {
                 Ok(Some(stranded)) => {
                     recovered.insert(tenant.clone());
-                    idle.push((tenant.as_str(), stranded));
+                    sweep.idle.push((tenant, stranded));
                     continue;
                 }
-                Ok(None) => busy.push(tenant.clone()),
+                Ok(None) => sweep.busy.push(tenant.clone()),
                 Err(e) => {
                     e.count_failure();
                     tracing::warn!(error = %e, "sink: outbox probe failed");
-                    busy.push(tenant.clone());
+                    sweep.busy.push(tenant.clone());
                 }
             }
             // A tenant whose outbox has no group yet has nothing to take over.
-            let taken = match self.ensure_group(tenant).await {
-                Ok(()) => self.take_over(tenant).await,
+            let taken = match self.ensure_group(&tenant).await {
+                Ok(()) => self.take_over(&tenant).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = taken {
@@ -515,28 +541,37 @@ impl Sink {
                 tracing::warn!(error = %e, "sink: takeover failed");
             }
             loop {
-                match self.drain_tenant(tenant, true, 16).await {
+                match self.drain_tenant(&tenant, true, 16).await {
                     Ok(written) if written.more => continue,
                     Ok(_) => {
                         recovered.insert(tenant.clone());
                     }
                     Err(e) => {
-                        recovered.remove(tenant);
-                        first_error.get_or_insert(e);
+                        e.count_failure();
+                        tracing::warn!(tenant = %tenant, error = %e, "sink: sweep could not drain; will retry");
+                        recovered.remove(&tenant);
+                        sweep.failed = true;
                     }
                 }
                 break;
             }
         }
+    }
+
+    /// Refreshes the backlog gauges from a finished sweep: the busy tenants'
+    /// outboxes read again, the idle ones' stranded counts as probed.
+    async fn report_lag(&self, (idle, busy): (Vec<(TenantId, u64)>, Vec<TenantId>)) {
         if let Ok(status) = self.bus.outbox_status_of(&busy).await {
             metrics::sink_lag(
                 status
                     .iter()
                     .map(|s| (s.tenant.as_str(), s.events, s.oldest_age_secs, s.stranded))
-                    .chain(idle.iter().map(|(t, stranded)| (*t, 0, 0.0, *stranded))),
+                    .chain(
+                        idle.iter()
+                            .map(|(t, stranded)| (t.as_str(), 0, 0.0, *stranded)),
+                    ),
             );
         }
-        first_error.map_or(Ok(()), Err)
     }
 
     /// For an outbox with nothing pending and nothing undelivered in the
@@ -589,6 +624,71 @@ impl Sink {
     }
 }
 
+/// Most tenants one sweep slice visits before the sink turns to its
+/// signals again: the sweep never holds up a signalled tenant for long.
+const SWEEP_SLICE: usize = 64;
+
+/// How often a sweep on schedule takes its next slice.
+const SWEEP_TICK: Duration = Duration::from_millis(500);
+
+/// A sweep over every tenant, in slices between signal-driven drains: the
+/// first of a process as fast as it goes (it recovers what the process held
+/// before a restart), the later ones spread evenly over `sweep_every`, so
+/// no pass costs Redis a burst of commands per tenant.
+struct Sweep {
+    tenants: Vec<TenantId>,
+    done: usize,
+    started: Instant,
+    first: bool,
+    idle: Vec<(TenantId, u64)>,
+    busy: Vec<TenantId>,
+    failed: bool,
+}
+
+impl Sweep {
+    fn new(tenants: Vec<TenantId>, first: bool) -> Self {
+        Self {
+            tenants,
+            done: 0,
+            started: Instant::now(),
+            first,
+            idle: Vec::new(),
+            busy: Vec::new(),
+            failed: false,
+        }
+    }
+
+    /// How many tenants should have been visited by now.
+    fn quota(&self, period: Duration) -> usize {
+        let n = self.tenants.len();
+        if self.first || period.is_zero() {
+            return n;
+        }
+        let share = self.started.elapsed().as_secs_f64() / period.as_secs_f64();
+        ((n as f64 * share).ceil() as usize).min(n)
+    }
+
+    /// Where the next slice ends.
+    fn due_now(&self, period: Duration) -> usize {
+        self.quota(period).min(self.done + SWEEP_SLICE)
+    }
+
+    fn behind(&self, period: Duration) -> bool {
+        self.done < self.quota(period)
+    }
+
+    fn is_done(&self) -> bool {
+        self.done >= self.tenants.len()
+    }
+
+    /// The probed tenants (idle with their stranded counts, and busy) and
+    /// whether a drain failed.
+    #[allow(clippy::type_complexity)]
+    fn finish(self) -> ((Vec<(TenantId, u64)>, Vec<TenantId>), bool) {
+        ((self.idle, self.busy), self.failed)
+    }
+}
+
 /// Tenants waiting to be drained, in arrival order, each at most once.
 #[derive(Default)]
 struct Queue {
@@ -617,14 +717,15 @@ impl Queue {
 
 /// Reads one shard of the ready signals into `tx` until `shutdown`: each
 /// read takes (and removes) up to [`SIGNALS_PER_READ`] tenants, blocking up
-/// to a second when there are none.
+/// to five seconds when there are none.
 async fn read_signals(
     bus: AgentBus,
     key: String,
     tx: tokio::sync::mpsc::Sender<Vec<TenantId>>,
     shutdown: CancellationToken,
 ) {
-    const BLOCK: Duration = Duration::from_secs(1);
+    // Long: an idle sink costs Redis one command per shard per BLOCK.
+    const BLOCK: Duration = Duration::from_secs(5);
     let mut conn = bus.redis().blocking();
     let mut backoff = Duration::from_millis(100);
     let mut cmd = redis::cmd("BZMPOP");

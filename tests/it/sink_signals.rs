@@ -161,3 +161,68 @@ async fn the_sink_visits_signalled_tenants_only_and_sweeps_up_a_lost_signal() {
     assert_eq!(calls(&swept, "xlen"), probes, "{swept:?}");
     stop.cancel();
 }
+
+/// After its first sweep, the sink spreads each sweep evenly over its
+/// period: a slice of the tenants at a time, not a burst of all of them,
+/// and a signalled tenant is drained between slices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_sweeps_are_spread_over_their_period() {
+    let server = PrivateRedis::start(&[]);
+    let env = TestEnv::with_db().await;
+    let pool = env.pool().clone();
+    let redis = Redis::open(&server.url(), RedisOptions::default()).unwrap();
+    let bus = AgentBus::new(
+        redis,
+        Keyspace::new("spread").unwrap(),
+        Prices::default(),
+        Limits::default(),
+    );
+    let tenant = |i: usize| TenantId::new(format!("t{i}")).unwrap();
+    for i in 0..IDLE_TENANTS {
+        bus.grant_credits(&tenant(i), Decimal::ONE, json!({}))
+            .await
+            .unwrap();
+    }
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let period = Duration::from_secs(6);
+    sink(&bus, &pool, period, &stop);
+    assert!(rows_reach(&pool, IDLE_TENANTS as i64, Duration::from_secs(20)).await);
+    // The first sweep (all at once) is over well before this.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let quarter = calls(&commands(&mut conn).await, "xinfo|groups");
+    // A quarter of the period: about a quarter of the tenants (75), give or
+    // take a slice and the first sweep's end.
+    assert!(
+        (10..=200).contains(&quarter),
+        "{quarter} of {IDLE_TENANTS} tenants probed in a quarter of the period"
+    );
+    let before = ledger_rows(&pool).await;
+    let t0 = std::time::Instant::now();
+    bus.grant_credits(&tenant(5), Decimal::ONE, json!({}))
+        .await
+        .unwrap();
+    assert!(rows_reach(&pool, before + 1, Duration::from_secs(5)).await);
+    let lag = t0.elapsed();
+    assert!(
+        lag < Duration::from_secs(1),
+        "a signal waited {lag:?} behind the sweep"
+    );
+    tokio::time::sleep(period).await;
+    let whole = calls(&commands(&mut conn).await, "xinfo|groups");
+    assert!(
+        whole >= IDLE_TENANTS as u64,
+        "{whole} of {IDLE_TENANTS} tenants probed in a period and a half"
+    );
+    stop.cancel();
+}
