@@ -101,7 +101,7 @@ pub struct Config {
     )]
     pub max_instances: usize,
 
-    /// Size of the Redis connection pool.
+    /// Multiplexed Redis connections (commands of concurrent requests share them).
     #[arg(long, env = "AGENTBUS_REDIS_POOL", default_value_t = crate::conn::DEFAULT_POOL_SIZE, global = true)]
     pub redis_pool: u32,
 

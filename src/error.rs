@@ -58,9 +58,6 @@ pub enum Error {
     #[error("redis: {0}")]
     Redis(redis::RedisError),
 
-    #[error("redis pool: {0}")]
-    Pool(String),
-
     #[error("postgres: {0}")]
     Postgres(sqlx::Error),
 
@@ -114,7 +111,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Redis(_) | Error::Pool(_) | Error::Postgres(_) | Error::Timeout(_)
+            Error::Redis(_) | Error::Postgres(_) | Error::Timeout(_)
         )
     }
 }
@@ -145,7 +142,6 @@ fn backend_failure(err: &Error) -> Option<(&'static str, &'static str)> {
         }
         Error::Redis(e) if e.is_timeout() => ("redis", "timeout"),
         Error::Redis(_) => ("redis", "server"),
-        Error::Pool(_) => ("redis", "pool"),
         Error::Timeout(_) => ("redis", "timeout"),
         Error::Postgres(e) => (
             "postgres",
@@ -183,14 +179,5 @@ impl From<redis::RedisError> for Error {
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
         Error::Postgres(err)
-    }
-}
-
-impl From<bb8::RunError<redis::RedisError>> for Error {
-    fn from(err: bb8::RunError<redis::RedisError>) -> Self {
-        match err {
-            bb8::RunError::User(e) => e.into(),
-            bb8::RunError::TimedOut => Error::Pool("timed out waiting for a connection".into()),
-        }
     }
 }

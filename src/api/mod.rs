@@ -238,12 +238,14 @@ async fn method_not_allowed() -> ApiError {
 /// A span per API request (method, route, status) and its duration metric.
 async fn track_request(req: axum::extract::Request, next: middleware::Next) -> Response {
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
-    let span = tracing::info_span!("request", %method, %route, status = tracing::field::Empty);
+    // Cloning a MatchedPath clones an Arc, not the text.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let span = tracing::info_span!(
+        "request",
+        %method,
+        route = route.as_ref().map_or("", |p| p.as_str()),
+        status = tracing::field::Empty
+    );
     let started = Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
@@ -423,7 +425,7 @@ impl ApiError {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
             }
             Error::Forbidden(why) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", why),
-            e @ (Error::Redis(_) | Error::Pool(_) | Error::Postgres(_) | Error::Timeout(_)) => {
+            e @ (Error::Redis(_) | Error::Postgres(_) | Error::Timeout(_)) => {
                 e.count_failure();
                 tracing::warn!(error = %e, "backing service unavailable");
                 ApiError::new(
