@@ -445,16 +445,17 @@ impl Sink {
                     _ = self.sweep_slice(current, upto, &mut recovered) => {},
                 }
                 if current.is_done() {
-                    let finished = sweep.take().map(|s| s.finish());
-                    if let Some((status, failed)) = finished {
+                    let next = current.next_start(self.options.sweep_every);
+                    if let Some((status, failed)) = sweep.take().map(|s| s.finish()) {
                         self.report_lag(status).await;
                         first = false;
-                        // The next sweep starts at once: spread over the
-                        // period, it visits each tenant once per period.
-                        next_sweep = Instant::now();
-                        if failed {
-                            next_sweep += backoff;
-                        }
+                        // Spread sweeps follow one another: each tenant is
+                        // visited once per period.
+                        next_sweep = if failed {
+                            Instant::now() + backoff
+                        } else {
+                            next
+                        };
                     }
                 }
             }
@@ -658,14 +659,24 @@ impl Sweep {
         }
     }
 
-    /// How many tenants should have been visited by now.
+    /// How many tenants should have been visited by now: the k-th of n
+    /// falls due k/n of the way through the period.
     fn quota(&self, period: Duration) -> usize {
-        let n = self.tenants.len();
-        if self.first || period.is_zero() {
-            return n;
+        quota(
+            self.tenants.len(),
+            self.first,
+            self.started.elapsed(),
+            period,
+        )
+    }
+
+    /// When the next sweep may start: a spread sweep's period is over.
+    fn next_start(&self, period: Duration) -> Instant {
+        if self.first {
+            Instant::now()
+        } else {
+            (self.started + period).max(Instant::now())
         }
-        let share = self.started.elapsed().as_secs_f64() / period.as_secs_f64();
-        ((n as f64 * share).ceil() as usize).min(n)
     }
 
     /// Where the next slice ends.
@@ -687,6 +698,16 @@ impl Sweep {
     fn finish(self) -> ((Vec<(TenantId, u64)>, Vec<TenantId>), bool) {
         ((self.idle, self.busy), self.failed)
     }
+}
+
+/// Of `n` tenants, how many a sweep `elapsed` into its `period` should have
+/// visited (all at once for a process's first sweep).
+fn quota(n: usize, first: bool, elapsed: Duration, period: Duration) -> usize {
+    if first || period.is_zero() {
+        return n;
+    }
+    let share = elapsed.as_secs_f64() / period.as_secs_f64();
+    ((n as f64 * share).floor() as usize).min(n)
 }
 
 /// Tenants waiting to be drained, in arrival order, each at most once.
@@ -789,5 +810,27 @@ async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(d) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spread_sweep_visits_the_kth_tenant_k_nths_into_its_period() {
+        let period = Duration::from_secs(600);
+        let at = |secs: u64| Duration::from_secs(secs);
+        // A lone tenant is due at the end of the period, not at once (a
+        // sweep that were over at once would start again at once).
+        assert_eq!(quota(1, false, at(0), period), 0);
+        assert_eq!(quota(1, false, at(599), period), 0);
+        assert_eq!(quota(1, false, at(600), period), 1);
+        assert_eq!(quota(10_000, false, at(0), period), 0);
+        assert_eq!(quota(10_000, false, at(60), period), 1_000);
+        assert_eq!(quota(10_000, false, at(6_000), period), 10_000);
+        // A process's first sweep: everyone at once.
+        assert_eq!(quota(10_000, true, at(0), period), 10_000);
+        assert_eq!(quota(3, false, at(1), Duration::ZERO), 3);
     }
 }
