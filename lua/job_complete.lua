@@ -11,7 +11,7 @@
 -- @layout job
 -- @arg bb_root the tenant's blackboard key prefix
 -- @arg bb_namespaces its namespaces set
--- @arg (entry, output)... an entry id and its MessagePack output
+-- @arg (entry, output)... an entry id and its MessagePack output (at most 1,000 pairs)
 -- @reply ok(ended:int, status:text, outcomes:texts, durations:ints)
 -- @reply missing
 -- @reply not_running(status:text)
@@ -19,6 +19,7 @@
 arg_text(5)
 arg_text(6)
 if #ARGV < 8 or (#ARGV - 6) % 2 ~= 0 then arg_error(7, 'must be pairs of entry id and output') end
+if #ARGV - 6 > 2000 then arg_error(7, 'at most 1000 pairs per call') end
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'agg_ns', 'agg_field')
 local status, cost, total = v[1], tonumber(v[2]), tonumber(v[3])
 -- The job may aggregate numeric outputs into a blackboard namespace.

@@ -431,39 +431,44 @@ impl AgentBus {
             validate_stream_id("item_id", id)?;
         }
         let keys = self.keys(tenant);
-        let mut call = job_call(
-            &scripts().job_complete,
-            &keys,
-            tenant,
-            job,
-            self.limits().job_retention,
-        );
-        // Where a job aggregating outputs finds its namespace's keys.
-        call.arg("bb_root", keys.blackboard_root())
-            .arg("bb_namespaces", keys.blackboard_namespaces());
-        for (id, out) in outputs {
-            call.arg("entry", *id).arg("output", *out);
-        }
         let mut conn = self.redis().conn().await?;
-        let reply = call.invoke(&mut conn).await?;
-        if !reply.is("ok") {
-            return Err(job_state_error(&reply, job)?);
-        }
-        job_ended(tenant, &reply)?;
-        let outcomes: Vec<CompleteOutcome> = reply
-            .texts("outcomes")?
-            .iter()
-            .map(|o| match o.as_str() {
+        let mut outcomes = Vec::with_capacity(outputs.len());
+        // A bounded script call per chunk of pairs.
+        for chunk in outputs.chunks(COMPLETE_CHUNK) {
+            let mut call = job_call(
+                &scripts().job_complete,
+                &keys,
+                tenant,
+                job,
+                self.limits().job_retention,
+            );
+            // Where a job aggregating outputs finds its namespace's keys.
+            call.arg("bb_root", keys.blackboard_root())
+                .arg("bb_namespaces", keys.blackboard_namespaces());
+            for (id, out) in chunk {
+                call.arg("entry", *id).arg("output", *out);
+            }
+            let reply = call.invoke(&mut conn).await?;
+            if !reply.is("ok") {
+                if outcomes.is_empty() {
+                    return Err(job_state_error(&reply, job)?);
+                }
+                // An earlier chunk ended the job: the rest were not pending.
+                outcomes.resize(outputs.len(), CompleteOutcome::Stale);
+                break;
+            }
+            job_ended(tenant, &reply)?;
+            outcomes.extend(reply.texts("outcomes")?.iter().map(|o| match o.as_str() {
                 "completed" => CompleteOutcome::Completed,
                 "duplicate" => CompleteOutcome::Duplicate,
                 "stale" => CompleteOutcome::Stale,
                 _ => CompleteOutcome::Invalid,
-            })
-            .collect();
-        let durations = reply.ints("durations")?;
-        metrics::items(tenant, "completed", durations.len() as u64);
-        for ms in durations {
-            metrics::claim_to_complete(tenant, Duration::from_millis((*ms).max(0) as u64));
+            }));
+            let durations = reply.ints("durations")?;
+            metrics::items(tenant, "completed", durations.len() as u64);
+            for ms in durations {
+                metrics::claim_to_complete(tenant, Duration::from_millis((*ms).max(0) as u64));
+            }
         }
         Ok(outcomes)
     }
@@ -652,6 +657,9 @@ impl AgentBus {
         Ok(ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect())
     }
 }
+
+/// Completions one `job_complete` call takes (the script refuses more than 1,000).
+const COMPLETE_CHUNK: usize = 500;
 
 /// Most input bytes one spawn chunk carries (one script call's worth).
 pub const SPAWN_CHUNK_BYTES: usize = 1024 * 1024;

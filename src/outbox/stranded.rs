@@ -19,6 +19,8 @@ use crate::scripts::scripts;
 
 /// Most entries one replay or discard call handles.
 pub const MAX_IDS_PER_CALL: usize = 1000;
+/// Ids one `outbox_replay` script call moves.
+const REPLAY_CHUNK: usize = 100;
 /// MessagePack fields of an event, shown decoded.
 const PACKED: [&str; 3] = ["ctx", "request", "response"];
 
@@ -139,18 +141,22 @@ impl AgentBus {
             return Ok(Replayed::default());
         }
         let keys = self.keys(tenant);
-        let mut call = scripts().outbox_replay.key("stranded", keys.outbox_dead());
-        call.key("outbox", keys.outbox());
-        for id in ids {
-            call.arg("entry", id);
-        }
         let mut conn = self.redis().conn().await?;
-        let reply = call.invoke(&mut conn).await?;
-        let count = |name| reply.int(name).map(|n| n.max(0) as u64);
-        Ok(Replayed {
-            replayed: count("replayed")?,
-            missing: count("missing")?,
-        })
+        let mut total = Replayed::default();
+        // A bounded script call per chunk: each id is a read, an append and
+        // a delete, so 1,000 in one call would hold Redis for milliseconds.
+        for chunk in ids.chunks(REPLAY_CHUNK) {
+            let mut call = scripts().outbox_replay.key("stranded", keys.outbox_dead());
+            call.key("outbox", keys.outbox());
+            for id in chunk {
+                call.arg("entry", id);
+            }
+            let reply = call.invoke(&mut conn).await?;
+            let count = |name| reply.int(name).map(|n| n.max(0) as u64);
+            total.replayed += count("replayed")?;
+            total.missing += count("missing")?;
+        }
+        Ok(total)
     }
 
     /// Drops stranded events for good: their rows will never reach Postgres

@@ -707,3 +707,60 @@ async fn the_audit_trail_is_queryable_over_http_once_mirrored() {
     let (_, list) = call(&app, "GET", "/api/v1/invocations", Some(&other), None).await;
     assert_eq!(list["count"], 0);
 }
+
+/// A replay of more stranded events than one script call moves (100) goes
+/// in chunks: each event back in the outbox once, ids already gone counted
+/// as missing, the stranded stream left empty.
+#[tokio::test]
+async fn a_large_replay_moves_each_stranded_event_once_in_chunks() {
+    let env = TestEnv::new().await;
+    let tenant = env.tenant("replay");
+    let keys = env.bus.keys(&tenant);
+    let mut conn = env.conn().await;
+    let mut ids = Vec::new();
+    for i in 0..250 {
+        let id: String = redis::cmd("XADD")
+            .arg(keys.outbox_dead())
+            .arg("*")
+            .arg("m.type")
+            .arg("ledger")
+            .arg("m.id")
+            .arg(format!("stranded.{i}"))
+            .arg("reason")
+            .arg("test")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    ids.extend(["1-1".to_string(), "2-2".to_string()]);
+    let out = env.bus.replay_stranded(&tenant, &ids).await.unwrap();
+    assert_eq!((out.replayed, out.missing), (250, 2));
+    let left: i64 = redis::cmd("XLEN")
+        .arg(keys.outbox_dead())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let back: redis::Value = redis::cmd("XRANGE")
+        .arg(keys.outbox())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let redis::Value::Array(back) = back else {
+        panic!("{back:?}")
+    };
+    let mut seen: Vec<String> = back
+        .iter()
+        .map(|v| {
+            let e = agentbus::codec::StreamEntry::from_value(v).unwrap();
+            String::from_utf8(e.get("id").unwrap().to_vec()).unwrap()
+        })
+        .collect();
+    seen.sort();
+    let mut want: Vec<String> = (0..250).map(|i| format!("stranded.{i}")).collect();
+    want.sort();
+    assert_eq!(seen, want);
+}

@@ -314,3 +314,49 @@ async fn job_spawn_refuses_inconsistent_chunk_arguments_and_writes_nothing() {
     }
     assert_eq!(env.snapshot().await, before);
 }
+
+/// A completion batch larger than one script call's share (500 pairs) is
+/// completed in chunks: every item charged once, the job ending with the
+/// last chunk, and each outcome in its place.
+#[tokio::test]
+async fn a_completion_batch_past_one_call_is_completed_in_chunks() {
+    let env = env_with(Duration::from_secs(10)).await;
+    let tenant = env.tenant("batch");
+    env.grant(&tenant, 10_000).await;
+    let job = env.bus.spawn_job(&tenant, &spec(1201)).await.unwrap();
+    let mut claimed = Vec::new();
+    while claimed.len() < 1201 {
+        let got = env
+            .bus
+            .claim_items(&tenant, &job.id, "w", 1000, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(!got.is_empty());
+        claimed.extend(got);
+    }
+    let mut done: Vec<(String, serde_json::Value)> = claimed
+        .iter()
+        .map(|c| (c.item_id.clone(), json!(c.item_index)))
+        .collect();
+    // A duplicate in the second chunk, and an unknown id in the third.
+    done.insert(700, done[3].clone());
+    done.push(("9-999999".into(), json!(0)));
+    let outcomes = env
+        .bus
+        .complete_items(&tenant, &job.id, &done)
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), done.len());
+    use agentbus::jobs::CompleteOutcome as O;
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == O::Completed).count(),
+        1201
+    );
+    assert_eq!(outcomes[700], O::Duplicate);
+    assert_eq!(outcomes[done.len() - 1], O::Invalid);
+    let job = env.bus.job(&tenant, &job.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.credits.spent, Decimal::from(5 + 2 * 1201));
+    assert_job_credits(&job);
+    assert_balance_matches_ledger(&env, &tenant).await;
+}
