@@ -80,17 +80,28 @@ impl AgentBus {
     /// than one chunk ([`Limits::spawn_chunk`] items, or
     /// [`SPAWN_CHUNK_BYTES`] of inputs) is `spawning` until every chunk is
     /// in (see [`AgentBus::begin_spawn`]); this call returns once it is
-    /// `running`, or already ended (cancelled meanwhile). The enqueuing runs
-    /// as its own task: a caller that goes away mid-way leaves it running.
+    /// `running`, or already ended (cancelled meanwhile), or — when Redis
+    /// failed mid-way — still `spawning` for the reclaimer to finish. The
+    /// enqueuing runs as its own task: a caller that goes away mid-way
+    /// leaves it running.
     #[tracing::instrument(name = "spawn_job", skip_all, fields(tenant = %tenant, task = %spec.task, items = spec.items.len()))]
     pub async fn spawn_job(&self, tenant: &TenantId, spec: &JobSpec) -> Result<Job> {
         let started = std::time::Instant::now();
         let (id, status) = self.begin_spawn(tenant, spec).await?;
         if status == JobStatus::Spawning {
             let (bus, t) = (self.clone(), tenant.clone());
-            tokio::spawn(async move { bus.enqueue_staged(&t, &id).await })
-                .await
-                .map_err(|e| Error::protocol(format!("enqueuing job {id}: {e}")))??;
+            let enqueued = tokio::spawn(async move { bus.enqueue_staged(&t, &id).await }).await;
+            // The job exists and its credits are reserved: answering an
+            // error would invite a second spawn. It is answered as it
+            // stands (`spawning`), and the reclaimer finishes it.
+            let failed = match enqueued {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(error) = failed {
+                tracing::warn!(%tenant, job = %id, %error, "spawn: enqueuing stopped; the reclaimer will finish it");
+            }
         }
         metrics::job_spawned(tenant, started.elapsed());
         self.job(tenant, &id).await

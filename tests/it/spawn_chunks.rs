@@ -360,3 +360,62 @@ async fn a_completion_batch_past_one_call_is_completed_in_chunks() {
     assert_job_credits(&job);
     assert_balance_matches_ledger(&env, &tenant).await;
 }
+
+/// When enqueuing stops mid-way (here its staged inputs vanish under it),
+/// the spawn still answers the job as it stands — `spawning`, its credits
+/// reserved — rather than an error that would invite a second spawn; a
+/// cancel then refunds every item that never arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawn_whose_enqueuing_stops_answers_the_job_spawning() {
+    let env = TestEnv::with_limits(Limits {
+        spawn_chunk: 1,
+        spawn_stall: Duration::from_secs(3600),
+        ..Limits::default()
+    })
+    .await;
+    let tenant = env.tenant("stops");
+    env.grant(&tenant, 100_000).await;
+    let pattern = format!("{}*:staging", env.prefix);
+    let redis = env.redis.clone();
+    let saboteur = tokio::spawn(async move {
+        let mut conn = redis.conn().await.unwrap();
+        loop {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if let Some(staging) = keys.first() {
+                let job = staging.trim_end_matches(":staging").to_string();
+                let status: Option<String> = redis::cmd("HGET")
+                    .arg(&job)
+                    .arg("status")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                if status.as_deref() == Some("spawning") {
+                    let _: () = redis::cmd("DEL")
+                        .arg(staging)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let job = env.bus.spawn_job(&tenant, &spec(3000)).await.unwrap();
+    saboteur.await.unwrap();
+    assert_eq!(job.status, JobStatus::Spawning);
+    assert_eq!(job.credits.reserved, Decimal::from(5 + 2 * 3000));
+    let out = env
+        .bus
+        .cancel_job(&tenant, &job.id, "test", "lost")
+        .await
+        .unwrap();
+    assert_eq!(out.cancelled_items, 3000);
+    assert_eq!(out.credits_refunded, Decimal::from(2 * 3000));
+    assert_job_credits(&env.bus.job(&tenant, &job.id).await.unwrap());
+    assert_balance_matches_ledger(&env, &tenant).await;
+}
