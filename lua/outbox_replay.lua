@@ -8,7 +8,7 @@
 -- @arg entry... entry ids of `stranded`, each `<ms>-<seq>`, at most 1,000 (all checked before the first replay)
 -- @returns (replayed:int, missing:int)
 
-if #ARGV > 1000 then error({err = 'ERR at most 1000 entry ids per call'}) end
+if #ARGV > 1000 then error({err = 'ERR ARGV[1001] is past the most entry ids a call takes (1000)'}) end
 for i = 1, #ARGV do
   if not string.match(ARGV[i], '^%d+%-%d+$') or string.len(ARGV[i]) > 41 then
     error({err = 'ERR ARGV[' .. i .. '] must be a stream entry id'})

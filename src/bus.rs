@@ -29,6 +29,8 @@ pub mod defaults {
     pub const INVOKE_RETENTION_SECS: u64 = 3600;
     pub const TOKEN_CACHE_SECS: u64 = 10;
     pub const SPAWN_CHUNK: usize = 100;
+    /// Largest spawn chunk accepted (configuration and library alike).
+    pub const MAX_SPAWN_CHUNK: usize = 10_000;
     pub const SPAWN_STALL_SECS: u64 = 10;
 }
 

@@ -135,7 +135,7 @@ pub struct Config {
         long,
         env = "AGENTBUS_SPAWN_CHUNK",
         default_value_t = bus::defaults::SPAWN_CHUNK as u64,
-        value_parser = clap::value_parser!(u64).range(1..=10_000),
+        value_parser = clap::value_parser!(u64).range(1..=bus::defaults::MAX_SPAWN_CHUNK as u64),
         global = true
     )]
     pub spawn_chunk: u64,

@@ -90,17 +90,13 @@ impl AgentBus {
         let (id, status) = self.begin_spawn(tenant, spec).await?;
         if status == JobStatus::Spawning {
             let (bus, t) = (self.clone(), tenant.clone());
-            let enqueued = tokio::spawn(async move { bus.enqueue_staged(&t, &id).await }).await;
             // The job exists and its credits are reserved: answering an
             // error would invite a second spawn. It is answered as it
             // stands (`spawning`), and the reclaimer finishes it.
-            let failed = match enqueued {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(error) = failed {
-                tracing::warn!(%tenant, job = %id, %error, "spawn: enqueuing stopped; the reclaimer will finish it");
+            match tokio::spawn(async move { bus.enqueue_staged(&t, &id).await }).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn_enqueue_stopped(tenant, &id, &e),
+                Err(e) => warn_enqueue_stopped(tenant, &id, &e),
             }
         }
         metrics::job_spawned(tenant, started.elapsed());
@@ -193,16 +189,16 @@ impl AgentBus {
             tenant.as_str(),
             crate::due::now_ms(),
         );
-        let reply = call.invoke(&mut conn).await;
-        let refused = !matches!(&reply, Ok(r) if r.is("ok"));
-        if refused && !staged.is_empty() {
-            // Nothing reserved: the staged inputs belong to no job.
+        let reply = call.invoke(&mut conn).await?;
+        // Refused: nothing reserved, the staged inputs belong to no job. (On
+        // an error the script may have run: they stay, for the job if it
+        // exists, else until their TTL.)
+        if !reply.is("ok") && !staged.is_empty() {
             redis::cmd("UNLINK")
                 .arg(&staging)
                 .query_async::<()>(&mut conn)
                 .await?;
         }
-        let reply = reply?;
         match reply.tag() {
             "ok" => Ok((id, JobStatus::parse(reply.text("status")?)?)),
             "insufficient" => Err(Error::InsufficientCredits {
@@ -608,10 +604,16 @@ impl AgentBus {
                 // A spawn that made no progress for this long lost its
                 // spawner: finish it here.
                 let idle = reply.int("spawn_idle")?;
+                // A failure here is this job's alone: the visit goes on to
+                // the tenant's other jobs.
                 if idle >= 0 && idle as u128 >= self.limits().spawn_stall.as_millis() {
                     drop(conn);
-                    let calls = self.enqueue_staged(tenant, job).await?;
-                    tracing::info!(%tenant, %job, idle_ms = idle, calls, "resumed a stalled spawn");
+                    match self.enqueue_staged(tenant, job).await {
+                        Ok(calls) => {
+                            tracing::info!(%tenant, %job, idle_ms = idle, calls, "resumed a stalled spawn")
+                        }
+                        Err(e) => warn_enqueue_stopped(tenant, job, &e),
+                    }
                 }
                 Ok((requeued, failed))
             }
@@ -669,6 +671,10 @@ impl AgentBus {
     }
 }
 
+fn warn_enqueue_stopped(tenant: &TenantId, job: &Uuid, error: &dyn std::fmt::Display) {
+    tracing::warn!(%tenant, %job, %error, "spawn: enqueuing stopped; the reclaimer will try again");
+}
+
 /// Completions one `job_complete` call takes (the script refuses more than 1,000).
 const COMPLETE_CHUNK: usize = 500;
 
@@ -679,11 +685,13 @@ pub const SPAWN_CHUNK_BYTES: usize = 1024 * 1024;
 /// script ran (afterwards the job owns it).
 const STAGING_TTL_SECS: u64 = 3600;
 
-/// Items per chunk: at most `most`, and at most [`SPAWN_CHUNK_BYTES`] of
-/// the largest input (at least one item).
+/// Items per chunk: at most `most` (itself at most
+/// [`crate::bus::defaults::MAX_SPAWN_CHUNK`]), and at most
+/// [`SPAWN_CHUNK_BYTES`] of the largest input (at least one item).
 fn spawn_chunk(inputs: &[Vec<u8>], most: usize) -> usize {
     let largest = inputs.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    (SPAWN_CHUNK_BYTES / largest).clamp(1, most.max(1))
+    let most = most.clamp(1, crate::bus::defaults::MAX_SPAWN_CHUNK);
+    (SPAWN_CHUNK_BYTES / largest).clamp(1, most)
 }
 
 /// Appends `inputs` to the staging list, a chunk per RPUSH, a few chunks
@@ -728,5 +736,25 @@ pub fn validate_stream_id(field: &str, id: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(field, format!("{id:?} is not a stream id")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spawn_chunk_is_bounded_by_items_and_by_bytes() {
+        let small = vec![vec![0u8; 10]; 3];
+        assert_eq!(spawn_chunk(&small, 100), 100);
+        assert_eq!(spawn_chunk(&small, 0), 1);
+        assert_eq!(
+            spawn_chunk(&small, usize::MAX),
+            crate::bus::defaults::MAX_SPAWN_CHUNK
+        );
+        let big = vec![vec![0u8; 300 * 1024]; 3];
+        assert_eq!(spawn_chunk(&big, 100), 3);
+        assert_eq!(spawn_chunk(&[vec![0u8; SPAWN_CHUNK_BYTES]], 100), 1);
+        assert_eq!(spawn_chunk(&[], 100), 100);
     }
 }

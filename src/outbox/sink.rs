@@ -445,18 +445,16 @@ impl Sink {
                     _ = self.sweep_slice(current, upto, &mut recovered) => {},
                 }
                 if current.is_done() {
-                    let next = current.next_start(self.options.sweep_every);
-                    if let Some((status, failed)) = sweep.take().map(|s| s.finish()) {
-                        self.report_lag(status).await;
-                        first = false;
-                        // Spread sweeps follow one another: each tenant is
-                        // visited once per period.
-                        next_sweep = if failed {
-                            Instant::now() + backoff
-                        } else {
-                            next
-                        };
-                    }
+                    self.report_lag(&current.idle, &current.busy).await;
+                    // Spread sweeps follow one another: each tenant is
+                    // visited once per period.
+                    next_sweep = if current.failed {
+                        Instant::now() + backoff
+                    } else {
+                        current.next_start(self.options.sweep_every)
+                    };
+                    first = false;
+                    sweep = None;
                 }
             }
             // A sweep behind its schedule goes on at once; one on schedule
@@ -561,8 +559,8 @@ impl Sink {
 
     /// Refreshes the backlog gauges from a finished sweep: the busy tenants'
     /// outboxes read again, the idle ones' stranded counts as probed.
-    async fn report_lag(&self, (idle, busy): (Vec<(TenantId, u64)>, Vec<TenantId>)) {
-        if let Ok(status) = self.bus.outbox_status_of(&busy).await {
+    async fn report_lag(&self, idle: &[(TenantId, u64)], busy: &[TenantId]) {
+        if let Ok(status) = self.bus.outbox_status_of(busy).await {
             metrics::sink_lag(
                 status
                     .iter()
@@ -690,13 +688,6 @@ impl Sweep {
 
     fn is_done(&self) -> bool {
         self.done >= self.tenants.len()
-    }
-
-    /// The probed tenants (idle with their stranded counts, and busy) and
-    /// whether a drain failed.
-    #[allow(clippy::type_complexity)]
-    fn finish(self) -> ((Vec<(TenantId, u64)>, Vec<TenantId>), bool) {
-        ((self.idle, self.busy), self.failed)
     }
 }
 

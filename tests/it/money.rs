@@ -640,6 +640,15 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    // Two staged inputs for the job's staging list: what job_spawn's
+    // `staged` is checked against.
+    redis::cmd("RPUSH")
+        .arg(k.job_staging(&job))
+        .arg("x")
+        .arg("y")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
     let job_keys = vec![
         k.credits(),
         k.outbox(),
@@ -650,10 +659,18 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         k.active_jobs(),
         k.dlq(),
         k.jobs(),
+        k.job_staging(&job),
     ];
     let job_args = |rest: &[&str]| -> Vec<Vec<u8>> {
         let mut a = vec![b("ev"), b("args"), b(job.to_string()), b("3600")];
         a.extend(rest.iter().map(b));
+        a
+    };
+    let spawn_args = |staged: &str, chunk: &str, inline: usize| -> Vec<Vec<u8>> {
+        let mut a = job_args(&[
+            "200", "500", "task", "orc", "w", "1", "1000", "3", "", "", "h1", "h2", staged, chunk,
+        ]);
+        a.extend((0..inline).map(|_| b("\u{1}")));
         a
     };
     let bbk = k.blackboard(&ns);
@@ -766,7 +783,8 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             s.job_spawn.script(),
             job_keys.clone(),
             job_args(&[
-                "x", "500", "task", "orc", "w", "1", "1000", "3", "", "", "h1", "h2", "\u{1}",
+                "x", "500", "task", "orc", "w", "1", "1000", "3", "", "", "h1", "h2", "0", "100",
+                "\u{1}",
             ]),
         ),
         case(
@@ -774,7 +792,7 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             s.job_spawn.script(),
             job_keys.clone(),
             job_args(&[
-                "200", "500", "task", "orc", "w", "1", "1000", "3", "", "", "h1", "h2",
+                "200", "500", "task", "orc", "w", "1", "1000", "3", "", "", "h1", "h2", "0", "100",
             ]),
         ),
         case(
@@ -794,8 +812,53 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
                 "",
                 "h1",
                 "h2",
+                "0",
+                "100",
                 "\u{1}",
             ]),
+        ),
+        case(
+            "job_spawn: the staging list does not hold `staged` inputs",
+            s.job_spawn.script(),
+            job_keys.clone(),
+            spawn_args("3", "10", 1),
+        ),
+        case(
+            "job_spawn: chunk 0",
+            s.job_spawn.script(),
+            job_keys.clone(),
+            spawn_args("2", "0", 1),
+        ),
+        case(
+            "job_spawn: more inline inputs than a chunk",
+            s.job_spawn.script(),
+            job_keys.clone(),
+            spawn_args("2", "1", 2),
+        ),
+        case(
+            "job_complete: more than 1,000 pairs",
+            s.job_complete.script(),
+            job_keys.clone(),
+            {
+                let mut a = job_args(&[&bb_root, &bb_set]);
+                for _ in 0..1001 {
+                    a.push(b(&item));
+                    a.push(b("\u{1}"));
+                }
+                a
+            },
+        ),
+        case(
+            "job_claim: count past 1,000",
+            s.job_claim.script(),
+            job_keys.clone(),
+            job_args(&["w1", "1001"]),
+        ),
+        case(
+            "job_reclaim: count past 1,000",
+            s.job_reclaim.script(),
+            job_keys.clone(),
+            job_args(&["r", "1001"]),
         ),
         case(
             "job_complete: odd pairs",
@@ -940,6 +1003,24 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             bb_args(&["range", "low", "+inf", "0", "10"]),
         ),
         case(
+            "bb_read: keys past 1,000",
+            s.bb_read.script(),
+            bb_keys.clone(),
+            bb_args(&["keys", "", "1001"]),
+        ),
+        case(
+            "bb_read: range limit past 1,000",
+            s.bb_read.script(),
+            bb_keys.clone(),
+            bb_args(&["range", "-inf", "+inf", "0", "1001"]),
+        ),
+        case(
+            "bb_read: top past 1,000",
+            s.bb_read.script(),
+            bb_keys.clone(),
+            bb_args(&["top", "1001", "desc"]),
+        ),
+        case(
             "bb_read: top order",
             s.bb_read.script(),
             bb_keys.clone(),
@@ -968,6 +1049,12 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             s.outbox_replay.script(),
             vec![k.outbox_dead(), k.outbox()],
             vec![b(&stranded), b("not-an-id")],
+        ),
+        case(
+            "outbox_replay: more than 1,000 ids",
+            s.outbox_replay.script(),
+            vec![k.outbox_dead(), k.outbox()],
+            vec![b(&stranded); 1001],
         ),
         case(
             "dlq_replay: inbox cap",

@@ -39,29 +39,57 @@ fn sink(bus: &AgentBus, pool: &PgPool, sweep: Duration, stop: &CancellationToken
     tokio::spawn(sink.run(stop.clone()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sink_visits_signalled_tenants_only_and_sweeps_up_a_lost_signal() {
+/// A private Redis holding IDLE_TENANTS tenants with one grant each (not
+/// yet mirrored), a bus on it under `prefix`, a database, and a plain
+/// connection for counting commands.
+struct Idle {
+    _server: PrivateRedis,
+    env: TestEnv,
+    bus: AgentBus,
+    conn: redis::aio::MultiplexedConnection,
+}
+
+async fn idle_tenants(prefix: &str) -> Idle {
     let server = PrivateRedis::start(&[]);
     let env = TestEnv::with_db().await;
-    let pool = env.pool().clone();
     let redis = Redis::open(&server.url(), RedisOptions::default()).unwrap();
     let bus = AgentBus::new(
         redis,
-        Keyspace::new("sig").unwrap(),
+        Keyspace::new(prefix).unwrap(),
         Prices::default(),
         Limits::default(),
     );
-    let tenant = |i: usize| TenantId::new(format!("t{i}")).unwrap();
     for i in 0..IDLE_TENANTS {
         bus.grant_credits(&tenant(i), Decimal::ONE, json!({}))
             .await
             .unwrap();
     }
-    let mut conn = redis::Client::open(server.url())
+    let conn = redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    Idle {
+        _server: server,
+        env,
+        bus,
+        conn,
+    }
+}
+
+fn tenant(i: usize) -> TenantId {
+    TenantId::new(format!("t{i}")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_visits_signalled_tenants_only_and_sweeps_up_a_lost_signal() {
+    let Idle {
+        _server,
+        env,
+        bus,
+        mut conn,
+    } = idle_tenants("sig").await;
+    let pool = env.pool().clone();
 
     // A sink whose sweep (the safety net) never comes again in this test.
     let stop = CancellationToken::new();
@@ -167,27 +195,13 @@ async fn the_sink_visits_signalled_tenants_only_and_sweeps_up_a_lost_signal() {
 /// and a signalled tenant is drained between slices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn later_sweeps_are_spread_over_their_period() {
-    let server = PrivateRedis::start(&[]);
-    let env = TestEnv::with_db().await;
+    let Idle {
+        _server,
+        env,
+        bus,
+        mut conn,
+    } = idle_tenants("spread").await;
     let pool = env.pool().clone();
-    let redis = Redis::open(&server.url(), RedisOptions::default()).unwrap();
-    let bus = AgentBus::new(
-        redis,
-        Keyspace::new("spread").unwrap(),
-        Prices::default(),
-        Limits::default(),
-    );
-    let tenant = |i: usize| TenantId::new(format!("t{i}")).unwrap();
-    for i in 0..IDLE_TENANTS {
-        bus.grant_credits(&tenant(i), Decimal::ONE, json!({}))
-            .await
-            .unwrap();
-    }
-    let mut conn = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     let stop = CancellationToken::new();
     let period = Duration::from_secs(6);
     sink(&bus, &pool, period, &stop);
