@@ -13,7 +13,13 @@ it, back to back, for --secs seconds; meanwhile tenant B's client calls
   preempted (a call running then lasts a time slice longer: on a 2-core
   machine shared with the server and this script, that is the tail).
 
+With `--broadcast N`, tenant A instead registers N instances of one job
+(REST, 8 threads) and broadcasts to them back to back (`POST
+/jobs/{id}/broadcast`, a `--payload-bytes` payload, at most `--cycles`
+broadcasts); "spawn_ms" is then the broadcast's time and "cancel_ms" 0.
+
 Usage: bench/spawn_bystander.py --binary old=PATH --binary new=PATH [--runs 3] [--chunks 100,200]
+       bench/spawn_bystander.py --binary ... --broadcast 10000 --payload-bytes 100 [--cycles 50]
 """
 
 import argparse
@@ -42,6 +48,10 @@ ap.add_argument("--chunks", default="",
                 help="AGENTBUS_SPAWN_CHUNK values to run each binary with, e.g. 100,200 (default: its own)")
 ap.add_argument("--slowlog-us", type=int, default=1000,
                 help="SLOWLOG threshold (0: every command, for the per-script distribution)")
+ap.add_argument("--broadcast", type=int, default=0,
+                help="instances to broadcast to, back to back (instead of spawning)")
+ap.add_argument("--payload-bytes", type=int, default=100)
+ap.add_argument("--cycles", type=int, default=0, help="stop after this many cycles (0: --secs only)")
 ap.add_argument("--contract", action="append", default=[],
                 help="contract.json files naming script SHAs (default: this checkout's)")
 args = ap.parse_args()
@@ -97,7 +107,7 @@ def by_name(entries):
 def run(label, binary, chunk):
     os.environ["AGENTBUS_BIN"] = binary
     prefix = f"bench-spawn-{secrets.token_hex(4)}"
-    env = {"AGENTBUS_MAX_ITEMS": str(args.items)}
+    env = {"AGENTBUS_MAX_ITEMS": str(args.items), "AGENTBUS_MAX_INSTANCES": str(max(args.broadcast + 1, 10_000))}
     if chunk:
         env["AGENTBUS_SPAWN_CHUNK"] = chunk
     server = Server(prefix, None, env)
@@ -109,6 +119,23 @@ def run(label, binary, chunk):
             "items": [{"n": i, "text": "an item of a large job"} for i in range(args.items)],
         }).encode()
         base = f"{server.url}/api/v1"
+        crowd = None
+        if args.broadcast:
+            crowd = "00000000-0000-4000-8000-00000000b0ad"
+            names = ["sender"] + [f"r{i}" for i in range(args.broadcast)]
+
+            def register(part):
+                for name in part:
+                    status, _ = request(f"{base}/agents", "POST", spawner,
+                                        {"agent_id": "crowd", "instance_id": name, "job_id": crowd})
+                    assert status == 201
+            threads = [threading.Thread(target=register, args=(names[i::8],)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            body = json.dumps({"from_instance_id": "sender", "message_type": "note",
+                               "payload": {"text": "x" * args.payload_bytes}}).encode()
         stop = threading.Event()
         lat = []
 
@@ -126,7 +153,14 @@ def run(label, binary, chunk):
         th.start()
         spawns, cancels = [], []
         deadline = time.time() + args.secs
-        while time.time() < deadline:
+        while time.time() < deadline and not (args.cycles and len(spawns) >= args.cycles):
+            if crowd:
+                t0 = time.perf_counter()
+                status, out = request(f"{base}/jobs/{crowd}/broadcast", "POST", spawner, body)
+                spawns.append((time.perf_counter() - t0) * 1000)
+                cancels.append(0)
+                assert status == 200 and out["sent"] == args.broadcast, out
+                continue
             t0 = time.perf_counter()
             status, job = request(f"{base}/jobs", "POST", spawner, body)
             spawns.append((time.perf_counter() - t0) * 1000)

@@ -432,6 +432,24 @@ impl TenantKeys {
         self.key("inbox:")
     }
 
+    /// Zset of the tenant's broadcasts being delivered in chunks: id → time
+    /// (ms) of its last progress (the reaper finishes a stalled one).
+    pub fn broadcasts(&self) -> String {
+        self.key("broadcasts")
+    }
+
+    /// Hash of one broadcast being delivered in chunks (see
+    /// `lua/broadcast_deliver.lua`); gone once every recipient is handled.
+    pub fn broadcast(&self, id: &Uuid) -> String {
+        self.key(&format!("broadcast:{id}"))
+    }
+
+    /// List of a chunked broadcast's recipients (instance ids), read by
+    /// position; gone with its hash.
+    pub fn broadcast_recipients(&self, id: &Uuid) -> String {
+        self.key(&format!("broadcast:{id}:to"))
+    }
+
     /// Hash of one live invocation.
     pub fn invoke(&self, invoke_id: &str) -> String {
         self.key(&format!("invoke:{invoke_id}"))

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::agents::dlq::DeadLetter;
 use crate::agents::invoke::{Answer, Invocation, InvokeRequest, InvokeResult};
 use crate::agents::messages::{
-    Message, MessageFilter, MessagePage, OutgoingMessage, Receiver, SentMessage,
+    Broadcast, Message, MessageFilter, MessagePage, OutgoingMessage, Receiver, SentMessage,
 };
 use crate::agents::registry::{AgentFilter, AgentStatus, Instance, Registration};
 use crate::blackboard::Blackboard;
@@ -140,7 +140,7 @@ forward!(Messages {
     fn send(msg: &OutgoingMessage) -> Result<SentMessage> = send_message;
     fn request(msg: &OutgoingMessage) -> Result<SentMessage> = request;
     fn reply(original: &Message, from: &Ident, payload: impl Into<Payload>) -> Result<SentMessage> = reply;
-    fn broadcast(job: &Uuid, from: &Ident, message_type: &str, payload: impl Into<Payload>) -> Result<Vec<String>> = broadcast;
+    fn broadcast(job: &Uuid, from: &Ident, message_type: &str, payload: impl Into<Payload>) -> Result<Broadcast> = broadcast;
     fn receive(instance: &Ident, count: usize, wait: Duration) -> Result<Vec<Message>> = receive_messages;
     fn wait_for(instance: &Ident, timeout: Duration) -> Result<Option<Message>> = wait_for_message;
     fn ack(instance: &Ident, ids: &[&str]) -> Result<u64> = ack_messages;

@@ -270,7 +270,7 @@ pub async fn broadcast(
     ApiJson(body): ApiJson<BroadcastBody>,
 ) -> ApiResult<Json<Value>> {
     let job_id = path_uuid("job_id", &job_id)?;
-    let reached = tenant
+    let sent = tenant
         .messages()
         .broadcast(
             &job_id,
@@ -279,7 +279,10 @@ pub async fn broadcast(
             body.payload,
         )
         .await?;
-    Ok(Json(
-        serde_json::json!({ "sent": reached.len(), "recipients": reached }),
-    ))
+    Ok(Json(serde_json::json!({
+        "sent": sent.recipients.len(),
+        "recipients": sent.recipients,
+        "broadcast_id": sent.id,
+        "complete": sent.complete,
+    })))
 }

@@ -2,8 +2,8 @@
 //!
 //! Per tenant it compares the Redis balance, the Postgres `credit_balances`
 //! row and the sums of `credit_ledger`; checks that `reserved` is exactly
-//! the sum of live reservations (jobs' still-reserved credits plus pending
-//! invocations); and counts outbox events Postgres refused (stranded). Per
+//! the sum of live reservations (jobs' still-reserved credits, pending
+//! invocations, broadcasts in delivery); and counts outbox events Postgres refused (stranded). Per
 //! job — every job Redis, the jobs table or the ledger knows — it compares
 //! the job's reserved, spent and refunded credits against its ledger rows,
 //! and while Redis still holds the job, its status and figures against the
@@ -206,7 +206,9 @@ pub async fn verify_tenants(
         );
         let stranded_events = bus.stranded_count(&tenant).await?;
         let (job_checks, jobs_reserved) = check_jobs(bus, pool, &tenant).await?;
-        let live_reservations = jobs_reserved + pending_invoke_reservations(bus, &tenant).await?;
+        let live_reservations = jobs_reserved
+            + pending_invoke_reservations(bus, &tenant).await?
+            + broadcast_reservations(bus, &tenant).await?;
         let unmirrored_events = waiting.get(tenant.as_str()).copied().unwrap_or(0);
         tenants.push(TenantCheck {
             tenant: tenant.to_string(),
@@ -258,6 +260,44 @@ async fn pending_invoke_reservations(bus: &AgentBus, tenant: &TenantId) -> Resul
         let prices: Vec<Option<i64>> = pipe.query_async(&mut conn).await?;
         // A page sums at most 500 prices of at most MAX_MINOR: inside i64.
         minor = minor.saturating_add(prices.into_iter().flatten().sum::<i64>());
+        if (ids.len() as isize) < PAGE {
+            break;
+        }
+        start += PAGE;
+    }
+    Ok(Credits::from_minor(minor))
+}
+
+/// Credits reserved by broadcasts still being delivered in chunks: the
+/// price of each of their recipients (settled when the last is handled).
+async fn broadcast_reservations(bus: &AgentBus, tenant: &TenantId) -> Result<Credits> {
+    const PAGE: isize = 500;
+    let keys = bus.keys(tenant);
+    let mut conn = bus.redis().conn().await?;
+    let mut minor: i64 = 0;
+    let mut start = 0;
+    loop {
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys.broadcasts())
+            .arg(start)
+            .arg(start + PAGE - 1)
+            .query_async(&mut conn)
+            .await?;
+        if ids.is_empty() {
+            break;
+        }
+        let mut pipe = redis::pipe();
+        for id in ids.iter().filter_map(|id| Uuid::parse_str(id).ok()) {
+            pipe.cmd("HMGET")
+                .arg(keys.broadcast(&id))
+                .arg("price")
+                .arg("count");
+        }
+        let held: Vec<(Option<i64>, Option<i64>)> = pipe.query_async(&mut conn).await?;
+        for (price, count) in held {
+            let each = price.unwrap_or(0).saturating_mul(count.unwrap_or(0));
+            minor = minor.saturating_add(each);
+        }
         if (ids.len() as isize) < PAGE {
             break;
         }

@@ -456,7 +456,8 @@ async fn request_reply_wait_for_message_and_broadcast() {
         .broadcast(&t, &job, &asker, "broadcast", json!({"stop": true}))
         .await
         .unwrap();
-    assert_eq!(reached.len(), 2);
+    assert_eq!(reached.recipients.len(), 2);
+    assert_eq!((reached.id, reached.complete), (None, true));
     for who in [&answerer, &listener] {
         let m = env
             .bus

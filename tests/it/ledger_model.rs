@@ -460,7 +460,7 @@ impl World {
             let need = price * 2;
             self.log.push(format!("broadcast -> {}", ok(&got)));
             if need <= self.model.available() {
-                assert_eq!(got.expect("broadcast").len(), 2);
+                assert_eq!(got.expect("broadcast").recipients.len(), 2);
                 self.model.spent += need;
             } else {
                 assert!(

@@ -11,6 +11,7 @@ mod agents;
 mod api_agents;
 mod api_jobs;
 mod blackboard;
+mod broadcast_chunks;
 mod deadlines;
 mod faults;
 mod foundation;

@@ -727,6 +727,48 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         a.push(b(require));
         a
     };
+    let broadcast = Uuid::new_v4();
+    let begin_keys = vec![
+        k.credits(),
+        k.outbox(),
+        k.broadcasts(),
+        k.broadcast(&broadcast),
+        k.broadcast_recipients(&broadcast),
+    ];
+    let begin_args = |count: &str, chunk: &str| -> Vec<Vec<u8>> {
+        let id = broadcast.to_string();
+        let job = job.to_string();
+        let mut a: Vec<Vec<u8>> = [
+            "ev",
+            "args",
+            id.as_str(),
+            "200",
+            count,
+            chunk,
+            "caller",
+            "note",
+            job.as_str(),
+        ]
+        .iter()
+        .map(b)
+        .collect();
+        a.push(payload.clone());
+        a
+    };
+    let mut deliver_keys = begin_keys.clone();
+    deliver_keys.push(k.agent(&target));
+    deliver_keys.push(k.inbox(&target));
+    let deliver_args = |cursor: &str, ids: usize| -> Vec<Vec<u8>> {
+        let mut a: Vec<Vec<u8>> = vec![
+            b("ev"),
+            b("args"),
+            b(broadcast.to_string()),
+            b("100"),
+            b(cursor),
+        ];
+        a.extend((0..ids).map(|i| b(format!("m{i}"))));
+        a
+    };
     let credits_args = |op: &str, amount: &str, ctx: &[u8], ceiling: &str| -> Vec<Vec<u8>> {
         vec![
             b("ev"),
@@ -954,6 +996,43 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
                 b(job.to_string()),
                 payload.clone(),
             ],
+        ),
+        case(
+            "broadcast_begin: no recipients",
+            s.broadcast_begin.script(),
+            begin_keys.clone(),
+            begin_args("0", "100"),
+        ),
+        case(
+            "broadcast_begin: chunk past 1,000",
+            s.broadcast_begin.script(),
+            begin_keys.clone(),
+            begin_args("1", "1001"),
+        ),
+        case(
+            "broadcast_deliver: cursor",
+            s.broadcast_deliver.script(),
+            deliver_keys.clone(),
+            deliver_args("-1", 1),
+        ),
+        case(
+            "broadcast_deliver: ids do not match recipients",
+            s.broadcast_deliver.script(),
+            deliver_keys.clone(),
+            deliver_args("0", 0),
+        ),
+        case(
+            "broadcast_deliver: more than 1,000 recipients",
+            s.broadcast_deliver.script(),
+            {
+                let mut keys = deliver_keys[..5].to_vec();
+                for _ in 0..1001 {
+                    keys.push(k.agent(&target));
+                    keys.push(k.inbox(&target));
+                }
+                keys
+            },
+            deliver_args("0", 1001),
         ),
         case(
             "bb_write: mode",

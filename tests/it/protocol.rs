@@ -56,7 +56,7 @@ fn defaults_section() -> String {
         (
             "agent_message",
             p.agent_message,
-            "message_send, message_broadcast (per delivery)",
+            "message_send, message_broadcast (per delivery); broadcast_begin reserves, broadcast_deliver charges",
         ),
         (
             "agent_invoke",

@@ -26,8 +26,11 @@ use crate::money::from_minor;
 use crate::payload::{self, Encode, Payload};
 use crate::scripts::scripts;
 
+mod broadcast;
 mod listing;
 mod receive;
+
+pub use broadcast::{BROADCAST_CHUNK, Broadcast};
 
 pub use receive::Receiver;
 
@@ -308,77 +311,6 @@ impl AgentBus {
                 available: from_minor(reply.int("available")?),
             }),
             other => Err(Error::protocol(format!("message_send answered {other}"))),
-        }
-    }
-
-    /// Sends one message to every instance registered for `job` but the
-    /// sender, all or nothing: every delivery's price is checked first and
-    /// charged once; with too little credit none is delivered. Returns the
-    /// instances reached.
-    pub async fn broadcast(
-        &self,
-        tenant: &TenantId,
-        job: &Uuid,
-        from: &Ident,
-        message_type: &str,
-        payload: impl Into<Payload>,
-    ) -> Result<Vec<String>> {
-        validate_type(message_type)?;
-        let payload = payload
-            .into()
-            .encode_checked("payload", self.limits().max_payload_bytes)?;
-        let keys = self.keys(tenant);
-        let mut conn = self.redis().conn().await?;
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(keys.agents_of_job(job))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await?;
-        let mut call = scripts().message_broadcast.key("credits", keys.credits());
-        call.key("outbox", keys.outbox());
-        let mut ids = Vec::new();
-        for member in &members {
-            // Index members were validated when registered; skip anything else.
-            let Ok(to) = Ident::new("instance_id", member.as_str()) else {
-                continue;
-            };
-            if &to == from {
-                continue;
-            }
-            call.key("agent", keys.agent(&to))
-                .key("inbox", keys.inbox(&to));
-            ids.push(Uuid::new_v4().to_string());
-        }
-        call.arg("event_base", event_base())
-            .arg("tenant", tenant.as_str())
-            .arg("price", self.prices().agent_message)
-            .arg("inbox_cap", self.limits().inbox_cap)
-            .arg("from", from.as_str())
-            .arg("type", message_type)
-            .arg("job", job.to_string())
-            .arg("payload", payload);
-        for id in &ids {
-            call.arg("message_id", id);
-        }
-        let reply = call.invoke(&mut conn).await?;
-        match reply.tag() {
-            "ok" => {
-                let reached = reply.texts("recipients")?.to_vec();
-                for _ in &reached {
-                    metrics::message_sent(tenant);
-                }
-                Ok(reached)
-            }
-            // The script names how many it would reach; the amount is exact here.
-            "insufficient" => Err(Error::InsufficientCredits {
-                required: from_minor(self.prices().agent_message)
-                    * rust_decimal::Decimal::from(reply.int("recipients")?),
-                available: from_minor(reply.int("available")?),
-            }),
-            other => Err(Error::protocol(format!(
-                "message_broadcast answered {other}"
-            ))),
         }
     }
 }
