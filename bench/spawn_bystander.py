@@ -126,7 +126,7 @@ def run(label, binary, chunk):
 
             def register(part):
                 for name in part:
-                    status, _ = request(f"{base}/agents", "POST", spawner,
+                    status, _ = request(f"{base}/agents/register", "POST", spawner,
                                         {"agent_id": "crowd", "instance_id": name, "job_id": crowd})
                     assert status == 201
             threads = [threading.Thread(target=register, args=(names[i::8],)) for i in range(8)]
