@@ -2,8 +2,13 @@
 
 mod cli;
 
+/// mimalloc: per-thread heaps without glibc's arena locks, which the
+/// request path contended on (bench/RESULTS.md, "The request path"), and
+/// freed memory returned without arenas kept per thread.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
-    limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -28,20 +33,4 @@ fn main() -> std::process::ExitCode {
             }
         }
     })
-}
-
-/// glibc gives each thread that allocates under contention an arena of its
-/// own and keeps what they free: heavy requests on the blocking pool then
-/// doubled peak memory under attack (bench/RESULTS.md, "Under attack").
-/// Two arenas keep it bounded at no measured cost. `MALLOC_ARENA_MAX`, when
-/// set, still wins.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: called before any other thread exists; mallopt only sets a
-        // tunable of the allocator.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
 }

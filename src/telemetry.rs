@@ -17,8 +17,12 @@ pub fn init_logging() -> Result<(), String> {
             ));
         }
     };
+    // Colours only for a terminal: a log file or journal gets plain text,
+    // and each request's span is not formatted twice.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = if json {

@@ -103,8 +103,21 @@ impl Default for ApiConfig {
     }
 }
 
+/// What every handler shares, behind one reference count: the router
+/// clones the state for each request (a route's layers and extractors), so
+/// a clone is one atomic increment, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub bus: AgentBus,
     pub db: PgPool,
     pub config: Arc<ApiConfig>,
@@ -129,7 +142,7 @@ impl AppState {
         let budget_kib =
             (config.max_inflight_body_bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let config_heavy = config.max_heavy_requests;
-        Self {
+        Self(Arc::new(Shared {
             bus,
             db,
             config: Arc::new(config),
@@ -140,7 +153,7 @@ impl AppState {
             heavy: Arc::new(tokio::sync::Semaphore::new(
                 config_heavy.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             )),
-        }
+        }))
     }
 }
 
@@ -235,7 +248,10 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// A span per API request (method, route, status) and its duration metric.
+/// A span per API request (method, route), so what a handler logs says
+/// which request it served, and the request's duration metric. The status
+/// goes in the closing debug event, not the span: recording it would format
+/// the span's fields a second time for every request.
 async fn track_request(req: axum::extract::Request, next: middleware::Next) -> Response {
     let method = req.method().clone();
     // Cloning a MatchedPath clones an Arc, not the text.
@@ -244,15 +260,13 @@ async fn track_request(req: axum::extract::Request, next: middleware::Next) -> R
         "request",
         %method,
         route = route.as_ref().map_or("", |p| p.as_str()),
-        status = tracing::field::Empty
     );
     let started = Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
-    span.record("status", status);
     let took = started.elapsed();
     metrics::http_request(method.as_str(), status, took);
-    tracing::debug!(parent: &span, latency_ms = took.as_secs_f64() * 1000.0, "request done");
+    tracing::debug!(parent: &span, status, latency_ms = took.as_secs_f64() * 1000.0, "request done");
     response
 }
 

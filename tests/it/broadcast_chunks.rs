@@ -365,7 +365,10 @@ async fn a_deliver_call_from_a_stale_position_writes_nothing() {
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(before, env.snapshot().await);
     // Keys that name other instances than the list: they are skipped.
-    let reply = call(0, std::slice::from_ref(&sender)).invoke(&mut conn).await.unwrap();
+    let reply = call(0, std::slice::from_ref(&sender))
+        .invoke(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(reply.tag(), "ok");
     assert!(reply.texts("recipients").unwrap().is_empty());
     assert!(inbox(&env, &t, &sender).await.is_empty());
