@@ -68,6 +68,62 @@ fn validate_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// A lock's name: as a key, 1 to 256 bytes without control characters —
+/// `job:<id>:merge` and `test:lock:aggregate` as the original's callers
+/// named theirs.
+fn validate_lock_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_KEY_LEN {
+        return Err(Error::invalid("lock", format!("1 to {MAX_KEY_LEN} bytes")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid("lock", "no control characters"));
+    }
+    Ok(())
+}
+
+/// A validated lock name (see [`Blackboard::lock`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LockName(String);
+
+impl LockName {
+    pub fn new(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        validate_lock_name(&name)?;
+        Ok(Self(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for LockName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for LockName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        LockName::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl schemars::JsonSchema for LockName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "LockName".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_KEY_LEN,
+            "description": "any text without control characters, `:` included",
+        })
+    }
+}
+
 fn parse_value(json: &str) -> Result<Value> {
     serde_json::from_str(json).map_err(|e| Error::Codec(format!("stored value: {e}")))
 }
@@ -75,7 +131,7 @@ fn parse_value(json: &str) -> Result<Value> {
 /// A write guarded by a lock: refused once the lock was acquired again.
 #[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 pub struct Fence {
-    pub lock: Ident,
+    pub lock: LockName,
     pub token: i64,
 }
 
@@ -100,9 +156,13 @@ pub struct Aggregate {
     pub mean: Option<Decimal>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LockAction {
+    /// The default, as in the original.
+    #[default]
     Acquire,
     Release,
     Extend,
@@ -580,17 +640,19 @@ impl Blackboard {
     /// Acquires, releases or extends a lock. Charged on success.
     pub async fn lock(
         &self,
-        name: &Ident,
+        name: impl AsRef<str>,
         action: LockAction,
         holder: &Ident,
         ttl: Duration,
     ) -> Result<LockOutcome> {
+        let name = name.as_ref();
+        validate_lock_name(name)?;
         if ttl.is_zero() || ttl > Duration::from_secs(24 * 3600) {
             return Err(Error::invalid("ttl", "between 1 ms and 24 h"));
         }
         let mut call = self.call(&scripts().bb_lock, self.bus.prices().blackboard_lock);
         call.key("lock", self.keys.lock(name))
-            .arg("lock", name.as_str())
+            .arg("lock", name)
             .arg("action", action.as_str())
             .arg("holder", holder.as_str())
             .arg("ttl", ttl.as_millis() as u64);

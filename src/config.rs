@@ -157,6 +157,16 @@ pub struct Config {
         global = true
     )]
     pub max_deliveries: u32,
+
+    /// Seconds a delivered, unacknowledged message waits before it is
+    /// delivered again.
+    #[arg(
+        long,
+        env = "AGENTBUS_REDELIVER_AFTER_SECS",
+        default_value_t = bus::defaults::REDELIVER_AFTER_SECS,
+        global = true
+    )]
+    pub redeliver_after_secs: u64,
 }
 
 impl Config {
@@ -179,6 +189,7 @@ impl Config {
             token_cache_secs: bus::defaults::TOKEN_CACHE_SECS,
             spawn_chunk: bus::defaults::SPAWN_CHUNK as u64,
             max_deliveries: bus::defaults::MAX_DELIVERIES,
+            redeliver_after_secs: bus::defaults::REDELIVER_AFTER_SECS,
         }
     }
 
@@ -220,6 +231,7 @@ impl Config {
                 stale_after: Duration::from_secs(self.stale_after_secs.max(1)),
                 inbox_cap: self.inbox_cap.max(1),
                 max_deliveries: self.max_deliveries.max(1),
+                redeliver_after: Duration::from_secs(self.redeliver_after_secs.clamp(1, 86_400)),
                 token_cache: Duration::from_secs(self.token_cache_secs),
                 spawn_chunk: self.spawn_chunk as usize,
                 ..Limits::default()

@@ -92,6 +92,12 @@ impl Ident {
     }
 }
 
+impl AsRef<str> for Ident {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Ident {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -517,7 +523,9 @@ pub struct BlackboardKeys {
 
 impl BlackboardKeys {
     /// The hash of one lock (holder, token), expiring with the lock.
-    pub fn lock(&self, name: &Ident) -> String {
+    /// A lock's hash; `name` is checked by the blackboard (any text a key
+    /// may be, `:` included: it follows the hash tag, so it names no slot).
+    pub fn lock(&self, name: &str) -> String {
         format!("{}{name}", self.lock_prefix)
     }
 }

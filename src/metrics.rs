@@ -207,6 +207,7 @@ pub fn items(tenant: &impl AsRef<str>, event: &'static str, n: u64) {
         "completed" => "agentbus_items_completed_total",
         "failed" => "agentbus_items_failed_total",
         "retried" => "agentbus_items_retried_total",
+        "released" => "agentbus_items_released_total",
         _ => "agentbus_items_dead_lettered_total",
     };
     counter!(name, "tenant" => t(tenant)).increment(n);

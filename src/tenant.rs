@@ -106,6 +106,7 @@ forward!(Jobs {
     fn claim(job: &Uuid, consumer: &str, count: usize, wait: Duration) -> Result<Vec<ClaimedItem>> = claim_items;
     fn complete(job: &Uuid, outputs: &[(String, impl Encode)]) -> Result<Vec<CompleteOutcome>> = complete_items;
     fn fail(job: &Uuid, item_id: &str, error: &str, retry: bool) -> Result<FailOutcome> = fail_item;
+    fn release(job: &Uuid, worker: &str, item_ids: &[String]) -> Result<Vec<String>> = release_items;
     fn cancel(job: &Uuid, cancelled_by: &str, reason: &str) -> Result<CancelOutcome> = cancel_job;
     fn results(job: &Uuid, after: Option<&str>, limit: usize) -> Result<ResultPage> = job_results;
     fn simulate(spec: &JobSpec, stages: &[StageSpec]) -> Result<Simulation> = simulate;

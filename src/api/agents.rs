@@ -169,6 +169,7 @@ query! {
         message_type: text("only messages of this type"),
         job_id: uuid(),
         since: time(),
+        reply_to_id: text("only replies to this message (its message_id)"),
         after: text("the `next` of the previous page (an entry id)"),
         limit: int<usize>(100, 1, 500),
     }
@@ -186,6 +187,7 @@ pub async fn list_messages(
         message_type: q.message_type,
         job_id: q.job_id,
         since: q.since,
+        reply_to_id: q.reply_to_id,
     };
     let (limit, after) = (q.limit, q.after);
     Ok(state

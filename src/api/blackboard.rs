@@ -123,6 +123,7 @@ fn default_lock_ttl() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct LockBody {
     holder: Ident,
+    #[serde(default)]
     action: LockAction,
     #[serde(default = "default_lock_ttl")]
     ttl: u64,
@@ -134,7 +135,6 @@ async fn lock_in(
     name: String,
     body: LockBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let name = Ident::new("lock", name)?;
     let ttl = ttl(Some(body.ttl))?.unwrap_or(Duration::from_secs(30));
     let outcome = board(tenant, ns)?
         .lock(&name, body.action, &body.holder, ttl)

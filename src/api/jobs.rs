@@ -246,7 +246,7 @@ pub async fn complete(
         CompleteOutcome::Stale => Err(ApiError::new(
             StatusCode::CONFLICT,
             "stale",
-            "this delivery is no longer held (it timed out and was re-delivered)",
+            "this delivery is no longer held: it timed out, or failed and was retried, and the item was delivered again (its item_index stays; the new delivery has a new item_id)",
         )),
         CompleteOutcome::Invalid => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -276,6 +276,56 @@ impl Default for FailBody {
             retry: true,
         }
     }
+}
+
+query! {
+    /// `POST /jobs/{job_id}/release` and `…/items/{item_id}/release`
+    pub struct ReleaseQuery {
+        worker_instance_id: required_ident("the worker giving the items back"),
+    }
+}
+
+/// Gives back one delivery the worker holds: it goes out again at once.
+pub async fn release_one(
+    Tenant(tenant): Tenant,
+    ApiPath((job_id, item_id)): ApiPath<(String, String)>,
+    Query(q): Query<ReleaseQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let job_id = path_uuid("job_id", &job_id)?;
+    validate_stream_id("item_id", &item_id)?;
+    let worker = q.worker_instance_id.as_str();
+    let released = tenant
+        .jobs()
+        .release(&job_id, worker, std::slice::from_ref(&item_id))
+        .await?;
+    if released.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale",
+            format!(
+                "{worker} does not hold delivery {item_id}: it was completed, failed, timed out or is another worker's"
+            ),
+        ));
+    }
+    Ok(Json(
+        serde_json::json!({ "released": true, "item_id": item_id }),
+    ))
+}
+
+/// Gives back every delivery the worker holds (a worker shutting down).
+pub async fn release_all(
+    Tenant(tenant): Tenant,
+    ApiPath(job_id): ApiPath<String>,
+    Query(q): Query<ReleaseQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let job_id = path_uuid("job_id", &job_id)?;
+    let released = tenant
+        .jobs()
+        .release(&job_id, q.worker_instance_id.as_str(), &[])
+        .await?;
+    Ok(Json(
+        serde_json::json!({ "released": released.len(), "item_ids": released }),
+    ))
 }
 
 #[derive(Serialize)]
@@ -312,7 +362,7 @@ pub async fn fail(
         FailOutcome::Stale => Err(ApiError::new(
             StatusCode::CONFLICT,
             "stale",
-            "this delivery is no longer held (it timed out and was re-delivered)",
+            "this delivery is no longer held: it timed out, or failed and was retried, and the item was delivered again (its item_index stays; the new delivery has a new item_id)",
         )),
         FailOutcome::Invalid => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -359,7 +409,7 @@ pub struct ResultsPage {
 query! {
     /// `GET /jobs/{job_id}/results`
     pub struct ResultsQuery {
-        after: text("the `next` of the previous page (a result id)"),
+        after: text("the `next` of the previous page: a result id (`<ms>-<n>`); an item id is refused"),
         limit: int<usize>(100, 1, 1000),
     }
 }

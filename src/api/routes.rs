@@ -80,6 +80,24 @@ pub(super) fn v1_api() -> Api {
         )
         .route(
             Op::post(
+                "/jobs/{job_id}/items/{item_id}/release",
+                "jobs",
+                "Give back a delivery the worker holds: it goes out again at once",
+            )
+            .query::<jobs::ReleaseQuery>(),
+            jobs::release_one,
+        )
+        .route(
+            Op::post(
+                "/jobs/{job_id}/release",
+                "jobs",
+                "Give back every delivery the worker holds (on shutdown)",
+            )
+            .query::<jobs::ReleaseQuery>(),
+            jobs::release_all,
+        )
+        .route(
+            Op::post(
                 "/jobs/{job_id}/cancel",
                 "jobs",
                 "Cancel a job and refund every uncompleted item",

@@ -527,6 +527,65 @@ impl AgentBus {
         })
     }
 
+    /// Gives back deliveries `worker` holds, so they go out again at once
+    /// rather than after `timeout_per_item` (a worker shutting down):
+    /// `item_ids`, or with none given every one it holds. A release is no
+    /// failure: the item keeps its attempt count and nothing is charged.
+    /// Answers the delivery ids released; one not held by `worker` (already
+    /// completed, failed, timed out or another's) is left alone.
+    pub async fn release_items(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        worker: &str,
+        item_ids: &[String],
+    ) -> Result<Vec<String>> {
+        crate::keys::validate_id("worker_instance_id", worker, crate::keys::MAX_ID_LEN)?;
+        for id in item_ids {
+            validate_stream_id("item_id", id)?;
+        }
+        let keys = self.keys(tenant);
+        let mut conn = self.redis().conn().await?;
+        let mut released = Vec::new();
+        let mut chunks = item_ids.chunks(RELEASE_CHUNK);
+        loop {
+            let chunk = if item_ids.is_empty() {
+                &[][..]
+            } else {
+                match chunks.next() {
+                    Some(c) => c,
+                    None => break,
+                }
+            };
+            let mut call = job_call(
+                &scripts().job_release,
+                &keys,
+                tenant,
+                job,
+                self.limits().job_retention,
+            );
+            call.arg("consumer", worker).arg("most", RELEASE_CHUNK);
+            for id in chunk {
+                call.arg("entry", id.as_str());
+            }
+            let reply = call.invoke(&mut conn).await?;
+            if !reply.is("ok") {
+                return Err(job_state_error(&reply, job)?);
+            }
+            let now = reply.texts("released")?;
+            let full = now.len() == RELEASE_CHUNK;
+            released.extend_from_slice(now);
+            // Everything it holds: again while a call released its most.
+            if item_ids.is_empty() && !full {
+                break;
+            }
+        }
+        if !released.is_empty() {
+            metrics::items(tenant, "released", released.len() as u64);
+        }
+        Ok(released)
+    }
+
     /// Cancels a running job: no item is delivered or charged afterwards, and
     /// every uncompleted item's credits come back. A job that is not running
     /// is a `Conflict` carrying its current state.
@@ -633,7 +692,7 @@ impl AgentBus {
         let keys = self.keys(tenant);
         let start = match after {
             Some(id) => {
-                validate_stream_id("after", id)?;
+                validate_result_cursor(id)?;
                 format!("({id}")
             }
             None => "-".into(),
@@ -674,6 +733,9 @@ impl AgentBus {
 fn warn_enqueue_stopped(tenant: &TenantId, job: &Uuid, error: &dyn std::fmt::Display) {
     tracing::warn!(%tenant, %job, %error, "spawn: enqueuing stopped; the reclaimer will try again");
 }
+
+/// Releases one `job_release` call makes (the script refuses more than 1,000).
+const RELEASE_CHUNK: usize = 500;
 
 /// Completions one `job_complete` call takes (the script refuses more than 1,000).
 const COMPLETE_CHUNK: usize = 500;
@@ -721,6 +783,21 @@ async fn stage(
     Ok(())
 }
 
+/// A results cursor is a result id: Redis's own `<ms>-<n>`, its first part
+/// a time in ms. An item id (`<gen>-<index>`, e.g. `1-5`) is a stream id
+/// too, and would silently restart from the first result: refused.
+fn validate_result_cursor(id: &str) -> Result<()> {
+    validate_stream_id("after", id)?;
+    let ms = id.split('-').next().and_then(|ms| ms.parse::<u64>().ok());
+    if ms.is_none_or(|ms| ms < 1_000_000_000_000) {
+        return Err(Error::invalid(
+            "after",
+            format!("{id:?} is not a result id: pass the `next` of the previous page"),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_uuid(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s).map_err(|_| Error::protocol(format!("job id {s:?} in index")))
 }
@@ -742,6 +819,14 @@ pub fn validate_stream_id(field: &str, id: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_results_cursor_is_a_result_id_not_an_item_id() {
+        assert!(validate_result_cursor("1764650000000-0").is_ok());
+        for bad in ["1-5", "2-0", "999999999999-3", "abc", "1764650000000-x"] {
+            assert!(validate_result_cursor(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_spawn_chunk_is_bounded_by_items_and_by_bytes() {

@@ -121,6 +121,33 @@ async fn registry_and_messages_over_http() {
     .await;
     assert_eq!(listed["count"], 1);
 
+    // The replies to one message, by its id (as the original looked them up).
+    for reply_to in [Some(message_id.as_str()), None] {
+        let mut body = json!({"from_instance_id": a, "message_type": "response", "payload": 1});
+        if let Some(r) = reply_to {
+            body["reply_to_id"] = json!(r);
+        }
+        let (status, sent) = call(
+            &app,
+            "POST",
+            "/api/v1/agents/writer-1/messages",
+            t,
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{sent}");
+    }
+    let (_, replies) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/agents/writer-1/messages?reply_to_id={message_id}"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(replies["count"], 1, "{replies}");
+    assert_eq!(replies["messages"][0]["reply_to_id"], message_id.as_str());
+
     // Bad input names its field.
     for (uri, body, field) in [
         (

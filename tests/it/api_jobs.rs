@@ -136,6 +136,47 @@ async fn the_job_lifecycle_over_http_keeps_the_original_contract() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(results["count"], 1);
     assert_eq!(results["results"][0]["output"]["title"], "Example");
+    // The cursor is a result id; an item id would restart at the first result.
+    let (status, refused) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/jobs/{id}/results?after={item}"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["error"]["field"], "after");
+    let result_id = results["results"][0]["result_id"].as_str().unwrap();
+    let (status, after) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/jobs/{id}/results?after={result_id}"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, after["count"].as_u64()),
+        (StatusCode::OK, Some(0)),
+        "{after}"
+    );
+
+    // Giving work back: one delivery, then all the worker holds.
+    let kept = claim["items"][1]["item_id"].as_str().unwrap().to_string();
+    let release = |worker: &str, item: Option<&str>| match item {
+        Some(item) => format!("/api/v1/jobs/{id}/items/{item}/release?worker_instance_id={worker}"),
+        None => format!("/api/v1/jobs/{id}/release?worker_instance_id={worker}"),
+    };
+    let (status, other) = call(&app, "POST", &release("w2", Some(&kept)), t, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "not w2's: {other}");
+    assert_eq!(other["error"]["code"], "stale");
+    let (status, one) = call(&app, "POST", &release("w1", Some(&kept)), t, None).await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(one["released"], true);
+    let (status, all) = call(&app, "POST", &release("w1", None), t, None).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(all["released"], 1, "{all}");
 
     let (status, list) = call(&app, "GET", "/api/v1/jobs?limit=10", t, None).await;
     assert_eq!(status, StatusCode::OK);

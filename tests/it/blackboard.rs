@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use agentbus::blackboard::{
-    Aggregate, Bound, CasOutcome, Fence, LockAction, LockOutcome, micro_units,
+    Aggregate, Bound, CasOutcome, Fence, LockAction, LockName, LockOutcome, micro_units,
 };
 use agentbus::jobs::{AggregateInto, JobSpec};
 use agentbus::keys::Ident;
@@ -394,7 +394,7 @@ async fn a_stale_lock_holder_is_refused_by_fencing() {
     let t = env.tenant("locks");
     env.grant(&t, 1000).await;
     let bb = env.bus.blackboard(&t, &ns("work"));
-    let lock = Ident::new("lock", "report").unwrap();
+    let lock = LockName::new("report").unwrap();
     let (a, b) = (
         Ident::new("h", "agent-a").unwrap(),
         Ident::new("h", "agent-b").unwrap(),
@@ -690,6 +690,47 @@ async fn the_blackboard_over_http() {
     )
     .await;
     let token = lock["fencing_token"].as_i64().unwrap();
+    // As the original: `action` defaults to acquire, and names may hold `:`.
+    let (status, merge) = call(
+        &app,
+        "POST",
+        "/api/v1/namespaces/merges/locks/job:42:merge",
+        t,
+        Some(json!({"holder": "a"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{merge}");
+    let (status, held) = call(
+        &app,
+        "POST",
+        "/api/v1/namespaces/merges/locks/job:42:merge",
+        t,
+        Some(json!({"holder": "b"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "a second acquire: {held}");
+    assert_eq!(held["holder"], "a", "{held}");
+    let (status, fenced) = call(
+        &app,
+        "PUT",
+        "/api/v1/namespaces/merges/entries/merged",
+        t,
+        Some(
+            json!({"value": 1, "fence": {"lock": "job:42:merge", "token": merge["fencing_token"]}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{fenced}");
+    let (status, bad) = call(
+        &app,
+        "POST",
+        "/api/v1/namespaces/merges/locks/a%01b",
+        t,
+        Some(json!({"holder": "a"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    assert_eq!(bad["error"]["field"], "lock", "{bad}");
     for (k, v) in [("x", 5), ("y", 1), ("z", 9)] {
         let (status, resp) = call(
             &app,

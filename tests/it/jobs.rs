@@ -872,3 +872,98 @@ async fn a_worker_fails_an_undecodable_item_for_good_without_calling_its_handler
     assert_job_credits(&job);
     assert_balance_matches_ledger(&env, &tenant).await;
 }
+
+#[tokio::test]
+async fn a_released_item_goes_out_again_at_once_with_its_attempt_and_no_charge() {
+    let env = TestEnv::new().await;
+    let t = env.tenant("release");
+    env.grant(&t, 100).await;
+    let spec = JobSpec::new("o", "w", "give-back", (0..5).map(|i| json!(i)).collect());
+    let job = env.bus.spawn_job(&t, &spec).await.unwrap();
+    let held = env
+        .bus
+        .claim_items(&t, &job.id, "w1", 3, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 3);
+    let before = env.bus.balance(&t).await.unwrap();
+
+    // Another worker cannot give back what w1 holds.
+    let none = env
+        .bus
+        .release_items(&t, &job.id, "w2", &[held[0].item_id.clone()])
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    // w1 gives one back: it goes out again at once, same item, same attempt.
+    let one = env
+        .bus
+        .release_items(&t, &job.id, "w1", &[held[0].item_id.clone()])
+        .await
+        .unwrap();
+    assert_eq!(one, [held[0].item_id.clone()]);
+    let again = env
+        .bus
+        .claim_items(&t, &job.id, "w2", 10, Duration::ZERO)
+        .await
+        .unwrap();
+    let mut indexes: Vec<i64> = again.iter().map(|c| c.item_index).collect();
+    indexes.sort();
+    let mut expected = vec![held[0].item_index];
+    expected.extend((0..5).filter(|i| !held.iter().any(|h| h.item_index == *i)));
+    expected.sort();
+    assert_eq!(indexes, expected);
+    let redelivered = again
+        .iter()
+        .find(|c| c.item_index == held[0].item_index)
+        .unwrap();
+    assert_ne!(redelivered.item_id, held[0].item_id, "a new delivery id");
+    assert_eq!(
+        redelivered.retry_count, held[0].retry_count,
+        "no attempt counted"
+    );
+    // The old delivery is stale now.
+    let old = env
+        .bus
+        .complete_items(&t, &job.id, &[(held[0].item_id.clone(), json!("late"))])
+        .await
+        .unwrap();
+    assert_eq!(old, [CompleteOutcome::Stale]);
+
+    // Everything w1 still holds (two), at once.
+    let rest = env.bus.release_items(&t, &job.id, "w1", &[]).await.unwrap();
+    assert_eq!(rest.len(), 2, "{rest:?}");
+    assert!(
+        env.bus
+            .release_items(&t, &job.id, "w1", &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        env.bus.balance(&t).await.unwrap(),
+        before,
+        "a release moves no credit"
+    );
+    let last = env
+        .bus
+        .claim_items(&t, &job.id, "w3", 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(last.len(), 2);
+    let mut done: Vec<(String, serde_json::Value)> = again
+        .iter()
+        .map(|c| (c.item_id.clone(), json!("ok")))
+        .collect();
+    done.extend(last.iter().map(|c| (c.item_id.clone(), json!("ok"))));
+    env.bus.complete_items(&t, &job.id, &done).await.unwrap();
+    let job = env.bus.job(&t, &job.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_job_credits(&job);
+    assert_balance_matches_ledger(&env, &t).await;
+    // A job that ended releases nothing: 409 with its state.
+    assert!(matches!(
+        env.bus.release_items(&t, &job.id, "w1", &[]).await,
+        Err(Error::Conflict { .. })
+    ));
+}

@@ -782,7 +782,7 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         ]
     };
     let mut lock_keys = bb_keys.clone();
-    lock_keys.push(bbk.lock(&Ident::new("l", "l").unwrap()));
+    lock_keys.push(bbk.lock("l"));
     let case = |name, script, keys, args| Case {
         name,
         script,
@@ -929,6 +929,18 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             s.job_claim.script(),
             job_keys.clone(),
             job_args(&["w1", "-1"]),
+        ),
+        case(
+            "job_release: most",
+            s.job_release.script(),
+            job_keys.clone(),
+            job_args(&["w1", "0"]),
+        ),
+        case(
+            "job_release: an entry that is no delivery id",
+            s.job_release.script(),
+            job_keys.clone(),
+            job_args(&["w1", "10", "1-0", "nope"]),
         ),
         case(
             "job_reclaim: consumer",
@@ -1192,7 +1204,7 @@ async fn any_number_a_client_may_pass_is_judged_not_refused_by_redis() {
     // script error (503).
     for token in [i64::MAX, i64::MIN, -1] {
         let fence = Fence {
-            lock: Ident::new("lock", "l").unwrap(),
+            lock: agentbus::blackboard::LockName::new("l").unwrap(),
             token,
         };
         let set = bb.set("k", &json!(1), None, Some(&fence)).await;

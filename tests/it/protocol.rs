@@ -232,10 +232,7 @@ fn key_fixture() -> String {
         ("bb_exp", bb.exp.clone()),
         ("bb_fence", bb.fence.clone()),
         ("bb_namespaces", bb.namespaces.clone()),
-        (
-            "bb_lock",
-            bb.lock(&Ident::new("lock", "l1").expect("ident")),
-        ),
+        ("bb_lock", bb.lock("l1")),
     ]
     .into_iter()
     .map(|(k, v): (&str, String)| (k.to_string(), serde_json::json!(v)))

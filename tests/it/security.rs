@@ -300,6 +300,16 @@ async fn one_tenants_token_never_reaches_another_tenants_state_on_any_endpoint()
             format!("/api/v1/jobs/{j}/items/{item}/fail"),
             Some(json!({"error_message": "x", "retry": false})),
         ),
+        (
+            "POST",
+            format!("/api/v1/jobs/{j}/items/{item}/release?worker_instance_id=wb"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/api/v1/jobs/{j}/release?worker_instance_id=wb"),
+            None,
+        ),
         ("POST", format!("/api/v1/jobs/{j}/cancel"), None),
         (
             "POST",

@@ -84,7 +84,11 @@ impl AgentBus {
                     .message_type
                     .as_ref()
                     .is_none_or(|t| *t == m.message_type)
-                && filter.job_id.is_none_or(|j| m.job_id == Some(j));
+                && filter.job_id.is_none_or(|j| m.job_id == Some(j))
+                && filter
+                    .reply_to_id
+                    .as_ref()
+                    .is_none_or(|r| m.reply_to_id.as_ref() == Some(r));
             if keep {
                 out.push(m);
                 if out.len() >= limit {

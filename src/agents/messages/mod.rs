@@ -172,6 +172,9 @@ pub struct MessageFilter {
     pub job_id: Option<Uuid>,
     /// Only messages sent at or after this time (within the inbox's retention).
     pub since: Option<DateTime<Utc>>,
+    /// Only replies to this message (its `message_id`), as the original's
+    /// lookup of the replies to a message.
+    pub reply_to_id: Option<String>,
 }
 
 fn validate_type(message_type: &str) -> Result<()> {
