@@ -1,6 +1,7 @@
 //! Dead letters: items past their retries and messages delivered too often
-//! without acknowledgement, in `ab:{t}:dlq`. Messages can be replayed into
-//! the inbox they came from.
+//! without acknowledgement, in `ab:{t}:dlq`. A message is replayed into the
+//! inbox it came from; an item of a live job goes out again as a new attempt
+//! of the same item, its price reserved again (`lua/dlq_replay_item.lua`).
 
 use chrono::{DateTime, Utc};
 use redis::Value;
@@ -65,7 +66,10 @@ impl AgentBus {
             .collect()
     }
 
-    /// Moves a dead-lettered message back to its inbox. Returns its new entry id.
+    /// Replays a dead letter, once: a message goes back to its inbox, an
+    /// item of a live job out again as a new attempt (its price reserved
+    /// again; 402 without the credit, 409 once the job has ended). Returns
+    /// the new entry id: the inbox entry, or the item's new delivery id.
     pub async fn replay_dead_letter(&self, tenant: &TenantId, entry_id: &str) -> Result<String> {
         validate_stream_id("entry_id", entry_id)?;
         let keys = self.keys(tenant);
@@ -80,10 +84,14 @@ impl AgentBus {
             Value::Array(items) if !items.is_empty() => StreamEntry::from_value(&items[0])?,
             _ => return Err(Error::not_found(format!("dead letter {entry_id}"))),
         };
-        if entry.text("type") != Some("message") {
-            return Err(Error::conflict(
-                "only messages can be replayed; a failed item ended its job's accounting (spawn a new job with its input)",
-            ));
+        match entry.text("type") {
+            Some("message") => {}
+            Some("item") => return self.replay_item(tenant, &entry).await,
+            other => {
+                return Err(Error::conflict(format!(
+                    "a dead letter of type {other:?} cannot be replayed"
+                )));
+            }
         }
         let stream = entry.text("stream").unwrap_or_default().to_string();
         // The stream named in the entry must be an inbox of this tenant.
@@ -107,6 +115,37 @@ impl AgentBus {
             "ok" => Ok(reply.text("entry_id")?.to_string()),
             "missing" => Err(Error::not_found(format!("dead letter {entry_id}"))),
             other => Err(Error::protocol(format!("dlq_replay answered {other}"))),
+        }
+    }
+
+    async fn replay_item(&self, tenant: &TenantId, entry: &StreamEntry) -> Result<String> {
+        let job = entry
+            .text("job")
+            .and_then(|j| uuid::Uuid::parse_str(j).ok())
+            .ok_or_else(|| Error::protocol(format!("dead letter {} names no job", entry.id)))?;
+        let keys = self.keys(tenant);
+        let mut call = crate::jobs::job_call(
+            &scripts().dlq_replay_item,
+            &keys,
+            tenant,
+            &job,
+            self.limits().job_retention,
+        );
+        call.arg("entry", entry.id.as_str());
+        let mut conn = self.redis().conn().await?;
+        let reply = call.invoke(&mut conn).await?;
+        match reply.tag() {
+            "ok" => Ok(reply.text("item_id")?.to_string()),
+            "missing" => Err(Error::not_found(format!("dead letter {}", entry.id))),
+            "insufficient" => Err(Error::InsufficientCredits {
+                required: crate::money::from_minor(reply.int("required")?),
+                available: crate::money::from_minor(reply.int("available")?),
+            }),
+            "not_running" => Err(Error::conflict(format!(
+                "job {job} is {}: its accounting is closed (spawn a new job with the item's input)",
+                reply.text("status")?
+            ))),
+            other => Err(Error::protocol(format!("dlq_replay_item answered {other}"))),
         }
     }
 }

@@ -10,6 +10,7 @@ mod agents;
 mod blackboard;
 mod caller;
 mod credits;
+mod dlq;
 mod extract;
 mod guard;
 mod health;

@@ -2,7 +2,7 @@
 //! description (see [`super::openapi`]).
 
 use super::openapi::{Api, Op};
-use super::{agents, blackboard, credits, invocations, jobs, settings, tokens};
+use super::{agents, blackboard, credits, dlq, invocations, jobs, settings, tokens};
 
 /// Every `/api/v1` route, with its documentation.
 pub(super) fn v1_api() -> Api {
@@ -226,6 +226,23 @@ pub(super) fn v1_api() -> Api {
             )
             .body::<crate::agents::invoke::InvokeRequest>(),
             invocations::invoke,
+        )
+        .route(
+            Op::get(
+                "/dlq",
+                "dlq",
+                "Dead letters: items past their retries, messages delivered too often",
+            )
+            .query::<dlq::ListQuery>(),
+            dlq::list,
+        )
+        .route(
+            Op::post(
+                "/dlq/{entry_id}/replay",
+                "dlq",
+                "Replay a dead letter once: a message to its inbox, an item as a new attempt",
+            ),
+            dlq::replay,
         )
         .route(
             Op::get("/invocations", "invocations", "The invocation audit trail")

@@ -19,5 +19,6 @@ mod spec;
 pub mod worker;
 
 pub use model::*;
+pub(crate) use operations::job_call;
 pub use operations::validate_stream_id;
 pub use spec::*;

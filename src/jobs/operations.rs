@@ -20,7 +20,7 @@ use crate::money::{Credits, from_minor};
 use crate::payload::{self, Encode};
 use crate::scripts::{Answer, Call, Lua, scripts};
 /// Prepares a job script call with the shared KEYS layout and first ARGVs.
-fn job_call<'a>(
+pub(crate) fn job_call<'a>(
     script: &'a Lua,
     keys: &TenantKeys,
     tenant: &TenantId,

@@ -591,3 +591,165 @@ async fn a_claim_can_long_poll_until_an_item_is_retried() {
         "did not wait: {waited:?}"
     );
 }
+
+#[tokio::test]
+async fn a_dead_lettered_item_is_listed_and_replayed_once_as_a_new_attempt() {
+    let env = TestEnv::with_db().await;
+    let app = env.app();
+    let tenant = env.tenant("replays");
+    let token = env.token("replays").await;
+    let t = Some(token.as_str());
+    env.grant(&tenant, 100).await;
+    let (status, job) = call(
+        &app,
+        "POST",
+        "/api/v1/jobs",
+        t,
+        Some(json!({"orchestrator_agent": "o", "worker_agent": "w", "task": "t", "items": [1, 2], "max_retries": 0})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let claim = |worker: &'static str| {
+        let (app, id) = (app.clone(), id.clone());
+        async move {
+            let (_, c) = call(
+                &app,
+                "POST",
+                &format!("/api/v1/jobs/{id}/claim?worker_instance_id={worker}&count=2"),
+                t,
+                None,
+            )
+            .await;
+            c
+        }
+    };
+    let first = claim("w1").await;
+    let failing = first["items"][0]["item_id"].as_str().unwrap().to_string();
+    let index = first["items"][0]["item_index"].as_i64().unwrap();
+    let (status, failed) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/items/{failing}/fail"),
+        t,
+        Some(json!({"error_message": "bad page", "retry": false})),
+    )
+    .await;
+    assert_eq!(
+        (status, failed["failed"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{failed}"
+    );
+
+    let (status, page) = call(&app, "GET", "/api/v1/dlq", t, None).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["count"], 1, "{page}");
+    let letter = &page["dead_letters"][0];
+    assert_eq!(
+        (letter["kind"].as_str(), letter["item_index"].as_i64()),
+        (Some("item"), Some(index))
+    );
+    assert_eq!(letter["reason"], "bad page");
+    let entry = letter["entry_id"].as_str().unwrap().to_string();
+    let (_, before) = call(&app, "GET", "/api/v1/credits", t, None).await;
+
+    let (status, replayed) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/dlq/{entry}/replay"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{replayed}");
+    let (status, again) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/dlq/{entry}/replay"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "replayed once: {again}");
+    let (_, after) = call(&app, "GET", "/api/v1/credits", t, None).await;
+    assert_eq!(
+        dec(&after["reserved"]) - dec(&before["reserved"]),
+        Decimal::from(2),
+        "its price reserved again"
+    );
+    let (_, page) = call(&app, "GET", "/api/v1/dlq", t, None).await;
+    assert_eq!(page["count"], 0, "{page}");
+
+    // It goes out as a new attempt of the same item, and the job completes.
+    let second = claim("w2").await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 1, "{second}");
+    assert_eq!(second["items"][0]["item_index"].as_i64(), Some(index));
+    assert_eq!(second["items"][0]["item_id"], replayed["new_entry_id"]);
+    assert_eq!(second["items"][0]["retry_count"], 1);
+    for item in [&first["items"][1], &second["items"][0]] {
+        let item_id = item["item_id"].as_str().unwrap();
+        let (status, done) = call(
+            &app,
+            "POST",
+            &format!("/api/v1/jobs/{id}/items/{item_id}/complete"),
+            t,
+            Some(json!({"output": "ok"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{done}");
+    }
+    let (_, job) = call(&app, "GET", &format!("/api/v1/jobs/{id}"), t, None).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(
+        (
+            job["progress"]["completed"].as_i64(),
+            job["progress"]["failed"].as_i64()
+        ),
+        (Some(2), Some(0))
+    );
+    let (_, balance) = call(&app, "GET", "/api/v1/credits", t, None).await;
+    assert_eq!(dec(&balance["reserved"]), Decimal::ZERO);
+    assert_eq!(dec(&balance["spent"]), Decimal::from(5 + 2 * 2));
+    common::drain(&env, &tenant).await;
+    let report = common::verify_now(&env).await;
+    assert!(report.ok, "{report:?}");
+
+    // An item of a job that has ended is not replayed (its accounting is closed).
+    let (_, job2) = call(
+        &app,
+        "POST",
+        "/api/v1/jobs",
+        t,
+        Some(json!({"orchestrator_agent": "o", "worker_agent": "w", "task": "t", "items": [1], "max_retries": 0})),
+    )
+    .await;
+    let id2 = job2["id"].as_str().unwrap();
+    let (_, c) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id2}/claim?worker_instance_id=w1"),
+        t,
+        None,
+    )
+    .await;
+    let item = c["items"][0]["item_id"].as_str().unwrap();
+    call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id2}/items/{item}/fail"),
+        t,
+        Some(json!({"error_message": "x", "retry": false})),
+    )
+    .await;
+    let (_, page) = call(&app, "GET", "/api/v1/dlq", t, None).await;
+    let entry = page["dead_letters"][0]["entry_id"].as_str().unwrap();
+    let (status, refused) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/dlq/{entry}/replay"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+}

@@ -943,6 +943,12 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             job_args(&["w1", "10", "1-0", "nope"]),
         ),
         case(
+            "dlq_replay_item: empty entry",
+            s.dlq_replay_item.script(),
+            job_keys.clone(),
+            job_args(&[""]),
+        ),
+        case(
             "job_reclaim: consumer",
             s.job_reclaim.script(),
             job_keys.clone(),

@@ -220,6 +220,29 @@ async fn one_tenants_token_never_reaches_another_tenants_state_on_any_endpoint()
         .unwrap()
         .remove(0)
         .item_id;
+    // And a dead-lettered item of another job.
+    let dead_job = env
+        .bus
+        .spawn_job(
+            &b,
+            &JobSpec::new("o", "w", "t", vec![json!("secret-dead-b"), json!(1)]),
+        )
+        .await
+        .unwrap();
+    let doomed = env
+        .bus
+        .claim_items(&b, &dead_job.id, "wb", 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0)
+        .item_id;
+    env.bus
+        .fail_item(&b, &dead_job.id, &doomed, "gave up", false)
+        .await
+        .unwrap();
+    let dead = env.bus.dead_letters(&b, None, 10).await.unwrap()[0]
+        .entry_id
+        .clone();
     let (b1, b2) = (
         Ident::new("i", "b-agent-1").unwrap(),
         Ident::new("i", "b-agent-2").unwrap(),
@@ -415,6 +438,8 @@ async fn one_tenants_token_never_reaches_another_tenants_state_on_any_endpoint()
         ("GET", "/api/v1/namespaces/b-ns/aggregate".into(), None),
         ("GET", "/api/v1/credits".into(), None),
         ("GET", "/api/v1/settings".into(), None),
+        ("GET", "/api/v1/dlq".into(), None),
+        ("POST", format!("/api/v1/dlq/{dead}/replay"), None),
         (
             "POST",
             "/api/v1/credits/grant".into(),
@@ -454,6 +479,7 @@ async fn one_tenants_token_never_reaches_another_tenants_state_on_any_endpoint()
             "secret-msg-b",
             "secret-inv-b",
             "secret-value-b",
+            "secret-dead-b",
             "tenant-b",
         ] {
             // The simulate body itself names the task: only B's data would leak it elsewhere.
