@@ -2,7 +2,9 @@
 -- a bounded number of expired entries first, so nothing expired is returned.
 -- `mode` and its arguments (`params`), and what `ok` holds for each:
 --   'get' key                        -> JSON or ''
---   'keys' after ('' = start) limit  -> key, JSON, key, JSON, ...
+--   'keys' after ('' = start) limit [prefix]
+--                                    -> key, JSON, key, JSON, ... (in key order; with a
+--                                       prefix, only keys starting with it: O(log n + page))
 --   'range' min max offset limit     -> key, JSON, ... by score (min/max as ZRANGEBYSCORE takes them);
 --                                       found by rank, so a deep offset costs O(log n), not a walk
 --   'top' k order ('desc' | 'asc')   -> key, JSON, ...
@@ -25,7 +27,9 @@ local function arg_score(i)
   end
 end
 if mode == 'get' then arg_text(4)
-elseif mode == 'keys' then arg_int(5, 1, 1000)
+elseif mode == 'keys' then
+  arg_int(5, 1, 1000)
+  if ARGV[6] and string.len(ARGV[6]) > 256 then arg_error(6, 'a prefix is at most 256 bytes') end
 elseif mode == 'range' then
   arg_score(4)
   arg_score(5)
@@ -57,8 +61,24 @@ if mode == 'get' then
   if expire_if_due(B, key, now) then return {'ok', ''} end
   return {'ok', redis.call('HGET', B.vals, key) or ''}
 elseif mode == 'keys' then
-  local start = ARGV[4] == '' and '-' or '(' .. ARGV[4]
-  return with_values(redis.call('ZRANGEBYLEX', B.lex, start, '+', 'LIMIT', 0, ARGV[5]))
+  local after, prefix = ARGV[4], ARGV[6] or ''
+  local start = after == '' and '-' or '(' .. after
+  local stop = '+'
+  if prefix ~= '' then
+    -- Keys are UTF-8, which never holds the byte 0xFF: every key starting
+    -- with the prefix sorts below prefix .. 0xFF. Compared as bytes (Lua's
+    -- `<` follows the locale).
+    local function below(a, b)
+      for i = 1, math.min(#a, #b) do
+        local x, y = string.byte(a, i), string.byte(b, i)
+        if x ~= y then return x < y end
+      end
+      return #a < #b
+    end
+    if after == '' or below(after, prefix) then start = '[' .. prefix end
+    stop = '(' .. prefix .. '\255'
+  end
+  return with_values(redis.call('ZRANGEBYLEX', B.lex, start, stop, 'LIMIT', 0, ARGV[5]))
 elseif mode == 'range' then
   -- Ranks of the range's ends (ZCOUNT is O(log n)); what sorts before the
   -- lower bound is everything up to its complement.

@@ -565,13 +565,33 @@ impl Blackboard {
 
     /// Entries in key order after `after` (exclusive): a page.
     pub async fn keys_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<Entry>> {
+        self.keys_with_prefix(None, after, limit).await
+    }
+
+    /// Entries whose key starts with `prefix`, in key order after `after`:
+    /// found in the key index (O(log n + page)), never by a scan.
+    pub async fn keys_with_prefix(
+        &self,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
         if let Some(a) = after {
             validate_key(a)?;
+        }
+        if let Some(p) = prefix
+            && (p.len() > MAX_KEY_LEN || p.chars().any(char::is_control))
+        {
+            return Err(Error::invalid(
+                "prefix",
+                format!("at most {MAX_KEY_LEN} bytes, no control characters"),
+            ));
         }
         let mut call = self.call(&scripts().bb_read, self.bus.prices().blackboard_read);
         call.arg("mode", "keys")
             .arg("params", after.unwrap_or(""))
-            .arg("params", limit.clamp(1, MAX_READ));
+            .arg("params", limit.clamp(1, MAX_READ))
+            .arg("params", prefix.unwrap_or(""));
         Self::entries(&self.run("keys", call).await?)
     }
 

@@ -403,6 +403,18 @@ impl TenantKeys {
     }
 
     /// Registry index: zset of the instances working on one job, by last heartbeat.
+    /// The record of a deregistered instance, kept as `stopped` until it
+    /// expires (`inbox_retention`).
+    pub fn agent_stopped(&self, instance: &Ident) -> String {
+        self.key(&format!("agent_stopped:{instance}"))
+    }
+
+    /// Zset of deregistered instances whose record is kept: instance → the
+    /// time (ms) it stopped.
+    pub fn agents_stopped(&self) -> String {
+        self.key("agents:stopped")
+    }
+
     pub fn agents_of_job(&self, job: &Uuid) -> String {
         format!("{}{job}", self.agents_of_job_prefix())
     }

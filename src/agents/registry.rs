@@ -240,6 +240,17 @@ impl AgentBus {
                 max: self.limits().max_instances,
             });
         }
+        // A record kept from an earlier deregistration is over.
+        redis::pipe()
+            .cmd("DEL")
+            .arg(keys.agent_stopped(&instance))
+            .ignore()
+            .cmd("ZREM")
+            .arg(keys.agents_stopped())
+            .arg(instance.as_str())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
         drop(conn);
         self.agent(tenant, &instance).await
     }
@@ -287,7 +298,9 @@ impl AgentBus {
         }
     }
 
-    /// Removes an instance; its inbox stays readable for `inbox_retention`.
+    /// Removes an instance; its record stays as `stopped` (`GET`, and
+    /// listed with `status=stopped`) and its inbox readable, both for
+    /// `inbox_retention`.
     pub async fn deregister_agent(&self, tenant: &TenantId, instance: &Ident) -> Result<()> {
         let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
@@ -296,6 +309,8 @@ impl AgentBus {
             .key("agents", keys.agents())
             .key("agent", keys.agent(instance))
             .key("inbox", keys.inbox(instance))
+            .key("stopped", keys.agent_stopped(instance))
+            .key("stopped_index", keys.agents_stopped())
             .arg("instance", instance.as_str())
             .arg(
                 "inbox_retention",
@@ -312,13 +327,20 @@ impl AgentBus {
         Ok(())
     }
 
+    /// A registered instance, or the kept record of a deregistered one
+    /// (`stopped`).
     pub async fn agent(&self, tenant: &TenantId, instance: &Ident) -> Result<Instance> {
+        let keys = self.keys(tenant);
         let mut conn = self.redis().conn().await?;
-        let h: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.keys(tenant).agent(instance))
+        let (live, stopped): (HashMap<String, String>, HashMap<String, String>) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(keys.agent(instance))
+            .cmd("HGETALL")
+            .arg(keys.agent_stopped(instance))
             .query_async(&mut conn)
             .await?;
-        self.instance_from_hash(&h)
+        self.instance_from_hash(&live)
+            .or_else(|| self.instance_from_hash(&stopped))
             .ok_or_else(|| Error::not_found(format!("agent instance {instance}")))
     }
 
@@ -339,7 +361,17 @@ impl AgentBus {
         let keys = self.keys(tenant);
         let cutoff = self.stale_cutoff_ms();
         // (index, lowest score, highest score) to read, newest first.
-        let sources: Vec<(String, Bound, Bound)> = if let Some(agent_id) = &filter.agent_id {
+        let sources: Vec<(String, Bound, Bound)> = if filter.status == Some(AgentStatus::Stopped) {
+            // Those that said they stopped, and those deregistered (kept).
+            vec![
+                (
+                    keys.agents_with_status(AgentStatus::Stopped.as_str()),
+                    Bound::Inf,
+                    Bound::Inf,
+                ),
+                (keys.agents_stopped(), Bound::Inf, Bound::Inf),
+            ]
+        } else if let Some(agent_id) = &filter.agent_id {
             vec![(keys.agents_of_type(agent_id), Bound::Inf, Bound::Inf)]
         } else if let Some(job) = &filter.job_id {
             vec![(keys.agents_of_job(job), Bound::Inf, Bound::Inf)]
@@ -432,11 +464,17 @@ impl AgentBus {
             if ids.is_empty() {
                 return Ok(out);
             }
+            let kept = index == keys.agents_stopped();
             let mut pipe = redis::pipe();
             for id in &ids {
                 // An id that is not a valid identifier was not written by us: skip it.
                 if let Ok(id) = Ident::new("instance_id", id.as_str()) {
-                    pipe.cmd("HGETALL").arg(keys.agent(&id));
+                    let record = if kept {
+                        keys.agent_stopped(&id)
+                    } else {
+                        keys.agent(&id)
+                    };
+                    pipe.cmd("HGETALL").arg(record);
                 }
             }
             let hashes: Vec<HashMap<String, String>> = if pipe.is_empty() {

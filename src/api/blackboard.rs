@@ -294,6 +294,7 @@ pub async fn ns_lock(
 query! {
     /// `GET /namespaces/{ns}/keys`
     pub struct KeysQuery {
+        prefix: text("only keys starting with this (the original's glob patterns, for a prefix)"),
         after: text("the key to continue after"),
         limit: int<usize>(100, 1, 1000),
     }
@@ -306,7 +307,7 @@ pub async fn ns_keys(
 ) -> ApiResult<Json<Value>> {
     let limit = q.limit;
     let entries = board(&tenant, &ns)?
-        .keys_page(q.after.as_deref(), limit)
+        .keys_with_prefix(q.prefix.as_deref(), q.after.as_deref(), limit)
         .await?;
     let next = (entries.len() == limit)
         .then(|| entries.last().map(|e| e.key.clone()))

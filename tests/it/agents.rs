@@ -141,14 +141,70 @@ async fn registry_registers_lists_and_marks_silent_instances_stale() {
     );
 
     env.bus.deregister_agent(&t, &b).await.unwrap();
-    assert!(matches!(
-        env.bus.agent(&t, &b).await,
-        Err(Error::NotFound(_))
-    ));
+    // Kept as `stopped` (as the original did), but gone from the registry:
+    // no heartbeat, no message, listed only with status=stopped.
+    let kept = env.bus.agent(&t, &b).await.unwrap();
+    assert_eq!(
+        (kept.status, kept.agent_id.as_str()),
+        (AgentStatus::Stopped, "scraper")
+    );
     assert!(matches!(
         env.bus.heartbeat(&t, &b, None).await,
         Err(Error::NotFound(_))
     ));
+    assert!(matches!(
+        env.bus
+            .send_message(&t, &OutgoingMessage::new(&c, &b, "x", json!(1)))
+            .await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        env.bus.deregister_agent(&t, &b).await,
+        Err(Error::NotFound(_))
+    ));
+    let stopped = env
+        .bus
+        .list_agents(
+            &t,
+            &AgentFilter {
+                status: Some(AgentStatus::Stopped),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stopped
+            .iter()
+            .map(|i| i.instance_id.as_str())
+            .collect::<Vec<_>>(),
+        [b.as_str()]
+    );
+    // Registering it again starts a new record; the kept one is over.
+    let reg = Registration::new("scraper")
+        .unwrap()
+        .instance(b.as_str())
+        .unwrap();
+    env.bus.register_agent(&t, &reg).await.unwrap();
+    assert_eq!(
+        env.bus.agent(&t, &b).await.unwrap().status,
+        AgentStatus::Running
+    );
+    let stopped = env
+        .bus
+        .list_agents(
+            &t,
+            &AgentFilter {
+                status: Some(AgentStatus::Stopped),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(stopped.is_empty(), "{stopped:?}");
+    env.bus.deregister_agent(&t, &b).await.unwrap();
     let by_type = env
         .bus
         .list_agents(
@@ -893,4 +949,52 @@ async fn many_stale_instances_do_not_hide_a_newly_silent_one() {
     assert_eq!(env.bus.reap_agents(&t).await.unwrap(), 1);
     let inst = env.bus.agent(&t, &late).await.unwrap();
     assert_eq!(inst.status, AgentStatus::Stale);
+}
+
+#[tokio::test]
+async fn a_deregistered_instance_is_kept_as_stopped_only_for_the_retention() {
+    let env = TestEnv::with_limits(Limits {
+        inbox_retention: Duration::from_secs(1),
+        ..Limits::default()
+    })
+    .await;
+    let t = env.tenant("kept");
+    let gone = register(&env, &t, "w", "gone-1").await;
+    env.bus.deregister_agent(&t, &gone).await.unwrap();
+    assert_eq!(
+        env.bus.agent(&t, &gone).await.unwrap().status,
+        AgentStatus::Stopped
+    );
+    let stopped = AgentFilter {
+        status: Some(AgentStatus::Stopped),
+        ..Default::default()
+    };
+    assert_eq!(
+        env.bus.list_agents(&t, &stopped, 10).await.unwrap().len(),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(matches!(
+        env.bus.agent(&t, &gone).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(
+        env.bus
+            .list_agents(&t, &stopped, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The next deregistration drops the expired record's index entry.
+    let other = register(&env, &t, "w", "gone-2").await;
+    env.bus.deregister_agent(&t, &other).await.unwrap();
+    let mut conn = env.conn().await;
+    let kept: Vec<String> = redis::cmd("ZRANGE")
+        .arg(env.bus.keys(&t).agents_stopped())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, ["gone-2"]);
 }

@@ -199,8 +199,21 @@ async fn registry_and_messages_over_http() {
 
     let (status, _) = call(&app, "DELETE", "/api/v1/agents/writer-1", t, None).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = call(&app, "GET", "/api/v1/agents/writer-1", t, None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Kept as stopped for the retention period, listable as such.
+    let (status, gone) = call(&app, "GET", "/api/v1/agents/writer-1", t, None).await;
+    assert_eq!(
+        (status, gone["status"].as_str()),
+        (StatusCode::OK, Some("stopped")),
+        "{gone}"
+    );
+    let (_, stopped) = call(&app, "GET", "/api/v1/agents?status=stopped", t, None).await;
+    assert_eq!(stopped["count"], 1, "{stopped}");
+    assert_eq!(
+        stopped["instances"][0]["instance_id"], "writer-1",
+        "{stopped}"
+    );
+    let (status, _) = call(&app, "DELETE", "/api/v1/agents/writer-1", t, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "deregistered once");
 
     // Another tenant sees nothing of it.
     let other = env.token("other").await;

@@ -922,3 +922,66 @@ async fn a_range_by_rank_answers_what_zrangebyscore_would() {
         }
     }
 }
+
+#[tokio::test]
+async fn keys_by_prefix_match_a_byte_order_filter_of_every_key_page_by_page() {
+    let env = TestEnv::new().await;
+    let t = env.tenant("prefix");
+    env.grant(&t, 1000).await;
+    let bb = env
+        .bus
+        .blackboard(&t, &Ident::new("ns", "prefixes").unwrap());
+    let keys = [
+        "jo",
+        "job:1",
+        "job:1:a",
+        "job:1:b",
+        "job:10:a",
+        "job:2:a",
+        "joc",
+        "job",
+        "ü:1",
+        "üx",
+        "a",
+        "job:1:a:deep",
+    ];
+    for k in keys {
+        bb.set(k, &json!(1), None, None).await.unwrap();
+    }
+    let mut sorted: Vec<&str> = keys.to_vec();
+    sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    for prefix in ["job:1", "job:1:", "jo", "ü", "zzz", "job:1:a:deep:more"] {
+        let expected: Vec<&str> = sorted
+            .iter()
+            .copied()
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        for limit in [1, 2, 100] {
+            let mut got = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = bb
+                    .keys_with_prefix(Some(prefix), after.as_deref(), limit)
+                    .await
+                    .unwrap();
+                got.extend(page.iter().map(|e| e.key.clone()));
+                if page.len() < limit {
+                    break;
+                }
+                after = page.last().map(|e| e.key.clone());
+            }
+            assert_eq!(got, expected, "prefix {prefix:?}, pages of {limit}");
+        }
+        // A cursor before the prefix starts at the prefix.
+        let from_a = bb
+            .keys_with_prefix(Some(prefix), Some("a"), 100)
+            .await
+            .unwrap();
+        let got: Vec<&str> = from_a.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(got, expected, "prefix {prefix:?} after \"a\"");
+    }
+    assert!(matches!(
+        bb.keys_with_prefix(Some("a\u{1}"), None, 10).await,
+        Err(Error::Invalid { .. })
+    ));
+}

@@ -879,6 +879,8 @@ async fn scripts_refuse_bad_arguments_before_writing() {
         .key(keys.agents())
         .key(&rx_agent)
         .key(keys.inbox(&rx))
+        .key(keys.agent_stopped(&rx))
+        .key(keys.agents_stopped())
         .arg("rx")
         .arg("forever")
         .arg(&prefixes)
