@@ -11,7 +11,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::extract::{ApiPath, OptionalJson, RawJson, parse_json, parse_json_at, path_uuid};
+use super::extract::{
+    ApiJson, ApiPath, OptionalJson, RawJson, parse_json, parse_json_at, path_uuid,
+};
 use super::query::{Query, query};
 use super::{ApiError, ApiResult, AppState, HEAVY_BODY_BYTES, Tenant};
 use crate::bounded;
@@ -258,6 +260,119 @@ pub async fn complete(
 
 fn default_true() -> bool {
     true
+}
+
+/// Most items one batch call completes or fails.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchComplete {
+    item_id: String,
+    #[serde(default)]
+    output: Payload,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchCompleteBody {
+    /// At most 1,000 deliveries, each completed as by the one-item call.
+    items: Vec<BatchComplete>,
+}
+
+/// Completes many deliveries of a job in one call (two calls per batch
+/// for an HTTP worker: claim, then this). Each item's outcome is as the
+/// one-item call's: `completed`, `duplicate` (nothing charged), `stale`
+/// or `invalid` — per item, never failing the others.
+pub async fn complete_batch(
+    Tenant(tenant): Tenant,
+    ApiPath(job_id): ApiPath<String>,
+    ApiJson(body): ApiJson<BatchCompleteBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let job_id = path_uuid("job_id", &job_id)?;
+    batch_size("items", body.items.len())?;
+    for (i, item) in body.items.iter().enumerate() {
+        validate_stream_id(&format!("items[{i}].item_id"), &item.item_id)?;
+    }
+    let (ids, outputs): (Vec<String>, Vec<(String, Payload)>) = body
+        .items
+        .into_iter()
+        .map(|i| (i.item_id.clone(), (i.item_id, i.output)))
+        .unzip();
+    let outcomes = tenant.jobs().complete(&job_id, &outputs).await?;
+    let completed = outcomes
+        .iter()
+        .filter(|o| **o == CompleteOutcome::Completed)
+        .count();
+    let results: Vec<serde_json::Value> = ids
+        .iter()
+        .zip(&outcomes)
+        .map(|(id, outcome)| serde_json::json!({ "item_id": id, "outcome": outcome }))
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "completed": completed, "results": results }),
+    ))
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchFail {
+    item_id: String,
+    #[serde(default)]
+    error_message: String,
+    #[serde(default = "default_true")]
+    retry: bool,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchFailBody {
+    /// At most 1,000 deliveries, each failed as by the one-item call.
+    items: Vec<BatchFail>,
+}
+
+/// Fails many deliveries of a job in one call; each item's outcome as the
+/// one-item call's (`retried` with its attempt, `failed`, `duplicate`,
+/// `stale`, `invalid`).
+pub async fn fail_batch(
+    Tenant(tenant): Tenant,
+    ApiPath(job_id): ApiPath<String>,
+    ApiJson(body): ApiJson<BatchFailBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let job_id = path_uuid("job_id", &job_id)?;
+    batch_size("items", body.items.len())?;
+    for (i, item) in body.items.iter().enumerate() {
+        validate_stream_id(&format!("items[{i}].item_id"), &item.item_id)?;
+        if item.error_message.len() > MAX_ERROR_LEN {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("items[{i}].error_message"),
+                format!("at most {MAX_ERROR_LEN} bytes"),
+            ));
+        }
+    }
+    let mut results = Vec::with_capacity(body.items.len());
+    for item in &body.items {
+        let outcome = tenant
+            .jobs()
+            .fail(&job_id, &item.item_id, &item.error_message, item.retry)
+            .await?;
+        let mut v = serde_json::to_value(outcome).unwrap_or_default();
+        v["item_id"] = serde_json::json!(item.item_id);
+        results.push(v);
+    }
+    Ok(Json(serde_json::json!({ "results": results })))
+}
+
+fn batch_size(field: &str, n: usize) -> Result<(), ApiError> {
+    if n == 0 || n > MAX_BATCH_ITEMS {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            field,
+            format!("1 to {MAX_BATCH_ITEMS} items"),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize, JsonSchema)]

@@ -80,6 +80,24 @@ pub(super) fn v1_api() -> Api {
         )
         .route(
             Op::post(
+                "/jobs/{job_id}/items/complete",
+                "jobs",
+                "Complete many deliveries in one call; an outcome per item",
+            )
+            .body::<jobs::BatchCompleteBody>(),
+            jobs::complete_batch,
+        )
+        .route(
+            Op::post(
+                "/jobs/{job_id}/items/fail",
+                "jobs",
+                "Fail many deliveries in one call; an outcome per item",
+            )
+            .body::<jobs::BatchFailBody>(),
+            jobs::fail_batch,
+        )
+        .route(
+            Op::post(
                 "/jobs/{job_id}/items/{item_id}/release",
                 "jobs",
                 "Give back a delivery the worker holds: it goes out again at once",

@@ -254,6 +254,20 @@ pub struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// `engine`: workers use the library against Redis; `http`: they claim
+    /// and complete (in batches) over the REST API of a running server at
+    /// `--url` (same Redis and prefix).
+    #[arg(long, value_enum, default_value_t = Via::Engine)]
+    pub via: Via,
+    /// The server, with `--via http`.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Engine,
+    Http,
 }
 
 /// The workers of one load-test process (started by `agentbus load --processes`).

@@ -20,6 +20,7 @@ mod bench;
 mod client;
 mod demo;
 mod load;
+mod load_http;
 
 pub use args::*;
 
@@ -69,6 +70,33 @@ async fn load(config: &Config, args: LoadArgs) -> anyhow::Result<bool> {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ))?,
     };
+    if args.via == args::Via::Http {
+        let report = load_http::run(
+            &bus,
+            &args.url,
+            &tenant,
+            args.items,
+            args.workers,
+            args.batch.clamp(1, 100),
+            Duration::from_secs(args.timeout.max(1)),
+        )
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "{} items over HTTP, {} workers, batches of {}: {:.0} items/s ({} ms; spawn {} ms; {} requests)",
+                report.items,
+                report.workers,
+                report.batch,
+                report.items_per_sec,
+                report.elapsed_ms,
+                report.spawn_ms,
+                report.requests
+            );
+        }
+        return Ok(report.completed == report.items as u64);
+    }
     let (work_min, work_max) = parse_work_ms(&args.work_ms)?;
     let mut options = load::LoadOptions::new(tenant, args.items, args.workers);
     options.concurrency = args.concurrency.max(1);

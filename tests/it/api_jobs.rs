@@ -753,3 +753,127 @@ async fn a_dead_lettered_item_is_listed_and_replayed_once_as_a_new_attempt() {
     .await;
     assert_eq!(status, StatusCode::CONFLICT, "{refused}");
 }
+
+#[tokio::test]
+async fn batch_completions_and_failures_answer_an_outcome_per_item() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    let tenant = env.tenant("batches");
+    let token = env.token("batches").await;
+    let t = Some(token.as_str());
+    env.grant(&tenant, 100).await;
+    let (_, job) = call(
+        &app,
+        "POST",
+        "/api/v1/jobs",
+        t,
+        Some(json!({"orchestrator_agent": "o", "worker_agent": "w", "task": "t", "items": [1, 2, 3, 4, 5], "max_retries": 1})),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let (_, claim) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/claim?worker_instance_id=w1&count=5"),
+        t,
+        None,
+    )
+    .await;
+    let ids: Vec<String> = claim["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["item_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    let before = env.snapshot().await;
+    // Refused as a whole, naming the field: nothing written.
+    for (body, field) in [
+        (json!({"items": []}), "items"),
+        (
+            json!({"items": [{"item_id": ids[0]}, {"item_id": "nope"}]}),
+            "items[1].item_id",
+        ),
+        (
+            json!({"items": vec![json!({"item_id": ids[0]}); 1001]}),
+            "items",
+        ),
+    ] {
+        let (status, refused) = call(
+            &app,
+            "POST",
+            &format!("/api/v1/jobs/{id}/items/complete"),
+            t,
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+        assert_eq!(refused["error"]["field"], field, "{refused}");
+    }
+    assert_eq!(before, env.snapshot().await, "a refused batch wrote");
+
+    let (status, done) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/items/complete"),
+        t,
+        Some(json!({"items": [
+            {"item_id": ids[0], "output": "a"},
+            {"item_id": ids[1], "output": "b"},
+            {"item_id": ids[0], "output": "again"},
+            {"item_id": "9-99"},
+        ]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["completed"], 2, "{done}");
+    let outcomes: Vec<&str> = done["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["completed", "completed", "duplicate", "invalid"]);
+
+    let (status, failed) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/items/fail"),
+        t,
+        Some(json!({"items": [
+            {"item_id": ids[2], "error_message": "flaky", "retry": true},
+            {"item_id": ids[3], "error_message": "broken", "retry": false},
+            {"item_id": ids[0], "error_message": "late"},
+        ]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{failed}");
+    let outcomes: Vec<(&str, &str)> = failed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["item_id"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (ids[2].as_str(), "retried"),
+            (ids[3].as_str(), "failed"),
+            (ids[0].as_str(), "duplicate")
+        ]
+    );
+    let (_, job) = call(&app, "GET", &format!("/api/v1/jobs/{id}"), t, None).await;
+    assert_eq!(
+        (
+            job["progress"]["completed"].as_i64(),
+            job["progress"]["failed"].as_i64()
+        ),
+        (Some(2), Some(1)),
+        "{job}"
+    );
+}

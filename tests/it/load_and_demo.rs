@@ -171,3 +171,70 @@ async fn the_demo_runs_start_to_finish() {
         assert!(out.contains(expected), "{expected:?} missing in:\n{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_load_over_http_completes_every_item_through_the_batch_endpoints() {
+    use agentbus::config::{Config, ServeConfig};
+    let env = TestEnv::new().await;
+    let mut config = Config::defaults();
+    config.redis_url = common::redis_url();
+    config.prefix = env.prefix.clone();
+    let mut serve = ServeConfig::defaults();
+    serve.bind = "127.0.0.1:0".parse().expect("addr");
+    serve.no_sink = true;
+    let server = agentbus::server::start(&config, &serve)
+        .await
+        .expect("server starts");
+    let url = format!("http://{}", server.addr);
+    let (ok, out, all) = tokio::task::spawn_blocking({
+        let env_prefix = env.prefix.clone();
+        move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_agentbus"))
+                .env("REDIS_URL", common::redis_url())
+                .env("AGENTBUS_PREFIX", env_prefix)
+                .args([
+                    "load",
+                    "--via",
+                    "http",
+                    "--url",
+                    &url,
+                    "--items",
+                    "1500",
+                    "--workers",
+                    "8",
+                    "--batch",
+                    "40",
+                    "--tenant",
+                    "http-load",
+                    "--json",
+                ])
+                .output()
+                .expect("run agentbus");
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+            (out.status.success(), stdout, all)
+        }
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+    assert!(ok, "{all}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("a JSON report");
+    assert_eq!(report["completed"], 1500, "{report}");
+    // Two requests per batch (claim, complete), plus the claims that found the end.
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(requests >= 2 * 1500 / 40, "{report}");
+    assert!(
+        requests < 2 * 1500 / 40 + 8 * 4 + 20,
+        "one request per item? {report}"
+    );
+    // Every item charged once: 5.00 + 2.00 × 1,500 spent, nothing held.
+    let b = env.bus.balance(&env.tenant("http-load")).await.unwrap();
+    assert_eq!(
+        (b.spent, b.reserved),
+        (
+            agentbus::money::Credits::from_minor(500 + 200 * 1500),
+            agentbus::money::Credits::from_minor(0)
+        )
+    );
+}

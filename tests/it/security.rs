@@ -325,6 +325,16 @@ async fn one_tenants_token_never_reaches_another_tenants_state_on_any_endpoint()
         ),
         (
             "POST",
+            format!("/api/v1/jobs/{j}/items/complete"),
+            Some(json!({"items": [{"item_id": item, "output": 1}]})),
+        ),
+        (
+            "POST",
+            format!("/api/v1/jobs/{j}/items/fail"),
+            Some(json!({"items": [{"item_id": item, "error_message": "x", "retry": false}]})),
+        ),
+        (
+            "POST",
             format!("/api/v1/jobs/{j}/items/{item}/release?worker_instance_id=wb"),
             None,
         ),
