@@ -40,6 +40,37 @@ local function aggregate_output(B, field, idx, output)
   bb_put(B, JOB_ID .. ':' .. idx, micro_to_json(micro), int(micro), 0)
 end
 
+-- Which entries are pending, and since when: one XPENDING over the range
+-- the batch spans (a worker mostly completes what it claimed together, so
+-- the range holds little else), instead of one per entry; an entry the
+-- range's rows did not cover (more rows than asked for) is asked alone.
+local function id_parts(entry_id)
+  local gen, idx = string.match(entry_id, '^(%d+)%-(%d+)$')
+  return tonumber(gen), tonumber(idx)
+end
+local lo, hi, valid = nil, nil, 0
+for i = 7, #ARGV - 1, 2 do
+  local gen, idx = id_parts(ARGV[i])
+  if gen and idx < total then
+    valid = valid + 1
+    if not lo or gen < lo[1] or (gen == lo[1] and idx < lo[2]) then lo = {gen, idx, ARGV[i]} end
+    if not hi or gen > hi[1] or (gen == hi[1] and idx > hi[2]) then hi = {gen, idx, ARGV[i]} end
+  end
+end
+local idle_of, covered = {}, false
+if lo then
+  local most = math.min(4 * valid + 16, 4016)
+  local rows = redis.call('XPENDING', K_ITEMS, GROUP, lo[3], hi[3], most)
+  for _, row in ipairs(rows) do idle_of[row[1]] = tonumber(row[3]) end
+  covered = #rows < most
+end
+local function pending_since(entry_id)
+  local idle = idle_of[entry_id]
+  if idle then return true, idle end
+  if covered then return false, 0 end
+  return is_pending(entry_id)
+end
+
 local ts = now_ms()
 local out = {}
 local completed, acks, durations = 0, {}, {}
@@ -50,7 +81,7 @@ for i = 7, #ARGV - 1, 2 do
   if not idx or idx >= total then
     outcome = 'invalid'
   else
-    local pending, idle_ms = is_pending(entry_id)
+    local pending, idle_ms = pending_since(entry_id)
     if not pending then
       outcome = redis.call('GETBIT', K_DONE, idx) == 1 and 'duplicate' or 'stale'
     else

@@ -967,3 +967,59 @@ async fn a_released_item_goes_out_again_at_once_with_its_attempt_and_no_charge()
         Err(Error::Conflict { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_completion_batch_spanning_many_other_pending_entries_is_judged_per_entry() {
+    // job_complete reads pending-ness for the range a batch spans in one
+    // XPENDING of a bounded size; entries past what it returned are asked
+    // one by one. Two entries 200 apart, others pending between them.
+    let env = TestEnv::new().await;
+    let t = env.tenant("span");
+    env.grant(&t, 1000).await;
+    let spec = JobSpec::new("o", "w", "span", (0..210).map(|i| json!(i)).collect());
+    let job = env.bus.spawn_job(&t, &spec).await.unwrap();
+    let held = env
+        .bus
+        .claim_items(&t, &job.id, "w1", 205, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 205);
+    let (first, last) = (held[0].item_id.clone(), held[204].item_id.clone());
+    // One of them is no longer held: completed once already.
+    let once = env
+        .bus
+        .complete_items(&t, &job.id, &[(held[150].item_id.clone(), json!("x"))])
+        .await
+        .unwrap();
+    assert_eq!(once, [CompleteOutcome::Completed]);
+    let outcomes = env
+        .bus
+        .complete_items(
+            &t,
+            &job.id,
+            &[
+                (first.clone(), json!(1)),
+                (held[150].item_id.clone(), json!("again")),
+                (last.clone(), json!(2)),
+                (first, json!("twice in one batch")),
+                ("1-209".to_string(), json!("never delivered")),
+                ("1-999".to_string(), json!("no such item")),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            CompleteOutcome::Completed,
+            CompleteOutcome::Duplicate,
+            CompleteOutcome::Completed,
+            CompleteOutcome::Duplicate,
+            CompleteOutcome::Stale,
+            CompleteOutcome::Invalid,
+        ]
+    );
+    let job = env.bus.job(&t, &job.id).await.unwrap();
+    assert_eq!(job.progress.completed, 3);
+    assert_balance_matches_ledger(&env, &t).await;
+}
