@@ -4,7 +4,8 @@
 //!
 //! Each worker is one consumer with a stable name, reading on a connection of
 //! its own. On start it first re-reads its own pending entries, so a worker
-//! restarted under the same name resumes what it held. Outcomes go through a
+//! restarted under the same name resumes what it held; one that stops gives
+//! back what it holds unhandled. Outcomes go through a
 //! [`Completer`]; workers of one process may share one, so completions of many
 //! workers travel to Redis in one script call.
 
@@ -368,6 +369,22 @@ impl Worker {
             .map_err(|_| Error::protocol("worker slots closed"))?;
         drop(completer);
         tally.wait_answered().await;
+        // Whatever this consumer still holds was never handed to a handler
+        // (a read answered as the shutdown cut it short): give it back, so
+        // it goes out again now rather than after `timeout_per_item`.
+        match self
+            .bus
+            .release_items(&self.tenant, &self.job, &self.consumer, &[])
+            .await
+        {
+            Ok(released) if !released.is_empty() => {
+                tracing::info!(consumer = %self.consumer, released = released.len(), "worker gave back the items it held");
+            }
+            Ok(_) | Err(Error::Conflict { .. } | Error::NotFound(_)) => {}
+            Err(e) => {
+                tracing::warn!(consumer = %self.consumer, error = %e, "worker could not give back its items; they return after timeout_per_item");
+            }
+        }
         Ok(tally.report(&self.consumer))
     }
 

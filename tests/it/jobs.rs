@@ -1023,3 +1023,41 @@ async fn a_completion_batch_spanning_many_other_pending_entries_is_judged_per_en
     assert_eq!(job.progress.completed, 3);
     assert_balance_matches_ledger(&env, &t).await;
 }
+
+#[tokio::test]
+async fn a_worker_that_stops_gives_back_what_it_holds_unhandled() {
+    // Entries delivered to the worker's consumer that no handler took (a
+    // read answered as the shutdown cut it short) go out again at once.
+    let env = TestEnv::new().await;
+    let t = env.tenant("stopping");
+    env.grant(&t, 100).await;
+    let spec = JobSpec::new("o", "w", "stop", (0..4).map(|i| json!(i)).collect());
+    let job = env.bus.spawn_job(&t, &spec).await.unwrap();
+    let held = env
+        .bus
+        .claim_items(&t, &job.id, "w-stop", 3, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 3);
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    let report = Worker::new(env.bus.clone(), t.clone(), job.id, "w-stop")
+        .unwrap()
+        .shutdown_token(shutdown)
+        .run(|_item| async { Ok(json!("never")) })
+        .await
+        .unwrap();
+    assert_eq!(report.completed, 0, "{report:?}");
+    let again = env
+        .bus
+        .claim_items(&t, &job.id, "w-other", 10, Duration::ZERO)
+        .await
+        .unwrap();
+    let mut indexes: Vec<i64> = again.iter().map(|c| c.item_index).collect();
+    indexes.sort();
+    assert_eq!(
+        indexes,
+        [0, 1, 2, 3],
+        "given back at once, with the one never claimed"
+    );
+}
