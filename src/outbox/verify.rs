@@ -235,68 +235,60 @@ pub async fn verify_tenants(
     })
 }
 
-/// Credits reserved by pending invocations: the price of each, read page
-/// by page (jobs' still-reserved credits come from [`check_jobs`]).
+/// Credits reserved by pending invocations: the price of each (jobs'
+/// still-reserved credits come from [`check_jobs`]).
 async fn pending_invoke_reservations(bus: &AgentBus, tenant: &TenantId) -> Result<Credits> {
-    const PAGE: isize = 500;
     let keys = bus.keys(tenant);
-    let mut conn = bus.redis().conn().await?;
-    let mut minor: i64 = 0;
-    let mut start = 0;
-    loop {
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(keys.pending_invokes())
-            .arg(start)
-            .arg(start + PAGE - 1)
-            .query_async(&mut conn)
-            .await?;
-        if ids.is_empty() {
-            break;
-        }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.cmd("HGET").arg(keys.invoke(id)).arg("price");
-        }
-        let prices: Vec<Option<i64>> = pipe.query_async(&mut conn).await?;
-        // A page sums at most 500 prices of at most MAX_MINOR: inside i64.
-        minor = minor.saturating_add(prices.into_iter().flatten().sum::<i64>());
-        if (ids.len() as isize) < PAGE {
-            break;
-        }
-        start += PAGE;
-    }
-    Ok(Credits::from_minor(minor))
+    held_by_index(
+        bus,
+        &keys.pending_invokes(),
+        |id| Some(keys.invoke(id)),
+        &["price"],
+    )
+    .await
 }
 
 /// Credits reserved by broadcasts still being delivered in chunks: the
 /// price of each of their recipients (settled when the last is handled).
 async fn broadcast_reservations(bus: &AgentBus, tenant: &TenantId) -> Result<Credits> {
-    const PAGE: isize = 500;
     let keys = bus.keys(tenant);
+    let record = |id: &str| Uuid::parse_str(id).ok().map(|id| keys.broadcast(&id));
+    held_by_index(bus, &keys.broadcasts(), record, &["price", "count"]).await
+}
+
+/// The sum, over the members of the zset `index` (read a page at a time),
+/// of the product of `fields` of each member's hash (`record`; a member
+/// without one counts nothing).
+async fn held_by_index(
+    bus: &AgentBus,
+    index: &str,
+    record: impl Fn(&str) -> Option<String>,
+    fields: &[&str],
+) -> Result<Credits> {
+    const PAGE: isize = 500;
     let mut conn = bus.redis().conn().await?;
     let mut minor: i64 = 0;
     let mut start = 0;
     loop {
         let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(keys.broadcasts())
+            .arg(index)
             .arg(start)
             .arg(start + PAGE - 1)
             .query_async(&mut conn)
             .await?;
-        if ids.is_empty() {
-            break;
-        }
         let mut pipe = redis::pipe();
-        for id in ids.iter().filter_map(|id| Uuid::parse_str(id).ok()) {
-            pipe.cmd("HMGET")
-                .arg(keys.broadcast(&id))
-                .arg("price")
-                .arg("count");
+        for key in ids.iter().filter_map(|id| record(id)) {
+            pipe.cmd("HMGET").arg(key).arg(fields);
         }
-        let held: Vec<(Option<i64>, Option<i64>)> = pipe.query_async(&mut conn).await?;
-        for (price, count) in held {
-            let each = price.unwrap_or(0).saturating_mul(count.unwrap_or(0));
-            minor = minor.saturating_add(each);
+        if !pipe.is_empty() {
+            let rows: Vec<Vec<Option<i64>>> = pipe.query_async(&mut conn).await?;
+            for row in rows {
+                let held = row
+                    .into_iter()
+                    .map(|v| v.unwrap_or(0))
+                    .fold(1i64, i64::saturating_mul);
+                minor = minor.saturating_add(held);
+            }
         }
         if (ids.len() as isize) < PAGE {
             break;

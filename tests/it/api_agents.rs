@@ -175,18 +175,24 @@ async fn registry_and_messages_over_http() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}: {resp}");
         assert_eq!(resp["error"]["field"], field, "{resp}");
     }
-    let (status, resp) = call(
-        &app,
-        "GET",
-        "/api/v1/agents/writer-1/messages?limit=501",
-        t,
-        None,
-    )
-    .await;
-    assert_eq!(
-        (status, resp["error"]["field"].clone()),
-        (StatusCode::UNPROCESSABLE_ENTITY, json!("limit"))
-    );
+    let long = "r".repeat(129);
+    for (query, field) in [
+        ("limit=501", "limit"),
+        (&*format!("reply_to_id={long}"), "reply_to_id"),
+    ] {
+        let (status, resp) = call(
+            &app,
+            "GET",
+            &format!("/api/v1/agents/writer-1/messages?{query}"),
+            t,
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, resp["error"]["field"].clone()),
+            (StatusCode::UNPROCESSABLE_ENTITY, json!(field))
+        );
+    }
     let (status, _) = call(
         &app,
         "POST",

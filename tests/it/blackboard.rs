@@ -982,6 +982,6 @@ async fn keys_by_prefix_match_a_byte_order_filter_of_every_key_page_by_page() {
     }
     assert!(matches!(
         bb.keys_with_prefix(Some("a\u{1}"), None, 10).await,
-        Err(Error::Invalid { .. })
+        Err(Error::Invalid { field, .. }) if field == "prefix"
     ));
 }

@@ -1106,6 +1106,12 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             bb_args(&["keys", "", "1001"]),
         ),
         case(
+            "bb_read: keys prefix past 256 bytes",
+            s.bb_read.script(),
+            bb_keys.clone(),
+            bb_args(&["keys", "", "10", &"p".repeat(257)]),
+        ),
+        case(
             "bb_read: range limit past 1,000",
             s.bb_read.script(),
             bb_keys.clone(),

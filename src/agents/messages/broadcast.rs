@@ -84,12 +84,10 @@ impl AgentBus {
         message_type: &str,
         payload: impl Into<Payload>,
     ) -> Result<Broadcast> {
-        validate_type(message_type)?;
-        let payload = payload
-            .into()
-            .encode_checked("payload", self.limits().max_payload_bytes)?;
+        let (payload, recipients) = self
+            .prepare(tenant, job, from, message_type, payload)
+            .await?;
         let keys = self.keys(tenant);
-        let recipients = self.recipients(&keys, job, from).await?;
         let chunk = chunk_for(payload.len());
         if recipients.len() > chunk {
             return self
@@ -151,6 +149,23 @@ impl AgentBus {
         })
     }
 
+    /// A broadcast's checked type and encoded payload, and its recipients.
+    async fn prepare(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        from: &Ident,
+        message_type: &str,
+        payload: impl Into<Payload>,
+    ) -> Result<(Vec<u8>, Vec<Ident>)> {
+        validate_type(message_type)?;
+        let payload = payload
+            .into()
+            .encode_checked("payload", self.limits().max_payload_bytes)?;
+        let recipients = self.recipients(&self.keys(tenant), job, from).await?;
+        Ok((payload, recipients))
+    }
+
     /// The job's registered instances but `from`, read a page per command
     /// (each once: a page boundary moved by a heartbeat may repeat one).
     async fn recipients(&self, keys: &TenantKeys, job: &Uuid, from: &Ident) -> Result<Vec<Ident>> {
@@ -195,12 +210,9 @@ impl AgentBus {
         message_type: &str,
         payload: impl Into<Payload>,
     ) -> Result<Uuid> {
-        validate_type(message_type)?;
-        let payload = payload
-            .into()
-            .encode_checked("payload", self.limits().max_payload_bytes)?;
-        let keys = self.keys(tenant);
-        let recipients = self.recipients(&keys, job, from).await?;
+        let (payload, recipients) = self
+            .prepare(tenant, job, from, message_type, payload)
+            .await?;
         if recipients.is_empty() {
             return Err(Error::not_found(format!(
                 "instances of job {job} to broadcast to"

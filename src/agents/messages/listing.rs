@@ -22,6 +22,9 @@ impl AgentBus {
         after: Option<&str>,
         limit: usize,
     ) -> Result<MessagePage> {
+        if let Some(r) = &filter.reply_to_id {
+            crate::keys::validate_id("reply_to_id", r, crate::keys::MAX_ID_LEN)?;
+        }
         let inbox = self.keys(tenant).inbox(instance);
         let start = match (after, filter.since) {
             (Some(id), _) => {
