@@ -9,6 +9,7 @@
 -- @key inbox its inbox stream
 -- @key stopped the instance's stopped record (a hash)
 -- @key stopped_index the tenant's stopped instances (zset: instance -> ms stopped)
+-- @key read_early its inbox's read-early zset (expires with the inbox)
 -- @arg instance the instance id
 -- @arg inbox_retention seconds the inbox and the stopped record are kept
 -- @arg by_type registry index prefix by agent type (keys.rs)
@@ -34,4 +35,5 @@ redis.call('EXPIRE', KEYS[5], retention)
 redis.call('ZREM', KEYS[1], ARGV[1])
 registry_unindex(idx, ARGV[1], v[1], v[2], v[3])
 redis.call('EXPIRE', KEYS[3], retention)
+redis.call('EXPIRE', KEYS[6], retention)
 return {'ok'}

@@ -4,6 +4,7 @@
 -- @key agents the tenant's agents zset (instance -> last heartbeat ms)
 -- @key agent the instance's hash
 -- @key inbox its inbox stream
+-- @key read_early its inbox's read-early zset (kept as long as the inbox)
 -- @arg instance the instance id
 -- @arg agent the agent (type) id
 -- @arg job job id or ''
@@ -38,4 +39,5 @@ redis.call('ZADD', KEYS[1], now, ARGV[1])
 registry_index(idx, ARGV[1], ARGV[2], ARGV[3], ARGV[5], now)
 ensure_inbox(KEYS[3])
 redis.call('PERSIST', KEYS[3])
+redis.call('PERSIST', KEYS[4])
 return {'ok', registered_at}

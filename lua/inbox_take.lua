@@ -3,8 +3,10 @@
 -- group's last delivered one, then reads exactly those through the group.
 -- A take always has an entry when one is new (a single entry is at most the
 -- payload limit). Never blocks. An error NOGROUP when the group is missing.
--- @include common
+-- Entries marked read before delivery are acknowledged and left out.
+-- @include common inbox
 -- @key inbox the inbox stream (group 'inbox')
+-- @key read_early the inbox's read-early zset (entry id -> its ms)
 -- @arg consumer the instance id
 -- @arg count most entries (1..10000)
 -- @arg most_bytes most bytes (>= 1)
@@ -51,4 +53,12 @@ while n < max_n do
 end
 if n == 0 then return {} end
 local read = redis.call('XREADGROUP', 'GROUP', 'inbox', ARGV[1], 'COUNT', n, 'STREAMS', KEYS[1], '>')
-return read[1][2]
+local entries, ids = read[1][2], {}
+for i, e in ipairs(entries) do ids[i] = e[1] end
+local settled = settle_read_early(KEYS[1], KEYS[2], ids)
+if next(settled) == nil then return entries end
+local kept = {}
+for _, e in ipairs(entries) do
+  if not settled[e[1]] then kept[#kept + 1] = e end
+end
+return kept

@@ -450,6 +450,13 @@ impl TenantKeys {
         self.key("inbox:")
     }
 
+    /// Zset of one inbox's entries marked read before they were delivered
+    /// (entry id → its milliseconds): readers acknowledge them instead of
+    /// handing them out (`lua/inbox_mark_read.lua`, `lua/inbox_settle_read.lua`).
+    pub fn inbox_read_early(&self, instance: &Ident) -> String {
+        self.key(&format!("inbox-read:{instance}"))
+    }
+
     /// Zset of the tenant's broadcasts being delivered in chunks: id → time
     /// (ms) of its last progress (the reaper finishes a stalled one).
     pub fn broadcasts(&self) -> String {

@@ -218,6 +218,7 @@ impl AgentBus {
             .key("agents", keys.agents())
             .key("agent", keys.agent(&instance))
             .key("inbox", keys.inbox(&instance))
+            .key("read_early", keys.inbox_read_early(&instance))
             .arg("instance", instance.as_str())
             .arg("agent", reg.agent_id.as_str())
             .arg("job", reg.job_id.map(|j| j.to_string()).unwrap_or_default())
@@ -311,6 +312,7 @@ impl AgentBus {
             .key("inbox", keys.inbox(instance))
             .key("stopped", keys.agent_stopped(instance))
             .key("stopped_index", keys.agents_stopped())
+            .key("read_early", keys.inbox_read_early(instance))
             .arg("instance", instance.as_str())
             .arg(
                 "inbox_retention",

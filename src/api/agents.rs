@@ -244,7 +244,7 @@ pub async fn read(
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no delivered, unread message {message_id} for {id}"),
+            format!("no unread message {message_id} for {id}"),
         ));
     }
     Ok(Json(

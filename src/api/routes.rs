@@ -232,7 +232,7 @@ pub(super) fn v1_api() -> Api {
             Op::post(
                 "/agents/{instance_id}/messages/{message_id}/read",
                 "messages",
-                "Acknowledge a delivered message",
+                "Mark a message read (delivered or not yet: then it is never delivered)",
             ),
             agents::read,
         )

@@ -639,7 +639,7 @@ mod tests {
         };
         assert_eq!(
             ALL.len(),
-            37,
+            39,
             "a script was added or removed: update this count"
         );
         for def in ALL {

@@ -358,3 +358,180 @@ async fn invoke_and_respond_over_http() {
         (StatusCode::UNPROCESSABLE_ENTITY, json!("invoke_id"))
     );
 }
+
+/// The original's flow: list the inbox, mark a message read without
+/// receiving it. Marked by message id or entry id, it is never delivered —
+/// not by the REST receive, not by a blocking Receiver — and both leave
+/// no mark behind once they have passed it.
+#[tokio::test]
+async fn a_listed_message_marked_read_is_never_delivered() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    let token = env.token("web").await;
+    let tenant = env.tenant("web");
+    env.grant(&tenant, 100).await;
+    let t = Some(token.as_str());
+    for (agent, instance) in [("writer", "w-1"), ("reader", "r-1")] {
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/api/v1/agents/register",
+            t,
+            Some(json!({"agent_id": agent, "instance_id": instance})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let send = |n: u32| {
+        let app = app.clone();
+        let token = token.clone();
+        async move {
+            let (status, sent) = call(
+                &app,
+                "POST",
+                "/api/v1/agents/r-1/messages",
+                Some(token.as_str()),
+                Some(
+                    json!({"from_instance_id": "w-1", "message_type": "note", "payload": {"n": n}}),
+                ),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{sent}");
+        }
+    };
+    for n in 0..4 {
+        send(n).await;
+    }
+    let (_, listed) = call(&app, "GET", "/api/v1/agents/r-1/messages", t, None).await;
+    assert_eq!(listed["count"], 4, "{listed}");
+    let by_message_id = listed["messages"][1]["message_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let by_entry_id = listed["messages"][2]["entry_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for id in [&by_message_id, &by_entry_id] {
+        let (status, body) = call(
+            &app,
+            "POST",
+            &format!("/api/v1/agents/r-1/messages/{id}/read"),
+            t,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/agents/r-1/messages/{by_message_id}/read"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "marked twice");
+    let count = |status: &'static str| {
+        let app = app.clone();
+        let token = token.clone();
+        async move {
+            let (_, listed) = call(
+                &app,
+                "GET",
+                &format!("/api/v1/agents/r-1/messages?status={status}"),
+                Some(token.as_str()),
+                None,
+            )
+            .await;
+            listed["count"].as_u64().unwrap()
+        }
+    };
+    assert_eq!((count("read").await, count("pending").await), (2, 2));
+
+    // The REST receive hands out the other two only.
+    let (_, got) = call(
+        &app,
+        "POST",
+        "/api/v1/agents/r-1/messages/receive?count=10",
+        t,
+        None,
+    )
+    .await;
+    let got = got["messages"].as_array().unwrap();
+    let ns: Vec<u64> = got
+        .iter()
+        .map(|m| m["payload"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, vec![0, 3]);
+    for m in got {
+        let id = m["message_id"].as_str().unwrap();
+        let (status, _) = call(
+            &app,
+            "POST",
+            &format!("/api/v1/agents/r-1/messages/{id}/read"),
+            t,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "a delivered one is acknowledged");
+    }
+    let early = env
+        .bus
+        .keys(&tenant)
+        .inbox_read_early(&agentbus::keys::Ident::new("instance", "r-1").unwrap());
+    let mut conn = env.conn().await;
+    let marks: u64 = redis::cmd("ZCARD")
+        .arg(&early)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(marks, 0, "the receive settled the marks it passed");
+
+    // A blocking reader (the library's Receiver) likewise.
+    for n in 4..7 {
+        send(n).await;
+    }
+    let (_, listed) = call(
+        &app,
+        "GET",
+        "/api/v1/agents/r-1/messages?status=pending",
+        t,
+        None,
+    )
+    .await;
+    let skip = listed["messages"][1]["message_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/agents/r-1/messages/{skip}/read"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let me = agentbus::keys::Ident::new("instance", "r-1").unwrap();
+    let mut rx = env.bus.receiver(&tenant, &me);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        for m in rx
+            .recv(std::time::Duration::from_millis(100))
+            .await
+            .unwrap()
+        {
+            got.push(m.payload.json()["n"].as_u64().unwrap());
+            rx.ack(&[m.entry_id.as_str()]).await.unwrap();
+        }
+    }
+    assert_eq!(got, vec![4, 6]);
+    let marks: u64 = redis::cmd("ZCARD")
+        .arg(&early)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(marks, 0);
+    assert_eq!((count("read").await, count("pending").await), (7, 0));
+}

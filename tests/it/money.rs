@@ -624,6 +624,20 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    // The invocation's request, not yet delivered: what a mark would record.
+    let unread: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(k.inbox(&target))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let unread = unread
+        .ids
+        .last()
+        .expect("the request in the target's inbox")
+        .id
+        .clone();
     let dead: String = redis::cmd("XADD")
         .arg(k.dlq())
         .arg("*")
@@ -1164,6 +1178,36 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             s.dlq_replay.script(),
             vec![k.dlq(), ghost_inbox.clone()],
             vec![b(&dead), b("many")],
+        ),
+        case(
+            "inbox_mark_read: a bad id after a good one",
+            s.inbox_mark_read.script(),
+            vec![k.inbox(&target), k.inbox_read_early(&target)],
+            vec![b(&unread), b("not-an-id")],
+        ),
+        case(
+            "inbox_mark_read: more than 1,000 ids",
+            s.inbox_mark_read.script(),
+            vec![k.inbox(&target), k.inbox_read_early(&target)],
+            vec![b(&unread); 1001],
+        ),
+        case(
+            "inbox_mark_read: no id",
+            s.inbox_mark_read.script(),
+            vec![k.inbox(&target), k.inbox_read_early(&target)],
+            vec![],
+        ),
+        case(
+            "inbox_settle_read: a bad id after a good one",
+            s.inbox_settle_read.script(),
+            vec![k.inbox(&target), k.inbox_read_early(&target)],
+            vec![b(&unread), b("1-x")],
+        ),
+        case(
+            "inbox_settle_read: more than 10,000 ids",
+            s.inbox_settle_read.script(),
+            vec![k.inbox(&target), k.inbox_read_early(&target)],
+            vec![b(&unread); 10_001],
         ),
         case(
             "credits_flush: empty tenant",

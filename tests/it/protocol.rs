@@ -217,6 +217,7 @@ fn key_fixture() -> String {
         ("agents_with_status_prefix", t.agents_with_status_prefix()),
         ("inbox_prefix", t.inbox_prefix()),
         ("inbox", t.inbox(&i)),
+        ("inbox_read_early", t.inbox_read_early(&i)),
         ("invoke", t.invoke("inv1")),
         ("pending_invokes", t.pending_invokes()),
         ("replies", t.replies("p1")),

@@ -39,6 +39,10 @@ class Message:
     deadline_ms: int | None = None
 
 
+def _id(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+
 def _text(fields: dict[bytes, bytes], name: str) -> str | None:
     v = fields.get(name.encode())
     return v.decode() if v else None
@@ -93,7 +97,12 @@ class Agent:
         await self.client.redis.sadd(tenants_key(k.prefix, self.client.tenant), self.client.tenant)
         answer = await self.client.scripts.agent_register(
             self.client.redis,
-            [("agents", k.agents()), ("agent", k.agent(self.instance_id)), ("inbox", k.inbox(self.instance_id))],
+            [
+                ("agents", k.agents()),
+                ("agent", k.agent(self.instance_id)),
+                ("inbox", k.inbox(self.instance_id)),
+                ("read_early", k.inbox_read_early(self.instance_id)),
+            ],
             [
                 ("instance", self.instance_id),
                 ("agent", self.agent_id),
@@ -148,6 +157,7 @@ class Inbox:
         self.redeliver_after_ms = redeliver_after_ms or client.settings.redeliver_after_ms
         self.max_deliveries = max_deliveries or client.settings.max_deliveries
         self.key = client.keys.inbox(instance_id)
+        self.read_early = client.keys.inbox_read_early(instance_id)
         self._next_redeliver = 0.0
         self._pending_first = True
         self.closed = False
@@ -203,15 +213,27 @@ class Inbox:
             again = await self._redeliver()
             if again:
                 return again
-        try:
-            read = await self.client.redis.xreadgroup(
-                GROUP, self.instance_id, {self.key: ">"}, count=self.batch, block=self.block_ms
-            )
-        except ResponseError as e:
-            if "NOGROUP" in str(e):
+        # The read, and whether any message was marked read before delivery
+        # (rare: only then are the new ones checked against the marks).
+        pipe = self.client.redis.pipeline(transaction=False)
+        pipe.xreadgroup(GROUP, self.instance_id, {self.key: ">"}, count=self.batch, block=self.block_ms)
+        pipe.zcard(self.read_early)
+        read, marked = await pipe.execute(raise_on_error=False)
+        for e in (read, marked):
+            if isinstance(e, ResponseError) and "NOGROUP" in str(e):
                 raise NotFound(f"agent instance {self.instance_id} (no inbox)") from None
-            raise
-        return await self._set_aside([(i, f) for _, entries in read or [] for i, f in entries])
+            if isinstance(e, Exception):
+                raise e
+        entries = [(i, f) for _, got in read or [] for i, f in got]
+        if marked and entries:
+            answer = await self.client.scripts.inbox_settle_read(
+                self.client.redis,
+                [("inbox", self.key), ("read_early", self.read_early)],
+                [("entry", _id(i)) for i, _ in entries],
+            )
+            settled = {_id(x) for x in answer["value"] or []}
+            entries = [(i, f) for i, f in entries if _id(i) not in settled]
+        return await self._set_aside(entries)
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()

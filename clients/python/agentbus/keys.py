@@ -125,6 +125,9 @@ class TenantKeys:
     def inbox(self, instance: str) -> str:
         return self.inbox_prefix() + instance
 
+    def inbox_read_early(self, instance: str) -> str:
+        return self._key(f"inbox-read:{instance}")
+
     def invoke(self, invoke_id: str) -> str:
         return self._key(f"invoke:{invoke_id}")
 

@@ -159,6 +159,37 @@ async def test_messages_both_ways_and_poison_dead_lettered_alone(server):
         assert available(server, token) == before - MESSAGE
 
 
+async def test_a_message_marked_read_before_delivery_never_reaches_a_python_inbox(server):
+    """The original's flow (list the inbox, mark one read) on the server;
+    the Python Inbox honours the mark: it is acknowledged, never handed out."""
+    tenant = "t" + secrets.token_hex(3)
+    token = server.tenant(tenant, 100)
+    register_rest(server, token, "rust-agent")
+    async with Client(REDIS_URL, tenant, prefix=server.prefix) as client:
+        await Agent(client, "py-reader", "python").register()
+        for n in range(3):
+            status, _ = server.call("POST", "/agents/py-reader/messages", token,
+                                    {"from_instance_id": "rust-agent", "message_type": "note", "payload": {"n": n}})
+            assert status == 201, _
+        status, listed = server.call("GET", "/agents/py-reader/messages?status=pending", token)
+        assert listed["count"] == 3, listed
+        skipped = listed["messages"][1]["message_id"]
+        status, body = server.call("POST", f"/agents/py-reader/messages/{skipped}/read", token)
+        assert status == 200, body
+        inbox = Inbox(client, "py-reader", block_ms=200)
+        got = []
+        for _ in range(5):
+            for m in await inbox.receive():
+                got.append(m)
+                await inbox.ack(m)
+        assert [m.payload["n"] for m in got] == [0, 2]
+        r = sync_redis()
+        assert r.exists(client.keys.inbox_read_early("py-reader")) == 0, "the mark is settled"
+        assert r.xpending(client.keys.inbox("py-reader"), "inbox")["pending"] == 0
+        status, listed = server.call("GET", "/agents/py-reader/messages?status=read", token)
+        assert listed["count"] == 3, listed
+
+
 async def test_a_python_write_reaches_postgres_through_its_ready_signal(server_pg):
     """Nothing but the Python client writes after the grant: its message's
     charge reaches the ledger because the client signals the sink as the

@@ -32,6 +32,7 @@ def test_every_key_name_is_the_servers(contract):
         "agents_with_status_prefix": k.agents_with_status_prefix(),
         "inbox_prefix": k.inbox_prefix(),
         "inbox": k.inbox(inst),
+        "inbox_read_early": k.inbox_read_early(inst),
         "invoke": k.invoke(contract["invoke"]),
         "pending_invokes": k.pending_invokes(),
         "replies": k.replies(contract["process"]),

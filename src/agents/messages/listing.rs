@@ -68,15 +68,37 @@ impl AgentBus {
             } else {
                 HashSet::new()
             };
+        let delivered = |id: &str| {
+            last_delivered
+                .as_ref()
+                .is_some_and(|last| stream_id_le(id, last))
+        };
+        // Not yet delivered but marked read (the original's list-then-mark flow).
+        let undelivered: Vec<&str> = window
+            .iter()
+            .map(|e| e.id.as_str())
+            .filter(|id| !delivered(id))
+            .collect();
+        let read_early: HashSet<&str> = if undelivered.is_empty() {
+            HashSet::new()
+        } else {
+            let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+                .arg(self.keys(tenant).inbox_read_early(instance))
+                .arg(&undelivered)
+                .query_async(&mut conn)
+                .await?;
+            undelivered
+                .iter()
+                .zip(scores)
+                .filter_map(|(id, s)| s.map(|_| *id))
+                .collect()
+        };
         let mut out = Vec::new();
         for e in &window {
             let mut m = Message::from_entry(e)?;
             let status = if pending_ids.contains(&e.id) {
                 MessageStatus::Delivered
-            } else if last_delivered
-                .as_ref()
-                .is_some_and(|last| stream_id_le(&e.id, last))
-            {
+            } else if delivered(&e.id) || read_early.contains(e.id.as_str()) {
                 MessageStatus::Read
             } else {
                 MessageStatus::Pending
@@ -124,7 +146,7 @@ fn pel_ids(pel: &Value) -> HashSet<String> {
     ids
 }
 
-fn last_delivered_id(groups: &Value) -> Option<String> {
+pub(super) fn last_delivered_id(groups: &Value) -> Option<String> {
     let Value::Array(groups) = groups else {
         return None;
     };

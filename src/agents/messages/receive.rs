@@ -52,7 +52,8 @@ impl AgentBus {
     }
 
     /// Acknowledges messages of `instance`, by entry id or message id.
-    /// Returns how many were pending and are now read.
+    /// A message not yet delivered is marked read too: no reader hands it
+    /// out. Returns how many were unread and are now read.
     pub async fn ack_messages(
         &self,
         tenant: &TenantId,
@@ -76,54 +77,88 @@ impl AgentBus {
         }
         let mut conn = self.redis().conn().await?;
         if !by_message_id.is_empty() {
-            // Find them among this consumer's unacknowledged entries.
-            let pending = redis::cmd("XPENDING")
-                .arg(&inbox)
-                .arg(GROUP)
-                .arg("-")
-                .arg("+")
-                .arg(1000)
-                .arg(instance.as_str())
-                .query_async::<Value>(&mut conn)
-                .await
-                .or_else(|e| match e.code() {
-                    // No inbox (or no group): nothing of this instance to acknowledge.
-                    Some("NOGROUP") => Ok(Value::Nil),
-                    _ => Err(e),
-                })?;
-            if let Value::Array(rows) = pending {
-                let mut pipe = redis::pipe();
-                let mut candidates = Vec::new();
-                for row in rows {
-                    if let Value::Array(cols) = row
-                        && let Some(Value::BulkString(id)) = cols.first()
-                    {
-                        let id = String::from_utf8_lossy(id).into_owned();
-                        pipe.cmd("XRANGE").arg(&inbox).arg(&id).arg(&id);
-                        candidates.push(id);
-                    }
-                }
-                if !candidates.is_empty() {
-                    let found: Vec<Value> = pipe.query_async(&mut conn).await?;
-                    for value in found {
-                        for e in entries(value)? {
-                            if e.text("id").is_some_and(|m| by_message_id.contains(m)) {
-                                entry_ids.push(e.id);
-                            }
-                        }
-                    }
-                }
-            }
+            entry_ids.extend(
+                self.find_by_message_id(&mut conn, &inbox, instance, &by_message_id)
+                    .await?,
+            );
         }
         if entry_ids.is_empty() {
             return Ok(0);
         }
-        Ok(redis::cmd("XACK")
-            .arg(&inbox)
+        let mut call = scripts().inbox_mark_read.key("inbox", &inbox);
+        call.key("read_early", self.keys(tenant).inbox_read_early(instance));
+        for id in &entry_ids {
+            call.arg("entry", id);
+        }
+        Ok(call.invoke(&mut conn).await?.value()?.max(0) as u64)
+    }
+
+    /// The entry ids of messages (by message id) among `instance`'s
+    /// unacknowledged entries and the first 1,000 not yet delivered.
+    async fn find_by_message_id(
+        &self,
+        conn: &mut crate::conn::Conn,
+        inbox: &str,
+        instance: &Ident,
+        wanted: &HashSet<&str>,
+    ) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        let pending = match redis::cmd("XPENDING")
+            .arg(inbox)
             .arg(GROUP)
-            .arg(&entry_ids)
-            .query_async(&mut conn)
-            .await?)
+            .arg("-")
+            .arg("+")
+            .arg(1000)
+            .arg(instance.as_str())
+            .query_async::<Value>(conn)
+            .await
+        {
+            Ok(v) => v,
+            // No inbox (or no group): nothing of this instance to mark.
+            Err(e) if e.code() == Some("NOGROUP") => return Ok(found),
+            Err(e) => return Err(e.into()),
+        };
+        let mut pipe = redis::pipe();
+        if let Value::Array(rows) = pending {
+            for row in rows {
+                if let Value::Array(cols) = row
+                    && let Some(Value::BulkString(id)) = cols.first()
+                {
+                    let id = String::from_utf8_lossy(id).into_owned();
+                    pipe.cmd("XRANGE").arg(inbox).arg(&id).arg(&id);
+                }
+            }
+        }
+        // The inbox may have expired since (a deregistered instance's).
+        let groups: Value = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(inbox)
+            .query_async(conn)
+            .await
+        {
+            Err(e) if e.to_string().contains("no such key") => Value::Nil,
+            other => other?,
+        };
+        if let Some(last) = super::listing::last_delivered_id(&groups) {
+            pipe.cmd("XRANGE")
+                .arg(inbox)
+                .arg(format!("({last}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1000);
+        }
+        if pipe.cmd_iter().next().is_none() {
+            return Ok(found);
+        }
+        let replies: Vec<Value> = pipe.query_async(conn).await?;
+        for value in replies {
+            for e in entries(value)? {
+                if e.text("id").is_some_and(|m| wanted.contains(m)) {
+                    found.push(e.id);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Delivers up to `count` messages to `instance` (REST receive): first its
@@ -296,35 +331,59 @@ impl Receiver {
         if let Some(max_bytes) = self.max_bytes {
             return self.take(max_bytes, wait).await;
         }
-        let inbox = self.bus.keys(&self.tenant).inbox(&self.instance);
-        let read = self.read_new(self.batch, wait);
-        let result = if self.to_ack.is_empty() {
-            self.conn.query::<Value>(&read, wait).await
-        } else {
+        let keys = self.bus.keys(&self.tenant);
+        let mut pipe = redis::pipe();
+        if !self.to_ack.is_empty() {
             // Acknowledge what was handled and read on, in one round trip.
-            let mut pipe = redis::pipe();
             pipe.cmd("XACK")
-                .arg(&inbox)
+                .arg(keys.inbox(&self.instance))
                 .arg(GROUP)
                 .arg(&self.to_ack)
                 .ignore();
-            pipe.add_command(read);
-            let result = self
-                .conn
-                .query_pipeline::<(Value,)>(&pipe, wait)
-                .await
-                .map(|(v,)| v);
-            if result.is_ok() {
-                self.to_ack.clear();
-            }
-            result
-        };
-        let value = result?;
+        }
+        pipe.add_command(self.read_new(self.batch, wait));
+        // Whether any message was marked read before delivery (rare): only
+        // then are the new ones checked against the marks.
+        pipe.cmd("ZCARD").arg(keys.inbox_read_early(&self.instance));
+        let (value, marked): (Value, u64) = self.conn.query_pipeline(&pipe, wait).await?;
+        self.to_ack.clear();
         let messages = StreamEntry::from_read_reply(&value)?
             .iter()
             .map(Message::from_entry)
             .collect::<Result<Vec<_>>>()?;
+        let messages = self.drop_read_early(messages, marked).await?;
         self.deliver(messages).await
+    }
+
+    /// Of messages just read, acknowledges and leaves out those marked read
+    /// before delivery (`marked`: how many marks the inbox held at the read).
+    async fn drop_read_early(&self, messages: Vec<Message>, marked: u64) -> Result<Vec<Message>> {
+        if marked == 0 || messages.is_empty() {
+            return Ok(messages);
+        }
+        let keys = self.bus.keys(&self.tenant);
+        let mut call = scripts()
+            .inbox_settle_read
+            .key("inbox", keys.inbox(&self.instance));
+        call.key("read_early", keys.inbox_read_early(&self.instance));
+        for m in &messages {
+            call.arg("entry", &m.entry_id);
+        }
+        let mut conn = self.bus.redis().conn().await?;
+        let settled: HashSet<String> = match call.invoke(&mut conn).await?.into_raw()? {
+            Value::Array(ids) => ids
+                .iter()
+                .filter_map(|v| match v {
+                    Value::BulkString(id) => Some(String::from_utf8_lossy(id).into_owned()),
+                    _ => None,
+                })
+                .collect(),
+            _ => HashSet::new(),
+        };
+        Ok(messages
+            .into_iter()
+            .filter(|m| !settled.contains(&m.entry_id))
+            .collect())
     }
 
     /// XREADGROUP of up to `count` new entries, blocking up to `wait` (if any).
@@ -349,8 +408,11 @@ impl Receiver {
         let mut messages = self.take_now(self.batch, max_bytes).await?;
         if messages.is_empty() && !wait.is_zero() {
             // One entry is at most the payload limit: safe to wait for.
-            let read = self.read_new(1, wait);
-            let value = self.conn.query::<Value>(&read, wait).await?;
+            let mut pipe = redis::pipe();
+            pipe.add_command(self.read_new(1, wait));
+            pipe.cmd("ZCARD")
+                .arg(self.bus.keys(&self.tenant).inbox_read_early(&self.instance));
+            let (value, marked): (Value, u64) = self.conn.query_pipeline(&pipe, wait).await?;
             let entries = StreamEntry::from_read_reply(&value)?;
             let used: usize = entries
                 .iter()
@@ -360,6 +422,7 @@ impl Receiver {
                 .iter()
                 .map(Message::from_entry)
                 .collect::<Result<Vec<_>>>()?;
+            messages = self.drop_read_early(messages, marked).await?;
             if !messages.is_empty() && self.batch > 1 && used < max_bytes {
                 let more = self.take_now(self.batch - 1, max_bytes - used).await?;
                 messages.extend(more);
@@ -374,6 +437,7 @@ impl Receiver {
         let value = scripts()
             .inbox_take
             .key("inbox", keys.inbox(&self.instance))
+            .key("read_early", keys.inbox_read_early(&self.instance))
             .arg("consumer", self.instance.as_str())
             .arg("count", count.min(MAX_READ))
             .arg("most_bytes", max_bytes.max(1))
