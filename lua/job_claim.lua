@@ -1,22 +1,47 @@
--- job_claim: deliver up to `count` new items of a running job to one consumer.
--- Checking the status here means a claim never reaches a job that is not running.
+-- job_claim: deliver up to `count` new items of a running job to one
+-- consumer, never putting more than the job's `parallelism` in flight
+-- (delivered and not yet finished, failed or released: the group's pending
+-- entries). Checking the status here means a claim never reaches a job that
+-- is not running. Every delivery of a new item goes through this script, so
+-- the bound holds however many workers claim at once; a worker with nothing
+-- to claim waits outside it (XREAD BLOCK after `empty`'s id, or a pause
+-- after `full`) and claims again.
 -- @include common job
 -- @layout job
 -- @arg consumer the worker instance id
 -- @arg count most items
--- @reply ok(entries:rest) each {id, {field, value, ...}}
+-- @reply ok(entries:rest) each {id, {field, value, ...}} (at least one)
+-- @reply empty(after:text) nothing new: new items will have ids after this one
+-- @reply full(in_flight:int) `parallelism` items are in flight: none until one finishes
 -- @reply missing
 -- @reply not_running(status:text)
 
 arg_text(5)
-arg_int(6, 1, 1000)
-local status = redis.call('HGET', K_JOB, 'status')
+local want = arg_int(6, 1, 1000)
+local job = redis.call('HMGET', K_JOB, 'status', 'parallelism')
+local status = job[1]
 if not status then return {'missing'} end
 if not is_live(status) then return {'not_running', status} end
 
-local out = {'ok'}
-local r = redis.call('XREADGROUP', 'GROUP', GROUP, ARGV[5], 'COUNT', ARGV[6], 'STREAMS', K_ITEMS, '>')
-if r then
-  for _, entry in ipairs(r[1][2]) do out[#out + 1] = entry end
+-- The group's pending count and last delivered id (the job's only group).
+local in_flight, last = 0, '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', K_ITEMS)) do
+  local name, pending, delivered
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1]
+    elseif g[i] == 'pending' then pending = g[i + 1]
+    elseif g[i] == 'last-delivered-id' then delivered = g[i + 1] end
+  end
+  if name == GROUP then in_flight, last = pending, delivered end
 end
+local most = tonumber(job[2])
+if most and most > 0 then
+  if in_flight >= most then return {'full', in_flight} end
+  want = math.min(want, most - in_flight)
+end
+
+local r = redis.call('XREADGROUP', 'GROUP', GROUP, ARGV[5], 'COUNT', want, 'STREAMS', K_ITEMS, '>')
+if not r or #r[1][2] == 0 then return {'empty', last} end
+local out = {'ok'}
+for _, entry in ipairs(r[1][2]) do out[#out + 1] = entry end
 return out

@@ -306,7 +306,8 @@ pub async fn run(
             .map(|i| serde_json::json!({ "i": i }))
             .collect(),
     );
-    spec.parallelism = (options.workers as i64).clamp(1, 100);
+    // Throughput, not a bound on it: as many in flight as a job may have.
+    spec.parallelism = agentbus::jobs::PARALLELISM.1;
     spec.max_retries = options.max_retries;
     spec.timeout_per_item = options.timeout_per_item;
     spec.validate(bus.limits().max_items)?;

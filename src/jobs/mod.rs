@@ -9,15 +9,18 @@
 //! - `spec`: what a job is asked to be (validated before anything is written).
 //! - `model`: what a job is (its state, items, results, outcomes).
 //! - `operations`: what can be done to one (each a script).
+//! - `claim`: handing out new items within the job's `parallelism`.
 //! - [`reclaim`]: re-delivering what quiet workers held; [`worker`]: the
 //!   Rust worker that claims, runs a handler and completes in batches.
 
+mod claim;
 mod model;
 mod operations;
 pub mod reclaim;
 mod spec;
 pub mod worker;
 
+pub(crate) use claim::Claim;
 pub use model::*;
 pub(crate) use operations::job_call;
 pub use operations::validate_stream_id;

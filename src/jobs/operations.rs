@@ -5,16 +5,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::Value;
 use uuid::Uuid;
 
 use super::model::millis_to_time;
 use super::spec::MAX_CLAIM_PER_CALL;
 use super::*;
 use crate::bus::{AgentBus, event_base};
-use crate::codec::StreamEntry;
 use crate::error::{Error, Result};
-use crate::keys::{self, Chore, TenantId, TenantKeys};
+use crate::keys::{Chore, TenantId, TenantKeys};
 use crate::metrics;
 use crate::money::{Credits, from_minor};
 use crate::payload::{self, Encode};
@@ -60,7 +58,7 @@ fn job_ended(tenant: &TenantId, reply: &Answer) -> Result<()> {
 }
 
 /// Maps the status replies every job script shares.
-fn job_state_error(reply: &Answer, job: &Uuid) -> Result<Error> {
+pub(super) fn job_state_error(reply: &Answer, job: &Uuid) -> Result<Error> {
     Ok(match reply.tag() {
         "missing" => Error::not_found(format!("job {job}")),
         "not_running" => {
@@ -248,7 +246,7 @@ impl AgentBus {
 
     /// Why a job cannot deliver any more: 409 with its state when it ended,
     /// else not found.
-    async fn ended_job_error(&self, tenant: &TenantId, job: &Uuid) -> Error {
+    pub(super) async fn ended_job_error(&self, tenant: &TenantId, job: &Uuid) -> Error {
         match self.job(tenant, job).await {
             Ok(j) => {
                 let status = j.status.as_str();
@@ -344,70 +342,6 @@ impl AgentBus {
             jobs,
             total: total - gone.len() as i64,
         })
-    }
-
-    /// Delivers up to `count` new items to `consumer`. With `wait` > 0 and
-    /// nothing available, blocks on a dedicated connection for that long.
-    pub async fn claim_items(
-        &self,
-        tenant: &TenantId,
-        job: &Uuid,
-        consumer: &str,
-        count: usize,
-        wait: Duration,
-    ) -> Result<Vec<ClaimedItem>> {
-        keys::validate_id("worker_instance_id", consumer, keys::MAX_ID_LEN)?;
-        let keys = self.keys(tenant);
-        let mut call = job_call(
-            &scripts().job_claim,
-            &keys,
-            tenant,
-            job,
-            self.limits().job_retention,
-        );
-        call.arg("consumer", consumer)
-            .arg("count", count.clamp(1, MAX_CLAIM_PER_CALL));
-        let mut conn = self.redis().conn().await?;
-        let reply = call.invoke(&mut conn).await?;
-        drop(conn);
-        if !reply.is("ok") {
-            return Err(job_state_error(&reply, job)?);
-        }
-        let mut items = reply
-            .rest("entries")?
-            .iter()
-            .map(|v| StreamEntry::from_value(v).and_then(|e| ClaimedItem::from_entry(&e)))
-            .collect::<Result<Vec<_>>>()?;
-        if items.is_empty() && !wait.is_zero() {
-            let mut blocking = self.redis().blocking();
-            let read = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg("workers")
-                .arg(consumer)
-                .arg("COUNT")
-                .arg(count.clamp(1, MAX_CLAIM_PER_CALL))
-                .arg("BLOCK")
-                .arg(wait.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(keys.job_items(job))
-                .arg(">")
-                .to_owned();
-            let value: Value = match blocking.query(&read, wait).await {
-                Ok(v) => v,
-                // The job ended while this claim waited (its stream is gone):
-                // answer what a claim after the end gets.
-                Err(Error::Redis(ref r)) if matches!(r.code(), Some("NOGROUP" | "UNBLOCKED")) => {
-                    return Err(self.ended_job_error(tenant, job).await);
-                }
-                Err(other) => return Err(other),
-            };
-            items = StreamEntry::from_read_reply(&value)?
-                .iter()
-                .map(ClaimedItem::from_entry)
-                .collect::<Result<_>>()?;
-        }
-        metrics::items(tenant, "claimed", items.len() as u64);
-        Ok(items)
     }
 
     /// Completes delivered items with their outputs, charging each once.

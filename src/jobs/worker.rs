@@ -1,6 +1,7 @@
-//! A worker for Rust agents: claims items of one job over `XREADGROUP`,
-//! runs a handler with bounded concurrency, and completes or fails items for
-//! it in batches.
+//! A worker for Rust agents: claims items of one job (through
+//! `lua/job_claim.lua`, so within the job's `parallelism`; waiting with
+//! `XREAD BLOCK` when nothing is new), runs a handler with bounded
+//! concurrency, and completes or fails items for it in batches.
 //!
 //! Each worker is one consumer with a stable name, reading on a connection of
 //! its own. On start it first re-reads its own pending entries, so a worker
@@ -24,12 +25,15 @@ use uuid::Uuid;
 
 use crate::bus::AgentBus;
 use crate::codec::{self, StreamEntry};
+use crate::conn::BlockingConn;
 use crate::error::{Error, Result};
-use crate::jobs::{ClaimedItem, CompleteOutcome, FailOutcome};
+use crate::jobs::{Claim, ClaimedItem, CompleteOutcome, FailOutcome};
 use crate::keys::{self, TenantId};
 
 /// Most completions sent in one script call.
 const MAX_COMPLETE_BATCH: usize = 256;
+/// First pause before claiming again while the job is at its parallelism.
+const FIRST_FULL_PAUSE: Duration = Duration::from_millis(10);
 
 /// A handler's failure: the message, and whether another attempt may succeed.
 #[derive(Clone, Debug)]
@@ -251,6 +255,7 @@ impl Worker {
         // walking them by id; then ">" takes new ones.
         let mut pending_after: Option<String> = Some("0".into());
         let mut backoff = Duration::from_millis(50);
+        let mut full_pause = FIRST_FULL_PAUSE;
 
         loop {
             let first = tokio::select! {
@@ -264,31 +269,35 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let mut read = redis::cmd("XREADGROUP");
-            read.arg("GROUP")
-                .arg("workers")
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(permits.len());
-            match &pending_after {
-                Some(after) => read.arg("STREAMS").arg(&items_key).arg(after),
-                None => read
-                    .arg("BLOCK")
-                    .arg(self.block.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(&items_key)
-                    .arg(">"),
+            let reply = match &pending_after {
+                Some(after) => {
+                    let mut read = redis::cmd("XREADGROUP");
+                    read.arg("GROUP")
+                        .arg("workers")
+                        .arg(&self.consumer)
+                        .arg("COUNT")
+                        .arg(permits.len())
+                        .arg("STREAMS")
+                        .arg(&items_key)
+                        .arg(after);
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => break,
+                        r = conn.query::<Value>(&read, self.block) => r.and_then(|v| StreamEntry::from_read_reply(&v)),
+                    }
+                }
+                // New items only through the claim script (the job's parallelism).
+                None => tokio::select! {
+                    _ = self.shutdown.cancelled() => break,
+                    r = self.claim_new(&mut conn, permits.len(), &mut full_pause) => r,
+                },
             };
-
-            let reply = tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                r = conn.query::<Value>(&read, self.block) => r,
-            };
-            let entries = match reply.and_then(|v| StreamEntry::from_read_reply(&v)) {
+            let entries = match reply {
                 Ok(entries) => {
                     backoff = Duration::from_millis(50);
                     entries
                 }
+                // The claim found the job ended (or gone).
+                Err(Error::Conflict { .. } | Error::NotFound(_)) => break,
                 // The items stream is deleted when the job ends: readers blocked
                 // on it are unblocked, later reads find no group.
                 Err(Error::Redis(e)) if matches!(e.code(), Some("NOGROUP" | "UNBLOCKED")) => {
@@ -316,12 +325,8 @@ impl Worker {
                 .filter(|e| !e.fields.is_empty())
                 .collect();
             if entries.is_empty() {
-                if pending_after.is_some() {
-                    continue;
-                }
-                if !self.job_running().await? {
-                    break;
-                }
+                // Nothing claimed (waited for, or paused while the job is at
+                // its parallelism): the next claim says whether it still runs.
                 continue;
             }
             let claimed_at = Instant::now();
@@ -386,6 +391,38 @@ impl Worker {
             }
         }
         Ok(tally.report(&self.consumer))
+    }
+
+    /// Claims up to `count` new items; with none to take, waits on `conn`
+    /// for new ones (up to `block`) or, while the job is at its
+    /// parallelism, pauses (`pause`, doubling up to 200 ms), and answers none.
+    async fn claim_new(
+        &self,
+        conn: &mut BlockingConn,
+        count: usize,
+        pause: &mut Duration,
+    ) -> Result<Vec<StreamEntry>> {
+        match self
+            .bus
+            .claim_once(&self.tenant, &self.job, &self.consumer, count)
+            .await?
+        {
+            Claim::Items(entries) => {
+                *pause = FIRST_FULL_PAUSE;
+                Ok(entries)
+            }
+            Claim::Empty { after } => {
+                self.bus
+                    .wait_for_items(conn, &self.tenant, &self.job, &after, self.block)
+                    .await?;
+                Ok(Vec::new())
+            }
+            Claim::Full => {
+                tokio::time::sleep(*pause).await;
+                *pause = (*pause * 2).min(Duration::from_millis(200));
+                Ok(Vec::new())
+            }
+        }
     }
 
     async fn job_running(&self) -> Result<bool> {

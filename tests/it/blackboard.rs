@@ -562,6 +562,7 @@ async fn a_jobs_results_are_aggregated_into_a_namespace_as_items_complete() {
     let t: TenantId = env.tenant("agg");
     env.grant(&t, 1000).await;
     let mut spec = JobSpec::new("orc", "w", "score", (0..20).map(|i| json!(i)).collect());
+    spec.parallelism = 20;
     spec.aggregate = Some(AggregateInto {
         namespace: ns("scores"),
         field: Some("score".into()),

@@ -45,7 +45,10 @@ async fn simulate_stages(app: &axum::Router, token: &str, stages: Value) -> (Sta
 
 /// Spawns a job of `items` over HTTP; its id.
 async fn spawn(app: &axum::Router, token: &str, items: Value) -> String {
-    let (status, resp) = call(app, "POST", "/api/v1/jobs", Some(token), Some(job(items))).await;
+    // Claimed in bulk here: no bound on items in flight to meet.
+    let mut body = job(items);
+    body["parallelism"] = json!(agentbus::jobs::PARALLELISM.1);
+    let (status, resp) = call(app, "POST", "/api/v1/jobs", Some(token), Some(body)).await;
     assert_eq!(status, StatusCode::CREATED, "{resp}");
     resp["id"].as_str().expect("job id").to_string()
 }

@@ -15,13 +15,17 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// A job whose tests claim in bulk: no bound on items in flight that they
+/// would meet (the bound has tests of its own).
 fn spec(items: usize) -> JobSpec {
-    JobSpec::new(
+    let mut s = JobSpec::new(
         "orchestrator-1",
         "worker",
         "test-task",
         (0..items).map(|i| json!({ "n": i })).collect(),
-    )
+    );
+    s.parallelism = agentbus::jobs::PARALLELISM.1;
+    s
 }
 
 fn credits(n: i64) -> Decimal {
@@ -749,7 +753,7 @@ async fn validation_errors_name_the_field_and_change_nothing() {
     type Mutation = Box<dyn Fn(&mut JobSpec)>;
     let cases: Vec<(&str, Mutation)> = vec![
         ("parallelism", Box::new(|s| s.parallelism = 0)),
-        ("parallelism", Box::new(|s| s.parallelism = 101)),
+        ("parallelism", Box::new(|s| s.parallelism = 10_001)),
         ("timeout_per_item", Box::new(|s| s.timeout_per_item = 3601)),
         ("max_retries", Box::new(|s| s.max_retries = 11)),
         ("items", Box::new(|s| s.items.clear())),
@@ -976,7 +980,8 @@ async fn a_completion_batch_spanning_many_other_pending_entries_is_judged_per_en
     let env = TestEnv::new().await;
     let t = env.tenant("span");
     env.grant(&t, 1000).await;
-    let spec = JobSpec::new("o", "w", "span", (0..210).map(|i| json!(i)).collect());
+    let mut spec = JobSpec::new("o", "w", "span", (0..210).map(|i| json!(i)).collect());
+    spec.parallelism = 210;
     let job = env.bus.spawn_job(&t, &spec).await.unwrap();
     let held = env
         .bus

@@ -24,6 +24,7 @@ mod load_and_demo;
 mod money;
 mod openapi;
 mod ops;
+mod parallelism;
 mod promises;
 mod protocol;
 mod reconnect;

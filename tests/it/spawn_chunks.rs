@@ -17,12 +17,15 @@ use uuid::Uuid;
 const CHUNK: usize = 10;
 
 fn spec(items: usize) -> JobSpec {
-    JobSpec::new(
+    let mut s = JobSpec::new(
         "orchestrator-1",
         "worker",
         "chunked",
         (0..items).map(|i| json!({ "n": i })).collect(),
-    )
+    );
+    // Claimed in bulk here: no bound on items in flight to meet.
+    s.parallelism = agentbus::jobs::PARALLELISM.1;
+    s
 }
 
 async fn env_with(stall: Duration) -> TestEnv {

@@ -1,8 +1,9 @@
 """Working a job's items from Python, through the server's job scripts.
 
 A :class:`Worker` claims items (``job_claim``, which refuses a job that is
-not running; when nothing is new it blocks in ``XREADGROUP`` on the job's
-items stream), runs the handler on each, and completes the batch in one
+not running and never puts more than the job's ``parallelism`` in flight;
+when nothing is new it blocks in ``XREAD`` on the job's items stream, and
+at the parallelism it pauses), runs the handler on each, and completes the batch in one
 ``job_complete`` call (each item charged exactly once; a second completion
 is a duplicate and costs nothing) or reports a failure (``job_fail``:
 retried while attempts remain). It first re-walks its own pending entries,
@@ -135,6 +136,7 @@ class Worker:
         self._rewalking = asyncio.Lock()
         self._needs_rewalk = False
         self._in_flight: set[str] = set()
+        self._full_pause = 0.01
         self.tally = Tally()
         self._stopping = asyncio.Event()
         self._ended = False
@@ -228,28 +230,22 @@ class Worker:
             keys,
             args + [("consumer", self.instance_id), ("count", self.batch)],
         )
+        if answer.tag == "full":
+            # The job's `parallelism` items are in flight: claim again shortly.
+            await asyncio.sleep(self._full_pause)
+            self._full_pause = min(self._full_pause * 2, 0.2)
+            return []
+        self._full_pause = 0.01
+        if answer.tag == "empty":
+            # Nothing new: wait for an entry after the last one delivered
+            # (XREAD delivers nothing; the next claim does, within parallelism).
+            await self.client.redis.xread(
+                {self.client.keys.job_items(self.job_id): answer["after"]}, count=1, block=self.block_ms
+            )
+            return []
         if answer.tag != "ok":
             return None
-        items = []
-        for entry in answer["entries"]:
-            entry_id, flat = entry[0], entry[1]
-            items.append(_item(entry_id, _pairs(flat)))
-        if items:
-            return items
-        try:
-            read = await self.client.redis.xreadgroup(
-                "workers",
-                self.instance_id,
-                {self.client.keys.job_items(self.job_id): ">"},
-                count=self.batch,
-                block=self.block_ms,
-            )
-        except ResponseError as e:
-            # The job ended while this read waited (its stream is gone).
-            if "NOGROUP" in str(e) or "UNBLOCKED" in str(e):
-                return None
-            raise
-        return [_item(i, f) for _, entries in read or [] for i, f in entries]
+        return [_item(entry[0], _pairs(entry[1])) for entry in answer["entries"]]
 
     async def _work(self, items: list[Item]) -> None:
         ids = {i.item_id for i in items}

@@ -64,6 +64,29 @@ async def test_python_workers_complete_a_rust_spawned_job_exactly_once(server):
     assert outputs == {i: {"y": 2 * i} for i in range(n)}
 
 
+async def test_python_workers_never_run_more_than_the_jobs_parallelism_at_once(server):
+    tenant = "t" + secrets.token_hex(3)
+    token = server.tenant(tenant, 1000)
+    job_id = spawn(server, token, list(range(30)), parallelism=2)
+    running, most = 0, 0
+
+    async def slow(item):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return item.input
+
+    async with Client(REDIS_URL, tenant, prefix=server.prefix) as client:
+        tallies = await asyncio.gather(
+            *(Worker(client, job_id, f"py-{w}", slow, concurrency=4, batch=4, block_ms=100).run() for w in range(3))
+        )
+    assert sum(t.completed for t in tallies) == 30
+    # Twelve slots among the workers; the job allows two in flight.
+    assert most == 2, most
+
+
 async def test_a_cancel_while_python_workers_run_refunds_exactly(server_pg):
     server = server_pg
     tenant = "t" + secrets.token_hex(3)
