@@ -105,6 +105,7 @@ forward!(Jobs {
     fn list(offset: usize, limit: usize) -> Result<JobPage> = list_jobs;
     fn claim(job: &Uuid, consumer: &str, count: usize, wait: Duration) -> Result<Vec<ClaimedItem>> = claim_items;
     fn complete(job: &Uuid, outputs: &[(String, impl Encode)]) -> Result<Vec<CompleteOutcome>> = complete_items;
+    fn complete_batch(job: &Uuid, outputs: &[(String, impl Encode)]) -> Result<Vec<CompleteOutcome>> = complete_batch;
     fn fail(job: &Uuid, item_id: &str, error: &str, retry: bool) -> Result<FailOutcome> = fail_item;
     fn release(job: &Uuid, worker: &str, item_ids: &[String]) -> Result<Vec<String>> = release_items;
     fn cancel(job: &Uuid, cancelled_by: &str, reason: &str) -> Result<CancelOutcome> = cancel_job;

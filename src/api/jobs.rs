@@ -299,7 +299,7 @@ pub async fn complete_batch(
         .into_iter()
         .map(|i| (i.item_id.clone(), (i.item_id, i.output)))
         .unzip();
-    let outcomes = tenant.jobs().complete(&job_id, &outputs).await?;
+    let outcomes = tenant.jobs().complete_batch(&job_id, &outputs).await?;
     let completed = outcomes
         .iter()
         .filter(|o| **o == CompleteOutcome::Completed)

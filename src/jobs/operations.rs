@@ -351,10 +351,34 @@ impl AgentBus {
         job: &Uuid,
         outputs: &[(String, impl Encode)],
     ) -> Result<Vec<CompleteOutcome>> {
+        self.complete_named(tenant, job, outputs, |_| "output".into())
+            .await
+    }
+
+    /// As [`AgentBus::complete_items`], for a list given as `items`: an
+    /// output refused is named by its place (`items[3].output`).
+    pub async fn complete_batch(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        outputs: &[(String, impl Encode)],
+    ) -> Result<Vec<CompleteOutcome>> {
+        self.complete_named(tenant, job, outputs, |i| format!("items[{i}].output"))
+            .await
+    }
+
+    async fn complete_named(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        outputs: &[(String, impl Encode)],
+        field: impl Fn(usize) -> String,
+    ) -> Result<Vec<CompleteOutcome>> {
         let max = self.limits().max_payload_bytes;
         let encoded = outputs
             .iter()
-            .map(|(id, out)| Ok((id.as_str(), out.encode_checked("output", max)?)))
+            .enumerate()
+            .map(|(i, (id, out))| Ok((id.as_str(), out.encode_checked(&field(i), max)?)))
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<(&str, &[u8])> = encoded.iter().map(|(id, b)| (*id, b.as_slice())).collect();
         self.complete_encoded(tenant, job, &refs).await

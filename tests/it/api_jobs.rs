@@ -756,7 +756,12 @@ async fn a_dead_lettered_item_is_listed_and_replayed_once_as_a_new_attempt() {
 
 #[tokio::test]
 async fn batch_completions_and_failures_answer_an_outcome_per_item() {
-    let env = TestEnv::new().await;
+    // Outputs of at most 1,000 bytes: one past it fits in a request.
+    let env = TestEnv::with_limits(agentbus::Limits {
+        max_payload_bytes: 1000,
+        ..Default::default()
+    })
+    .await;
     let app = env.app();
     let tenant = env.tenant("batches");
     let token = env.token("batches").await;
@@ -797,6 +802,11 @@ async fn batch_completions_and_failures_answer_an_outcome_per_item() {
         (
             json!({"items": vec![json!({"item_id": ids[0]}); 1001]}),
             "items",
+        ),
+        (
+            json!({"items": [{"item_id": ids[0], "output": 1},
+                             {"item_id": ids[1], "output": "x".repeat(2000)}]}),
+            "items[1].output",
         ),
     ] {
         let (status, refused) = call(
