@@ -38,8 +38,27 @@ out=bench/RESULTS.md.tmp
   echo
   echo "## Results"
   echo
-  "$bin" bench jobs --runs "$runs"
+  jobs_table=$("$bin" bench jobs --runs "$runs")
+  echo "$jobs_table"
   clean
+  echo
+  echo "### BullMQ beside it: the same Redis, the same shape, this run (median of $runs runs)"
+  echo
+  if command -v node >/dev/null && command -v npm >/dev/null; then
+    (cd bench/bullmq && npm ci --no-audit --no-fund --silent >/dev/null)
+    echo "| peer | shape | items/s | Redis CPU per item | command |"
+    echo "|---|---|---|---|---|"
+    bull_row=$(node bench/bullmq/bench.mjs --items 100000 --concurrency 50 --runs "$runs")
+    echo "$bull_row"
+    # The agentbus row of the same shape at its defaults (100000 × 50, 1/16).
+    ours=$(echo "$jobs_table" | awk -F'|' '$2 ~ /100000 × 50/ && $3 ~ /1\/16/ {gsub(/ /, "", $4); print $4}')
+    theirs=$(echo "$bull_row" | awk -F'|' '{gsub(/ /, "", $4); print $4}')
+    echo
+    echo "agentbus at its defaults (100000 × 50, concurrency 1, batch 16) did $ours items/s, BullMQ $theirs: $(python3 -c "print(f'{$ours / $theirs:.1f}')")× in this run."
+  else
+    echo "(skipped: Node.js and npm are not installed; \`apt-get install nodejs npm\` to run BullMQ beside agentbus)"
+  fi
+  echo
   "$bin" bench messages --runs "$runs" --agents 100 --rate 1000 --secs 5
   "$bin" bench messages --runs "$runs" --agents 100 --rate 2000 --secs 5
   clean
