@@ -51,7 +51,7 @@ out=bench/RESULTS.md.tmp
     bull_row=$(node bench/bullmq/bench.mjs --items 100000 --concurrency 50 --runs "$runs")
     echo "$bull_row"
     # The agentbus row of the same shape at its defaults (100000 × 50, 1/16).
-    ours=$(echo "$jobs_table" | awk -F'|' '$2 ~ /100000 × 50/ && $3 ~ /1\/16/ {gsub(/ /, "", $4); print $4}')
+    ours=$(echo "$jobs_table" | awk -F'|' '$2 ~ /100000 × 50/ && $3 ~ /^ *1\/16 *$/ {gsub(/ /, "", $4); print $4}')
     theirs=$(echo "$bull_row" | awk -F'|' '{gsub(/ /, "", $4); print $4}')
     echo
     echo "agentbus at its defaults (100000 × 50, concurrency 1, batch 16) did $ours items/s, BullMQ $theirs: $(python3 -c "print(f'{$ours / $theirs:.1f}')")× in this run."

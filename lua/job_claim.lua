@@ -5,34 +5,40 @@
 -- is not running. Every delivery of a new item goes through this script, so
 -- the bound holds however many workers claim at once; a worker with nothing
 -- to claim waits outside it (XREAD BLOCK after `empty`'s id, or a pause
--- after `full`) and claims again.
--- @include common job
--- @layout job
+-- after `full`) and claims again. It writes no ledger or outbox: it takes
+-- only the two keys it reads and no helpers, since it runs once per read
+-- of every worker (the hot path).
+-- @include none
+-- @key job the job hash
+-- @key items the job's items stream (group 'workers')
 -- @arg consumer the worker instance id
--- @arg count most items
+-- @arg count most items (1..1000)
 -- @reply ok(entries:rest) each {id, {field, value, ...}} (at least one)
 -- @reply empty(after:text) nothing new: new items will have ids after this one
 -- @reply full(in_flight:int) `parallelism` items are in flight: none until one finishes
 -- @reply missing
 -- @reply not_running(status:text)
 
-arg_text(5)
-local want = arg_int(6, 1, 1000)
-local job = redis.call('HMGET', K_JOB, 'status', 'parallelism')
+if (ARGV[1] or '') == '' then return redis.error_reply('ERR ARGV[1] must not be empty') end
+local want = string.match(ARGV[2] or '', '^%d%d?%d?%d?$') and tonumber(ARGV[2])
+if not want or want < 1 or want > 1000 then
+  return redis.error_reply('ERR ARGV[2] must be an integer in [1, 1000]')
+end
+local job = redis.call('HMGET', KEYS[1], 'status', 'parallelism')
 local status = job[1]
 if not status then return {'missing'} end
-if not is_live(status) then return {'not_running', status} end
+if status ~= 'running' and status ~= 'spawning' then return {'not_running', status} end
 
 -- The group's pending count and last delivered id (the job's only group).
 local in_flight, last = 0, '0-0'
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', K_ITEMS)) do
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
   local name, pending, delivered
   for i = 1, #g, 2 do
     if g[i] == 'name' then name = g[i + 1]
     elseif g[i] == 'pending' then pending = g[i + 1]
     elseif g[i] == 'last-delivered-id' then delivered = g[i + 1] end
   end
-  if name == GROUP then in_flight, last = pending, delivered end
+  if name == 'workers' then in_flight, last = pending, delivered end
 end
 local most = tonumber(job[2])
 if most and most > 0 then
@@ -40,7 +46,7 @@ if most and most > 0 then
   want = math.min(want, most - in_flight)
 end
 
-local r = redis.call('XREADGROUP', 'GROUP', GROUP, ARGV[5], 'COUNT', want, 'STREAMS', K_ITEMS, '>')
+local r = redis.call('XREADGROUP', 'GROUP', 'workers', ARGV[1], 'COUNT', want, 'STREAMS', KEYS[2], '>')
 if not r or #r[1][2] == 0 then return {'empty', last} end
 local out = {'ok'}
 for _, entry in ipairs(r[1][2]) do out[#out + 1] = entry end

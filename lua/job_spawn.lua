@@ -12,7 +12,7 @@
 -- @arg task the task
 -- @arg orchestrator orchestrator instance
 -- @arg worker worker agent
--- @arg parallelism most items in flight
+-- @arg parallelism most items in flight (0: no bound)
 -- @arg item_timeout timeout per item (ms)
 -- @arg max_retries retries per item
 -- @arg agg_ns blackboard namespace to aggregate outputs into, or ''
@@ -29,7 +29,7 @@
 local item_cost, overhead = arg_int(5, 0, MAX_MINOR), arg_int(6, 0, MAX_MINOR)
 local task = arg_text(7)
 arg_text(9)
-arg_int(10, 1, 2147483647)
+arg_int(10, 0, 2147483647)
 arg_int(11, 1, 2147483647000)
 arg_int(12, 0, 2147483647)
 local staged = arg_int(17, 0, 2147483647)

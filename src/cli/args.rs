@@ -231,6 +231,9 @@ pub struct LoadArgs {
     /// Items each worker claims per read.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// The job's parallelism: most items in flight at once (0: no bound).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..=10_000))]
+    pub parallelism: i64,
     /// Simulated work per item in ms, as `min` or `min-max`.
     #[arg(long, default_value = "0")]
     pub work_ms: String,

@@ -31,6 +31,8 @@ pub struct LoadOptions {
     pub concurrency: usize,
     /// Items each worker claims per read.
     pub batch: usize,
+    /// The job's parallelism (0: no bound; workers then read directly).
+    pub parallelism: i64,
     /// Give up (and fail) after this long.
     pub timeout: Duration,
     /// Simulated work per item: uniform in `work_min..=work_max`.
@@ -58,6 +60,7 @@ impl LoadOptions {
             workers,
             concurrency: 1,
             batch: 16,
+            parallelism: 0,
             timeout: Duration::from_secs(300),
             work_min: Duration::ZERO,
             work_max: Duration::ZERO,
@@ -306,8 +309,7 @@ pub async fn run(
             .map(|i| serde_json::json!({ "i": i }))
             .collect(),
     );
-    // Throughput, not a bound on it: as many in flight as a job may have.
-    spec.parallelism = agentbus::jobs::PARALLELISM.1;
+    spec.parallelism = options.parallelism;
     spec.max_retries = options.max_retries;
     spec.timeout_per_item = options.timeout_per_item;
     spec.validate(bus.limits().max_items)?;

@@ -101,6 +101,7 @@ async fn load(config: &Config, args: LoadArgs) -> anyhow::Result<bool> {
     let mut options = load::LoadOptions::new(tenant, args.items, args.workers);
     options.concurrency = args.concurrency.max(1);
     options.batch = args.batch.max(1);
+    options.parallelism = args.parallelism;
     options.timeout = Duration::from_secs(args.timeout.max(1));
     options.work_min = work_min;
     options.work_max = work_max;

@@ -10,9 +10,9 @@ use redis::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::ClaimedItem;
 use super::operations::job_state_error;
 use super::spec::MAX_CLAIM_PER_CALL;
-use super::{ClaimedItem, job_call};
 use crate::bus::AgentBus;
 use crate::codec::StreamEntry;
 use crate::conn::BlockingConn;
@@ -46,14 +46,9 @@ impl AgentBus {
         count: usize,
     ) -> Result<Claim> {
         let keys = self.keys(tenant);
-        let mut call = job_call(
-            &scripts().job_claim,
-            &keys,
-            tenant,
-            job,
-            self.limits().job_retention,
-        );
-        call.arg("consumer", consumer)
+        let mut call = scripts().job_claim.key("job", keys.job(job));
+        call.key("items", keys.job_items(job))
+            .arg("consumer", consumer)
             .arg("count", count.clamp(1, MAX_CLAIM_PER_CALL));
         let mut conn = self.redis().conn().await?;
         let reply = call.invoke(&mut conn).await?;

@@ -8,9 +8,11 @@ use crate::keys::{self, Ident};
 use crate::payload::Payload;
 
 /// Most items of a job in flight at once (delivered, not yet finished):
-/// the original's default (10) and floor; its ceiling (100) raised, since
-/// a batch-claiming worker fleet keeps many more in flight.
-pub const PARALLELISM: (i64, i64) = (1, 10_000);
+/// the original's default (10); its ceiling (100) raised, since a
+/// batch-claiming worker fleet keeps many more in flight; 0 is no bound
+/// (the workers' own concurrency is the limit, and a Rust worker then
+/// claims without the bound's check).
+pub const PARALLELISM: (i64, i64) = (0, 10_000);
 /// Bounds of the original system, kept.
 pub const TIMEOUT_PER_ITEM_SECS: (i64, i64) = (1, 3600);
 pub const MAX_RETRIES: (i64, i64) = (0, 10);
@@ -46,6 +48,7 @@ pub struct JobSpec {
     #[schemars(length(min = 1))]
     #[serde(deserialize_with = "crate::bounded::items")]
     pub items: Vec<Payload>,
+    /// Most items in flight at once (10; 0: no bound).
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = PARALLELISM.0, max = PARALLELISM.1))]
     pub parallelism: i64,

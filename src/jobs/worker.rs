@@ -1,6 +1,7 @@
 //! A worker for Rust agents: claims items of one job (through
-//! `lua/job_claim.lua`, so within the job's `parallelism`; waiting with
-//! `XREAD BLOCK` when nothing is new), runs a handler with bounded
+//! `lua/job_claim.lua`, so within the job's `parallelism`, waiting with
+//! `XREAD BLOCK` when nothing is new; a job without a bound is read with
+//! `XREADGROUP` directly), runs a handler with bounded
 //! concurrency, and completes or fails items for it in batches.
 //!
 //! Each worker is one consumer with a stable name, reading on a connection of
@@ -256,6 +257,13 @@ impl Worker {
         let mut pending_after: Option<String> = Some("0".into());
         let mut backoff = Duration::from_millis(50);
         let mut full_pause = FIRST_FULL_PAUSE;
+        // A job without a parallelism bound (0, fixed at spawn) is read
+        // directly: one XREADGROUP per read, no script. Unknown (the job
+        // gone, Redis away): the claim script, which finds out.
+        let unbounded = matches!(
+            self.bus.job(&self.tenant, &self.job).await,
+            Ok(job) if job.parallelism == 0
+        );
 
         loop {
             let first = tokio::select! {
@@ -269,27 +277,33 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let reply = match &pending_after {
-                Some(after) => {
+            let reply = match (&pending_after, unbounded) {
+                // New items of a bounded job only through the claim script.
+                (None, false) => tokio::select! {
+                    _ = self.shutdown.cancelled() => break,
+                    r = self.claim_new(&mut conn, permits.len(), &mut full_pause) => r,
+                },
+                (after, _) => {
                     let mut read = redis::cmd("XREADGROUP");
                     read.arg("GROUP")
                         .arg("workers")
                         .arg(&self.consumer)
                         .arg("COUNT")
-                        .arg(permits.len())
-                        .arg("STREAMS")
-                        .arg(&items_key)
-                        .arg(after);
+                        .arg(permits.len());
+                    match after {
+                        Some(after) => read.arg("STREAMS").arg(&items_key).arg(after),
+                        None => read
+                            .arg("BLOCK")
+                            .arg(self.block.as_millis() as u64)
+                            .arg("STREAMS")
+                            .arg(&items_key)
+                            .arg(">"),
+                    };
                     tokio::select! {
                         _ = self.shutdown.cancelled() => break,
                         r = conn.query::<Value>(&read, self.block) => r.and_then(|v| StreamEntry::from_read_reply(&v)),
                     }
                 }
-                // New items only through the claim script (the job's parallelism).
-                None => tokio::select! {
-                    _ = self.shutdown.cancelled() => break,
-                    r = self.claim_new(&mut conn, permits.len(), &mut full_pause) => r,
-                },
             };
             let entries = match reply {
                 Ok(entries) => {
@@ -326,7 +340,11 @@ impl Worker {
                 .collect();
             if entries.is_empty() {
                 // Nothing claimed (waited for, or paused while the job is at
-                // its parallelism): the next claim says whether it still runs.
+                // its parallelism): the next claim says whether it still
+                // runs. A direct read learns it from the job.
+                if pending_after.is_none() && unbounded && !self.job_running().await? {
+                    break;
+                }
                 continue;
             }
             let claimed_at = Instant::now();

@@ -99,7 +99,7 @@ pub(super) fn estimate(
     timeout_s: i64,
     max_retries: i64,
 ) -> Estimate {
-    let workers = parallelism.max(1);
+    let workers = super::effective_parallelism(parallelism, items) as i64;
     let (p50_ms, p95_ms, mean_ms, sd_ms, f, samples) = match history {
         Some(h) => (
             h.quantile_ms(0.5),

@@ -303,25 +303,27 @@ impl AgentBus {
                 },
                 // Live instances heartbeat most recently, so they come first:
                 // reading `parallelism` of them is enough to compare.
-                usize::try_from(spec.parallelism)
-                    .unwrap_or(0)
-                    .clamp(1, 1000),
+                effective_parallelism(spec.parallelism, items).clamp(1, 1000),
             )
             .await?
             .iter()
             .filter(|i| matches!(i.status, AgentStatus::Running | AgentStatus::Idle))
             .count() as i64;
-        if spec.parallelism > live {
+        let p = effective_parallelism(spec.parallelism, items);
+        if p as i64 > live {
+            let asked = match spec.parallelism {
+                0 => format!("no parallelism bound ({items} items at once)"),
+                n => format!("parallelism {n}"),
+            };
             warnings.push(format!(
-                "parallelism {} is above the {live} live {} workers registered: expect it to take longer",
-                spec.parallelism, spec.worker_agent
+                "{asked} is above the {live} live {} workers registered: expect it to take longer",
+                spec.worker_agent
             ));
         }
 
-        let total_waves = items.div_ceil(spec.parallelism.max(1) as usize);
+        let total_waves = items.div_ceil(p);
         let waves = (0..total_waves.min(PREVIEW_WAVES))
             .map(|w| {
-                let p = spec.parallelism.max(1) as usize;
                 let per = est.per_attempt_s * est.attempts;
                 Wave {
                     wave: w + 1,
@@ -533,5 +535,14 @@ impl AgentBus {
             critical_path: path,
             critical_path_seconds: end,
         })
+    }
+}
+
+/// Items run at once: the job's parallelism, or every item when it has no
+/// bound (0).
+pub(crate) fn effective_parallelism(parallelism: i64, items: usize) -> usize {
+    match usize::try_from(parallelism) {
+        Ok(0) | Err(_) => items.max(1),
+        Ok(p) => p,
     }
 }

@@ -304,7 +304,7 @@ async fn bad_input_is_a_4xx_json_error_naming_the_field_and_changes_nothing() {
         b
     };
     cases.push((
-        with("parallelism", json!(0)),
+        with("parallelism", json!(-1)),
         StatusCode::UNPROCESSABLE_ENTITY,
         "parallelism",
     ));

@@ -752,7 +752,7 @@ async fn validation_errors_name_the_field_and_change_nothing() {
     let before = env.snapshot().await;
     type Mutation = Box<dyn Fn(&mut JobSpec)>;
     let cases: Vec<(&str, Mutation)> = vec![
-        ("parallelism", Box::new(|s| s.parallelism = 0)),
+        ("parallelism", Box::new(|s| s.parallelism = -1)),
         ("parallelism", Box::new(|s| s.parallelism = 10_001)),
         ("timeout_per_item", Box::new(|s| s.timeout_per_item = 3601)),
         ("max_retries", Box::new(|s| s.max_retries = 11)),

@@ -907,8 +907,8 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         case(
             "job_claim: count past 1,000",
             s.job_claim.script(),
-            job_keys.clone(),
-            job_args(&["w1", "1001"]),
+            vec![k.job(&job), k.job_items(&job)],
+            vec![b("w1"), b("1001")],
         ),
         case(
             "job_reclaim: count past 1,000",
@@ -941,8 +941,8 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         case(
             "job_claim: count",
             s.job_claim.script(),
-            job_keys.clone(),
-            job_args(&["w1", "-1"]),
+            vec![k.job(&job), k.job_items(&job)],
+            vec![b("w1"), b("-1")],
         ),
         case(
             "job_release: most",

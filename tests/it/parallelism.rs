@@ -68,6 +68,28 @@ async fn claims_stop_at_parallelism_and_resume_as_items_finish() {
 }
 
 #[tokio::test]
+async fn parallelism_zero_is_no_bound() {
+    let env = TestEnv::new().await;
+    let t = env.tenant("free");
+    env.grant(&t, 1000).await;
+    let job = env.bus.spawn_job(&t, &spec(25, 0)).await.unwrap().id;
+    let got = env
+        .bus
+        .claim_items(&t, &job, "a", 100, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 25);
+    let sim = env.bus.simulate(&t, &spec(25, 0), &[]).await.unwrap();
+    assert!(
+        sim.warnings
+            .iter()
+            .any(|w| w.contains("no parallelism bound")),
+        "{:?}",
+        sim.warnings
+    );
+}
+
+#[tokio::test]
 async fn a_waiting_rest_claim_at_parallelism_gets_the_room_a_completion_makes() {
     let env = TestEnv::new().await;
     let app = env.app();

@@ -352,7 +352,7 @@ async fn simulate_never_writes_and_fails_exactly_like_spawn() {
     let base =
         json!({"orchestrator_agent": "orc", "worker_agent": "resizer", "task": "t", "items": [1]});
     let variants: Vec<Value> = vec![
-        json!({"parallelism": 0}),
+        json!({"parallelism": -1}),
         json!({"parallelism": "x"}),
         json!({"items": []}),
         json!({"worker_agent": "no spaces"}),

@@ -224,11 +224,11 @@ class Worker:
 
     async def _claim(self) -> list[Item] | None:
         """Up to `batch` items; None when the job no longer runs."""
-        keys, args = self.client.job_layout(self.job_id)
+        k = self.client.keys
         answer = await self.client.scripts.job_claim(
             self.client.redis,
-            keys,
-            args + [("consumer", self.instance_id), ("count", self.batch)],
+            [("job", k.job(self.job_id)), ("items", k.job_items(self.job_id))],
+            [("consumer", self.instance_id), ("count", self.batch)],
         )
         if answer.tag == "full":
             # The job's `parallelism` items are in flight: claim again shortly.

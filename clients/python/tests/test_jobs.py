@@ -72,7 +72,7 @@ async def test_simulate_spawn_work_results_over_the_jobs_api(server):
         assert (e.value.required, e.value.available) == (OVERHEAD + ITEM * 100, Decimal(100) - OVERHEAD - ITEM * n)
         assert isinstance(e.value.required, Decimal)
         with pytest.raises(Invalid) as e:
-            await jobs.spawn([1], **SPEC, parallelism=0)
+            await jobs.spawn([1], **SPEC, parallelism=-1)
         assert e.value.field == "parallelism"
         assert (await client.api.balance()).available == Decimal(100) - OVERHEAD - ITEM * n, "refusals cost nothing"
     async with Client(REDIS_URL, tenant, prefix=server.prefix, api_url=server.url, token="wrong") as stranger:

@@ -74,11 +74,14 @@ async fn redis_cpu(bus: &AgentBus) -> Option<f64> {
 
 /// Jobs end to end: spawn, claim, complete through the library worker.
 pub async fn jobs(bus: &AgentBus, runs: usize) -> Result<String> {
-    let shapes: [(usize, usize, usize, usize); 4] = [
-        (1_000, 50, 1, 16),
-        (100_000, 50, 1, 16),
-        (100_000, 50, 4, 16),
-        (100_000, 50, 16, 32),
+    // items, workers, concurrency, batch, parallelism (0: no bound; the
+    // bounded row is what every claim's check costs).
+    let shapes: [(usize, usize, usize, usize, i64); 5] = [
+        (1_000, 50, 1, 16, 0),
+        (100_000, 50, 1, 16, 0),
+        (100_000, 50, 1, 16, 10_000),
+        (100_000, 50, 4, 16, 0),
+        (100_000, 50, 16, 32, 0),
     ];
     let mut out = String::new();
     let _ = writeln!(
@@ -87,13 +90,14 @@ pub async fn jobs(bus: &AgentBus, runs: usize) -> Result<String> {
          | items × workers | concurrency/batch | items/s | claim→complete p50 | p95 | p99 | Redis CPU per item | command |\n\
          |---|---|---|---|---|---|---|---|"
     );
-    for (items, workers, concurrency, batch) in shapes {
+    for (items, workers, concurrency, batch, parallelism) in shapes {
         let (mut rate, mut p50, mut p95, mut p99) = (vec![], vec![], vec![], vec![]);
         let mut cpu = vec![];
         for _ in 0..runs {
             let mut options = LoadOptions::new(fresh_tenant("jobs")?, items, workers);
             options.concurrency = concurrency;
             options.batch = batch;
+            options.parallelism = parallelism;
             let cpu_before = redis_cpu(bus).await;
             let report = load::run(bus, &options, None).await?;
             if let (Some(before), Some(after)) = (cpu_before, redis_cpu(bus).await) {
@@ -110,9 +114,13 @@ pub async fn jobs(bus: &AgentBus, runs: usize) -> Result<String> {
             p95.push(report.claim_to_complete.p95_ms);
             p99.push(report.claim_to_complete.p99_ms);
         }
+        let bound = match parallelism {
+            0 => String::new(),
+            p => format!(" --parallelism {p}"),
+        };
         let _ = writeln!(
             out,
-            "| {items} × {workers} | {concurrency}/{batch} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} | `agentbus load --items {items} --workers {workers} --concurrency {concurrency} --batch {batch}` |",
+            "| {items} × {workers} | {concurrency}/{batch}{bound} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} | `agentbus load --items {items} --workers {workers} --concurrency {concurrency} --batch {batch}{bound}` |",
             median(&mut rate),
             median(&mut p50),
             median(&mut p95),
