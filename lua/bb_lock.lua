@@ -14,7 +14,7 @@
 -- @reply insufficient(price:int, available:int)
 
 local B = bb_from_keys()
-local K_LOCK = KEYS[10]
+local K_LOCK = KEYS[11]
 local name = arg_text(3)
 local action = arg_one_of(4, {acquire = true, release = true, extend = true})
 local holder, ttl = arg_text(5), ARGV[6]

@@ -11,6 +11,7 @@
 -- @layout job
 -- @arg bb_root the tenant's blackboard key prefix
 -- @arg bb_namespaces its namespaces set
+-- @arg bb_names its set of every namespace written to
 -- @arg (entry, output)... an entry id and its MessagePack output (at most 1,000 pairs)
 -- @reply ok(ended:int, status:text, outcomes:texts, durations:ints)
 -- @reply missing
@@ -18,12 +19,13 @@
 
 arg_text(5)
 arg_text(6)
-if #ARGV < 8 or (#ARGV - 6) % 2 ~= 0 then arg_error(7, 'must be pairs of entry id and output') end
-if #ARGV - 6 > 2000 then arg_error(7, 'at most 1000 pairs per call') end
+arg_text(7)
+if #ARGV < 9 or (#ARGV - 7) % 2 ~= 0 then arg_error(8, 'must be pairs of entry id and output') end
+if #ARGV - 7 > 2000 then arg_error(8, 'at most 1000 pairs per call') end
 local v = redis.call('HMGET', K_JOB, 'status', 'item_cost', 'total', 'agg_ns', 'agg_field')
 local status, cost, total = v[1], tonumber(v[2]), tonumber(v[3])
 -- The job may aggregate numeric outputs into a blackboard namespace.
-local agg = v[4] and v[4] ~= '' and bb_named(ARGV[5], ARGV[6], v[4])
+local agg = v[4] and v[4] ~= '' and bb_named(ARGV[5], ARGV[6], ARGV[7], v[4])
 local agg_field = v[5] or ''
 if not status then return {'missing'} end
 if not is_live(status) then return {'not_running', status} end
@@ -49,7 +51,7 @@ local function id_parts(entry_id)
   return tonumber(gen), tonumber(idx)
 end
 local lo, hi, valid = nil, nil, 0
-for i = 7, #ARGV - 1, 2 do
+for i = 8, #ARGV - 1, 2 do
   local gen, idx = id_parts(ARGV[i])
   if gen and idx < total then
     valid = valid + 1
@@ -74,7 +76,7 @@ end
 local ts = now_ms()
 local out = {}
 local completed, acks, durations = 0, {}, {}
-for i = 7, #ARGV - 1, 2 do
+for i = 8, #ARGV - 1, 2 do
   local entry_id, output = ARGV[i], ARGV[i + 1]
   local idx = item_index(entry_id)
   local outcome

@@ -279,6 +279,34 @@ impl AgentBus {
         Ok(from_minor(minor))
     }
 
+    /// The tenant's namespaces in name order, at most `most` of them (read
+    /// with `SSCAN`, so a large set is never copied whole; past `most`,
+    /// which ones is unspecified).
+    pub async fn namespaces(&self, tenant: &TenantId, most: usize) -> Result<Vec<String>> {
+        let mut conn = self.redis().conn().await?;
+        let key = self.keys(tenant).blackboard_names();
+        let mut names = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await?;
+            names.extend(batch);
+            cursor = next;
+            if cursor == 0 || names.len() >= most {
+                break;
+            }
+        }
+        names.sort();
+        names.dedup();
+        names.truncate(most);
+        Ok(names)
+    }
+
     /// The earliest expiry (ms) among the tenant's blackboard entries: one
     /// read per namespace that has entries with a TTL.
     pub async fn next_expiry(&self, tenant: &TenantId) -> Result<Option<i64>> {
@@ -346,6 +374,7 @@ impl Blackboard {
             .key("exp", &k.exp)
             .key("fence", &k.fence)
             .key("namespaces", &k.namespaces)
+            .key("names", &k.names)
             .arg("namespace", self.namespace.as_str())
             .arg("price", price);
         if price > 0 {

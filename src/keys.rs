@@ -503,6 +503,7 @@ impl TenantKeys {
             exp: format!("{p}exp"),
             fence: format!("{p}fence"),
             namespaces: self.blackboard_namespaces(),
+            names: self.blackboard_names(),
             lock_prefix: format!("{p}lock:"),
         }
     }
@@ -516,6 +517,11 @@ impl TenantKeys {
     /// Set of blackboard namespaces holding entries with a TTL (what the sweeper visits).
     pub fn blackboard_namespaces(&self) -> String {
         self.key("bbns")
+    }
+
+    /// Set of every blackboard namespace written to (`GET /namespaces`).
+    pub fn blackboard_names(&self) -> String {
+        self.key("bbnames")
     }
 }
 
@@ -537,6 +543,8 @@ pub struct BlackboardKeys {
     /// Hash lock name -> last fencing token.
     pub fence: String,
     pub namespaces: String,
+    /// The tenant's set of every namespace written to.
+    pub names: String,
     lock_prefix: String,
 }
 

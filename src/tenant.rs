@@ -79,6 +79,21 @@ impl TenantBus {
     pub fn blackboard(&self, namespace: &Ident) -> Blackboard {
         self.bus.blackboard(&self.tenant, namespace)
     }
+
+    /// The tenant's blackboard namespaces, in name order (at most `most`).
+    pub async fn namespaces(&self, most: usize) -> Result<Vec<String>> {
+        self.bus.namespaces(&self.tenant, most).await
+    }
+
+    /// The state of the tenant's outbox (what the sink has still to mirror).
+    pub async fn outbox_status(&self) -> Result<crate::outbox::status::OutboxStatus> {
+        let mut rows = self
+            .bus
+            .outbox_status_of(std::slice::from_ref(&self.tenant))
+            .await?;
+        rows.pop()
+            .ok_or_else(|| crate::error::Error::protocol("no outbox status"))
+    }
 }
 
 /// Declares a group's operations, each forwarding to the `AgentBus` method

@@ -3,7 +3,8 @@
 -- numeric values), lex (zset by key), score (zset of numeric entries by
 -- value), agg (hash: keys, count, sum in micro-units), exp (zset key ->
 -- expiry ms), fence (hash lock -> last fencing token), namespaces (the
--- tenant's set of namespaces with expiring entries), ns (its name).
+-- tenant's set of namespaces with expiring entries), names (the tenant's
+-- set of every namespace written to, for listing), ns (its name).
 -- Numbers are aggregated as integer micro-units (10^-6), so the sum stays
 -- exact under any sequence of writes, and it cannot overflow: agg keeps it
 -- in two fields, sum (|sum| < 10^12 between calls) and sum_hi (units of
@@ -21,6 +22,7 @@
 -- @key exp its expiries zset
 -- @key fence its fencing tokens hash
 -- @key namespaces the tenant's namespaces-with-expiries set
+-- @key names the tenant's set of every namespace written to
 -- @arg namespace the namespace's name
 -- @arg price of the operation (minor units)
 
@@ -28,7 +30,7 @@ local function bb_from_keys()
   arg_text(1)
   arg_int(2, 0, MAX_MINOR)
   return {vals = KEYS[2], nums = KEYS[3], lex = KEYS[4], score = KEYS[5], agg = KEYS[6],
-    exp = KEYS[7], fence = KEYS[8], namespaces = KEYS[9], ns = ARGV[1]}
+    exp = KEYS[7], fence = KEYS[8], namespaces = KEYS[9], names = KEYS[10], ns = ARGV[1]}
 end
 
 -- The namespace `ns` of a tenant, from the prefixes keys.rs gives: `root`
@@ -36,10 +38,11 @@ end
 -- namespaces with expiring entries). The suffixes are those of
 -- TenantKeys::blackboard (tests/it/money.rs and blackboard.rs read what a
 -- job aggregated back through those).
-local function bb_named(root, namespaces, ns)
+local function bb_named(root, namespaces, names, ns)
   local p = root .. ns .. ':'
   return {vals = p .. 'vals', nums = p .. 'nums', lex = p .. 'lex', score = p .. 'score',
-    agg = p .. 'agg', exp = p .. 'exp', fence = p .. 'fence', namespaces = namespaces, ns = ns}
+    agg = p .. 'agg', exp = p .. 'exp', fence = p .. 'fence', namespaces = namespaces,
+    names = names, ns = ns}
 end
 
 -- Charges a blackboard operation. High-frequency charges are metered: the
@@ -87,6 +90,7 @@ end
 -- Writes an entry: value, indexes, aggregates, expiry (0 = none).
 -- micro is the value in micro-units, or '' when it is not a number.
 local function bb_put(B, key, json, micro, expire_at)
+  redis.call('SADD', B.names, B.ns)
   local old = redis.call('HGET', B.nums, key)
   if old then
     redis.call('HINCRBY', B.agg, 'count', -1)

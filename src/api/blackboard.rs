@@ -363,3 +363,12 @@ pub async fn ns_aggregate(
 ) -> ApiResult<Json<crate::blackboard::Aggregate>> {
     Ok(Json(board(&tenant, &ns)?.aggregate().await?))
 }
+
+/// Most namespaces one listing names.
+const MAX_NAMESPACES: usize = 1000;
+
+/// The tenant's namespaces, in name order (the first 1,000).
+pub async fn namespaces(Tenant(tenant): Tenant) -> ApiResult<Json<Value>> {
+    let names = tenant.namespaces(MAX_NAMESPACES).await?;
+    Ok(Json(json!({ "count": names.len(), "namespaces": names })))
+}

@@ -9,6 +9,7 @@
 mod agents;
 mod blackboard;
 mod caller;
+mod console;
 mod credits;
 mod dlq;
 mod extract;
@@ -20,6 +21,7 @@ mod openapi;
 mod query;
 mod routes;
 mod settings;
+mod sink;
 mod tokens;
 
 use std::sync::Arc;
@@ -210,6 +212,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/console", get(console::index))
+        .route("/console/app.js", get(console::script))
+        .route("/console/app.css", get(console::style))
         .route(
             "/metrics",
             get(render_metrics).route_layer(middleware::from_fn_with_state(

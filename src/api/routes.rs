@@ -2,7 +2,7 @@
 //! description (see [`super::openapi`]).
 
 use super::openapi::{Api, Op};
-use super::{agents, blackboard, credits, dlq, invocations, jobs, settings, tokens};
+use super::{agents, blackboard, credits, dlq, invocations, jobs, settings, sink, tokens};
 
 /// Every `/api/v1` route, with its documentation.
 pub(super) fn v1_api() -> Api {
@@ -376,6 +376,23 @@ pub(super) fn v1_api() -> Api {
             )
             .body::<LockBody>(),
             blackboard::ns_lock,
+        )
+        .route(
+            Op::get(
+                "/namespaces",
+                "blackboard",
+                "The tenant's blackboard namespaces (the first 1,000 by name)",
+            ),
+            blackboard::namespaces,
+        )
+        .route(
+            Op::get(
+                "/sink",
+                "sink",
+                "What the sink has still to mirror: the tenant's outbox, or every tenant's (admin)",
+            )
+            .query::<sink::StatusQuery>(),
+            sink::status,
         )
         .route(
             Op::get(

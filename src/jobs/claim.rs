@@ -21,6 +21,8 @@ use crate::keys::{self, TenantId};
 use crate::metrics;
 use crate::scripts::scripts;
 
+/// Longest one wait for new items lasts before claiming again.
+const WAIT_SLICE: Duration = Duration::from_secs(1);
 /// Longest pause between claims while a job is at its parallelism.
 const MOST_FULL_PAUSE: Duration = Duration::from_millis(200);
 
@@ -70,7 +72,7 @@ impl AgentBus {
 
     /// Waits (at most `wait`) on `conn` for an entry of the job's items
     /// stream after `after`; delivers nothing. A job that ends meanwhile
-    /// is found by the next claim.
+    /// does not wake it: the next claim finds that out.
     pub(crate) async fn wait_for_items(
         &self,
         conn: &mut BlockingConn,
@@ -114,7 +116,10 @@ impl AgentBus {
                 _ if left.is_zero() => break Vec::new(),
                 Claim::Empty { after } => {
                     let conn = blocking.get_or_insert_with(|| self.redis().blocking());
-                    match self.wait_for_items(conn, tenant, job, &after, left).await {
+                    // In slices: XREAD is not woken when the job ends (its
+                    // stream deleted), the next claim is.
+                    let slice = left.min(WAIT_SLICE);
+                    match self.wait_for_items(conn, tenant, job, &after, slice).await {
                         Ok(()) => {}
                         // The stream went with the job: the next claim says how it ended.
                         Err(Error::Redis(ref r)) if r.code() == Some("UNBLOCKED") => {

@@ -409,7 +409,8 @@ impl AgentBus {
             );
             // Where a job aggregating outputs finds its namespace's keys.
             call.arg("bb_root", keys.blackboard_root())
-                .arg("bb_namespaces", keys.blackboard_namespaces());
+                .arg("bb_namespaces", keys.blackboard_namespaces())
+                .arg("bb_names", keys.blackboard_names());
             for (id, out) in chunk {
                 call.arg("entry", *id).arg("output", *out);
             }

@@ -6,6 +6,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod console;
 
 mod agents;
 mod api_agents;

@@ -609,7 +609,11 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
 
     let s = agentbus::scripts::scripts();
     let k = env.bus.keys(&t);
-    let (bb_root, bb_set) = (k.blackboard_root(), k.blackboard_namespaces());
+    let (bb_root, bb_set, bb_names) = (
+        k.blackboard_root(),
+        k.blackboard_namespaces(),
+        k.blackboard_names(),
+    );
     // A stranded event, and a dead-lettered message for an inbox that does
     // not exist yet: what the replays would move (or create) if they wrote
     // before checking.
@@ -698,6 +702,7 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
         bbk.exp.clone(),
         bbk.fence.clone(),
         bbk.namespaces.clone(),
+        bbk.names.clone(),
     ];
     let bb_args = |rest: &[&str]| -> Vec<Vec<u8>> {
         let mut a = vec![b("n"), b("100")];
@@ -896,7 +901,7 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             s.job_complete.script(),
             job_keys.clone(),
             {
-                let mut a = job_args(&[&bb_root, &bb_set]);
+                let mut a = job_args(&[&bb_root, &bb_set, &bb_names]);
                 for _ in 0..1001 {
                     a.push(b(&item));
                     a.push(b("\u{1}"));
@@ -920,14 +925,14 @@ async fn money_scripts_check_every_argument_before_their_first_write() {
             "job_complete: odd pairs",
             s.job_complete.script(),
             job_keys.clone(),
-            job_args(&[&bb_root, &bb_set, &item]),
+            job_args(&[&bb_root, &bb_set, &bb_names, &item]),
         ),
         case(
             "job_complete: retention not a number",
             s.job_complete.script(),
             job_keys.clone(),
             {
-                let mut a = job_args(&[&bb_root, &bb_set, &item, "\u{1}"]);
+                let mut a = job_args(&[&bb_root, &bb_set, &bb_names, &item, "\u{1}"]);
                 a[3] = b("soon");
                 a
             },

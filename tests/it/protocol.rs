@@ -223,6 +223,7 @@ fn key_fixture() -> String {
         ("replies", t.replies("p1")),
         ("blackboard_root", t.blackboard_root()),
         ("blackboard_namespaces", t.blackboard_namespaces()),
+        ("blackboard_names", t.blackboard_names()),
         ("task_stats", t.task_stats("task1")),
         ("agent_task_stats", t.agent_task_stats("w1", "task1")),
         ("bb_vals", bb.vals.clone()),

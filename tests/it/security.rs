@@ -446,6 +446,8 @@ async fn one_tenants_token_never_reaches_another_tenants_state_on_any_endpoint()
         ("GET", "/api/v1/namespaces/b-ns/range".into(), None),
         ("GET", "/api/v1/namespaces/b-ns/top".into(), None),
         ("GET", "/api/v1/namespaces/b-ns/aggregate".into(), None),
+        ("GET", "/api/v1/namespaces".into(), None),
+        ("GET", "/api/v1/sink".into(), None),
         ("GET", "/api/v1/credits".into(), None),
         ("GET", "/api/v1/settings".into(), None),
         ("GET", "/api/v1/dlq".into(), None),

@@ -99,6 +99,7 @@ class Blackboard:
             ("exp", k.exp),
             ("fence", k.fence),
             ("namespaces", k.namespaces),
+            ("names", k.names),
         ]
         return keys, [("namespace", self.namespace), ("price", price)]
 

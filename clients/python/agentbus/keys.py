@@ -143,6 +143,9 @@ class TenantKeys:
     def blackboard_namespaces(self) -> str:
         return self._key("bbns")
 
+    def blackboard_names(self) -> str:
+        return self._key("bbnames")
+
     def task_stats(self, task: str) -> str:
         return self._key(f"stats:task:{task}")
 
@@ -160,6 +163,7 @@ class TenantKeys:
             exp=p + "exp",
             fence=p + "fence",
             namespaces=self.blackboard_namespaces(),
+            names=self.blackboard_names(),
             lock_prefix=p + "lock:",
         )
 
@@ -176,6 +180,7 @@ class BlackboardKeys:
     exp: str
     fence: str
     namespaces: str
+    names: str
     lock_prefix: str
 
     def lock(self, name: str) -> str:

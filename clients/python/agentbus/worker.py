@@ -275,7 +275,11 @@ class Worker:
     async def _complete(self, done: list[tuple[Item, Any]]) -> None:
         keys, args = self.client.job_layout(self.job_id)
         k = self.client.keys
-        args += [("bb_root", k.blackboard_root()), ("bb_namespaces", k.blackboard_namespaces())]
+        args += [
+            ("bb_root", k.blackboard_root()),
+            ("bb_namespaces", k.blackboard_namespaces()),
+            ("bb_names", k.blackboard_names()),
+        ]
         for item, output in done:
             args += [("entry", item.item_id), ("output", encode(output))]
         answer = await self.client.scripts.job_complete(self.client.redis, keys, args)

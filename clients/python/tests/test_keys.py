@@ -38,6 +38,7 @@ def test_every_key_name_is_the_servers(contract):
         "replies": k.replies(contract["process"]),
         "blackboard_root": k.blackboard_root(),
         "blackboard_namespaces": k.blackboard_namespaces(),
+        "blackboard_names": k.blackboard_names(),
         "task_stats": k.task_stats(contract["task"]),
         "agent_task_stats": k.agent_task_stats(contract["worker"], contract["task"]),
     }
