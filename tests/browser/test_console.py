@@ -5,8 +5,8 @@ answered, replay a dead letter and see it leave the list, open an
 invocation's audit trail, see hostile payloads rendered as text, and find
 nothing of one tenant after signing in as another.
 
-Screenshots of each view go to $AGENTBUS_SCREENSHOTS (the README's are
-made with AGENTBUS_SCREENSHOTS=docs/console), else to a temporary folder."""
+Screenshots of each view go to $CONSOLE_SCREENSHOTS (the README's are
+made with CONSOLE_SCREENSHOTS=docs/console), else to a temporary folder."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-SHOTS = pathlib.Path(os.environ.get("AGENTBUS_SCREENSHOTS") or tempfile.mkdtemp(prefix="console-shots-"))
+SHOTS = pathlib.Path(os.environ.get("CONSOLE_SCREENSHOTS") or tempfile.mkdtemp(prefix="console-shots-"))
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 # What of it shows verbatim as text (payloads are shown as JSON, which
 # escapes the quotes of the rest).
