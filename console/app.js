@@ -17,7 +17,7 @@ const MAX_BACKOFF_MS = 30000;
 let session = fresh(null);
 
 function fresh(token) {
-  return { token, admin: false, samples: new Map(), rate: null, generation: 0, timer: null, delay: POLL_MS };
+  return { token, admin: false, readAs: null, samples: new Map(), rate: null, generation: 0, timer: null, delay: POLL_MS };
 }
 
 // --- building the page (text only) ---------------------------------------
@@ -94,6 +94,11 @@ function put(...nodes) {
 
 async function api(method, path, body) {
   const headers = { Authorization: 'Bearer ' + session.token };
+  // The admin reads one tenant's data as that tenant (GET only; the sink
+  // view stays every tenant's).
+  if (session.admin && session.readAs && method === 'GET' && !path.startsWith('/sink')) {
+    headers['X-Agentbus-Tenant'] = session.readAs;
+  }
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   const res = await fetch(API + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store', credentials: 'omit' });
   let data = null;
@@ -208,7 +213,7 @@ async function jobView(id) {
       card('reserved', money(job.credits.reserved), 'reserved'), card('spent', money(job.credits.spent), 'spent'),
       card('refunded', money(job.credits.refunded), 'refunded'),
       card('still reserved', money(job.credits.still_reserved), 'still_reserved')),
-    live ? el('p', {}, el('button', { id: 'cancel', type: 'button', onclick: () => cancelJob(job) }, 'Cancel job…')) : null,
+    live && !session.admin ? el('p', {}, el('button', { id: 'cancel', type: 'button', onclick: () => cancelJob(job) }, 'Cancel job…')) : null,
     el('h2', {}, 'Results (first 20)'),
     table([
       ['item', (r) => r.item_index],
@@ -347,7 +352,7 @@ async function dlqView() {
   };
   put(
     el('h1', {}, 'Dead letters'),
-    page.count ? el('p', {}, el('button', { type: 'button', id: 'replay-all', onclick: replayAll }, 'Replay all listed')) : null,
+    page.count && !session.admin ? el('p', {}, el('button', { type: 'button', id: 'replay-all', onclick: replayAll }, 'Replay all listed')) : null,
     table([
       ['entry', (d) => text(d.entry_id)],
       ['kind', (d) => text(d.kind)],
@@ -355,7 +360,7 @@ async function dlqView() {
       ['attempts', (d) => text(d.attempts)],
       ['item', (d) => text(d.item_index)],
       ['payload', (d) => payload(d.payload)],
-      ['', (d) => el('button', { type: 'button', 'data-replay': d.entry_id, onclick: async () => { await replay(d.entry_id); refresh(); } }, 'Replay')],
+      ['', (d) => session.admin ? '' : el('button', { type: 'button', 'data-replay': d.entry_id, onclick: async () => { await replay(d.entry_id); refresh(); } }, 'Replay')],
     ], page.dead_letters, 'No dead letters.'),
   );
 }
@@ -400,9 +405,11 @@ async function sinkView() {
   const page = await api('GET', '/sink?limit=200');
   put(
     el('h1', {}, 'Sink'),
-    el('p', { class: 'muted' }, session.admin ? 'Every tenant (admin token).' : 'This tenant’s outbox.'),
+    el('p', { class: 'muted' }, session.admin ? 'Every tenant (admin token): read one tenant’s data with “view”.' : 'This tenant’s outbox.'),
     table([
-      ['tenant', (o) => text(o.tenant)],
+      ['tenant', (o) => session.admin
+        ? el('span', {}, text(o.tenant), ' ', el('button', { type: 'button', 'data-read-as': o.tenant, onclick: () => readAs(o.tenant) }, 'view'))
+        : text(o.tenant)],
       ['events waiting', (o) => text(o.events)],
       ['in flight', (o) => text(o.in_flight)],
       ['lag', (o) => (o.oldest_age_secs || 0).toFixed(1) + ' s'],
@@ -416,7 +423,7 @@ async function sinkView() {
 function route() {
   const [path] = location.hash.replace(/^#\/?/, '').split('?');
   const [head, id] = path.split('/').map(decodeURIComponent);
-  if (session.admin && head !== 'sink') return () => sinkView();
+  if (session.admin && !session.readAs && head !== 'sink') return () => sinkView();
   switch (head) {
     case 'jobs': return id ? () => jobView(id) : jobsView;
     case 'agents': return id ? () => agentView(id) : agentsView;
@@ -480,6 +487,18 @@ async function signIn(token) {
   refresh();
 }
 
+// The admin's view of one tenant: read-only, and nothing of the tenant
+// viewed before it carries over.
+function readAs(tenant) {
+  session.readAs = tenant;
+  session.samples = new Map();
+  session.rate = null;
+  document.getElementById('nav').hidden = false;
+  document.getElementById('who').textContent = 'admin, reading ' + tenant + ' (read-only)';
+  banner('');
+  if (location.hash === '#/overview') refresh(); else location.hash = '#/overview';
+}
+
 function signOut(message) {
   clearTimeout(session.timer);
   session = fresh(null);
@@ -494,7 +513,7 @@ function signOut(message) {
 function signInForm() {
   const form = el('form', { id: 'signin' },
     el('h1', {}, 'Sign in'),
-    el('p', {}, 'A tenant token shows that tenant; the admin token shows the sink of every tenant. The token stays in this tab (session storage) and is sent only to this server.'),
+    el('p', {}, 'A tenant token shows that tenant; the admin token shows every tenant, read-only. The token stays in this tab (session storage) and is sent only to this server.'),
     el('label', {}, 'Token ', el('input', { id: 'token', type: 'password', autocomplete: 'off', required: true })),
     ' ', el('button', { type: 'submit' }, 'Sign in'));
   form.addEventListener('submit', (ev) => {

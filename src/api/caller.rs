@@ -129,6 +129,39 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The header with which the admin token reads one tenant's data (the
+/// console's view of every tenant): `GET` requests only, as that tenant.
+pub const READ_AS_HEADER: &str = "x-agentbus-tenant";
+
+/// The tenant an admin request reads as, if it names one: refused for
+/// anything but `GET` (writes need the tenant's own token) and for a
+/// malformed tenant id.
+fn admin_reading_as(parts: &Parts) -> Result<Option<TenantId>, ApiError> {
+    let Some(value) = parts.headers.get(READ_AS_HEADER) else {
+        return Ok(None);
+    };
+    if parts.method != axum::http::Method::GET {
+        return Err(Error::Forbidden(
+            "the admin token reads as a tenant (X-Agentbus-Tenant) with GET only; writes need the tenant's token",
+        )
+        .into());
+    }
+    let name = value.to_str().map_err(|_| {
+        ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            READ_AS_HEADER,
+            "must be a tenant id",
+        )
+    })?;
+    TenantId::new(name).map(Some).map_err(|e| {
+        ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            READ_AS_HEADER,
+            e.to_string(),
+        )
+    })
+}
+
 fn too_many(message: &str, retry_after_secs: u64) -> Response {
     ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
         .retry_after(retry_after_secs.max(1))
@@ -201,7 +234,12 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     if let Some(admin) = &config.admin_token
         && secure_eq(admin, &token)
     {
-        parts.extensions.insert(Caller::Admin);
+        let caller = match admin_reading_as(&parts) {
+            Ok(Some(tenant)) => Caller::Tenant(tenant),
+            Ok(None) => Caller::Admin,
+            Err(e) => return e.into_response(),
+        };
+        parts.extensions.insert(caller);
         return next.run(Request::from_parts(parts, body)).await;
     }
     let (tenant, token_id) = match state.bus.authenticate_with_id(&token).await {

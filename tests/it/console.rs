@@ -137,3 +137,43 @@ async fn namespaces_and_the_sink_answer_for_the_caller_only() {
     let (status, _) = call(&app, "GET", "/api/v1/namespaces", Some(ADMIN_TOKEN), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn the_admin_reads_a_tenant_with_get_only() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    let tenant = env.tenant("read-as");
+    env.grant(&tenant, 50).await;
+    let read_as = |method: &str, uri: &str, who: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .header("x-agentbus-tenant", who)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, balance) =
+        common::call_raw(&app, read_as("GET", "/api/v1/credits", tenant.as_str())).await;
+    assert_eq!(status, StatusCode::OK, "{balance}");
+    assert_eq!(
+        common::dec(&balance["total"]),
+        rust_decimal::Decimal::from(50)
+    );
+    let before = env.snapshot().await;
+    let (status, refused) = common::call_raw(
+        &app,
+        read_as(
+            "POST",
+            "/api/v1/jobs/00000000-0000-0000-0000-000000000000/cancel",
+            tenant.as_str(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    let (status, refused) =
+        common::call_raw(&app, read_as("GET", "/api/v1/credits", "no tenant!")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["error"]["field"], "x-agentbus-tenant");
+    assert_eq!(before, env.snapshot().await, "refused reads wrote");
+}
