@@ -190,7 +190,7 @@ function sparkline(samples) {
 async function jobView(id) {
   const [job, results, dlq] = await Promise.all([
     api('GET', '/jobs/' + enc(id)),
-    api('GET', '/jobs/' + enc(id) + '/results?limit=20'),
+    api('GET', '/jobs/' + enc(id) + '/results?limit=20&order=desc'),
     api('GET', '/dlq?limit=50'),
   ]);
   const samples = session.samples.get(id) || [];
@@ -214,7 +214,7 @@ async function jobView(id) {
       card('refunded', money(job.credits.refunded), 'refunded'),
       card('still reserved', money(job.credits.still_reserved), 'still_reserved')),
     live && !session.admin ? el('p', {}, el('button', { id: 'cancel', type: 'button', onclick: () => cancelJob(job) }, 'Cancel job…')) : null,
-    el('h2', {}, 'Results (first 20)'),
+    el('h2', {}, 'Most recent results (20)'),
     table([
       ['item', (r) => r.item_index],
       ['output', (r) => payload(r.output)],

@@ -78,12 +78,34 @@ impl AgentBus {
         start: &str,
         count: usize,
     ) -> Result<Option<StreamPage>> {
-        if start != "-"
+        self.stream_page_in(stream, must_exist, start, count, false)
+            .await
+    }
+
+    /// As [`AgentBus::stream_page`], newest first when `newest_first`
+    /// (`start` is then `+` or `(<id>`, and the page goes back from it).
+    pub(crate) async fn stream_page_in(
+        &self,
+        stream: &str,
+        must_exist: &str,
+        start: &str,
+        count: usize,
+        newest_first: bool,
+    ) -> Result<Option<StreamPage>> {
+        let (read, open_end, far_end) = if newest_first {
+            ("XREVRANGE", "+", "-")
+        } else {
+            ("XRANGE", "-", "+")
+        };
+        if start != open_end
             && start
                 .strip_prefix('(')
                 .is_none_or(|id| crate::jobs::validate_stream_id("after", id).is_err())
         {
-            return Err(Error::invalid("after", "must be - or (<stream id>"));
+            return Err(Error::invalid(
+                "after",
+                format!("must be {open_end} or (<stream id>"),
+            ));
         }
         let count = count.clamp(1, MAX_PAGE_ENTRIES);
         let max_bytes = self.limits().max_page_bytes.max(1);
@@ -102,16 +124,16 @@ impl AgentBus {
         let mut chunk = 1usize;
         loop {
             let want = chunk.min(count - entries.len());
-            let value: Value = redis::cmd("XRANGE")
+            let value: Value = redis::cmd(read)
                 .arg(stream)
                 .arg(&cursor)
-                .arg("+")
+                .arg(far_end)
                 .arg("COUNT")
                 .arg(want)
                 .query_async(&mut conn)
                 .await?;
             let Value::Array(items) = value else {
-                return Err(Error::protocol(format!("XRANGE answered {value:?}")));
+                return Err(Error::protocol(format!("{read} answered {value:?}")));
             };
             let got = items.len();
             for item in &items {

@@ -125,6 +125,7 @@ forward!(Jobs {
     fn release(job: &Uuid, worker: &str, item_ids: &[String]) -> Result<Vec<String>> = release_items;
     fn cancel(job: &Uuid, cancelled_by: &str, reason: &str) -> Result<CancelOutcome> = cancel_job;
     fn results(job: &Uuid, after: Option<&str>, limit: usize) -> Result<ResultPage> = job_results;
+    fn results_in(job: &Uuid, after: Option<&str>, limit: usize, newest_first: bool) -> Result<ResultPage> = job_results_in;
     fn simulate(spec: &JobSpec, stages: &[StageSpec]) -> Result<Simulation> = simulate;
     fn history(worker_agent: &str, task: &str) -> Result<Option<TaskHistory>> = task_history;
     fn inspect(id: &Uuid) -> Result<JobInspection> = inspect_job;

@@ -526,6 +526,7 @@ query! {
     pub struct ResultsQuery {
         after: text("the `next` of the previous page: a result id (`<ms>-<n>`); an item id is refused"),
         limit: int<usize>(100, 1, 1000),
+        order: one_of(&["asc", "desc"]),
     }
 }
 
@@ -537,11 +538,13 @@ pub async fn results(
 ) -> ApiResult<Response> {
     let job_id = path_uuid("job_id", &job_id)?;
     let (limit, after) = (q.limit, q.after);
+    // `desc`: newest first (the most recent results), `next` going back.
+    let newest_first = q.order.as_deref() == Some("desc");
     Ok(state
         .heavy(async move {
             let page = tenant
                 .jobs()
-                .results(&job_id, after.as_deref(), limit)
+                .results_in(&job_id, after.as_deref(), limit, newest_first)
                 .await;
             page.map(|page| {
                 Json(ResultsPage {

@@ -648,16 +648,37 @@ impl AgentBus {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ResultPage> {
+        self.job_results_in(tenant, job, after, limit, false).await
+    }
+
+    /// A job's results in completion order, or newest first when
+    /// `newest_first` (then `after` is where the previous page ended,
+    /// going back).
+    pub async fn job_results_in(
+        &self,
+        tenant: &TenantId,
+        job: &Uuid,
+        after: Option<&str>,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<ResultPage> {
         let keys = self.keys(tenant);
         let start = match after {
             Some(id) => {
                 validate_result_cursor(id)?;
                 format!("({id}")
             }
+            None if newest_first => "+".into(),
             None => "-".into(),
         };
         let page = self
-            .stream_page(&keys.job_results(job), &keys.job(job), &start, limit)
+            .stream_page_in(
+                &keys.job_results(job),
+                &keys.job(job),
+                &start,
+                limit,
+                newest_first,
+            )
             .await?
             .ok_or_else(|| Error::not_found(format!("job {job}")))?;
         let next = page.next();

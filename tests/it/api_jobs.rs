@@ -887,3 +887,74 @@ async fn batch_completions_and_failures_answer_an_outcome_per_item() {
         "{job}"
     );
 }
+
+#[tokio::test]
+async fn results_newest_first_page_back_to_the_first() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    let tenant = env.tenant("recent");
+    let token = env.token("recent").await;
+    let t = Some(token.as_str());
+    env.grant(&tenant, 100).await;
+    let (_, job) = call(
+        &app,
+        "POST",
+        "/api/v1/jobs",
+        t,
+        Some(json!({"orchestrator_agent": "o", "worker_agent": "w", "task": "t", "items": [0, 1, 2, 3, 4]})),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let (_, claim) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/claim?worker_instance_id=w&count=5"),
+        t,
+        None,
+    )
+    .await;
+    // Completed one at a time, in index order: completion order is index order.
+    for item in claim["items"].as_array().unwrap() {
+        let item_id = item["item_id"].as_str().unwrap();
+        let (status, done) = call(
+            &app,
+            "POST",
+            &format!("/api/v1/jobs/{id}/items/{item_id}/complete"),
+            t,
+            Some(json!({"output": item["input"]})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{done}");
+    }
+    let mut seen = Vec::new();
+    let mut uri = format!("/api/v1/jobs/{id}/results?order=desc&limit=2");
+    for _ in 0..5 {
+        let (status, page) = call(&app, "GET", &uri, t, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.push(
+            page["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["item_index"].as_i64().unwrap())
+                .collect::<Vec<_>>(),
+        );
+        match page["next"].as_str() {
+            Some(next) => {
+                uri = format!("/api/v1/jobs/{id}/results?order=desc&limit=2&after={next}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec![vec![4, 3], vec![2, 1], vec![0]]);
+    let (status, refused) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/jobs/{id}/results?order=sideways"),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["error"]["field"], "order");
+}
