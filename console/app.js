@@ -243,7 +243,7 @@ async function cancelJob(job) {
 }
 
 async function agentsView() {
-  const list = await api('GET', '/agents?limit=500');
+  const list = await api('GET', '/agents?limit=500&inbox=true');
   put(
     el('h1', {}, 'Agents'),
     table([
@@ -251,6 +251,8 @@ async function agentsView() {
       ['agent', (a) => text(a.agent_id)],
       ['status', (a) => statusCell(a.status)],
       ['last heartbeat', (a) => when(a.heartbeat_at)],
+      ['inbox', (a) => a.inbox ? a.inbox.messages + ' kept' : '—'],
+      ['delivered, unread', (a) => a.inbox ? a.inbox.delivered_unread : '—'],
       ['job', (a) => text(a.job_id)],
     ], list.instances, 'No agent instances registered.'),
   );

@@ -17,7 +17,8 @@ use uuid::Uuid;
 use crate::agents::dlq::DeadLetter;
 use crate::agents::invoke::{Answer, Invocation, InvokeRequest, InvokeResult};
 use crate::agents::messages::{
-    Broadcast, Message, MessageFilter, MessagePage, OutgoingMessage, Receiver, SentMessage,
+    Broadcast, InboxDepth, Message, MessageFilter, MessagePage, OutgoingMessage, Receiver,
+    SentMessage,
 };
 use crate::agents::registry::{AgentFilter, AgentStatus, Instance, Registration};
 use crate::blackboard::Blackboard;
@@ -163,6 +164,7 @@ forward!(Messages {
     fn wait_for(instance: &Ident, timeout: Duration) -> Result<Option<Message>> = wait_for_message;
     fn ack(instance: &Ident, ids: &[&str]) -> Result<u64> = ack_messages;
     fn list(instance: &Ident, filter: &MessageFilter, after: Option<&str>, limit: usize) -> Result<MessagePage> = list_messages;
+    fn inbox_depths(instances: &[String]) -> Result<Vec<InboxDepth>> = inbox_depths;
     fn dead_letters(after: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> = dead_letters;
     fn replay_dead_letter(entry_id: &str) -> Result<String> = replay_dead_letter;
 });

@@ -16,6 +16,7 @@ use super::query::{Query, query};
 use super::{ApiError, ApiResult, AppState, Tenant};
 use crate::agents::messages::{Message, MessageFilter, MessageStatus, OutgoingMessage};
 use crate::agents::registry::{AgentFilter, AgentStatus, Instance, Registration};
+use crate::error::Error;
 use crate::keys::Ident;
 use crate::payload::Payload;
 
@@ -92,10 +93,13 @@ query! {
         agent_id: ident(),
         job_id: uuid(),
         status: one_of(AGENT_STATUSES),
+        inbox: one_of(&["true", "false"]),
         limit: int<usize>(100, 1, 1000),
     }
 }
 
+/// Instances, and with `inbox=true` each one's inbox depth (`inbox`:
+/// messages kept, delivered but unread).
 pub async fn list(Tenant(tenant): Tenant, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
     let filter = AgentFilter {
         agent_id: q.agent_id,
@@ -103,8 +107,18 @@ pub async fn list(Tenant(tenant): Tenant, Query(q): Query<ListQuery>) -> ApiResu
         status: q.status.as_deref().and_then(AgentStatus::parse),
     };
     let instances = tenant.agents().list(&filter, q.limit).await?;
+    let mut listed = serde_json::to_value(&instances).map_err(|e| Error::Codec(e.to_string()))?;
+    if q.inbox.as_deref() == Some("true") {
+        let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
+        let depths = tenant.messages().inbox_depths(&ids).await?;
+        if let Value::Array(rows) = &mut listed {
+            for (row, depth) in rows.iter_mut().zip(depths) {
+                row["inbox"] = serde_json::json!(depth);
+            }
+        }
+    }
     Ok(Json(
-        serde_json::json!({ "count": instances.len(), "instances": instances }),
+        serde_json::json!({ "count": instances.len(), "instances": listed }),
     ))
 }
 

@@ -18,6 +18,7 @@ import threading
 import time
 from decimal import Decimal
 
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -52,8 +53,12 @@ def main_text(browser):
 
 
 def until(browser, check, timeout=15, what="the page"):
+    # Views re-render as they refresh: an element found a moment ago may
+    # be gone (stale) when read; the check is then simply tried again.
     try:
-        return WebDriverWait(browser, timeout, poll_frequency=0.1).until(lambda b: check(b))
+        return WebDriverWait(browser, timeout, poll_frequency=0.1,
+                             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                             ).until(lambda b: check(b))
     except Exception:
         shot(browser, "failed-" + what.replace(" ", "-"))
         raise AssertionError(f"{what} never showed it (screenshot in {SHOTS}); main says: {main_text(browser)[:2000]}")

@@ -93,6 +93,25 @@ async fn registry_and_messages_over_http() {
     )
     .await;
     assert_eq!(listed["count"], 1);
+    // The listing with inbox depths (the console's agents view).
+    let (status, agents) = call(&app, "GET", "/api/v1/agents?inbox=true", t, None).await;
+    assert_eq!(status, StatusCode::OK, "{agents}");
+    let depth = |id: &str| {
+        agents["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["instance_id"] == id)
+            .map(|i| i["inbox"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        depth("writer-1"),
+        json!({"messages": 1, "delivered_unread": 1})
+    );
+    assert_eq!(depth(&a), json!({"messages": 0, "delivered_unread": 0}));
+    let (_, plain) = call(&app, "GET", "/api/v1/agents", t, None).await;
+    assert!(plain["instances"][0].get("inbox").is_none(), "{plain}");
     let (status, read) = call(
         &app,
         "POST",

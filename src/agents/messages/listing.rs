@@ -132,6 +132,71 @@ impl AgentBus {
     }
 }
 
+/// How full an inbox is (`GET /agents?inbox=true`, the console).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct InboxDepth {
+    /// Messages the inbox keeps (read ones too, until trimmed or expired).
+    pub messages: u64,
+    /// Delivered and not yet read (acknowledged).
+    pub delivered_unread: u64,
+}
+
+impl AgentBus {
+    /// The depth of each instance's inbox, in order: two pipelined round
+    /// trips for them all (an inbox that is gone is empty).
+    pub async fn inbox_depths(
+        &self,
+        tenant: &TenantId,
+        instances: &[String],
+    ) -> Result<Vec<InboxDepth>> {
+        let keys = self.keys(tenant);
+        let inboxes: Vec<Option<String>> = instances
+            .iter()
+            .map(|i| {
+                Ident::new("instance", i.as_str())
+                    .ok()
+                    .map(|i| keys.inbox(&i))
+            })
+            .collect();
+        let mut out = vec![InboxDepth::default(); instances.len()];
+        let mut conn = self.redis().conn().await?;
+        let mut lengths = redis::pipe();
+        for inbox in inboxes.iter().flatten() {
+            lengths.cmd("XLEN").arg(inbox);
+        }
+        if lengths.is_empty() {
+            return Ok(out);
+        }
+        let lens: Vec<u64> = lengths.query_async(&mut conn).await?;
+        let mut pending = redis::pipe();
+        let mut asked = Vec::new();
+        let mut lens = lens.into_iter();
+        for (i, inbox) in inboxes.iter().enumerate() {
+            let Some(inbox) = inbox else { continue };
+            out[i].messages = lens.next().unwrap_or(0);
+            if out[i].messages > 0 {
+                pending.cmd("XPENDING").arg(inbox).arg(GROUP);
+                asked.push(i);
+            }
+        }
+        if asked.is_empty() {
+            return Ok(out);
+        }
+        // A group missing (being re-created) fails the pipeline: the
+        // delivered count is then left at 0 rather than failing the listing.
+        if let Ok(summaries) = pending.query_async::<Vec<Value>>(&mut conn).await {
+            for (i, summary) in asked.into_iter().zip(summaries) {
+                if let Value::Array(v) = summary
+                    && let Some(Value::Int(n)) = v.first()
+                {
+                    out[i].delivered_unread = (*n).max(0) as u64;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn pel_ids(pel: &Value) -> HashSet<String> {
     let mut ids = HashSet::new();
     if let Value::Array(rows) = pel {

@@ -32,6 +32,7 @@ mod receive;
 
 pub use broadcast::{BROADCAST_CHUNK, Broadcast};
 
+pub use listing::InboxDepth;
 pub use receive::Receiver;
 
 const GROUP: &str = "inbox";
