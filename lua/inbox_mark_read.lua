@@ -6,21 +6,13 @@
 -- already read, or not in the inbox, are skipped. Marks the zset keeps for
 -- entries trimmed or delivered since are dropped here, so it stays within
 -- the inbox's own entries. Every argument is checked before the first write.
--- @include common
+-- @include group inbox
 -- @key inbox the inbox stream (group 'inbox')
 -- @key read_early the inbox's read-early zset (entry id -> its ms)
 -- @arg entry... entry ids, each `<ms>-<seq>`, 1 to 1,000
 -- @returns int how many were unread and are now read
 
-if #ARGV < 1 then return redis.error_reply('ERR ARGV[1] missing: at least one entry id') end
-if #ARGV > 1000 then
-  return redis.error_reply('ERR ARGV[1001] is past the most entry ids a call takes (1000)')
-end
-for i = 1, #ARGV do
-  if not string.match(ARGV[i], '^%d+%-%d+$') or string.len(ARGV[i]) > 41 then
-    arg_error(i, 'must be a stream entry id')
-  end
-end
+entry_id_args(1000)
 -- Delivered ones first (the usual case: one XACK each, nothing else read).
 local read, rest = 0, {}
 for i = 1, #ARGV do
@@ -31,15 +23,7 @@ for i = 1, #ARGV do
   end
 end
 if #rest == 0 or redis.call('EXISTS', KEYS[1]) == 0 then return read end
-local last
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, delivered
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] end
-    if g[i] == 'last-delivered-id' then delivered = g[i + 1] end
-  end
-  if name == 'inbox' then last = delivered end
-end
+local _, last = group_state(KEYS[1], 'inbox')
 if not last then return read end
 
 local function parts(id)

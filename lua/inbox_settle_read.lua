@@ -2,21 +2,13 @@
 -- (XREADGROUP cannot run in a script), acknowledge and forget those marked
 -- read before delivery (inbox_mark_read); the reader drops them. A reader
 -- calls it only when the read-early zset was non-empty at its read.
--- @include common inbox
+-- @include inbox
 -- @key inbox the inbox stream (group 'inbox')
 -- @key read_early the inbox's read-early zset (entry id -> its ms)
 -- @arg entry... entry ids just delivered, each `<ms>-<seq>`, 1 to 10,000
 -- @returns raw the entry ids that were marked read (now acknowledged)
 
-if #ARGV < 1 then return redis.error_reply('ERR ARGV[1] missing: at least one entry id') end
-if #ARGV > 10000 then
-  return redis.error_reply('ERR ARGV[10001] is past the most entry ids a call takes (10000)')
-end
-for i = 1, #ARGV do
-  if not string.match(ARGV[i], '^%d+%-%d+$') or string.len(ARGV[i]) > 41 then
-    arg_error(i, 'must be a stream entry id')
-  end
-end
+entry_id_args(10000)
 local settled = settle_read_early(KEYS[1], KEYS[2], ARGV)
 local out = {}
 for i = 1, #ARGV do

@@ -4,7 +4,7 @@
 -- A take always has an entry when one is new (a single entry is at most the
 -- payload limit). Never blocks. An error NOGROUP when the group is missing.
 -- Entries marked read before delivery are acknowledged and left out.
--- @include common inbox
+-- @include common group inbox
 -- @key inbox the inbox stream (group 'inbox')
 -- @key read_early the inbox's read-early zset (entry id -> its ms)
 -- @arg consumer the instance id
@@ -22,15 +22,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOGROUP no inbox group for this instance')
 end
 
-local last
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, delivered
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] end
-    if g[i] == 'last-delivered-id' then delivered = g[i + 1] end
-  end
-  if name == 'inbox' then last = delivered end
-end
+local _, last = group_state(KEYS[1], 'inbox')
 if not last then return redis.error_reply('NOGROUP no inbox group for this instance') end
 
 -- The first read measures one entry; later ones are sized from the average,

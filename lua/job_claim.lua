@@ -6,9 +6,9 @@
 -- the bound holds however many workers claim at once; a worker with nothing
 -- to claim waits outside it (XREAD BLOCK after `empty`'s id, or a pause
 -- after `full`) and claims again. It writes no ledger or outbox: it takes
--- only the two keys it reads and no helpers, since it runs once per read
--- of every worker (the hot path).
--- @include none
+-- only the two keys it reads and one small helper, since it runs once per
+-- read of a bounded job's workers (the hot path).
+-- @include group
 -- @key job the job hash
 -- @key items the job's items stream (group 'workers')
 -- @arg consumer the worker instance id
@@ -30,16 +30,8 @@ if not status then return {'missing'} end
 if status ~= 'running' and status ~= 'spawning' then return {'not_running', status} end
 
 -- The group's pending count and last delivered id (the job's only group).
-local in_flight, last = 0, '0-0'
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
-  local name, pending, delivered
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1]
-    elseif g[i] == 'pending' then pending = g[i + 1]
-    elseif g[i] == 'last-delivered-id' then delivered = g[i + 1] end
-  end
-  if name == 'workers' then in_flight, last = pending, delivered end
-end
+local in_flight, last = group_state(KEYS[2], 'workers')
+in_flight, last = in_flight or 0, last or '0-0'
 local most = tonumber(job[2])
 if most and most > 0 then
   if in_flight >= most then return {'full', in_flight} end

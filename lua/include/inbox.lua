@@ -2,6 +2,19 @@
 -- zset: entry id -> its milliseconds). A reader that is handed one of them
 -- acknowledges it and drops it instead of handling it.
 
+-- Checks that ARGV is 1 to `most` stream entry ids (before any write).
+local function entry_id_args(most)
+  if #ARGV < 1 then error({err = 'ERR ARGV[1] missing: at least one entry id'}) end
+  if #ARGV > most then
+    error({err = 'ERR ARGV[' .. (most + 1) .. '] is past the most entry ids a call takes (' .. most .. ')'})
+  end
+  for i = 1, #ARGV do
+    if not string.match(ARGV[i], '^%d+%-%d+$') or string.len(ARGV[i]) > 41 then
+      error({err = 'ERR ARGV[' .. i .. '] must be a stream entry id'})
+    end
+  end
+end
+
 -- Of `ids` (entry ids just delivered from `inbox`), acknowledges and forgets
 -- those marked read early; returns them as a set (id -> true). Costs one
 -- ZCARD when nothing was marked.

@@ -16,18 +16,19 @@ use super::spec::MAX_CLAIM_PER_CALL;
 use crate::bus::AgentBus;
 use crate::codec::StreamEntry;
 use crate::conn::BlockingConn;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::keys::{self, TenantId};
 use crate::metrics;
 use crate::scripts::scripts;
 
 /// Longest one wait for new items lasts before claiming again.
 const WAIT_SLICE: Duration = Duration::from_secs(1);
-/// Longest pause between claims while a job is at its parallelism.
+/// First and longest pause between claims while a job is at its parallelism.
+const FIRST_FULL_PAUSE: Duration = Duration::from_millis(10);
 const MOST_FULL_PAUSE: Duration = Duration::from_millis(200);
 
 /// What one claim found.
-pub(crate) enum Claim {
+enum Claim {
     /// Delivered entries (at least one).
     Items(Vec<StreamEntry>),
     /// Nothing new: new items will have ids after `after`.
@@ -36,11 +37,65 @@ pub(crate) enum Claim {
     Full,
 }
 
+/// Claims for one claimer (a worker, a waiting REST claim): its connection
+/// for waiting (connected only if it waits) and its pause while the job is
+/// at its parallelism (10 ms, doubling to 200 ms, back to 10 ms once a
+/// claim gets items).
+pub(crate) struct Claimer {
+    bus: AgentBus,
+    conn: BlockingConn,
+    pause: Duration,
+}
+
+impl Claimer {
+    /// One claim of up to `count` new items; with none to take, waits (at
+    /// most `wait`, and at most a second: a job's end does not wake XREAD)
+    /// for new ones, or pauses while the job is at its parallelism, and
+    /// answers none. The caller claims again.
+    pub(crate) async fn claim(
+        &mut self,
+        tenant: &TenantId,
+        job: &Uuid,
+        consumer: &str,
+        count: usize,
+        wait: Duration,
+    ) -> Result<Vec<StreamEntry>> {
+        match self.bus.claim_once(tenant, job, consumer, count).await? {
+            Claim::Items(entries) => {
+                self.pause = FIRST_FULL_PAUSE;
+                Ok(entries)
+            }
+            _ if wait.is_zero() => Ok(Vec::new()),
+            Claim::Empty { after } => {
+                let wait = wait.min(WAIT_SLICE);
+                self.bus
+                    .wait_for_items(&mut self.conn, tenant, job, &after, wait)
+                    .await?;
+                Ok(Vec::new())
+            }
+            Claim::Full => {
+                tokio::time::sleep(self.pause.min(wait)).await;
+                self.pause = (self.pause * 2).min(MOST_FULL_PAUSE);
+                Ok(Vec::new())
+            }
+        }
+    }
+}
+
 impl AgentBus {
+    /// A claimer of new items (see [`Claimer`]).
+    pub(crate) fn claimer(&self) -> Claimer {
+        Claimer {
+            bus: self.clone(),
+            conn: self.redis().blocking(),
+            pause: FIRST_FULL_PAUSE,
+        }
+    }
+
     /// One claim of up to `count` new items (1..=1,000) for `consumer`.
     /// A job that no longer runs is `Conflict` (its status), an unknown one
     /// `NotFound`.
-    pub(crate) async fn claim_once(
+    async fn claim_once(
         &self,
         tenant: &TenantId,
         job: &Uuid,
@@ -73,7 +128,7 @@ impl AgentBus {
     /// Waits (at most `wait`) on `conn` for an entry of the job's items
     /// stream after `after`; delivers nothing. A job that ends meanwhile
     /// does not wake it: the next claim finds that out.
-    pub(crate) async fn wait_for_items(
+    async fn wait_for_items(
         &self,
         conn: &mut BlockingConn,
         tenant: &TenantId,
@@ -106,32 +161,12 @@ impl AgentBus {
     ) -> Result<Vec<ClaimedItem>> {
         keys::validate_id("worker_instance_id", consumer, keys::MAX_ID_LEN)?;
         let deadline = Instant::now() + wait;
-        let mut blocking: Option<BlockingConn> = None;
-        let mut pause = Duration::from_millis(10);
+        let mut claimer = self.claimer();
         let entries = loop {
-            let claim = self.claim_once(tenant, job, consumer, count).await?;
             let left = deadline.saturating_duration_since(Instant::now());
-            match claim {
-                Claim::Items(entries) => break entries,
-                _ if left.is_zero() => break Vec::new(),
-                Claim::Empty { after } => {
-                    let conn = blocking.get_or_insert_with(|| self.redis().blocking());
-                    // In slices: XREAD is not woken when the job ends (its
-                    // stream deleted), the next claim is.
-                    let slice = left.min(WAIT_SLICE);
-                    match self.wait_for_items(conn, tenant, job, &after, slice).await {
-                        Ok(()) => {}
-                        // The stream went with the job: the next claim says how it ended.
-                        Err(Error::Redis(ref r)) if r.code() == Some("UNBLOCKED") => {
-                            return Err(self.ended_job_error(tenant, job).await);
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                Claim::Full => {
-                    tokio::time::sleep(pause.min(left)).await;
-                    pause = (pause * 2).min(MOST_FULL_PAUSE);
-                }
+            let entries = claimer.claim(tenant, job, consumer, count, left).await?;
+            if !entries.is_empty() || Instant::now() >= deadline {
+                break entries;
             }
         };
         let items = entries

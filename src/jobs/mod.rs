@@ -20,7 +20,6 @@ pub mod reclaim;
 mod spec;
 pub mod worker;
 
-pub(crate) use claim::Claim;
 pub use model::*;
 pub(crate) use operations::job_call;
 pub use operations::validate_stream_id;

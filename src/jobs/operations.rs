@@ -244,21 +244,6 @@ impl AgentBus {
         }
     }
 
-    /// Why a job cannot deliver any more: 409 with its state when it ended,
-    /// else not found.
-    pub(super) async fn ended_job_error(&self, tenant: &TenantId, job: &Uuid) -> Error {
-        match self.job(tenant, job).await {
-            Ok(j) => {
-                let status = j.status.as_str();
-                Error::conflict_with(
-                    format!("job {job} is {status}"),
-                    &serde_json::json!({ "status": status }),
-                )
-            }
-            Err(e) => e,
-        }
-    }
-
     /// The job's current state; `NotFound` for unknown (or expired, or
     /// another tenant's) jobs.
     pub async fn job(&self, tenant: &TenantId, id: &Uuid) -> Result<Job> {

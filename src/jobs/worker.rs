@@ -26,15 +26,12 @@ use uuid::Uuid;
 
 use crate::bus::AgentBus;
 use crate::codec::{self, StreamEntry};
-use crate::conn::BlockingConn;
 use crate::error::{Error, Result};
-use crate::jobs::{Claim, ClaimedItem, CompleteOutcome, FailOutcome};
+use crate::jobs::{ClaimedItem, CompleteOutcome, FailOutcome};
 use crate::keys::{self, TenantId};
 
 /// Most completions sent in one script call.
 const MAX_COMPLETE_BATCH: usize = 256;
-/// First pause before claiming again while the job is at its parallelism.
-const FIRST_FULL_PAUSE: Duration = Duration::from_millis(10);
 
 /// A handler's failure: the message, and whether another attempt may succeed.
 #[derive(Clone, Debug)]
@@ -256,7 +253,7 @@ impl Worker {
         // walking them by id; then ">" takes new ones.
         let mut pending_after: Option<String> = Some("0".into());
         let mut backoff = Duration::from_millis(50);
-        let mut full_pause = FIRST_FULL_PAUSE;
+        let mut claimer = self.bus.claimer();
         // A job without a parallelism bound (0, fixed at spawn) is read
         // directly: one XREADGROUP per read, no script. Unknown (the job
         // gone, Redis away): the claim script, which finds out.
@@ -281,7 +278,7 @@ impl Worker {
                 // New items of a bounded job only through the claim script.
                 (None, false) => tokio::select! {
                     _ = self.shutdown.cancelled() => break,
-                    r = self.claim_new(&mut conn, permits.len(), &mut full_pause) => r,
+                    r = claimer.claim(&self.tenant, &self.job, &self.consumer, permits.len(), self.block) => r,
                 },
                 (after, _) => {
                     let mut read = redis::cmd("XREADGROUP");
@@ -409,38 +406,6 @@ impl Worker {
             }
         }
         Ok(tally.report(&self.consumer))
-    }
-
-    /// Claims up to `count` new items; with none to take, waits on `conn`
-    /// for new ones (up to `block`) or, while the job is at its
-    /// parallelism, pauses (`pause`, doubling up to 200 ms), and answers none.
-    async fn claim_new(
-        &self,
-        conn: &mut BlockingConn,
-        count: usize,
-        pause: &mut Duration,
-    ) -> Result<Vec<StreamEntry>> {
-        match self
-            .bus
-            .claim_once(&self.tenant, &self.job, &self.consumer, count)
-            .await?
-        {
-            Claim::Items(entries) => {
-                *pause = FIRST_FULL_PAUSE;
-                Ok(entries)
-            }
-            Claim::Empty { after } => {
-                self.bus
-                    .wait_for_items(conn, &self.tenant, &self.job, &after, self.block)
-                    .await?;
-                Ok(Vec::new())
-            }
-            Claim::Full => {
-                tokio::time::sleep(*pause).await;
-                *pause = (*pause * 2).min(Duration::from_millis(200));
-                Ok(Vec::new())
-            }
-        }
     }
 
     async fn job_running(&self) -> Result<bool> {
