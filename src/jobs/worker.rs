@@ -1,7 +1,8 @@
 //! A worker for Rust agents: claims items of one job (through
 //! `lua/job_claim.lua`, so within the job's `parallelism`, waiting with
 //! `XREAD BLOCK` when nothing is new; a job without a bound is read with
-//! `XREADGROUP` directly), runs a handler with bounded
+//! `XREADGROUP` directly, and read ahead of the free slots while handlers
+//! are quick against `timeout_per_item`), runs a handler with bounded
 //! concurrency, and completes or fails items for it in batches.
 //!
 //! Each worker is one consumer with a stable name, reading on a connection of
@@ -11,6 +12,7 @@
 //! [`Completer`]; workers of one process may share one, so completions of many
 //! workers travel to Redis in one script call.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use redis::Value;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -208,7 +210,9 @@ impl Worker {
         self
     }
 
-    /// Most items claimed per read (default 16; never more than free slots).
+    /// Most items claimed per read (default 16). More than the free slots
+    /// only for a job without a parallelism bound, and only as many as the
+    /// handlers' measured pace starts within a quarter of `timeout_per_item`.
     pub fn batch(mut self, n: usize) -> Self {
         self.batch = n.max(1);
         self
@@ -255,12 +259,19 @@ impl Worker {
         let mut backoff = Duration::from_millis(50);
         let mut claimer = self.bus.claimer();
         // A job without a parallelism bound (0, fixed at spawn) is read
-        // directly: one XREADGROUP per read, no script. Unknown (the job
-        // gone, Redis away): the claim script, which finds out.
-        let unbounded = matches!(
-            self.bus.job(&self.tenant, &self.job).await,
-            Ok(job) if job.parallelism == 0
-        );
+        // directly: one XREADGROUP per read, no script, and may be read
+        // ahead. Unknown (the job gone, Redis away): the claim script, which
+        // finds out.
+        let job = self.bus.job(&self.tenant, &self.job).await.ok();
+        let unbounded = matches!(&job, Some(job) if job.parallelism == 0);
+        let pace = Arc::new(Pace::new(
+            self.concurrency,
+            self.batch,
+            job.filter(|_| unbounded)
+                .map(|job| Duration::from_secs(job.timeout_per_item.max(0) as u64)),
+        ));
+        // Items read ahead of a free slot, oldest first, with when each was read.
+        let mut queued: VecDeque<(StreamEntry, Instant)> = VecDeque::new();
 
         loop {
             let first = tokio::select! {
@@ -274,6 +285,19 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            if !queued.is_empty() {
+                let take = permits.len().min(queued.len());
+                let ready: Vec<_> = queued.drain(..take).collect();
+                for ((entry, claimed_at), permit) in ready.into_iter().zip(permits) {
+                    self.dispatch(
+                        &entry, claimed_at, permit, &handler, &completer, &tally, &pace,
+                    )?;
+                }
+                continue;
+            }
+            // With quick handlers one read fetches more than the free slots
+            // (fewer reads per item); the rest waits here, briefly.
+            let count = pace.read_count(permits.len());
             let reply = match (&pending_after, unbounded) {
                 // New items of a bounded job only through the claim script.
                 (None, false) => tokio::select! {
@@ -286,7 +310,7 @@ impl Worker {
                         .arg("workers")
                         .arg(&self.consumer)
                         .arg("COUNT")
-                        .arg(permits.len());
+                        .arg(count);
                     match after {
                         Some(after) => read.arg("STREAMS").arg(&items_key).arg(after),
                         None => read
@@ -346,39 +370,16 @@ impl Worker {
             }
             let claimed_at = Instant::now();
             crate::metrics::items(&self.tenant, "claimed", entries.len() as u64);
-            for (entry, permit) in entries.into_iter().zip(permits.drain(..)) {
-                let item = ClaimedItem::from_entry(&entry)?;
-                let handler = handler.clone();
-                let tx = completer.tx.clone();
-                let tally = tally.clone();
-                tokio::spawn(async move {
-                    let item_id = item.item_id.clone();
-                    // Input that cannot be decoded will not decode on a retry
-                    // either: failed for good (dead-lettered, credits released)
-                    // without reaching the handler.
-                    let result = match &item.undecodable {
-                        Some(why) => Err(ItemError::fatal(format!("undecodable input: {why}"))),
-                        None => match handler(item).await {
-                            Ok(output) => {
-                                codec::encode(&output).map_err(|e| ItemError::fatal(e.to_string()))
-                            }
-                            Err(e) => Err(e),
-                        },
-                    };
-                    tally.unanswered.fetch_add(1, Ordering::AcqRel);
-                    let outcome = Outcome {
-                        item_id,
-                        claimed_at,
-                        result,
-                        tally: tally.clone(),
-                    };
-                    if tx.send(outcome).await.is_err() {
-                        // No completer: the item stays pending and is reclaimed later.
-                        tally.done();
-                    }
-                    drop(permit);
-                });
+            let mut entries = entries.into_iter();
+            for permit in permits {
+                match entries.next() {
+                    Some(entry) => self.dispatch(
+                        &entry, claimed_at, permit, &handler, &completer, &tally, &pace,
+                    )?,
+                    None => break,
+                }
             }
+            queued.extend(entries.map(|e| (e, claimed_at)));
         }
 
         // Let every handler in flight finish, then wait for Redis to answer
@@ -408,6 +409,61 @@ impl Worker {
         Ok(tally.report(&self.consumer))
     }
 
+    /// Runs the handler on one claimed entry in a task of its own, holding
+    /// `permit` (a slot) until it is done, and hands its outcome to the
+    /// completer.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch<H, F>(
+        &self,
+        entry: &StreamEntry,
+        claimed_at: Instant,
+        permit: OwnedSemaphorePermit,
+        handler: &Arc<H>,
+        completer: &Completer,
+        tally: &Arc<Tally>,
+        pace: &Arc<Pace>,
+    ) -> Result<()>
+    where
+        H: Fn(ClaimedItem) -> F + Send + Sync + 'static,
+        F: Future<Output = std::result::Result<serde_json::Value, ItemError>> + Send + 'static,
+    {
+        let item = ClaimedItem::from_entry(entry)?;
+        let handler = handler.clone();
+        let tx = completer.tx.clone();
+        let tally = tally.clone();
+        let pace = pace.clone();
+        tokio::spawn(async move {
+            let item_id = item.item_id.clone();
+            let started = Instant::now();
+            // Input that cannot be decoded will not decode on a retry
+            // either: failed for good (dead-lettered, credits released)
+            // without reaching the handler.
+            let result = match &item.undecodable {
+                Some(why) => Err(ItemError::fatal(format!("undecodable input: {why}"))),
+                None => match handler(item).await {
+                    Ok(output) => {
+                        codec::encode(&output).map_err(|e| ItemError::fatal(e.to_string()))
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            pace.record(started.elapsed());
+            tally.unanswered.fetch_add(1, Ordering::AcqRel);
+            let outcome = Outcome {
+                item_id,
+                claimed_at,
+                result,
+                tally: tally.clone(),
+            };
+            if tx.send(outcome).await.is_err() {
+                // No completer: the item stays pending and is reclaimed later.
+                tally.done();
+            }
+            drop(permit);
+        });
+        Ok(())
+    }
+
     async fn job_running(&self) -> Result<bool> {
         match self.bus.job(&self.tenant, &self.job).await {
             Ok(job) => Ok(!job.status.is_finished()),
@@ -421,6 +477,55 @@ impl Worker {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// How far a worker reads ahead of its free slots. An item read ahead
+/// waits in the worker while its delivery ages toward `timeout_per_item`
+/// (after which it is re-delivered), so the queue is kept to what the
+/// handlers, at their measured pace, start within a quarter of that
+/// timeout; until a handler has finished, or for a bounded job (whose
+/// parallelism counts every item held), nothing is read ahead.
+struct Pace {
+    concurrency: u64,
+    batch: usize,
+    /// A quarter of the job's `timeout_per_item`, in µs (0: no read-ahead).
+    budget_us: u64,
+    /// Mean handler time in µs (moving average; 0 until one finished).
+    mean_us: AtomicU64,
+}
+
+impl Pace {
+    fn new(concurrency: usize, batch: usize, timeout: Option<Duration>) -> Self {
+        Self {
+            concurrency: concurrency as u64,
+            batch,
+            budget_us: timeout.map_or(0, |t| t.as_micros() as u64 / 4),
+            mean_us: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, took: Duration) {
+        let took = (took.as_micros() as u64).max(1);
+        let mean = self.mean_us.load(Ordering::Relaxed);
+        let next = if mean == 0 {
+            took
+        } else {
+            (mean * 7 + took) / 8
+        };
+        self.mean_us.store(next.max(1), Ordering::Relaxed);
+    }
+
+    /// Items to read when `free` slots are free: those, and as many more
+    /// (up to the batch) as wait no longer than the budget.
+    fn read_count(&self, free: usize) -> usize {
+        let mean = self.mean_us.load(Ordering::Relaxed);
+        if self.budget_us == 0 || mean == 0 || free >= self.batch {
+            return free;
+        }
+        // The k-th queued item starts after about k / concurrency handler times.
+        let ahead = (self.budget_us.saturating_mul(self.concurrency) / mean) as usize;
+        free + ahead.min(self.batch - free)
     }
 }
 

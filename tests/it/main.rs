@@ -28,6 +28,7 @@ mod ops;
 mod parallelism;
 mod promises;
 mod protocol;
+mod read_ahead;
 mod reconnect;
 mod registry_shards;
 mod security;
