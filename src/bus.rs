@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::agents::reply_hub::ReplyHub;
 use crate::auth::cache::TokenCache;
+use crate::balance_cache::BalanceCache;
 use crate::conn::Redis;
 use crate::error::Result;
 use crate::keys::{Keyspace, TenantId, TenantKeys};
@@ -28,6 +29,7 @@ pub mod defaults {
     pub const INBOX_RETENTION_SECS: u64 = 24 * 3600;
     pub const INVOKE_RETENTION_SECS: u64 = 3600;
     pub const TOKEN_CACHE_SECS: u64 = 10;
+    pub const BALANCE_CACHE_SECS: u64 = 5;
     pub const SPAWN_CHUNK: usize = 100;
     /// Largest spawn chunk accepted (configuration and library alike).
     pub const MAX_SPAWN_CHUNK: usize = 10_000;
@@ -65,6 +67,9 @@ pub struct Limits {
     /// How long a process may trust a cached token record without hearing
     /// of its revocation (zero: every request reads Redis).
     pub token_cache: Duration,
+    /// How long a process may serve a cached balance that Redis has not
+    /// said changed (zero: every balance is read from Redis).
+    pub balance_cache: Duration,
     /// Most items one spawn script call enqueues: a larger job is enqueued
     /// in chunks, so no call holds Redis for long whatever the job's size.
     pub spawn_chunk: usize,
@@ -90,6 +95,7 @@ impl Default for Limits {
             inbox_retention: Duration::from_secs(d::INBOX_RETENTION_SECS),
             invoke_retention: Duration::from_secs(d::INVOKE_RETENTION_SECS),
             token_cache: Duration::from_secs(d::TOKEN_CACHE_SECS),
+            balance_cache: Duration::from_secs(d::BALANCE_CACHE_SECS),
             spawn_chunk: d::SPAWN_CHUNK,
             spawn_stall: Duration::from_secs(d::SPAWN_STALL_SECS),
         }
@@ -105,6 +111,7 @@ struct Inner {
     process_id: String,
     replies: ReplyHub,
     tokens: TokenCache,
+    balances: BalanceCache,
 }
 
 #[derive(Clone)]
@@ -120,6 +127,7 @@ impl AgentBus {
                 keys,
                 prices,
                 tokens: TokenCache::new(limits.token_cache),
+                balances: BalanceCache::new(limits.balance_cache),
                 limits,
                 process_id: format!("p{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
                 replies: ReplyHub::default(),
@@ -150,6 +158,11 @@ impl AgentBus {
     /// This process's cache of token records (see [`crate::auth::cache`]).
     pub fn token_cache(&self) -> &TokenCache {
         &self.inner.tokens
+    }
+
+    /// This process's cache of balances (see [`crate::balance_cache`]).
+    pub fn balance_cache(&self) -> &BalanceCache {
+        &self.inner.balances
     }
 
     /// This process's unique id.

@@ -128,6 +128,17 @@ pub struct Config {
     )]
     pub token_cache_secs: u64,
 
+    /// Seconds the server may answer a tenant's balance from its cache,
+    /// which Redis keeps exact by pushing every change (client-side
+    /// caching; a single Redis only). 0: read Redis on every request.
+    #[arg(
+        long,
+        env = "AGENTBUS_BALANCE_CACHE_SECS",
+        default_value_t = bus::defaults::BALANCE_CACHE_SECS,
+        global = true
+    )]
+    pub balance_cache_secs: u64,
+
     /// Most items one spawn script call enqueues (a larger job is enqueued
     /// in chunks of this many): bigger chunks spawn faster and hold Redis
     /// longer per call.
@@ -187,6 +198,7 @@ impl Config {
             stale_after_secs: bus::defaults::STALE_AFTER_SECS,
             inbox_cap: bus::defaults::INBOX_CAP,
             token_cache_secs: bus::defaults::TOKEN_CACHE_SECS,
+            balance_cache_secs: bus::defaults::BALANCE_CACHE_SECS,
             spawn_chunk: bus::defaults::SPAWN_CHUNK as u64,
             max_deliveries: bus::defaults::MAX_DELIVERIES,
             redeliver_after_secs: bus::defaults::REDELIVER_AFTER_SECS,
@@ -233,6 +245,7 @@ impl Config {
                 max_deliveries: self.max_deliveries.max(1),
                 redeliver_after: Duration::from_secs(self.redeliver_after_secs.clamp(1, 86_400)),
                 token_cache: Duration::from_secs(self.token_cache_secs),
+                balance_cache: Duration::from_secs(self.balance_cache_secs),
                 spawn_chunk: self.spawn_chunk as usize,
                 ..Limits::default()
             },

@@ -219,6 +219,33 @@ impl Redis {
         }
     }
 
+    /// A RESP3 connection of its own whose pushes (invalidations of
+    /// `CLIENT TRACKING`) go to `push`; `None` on a cluster, whose keys live
+    /// on many nodes (client-side caching is not used there).
+    pub async fn tracking(
+        &self,
+        push: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> Result<Option<redis::aio::MultiplexedConnection>> {
+        let Backend::Single { client, .. } = &self.backend else {
+            return Ok(None);
+        };
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(DEFAULT_RESPONSE_TIMEOUT))
+            .set_push_sender(push);
+        Ok(Some(
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?,
+        ))
+    }
+
     /// Round trip to Redis (readiness).
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.conn().await?;

@@ -22,7 +22,7 @@
 //! - Shared state: [`blackboard`].
 //! - [`outbox`]: the event schema, the sink and its Postgres writer,
 //!   stranded events, the audit trail, `verify`.
-//! - Serving: [`api`] (axum, REST, OpenAPI), [`auth`], [`metrics`],
+//! - Serving: [`api`] (axum, REST, OpenAPI), [`auth`], [`balance_cache`], [`metrics`],
 //!   [`telemetry`], [`reaper`] (stale agents, expired invocations and
 //!   entries, metering), [`due`] (the deadlines that drive the reaper and
 //!   the reclaimer), [`server`].
@@ -34,6 +34,7 @@
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod balance_cache;
 pub mod blackboard;
 pub mod bounded;
 pub mod bus;

@@ -65,6 +65,10 @@ pub async fn start(config: &Config, serve: &ServeConfig) -> Result<Running> {
         bus.clone(),
         shutdown.clone(),
     )));
+    tasks.push(tokio::spawn(crate::balance_cache::run(
+        bus.clone(),
+        shutdown.clone(),
+    )));
     let sweep_every = Duration::from_secs(serve.sweep_secs.max(1));
     tasks.push(tokio::spawn(reclaim::run(
         bus.clone(),

@@ -277,6 +277,17 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     } else {
         None
     };
+    // A request that may move credits drops the tenant's cached balance
+    // before it answers: its client reads its own change next.
+    let writes = !matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let forget = writes.then(|| tenant.clone());
     parts.extensions.insert(Caller::Tenant(tenant));
-    next.run(Request::from_parts(parts, body)).await
+    let response = next.run(Request::from_parts(parts, body)).await;
+    if let Some(tenant) = forget {
+        state.bus.forget_balance(&tenant);
+    }
+    response
 }

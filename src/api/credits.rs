@@ -11,8 +11,13 @@ use crate::credits::{Balance, grant_context};
 use crate::keys::TenantId;
 use crate::money::Credits;
 
-pub async fn show(Tenant(tenant): Tenant) -> ApiResult<Json<Balance>> {
-    Ok(Json(tenant.credits().balance().await?))
+/// Served from the process's balance cache while Redis has not said the
+/// balance changed (see [`crate::balance_cache`]).
+pub async fn show(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+) -> ApiResult<Json<Balance>> {
+    Ok(Json(state.bus.balance_cached(tenant.id()).await?))
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -32,5 +37,7 @@ pub async fn grant(
     let context = grant_context(&body.reason.unwrap_or_default(), "admin")?;
     // The admin names the tenant: the handle is scoped to it from here.
     let tenant = state.bus.tenant(&body.tenant);
-    Ok(Json(tenant.credits().grant(body.amount, context).await?))
+    let balance = tenant.credits().grant(body.amount, context).await?;
+    state.bus.forget_balance(&body.tenant);
+    Ok(Json(balance))
 }

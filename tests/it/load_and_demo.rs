@@ -151,6 +151,47 @@ async fn the_load_command_runs_workers_in_separate_processes_and_reports_json() 
     );
 }
 
+/// The bench scenarios that scale down run to their table (a scenario that
+/// fails only shows in a benchmark run otherwise; `bench blackboard` once
+/// called a script with an outdated key list).
+#[tokio::test]
+async fn the_scaled_down_bench_scenarios_run_to_their_table() {
+    let env = TestEnv::new().await;
+    for args in [
+        &[
+            "bench",
+            "blackboard",
+            "--runs",
+            "1",
+            "--sizes",
+            "300",
+            "--samples",
+            "20",
+        ][..],
+        &[
+            "bench", "messages", "--runs", "1", "--agents", "4", "--rate", "100", "--secs", "1",
+        ],
+        &[
+            "bench",
+            "invoke",
+            "--runs",
+            "1",
+            "--calls",
+            "50",
+            "--concurrency",
+            "4",
+        ],
+    ] {
+        let (ok, out, all) = agentbus(&env, None, args);
+        assert!(ok, "{args:?}: {all}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("| ") && !l.starts_with("|---")),
+            "{args:?} printed no table row:\n{out}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_demo_runs_start_to_finish() {
     let env = TestEnv::with_db().await;

@@ -11,6 +11,7 @@ mod console;
 mod agents;
 mod api_agents;
 mod api_jobs;
+mod balance_cache;
 mod blackboard;
 mod broadcast_chunks;
 mod deadlines;

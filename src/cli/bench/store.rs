@@ -288,6 +288,7 @@ async fn populate(
                 .arg(&keys.exp)
                 .arg(&keys.fence)
                 .arg(&keys.namespaces)
+                .arg(&keys.names)
                 .arg(ns.as_str())
                 .arg(0)
                 .arg("set")
