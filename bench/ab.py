@@ -6,7 +6,7 @@ table row `agentbus bench` prints) and the Redis CPU it cost per unit of
 work (`INFO cpu` before and after, user + system), which is steadier than
 timings on a shared machine. Prints a markdown table of medians.
 
-Usage: bench/ab.py OLD NEW [--runs 5]   (the sink workload uses databases
+Usage: bench/ab.py OLD NEW [--runs 5] [--skip blackboard]   (the sink workload uses databases
 agentbus_ab_old and agentbus_ab_new, made afresh: a binary refuses a
 database a newer one has migrated)
 """
@@ -20,6 +20,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("old")
 ap.add_argument("new")
 ap.add_argument("--runs", type=int, default=5)
+ap.add_argument("--skip", action="append", default=[],
+                help="leave out the workloads whose name contains this (repeatable)")
 args = ap.parse_args()
 
 ENV = {"AGENTBUS_PREFIX": "ab", "AGENTBUS_MAX_ITEMS": "1000000", "AGENTBUS_JOB_RETENTION_SECS": "60",
@@ -79,6 +81,7 @@ def row_of(out):
     return rows[-1] if rows else out.strip().splitlines()[-1]
 
 
+WORKLOADS = [w for w in WORKLOADS if not any(s in w[0] for s in args.skip)]
 results = {}
 for name, argv, units, figure in WORKLOADS:
     for r in range(args.runs):

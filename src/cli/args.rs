@@ -231,6 +231,10 @@ pub struct LoadArgs {
     /// Items each worker claims per read.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Items each worker reads ahead of its free slots (job without a
+    /// parallelism bound only; 0: none).
+    #[arg(long, default_value_t = agentbus::jobs::worker::DEFAULT_READ_AHEAD)]
+    pub read_ahead: usize,
     /// The job's parallelism: most items in flight at once (0: no bound).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..=10_000))]
     pub parallelism: i64,
@@ -288,6 +292,8 @@ pub struct LoadWorkerArgs {
     pub concurrency: usize,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    #[arg(long, default_value_t = agentbus::jobs::worker::DEFAULT_READ_AHEAD)]
+    pub read_ahead: usize,
     #[arg(long, default_value_t = 0)]
     pub work_min_ms: u64,
     #[arg(long, default_value_t = 0)]

@@ -31,6 +31,8 @@ pub struct LoadOptions {
     pub concurrency: usize,
     /// Items each worker claims per read.
     pub batch: usize,
+    /// Items each worker reads ahead of its free slots.
+    pub read_ahead: usize,
     /// The job's parallelism (0: no bound; workers then read directly).
     pub parallelism: i64,
     /// Give up (and fail) after this long.
@@ -60,6 +62,7 @@ impl LoadOptions {
             workers,
             concurrency: 1,
             batch: 16,
+            read_ahead: agentbus::jobs::worker::DEFAULT_READ_AHEAD,
             parallelism: 0,
             timeout: Duration::from_secs(300),
             work_min: Duration::ZERO,
@@ -193,6 +196,7 @@ pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 pub struct WorkProfile {
     pub concurrency: usize,
     pub batch: usize,
+    pub read_ahead: usize,
     pub work_min: Duration,
     pub work_max: Duration,
     pub fail_rate: f64,
@@ -203,6 +207,7 @@ impl LoadOptions {
         WorkProfile {
             concurrency: self.concurrency,
             batch: self.batch,
+            read_ahead: self.read_ahead,
             work_min: self.work_min,
             work_max: self.work_max,
             fail_rate: self.fail_rate,
@@ -227,6 +232,7 @@ pub fn start_workers(
         let worker = Worker::new(bus.clone(), tenant.clone(), job, &format!("load-{w}"))?
             .concurrency(profile.concurrency)
             .batch(profile.batch)
+            .read_ahead(profile.read_ahead)
             .completer(completer.clone())
             .shutdown_token(shutdown.clone());
         handles.push(tokio::spawn(worker.run(move |item| async move {
@@ -551,6 +557,8 @@ fn spawn_worker_process(
             &options.concurrency.to_string(),
             "--batch",
             &options.batch.to_string(),
+            "--read-ahead",
+            &options.read_ahead.to_string(),
         ])
         .args(["--work-min-ms", &options.work_min.as_millis().to_string()])
         .args(["--work-max-ms", &options.work_max.as_millis().to_string()])

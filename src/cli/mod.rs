@@ -101,6 +101,7 @@ async fn load(config: &Config, args: LoadArgs) -> anyhow::Result<bool> {
     let mut options = load::LoadOptions::new(tenant, args.items, args.workers);
     options.concurrency = args.concurrency.max(1);
     options.batch = args.batch.max(1);
+    options.read_ahead = args.read_ahead;
     options.parallelism = args.parallelism;
     options.timeout = Duration::from_secs(args.timeout.max(1));
     options.work_min = work_min;
@@ -376,6 +377,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let profile = load::WorkProfile {
                 concurrency: args.concurrency.max(1),
                 batch: args.batch.max(1),
+                read_ahead: args.read_ahead,
                 work_min: Duration::from_millis(args.work_min_ms),
                 work_max: Duration::from_millis(args.work_max_ms.max(args.work_min_ms)),
                 fail_rate: args.fail_rate.clamp(0.0, 0.99),

@@ -73,6 +73,7 @@ async fn run_one(
     parallelism: i64,
     timeout_per_item: i64,
     work: Duration,
+    read_ahead: usize,
 ) -> (usize, HashMap<i64, u32>) {
     let tenant = env.tenant(name);
     env.grant(&tenant, 10_000).await;
@@ -90,6 +91,7 @@ async fn run_one(
             .unwrap()
             .concurrency(1)
             .batch(16)
+            .read_ahead(read_ahead)
             .run(move |item| {
                 let (bus, key, most, handled, started) = (
                     bus.clone(),
@@ -121,11 +123,18 @@ async fn run_one(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quick_handler_is_read_ahead_of_and_each_item_is_charged_once() {
     let env = TestEnv::new().await;
-    let (most, handled) = run_one(&env, "quick", 300, 0, 60, Duration::ZERO).await;
+    let (most, handled) = run_one(&env, "quick", 300, 0, 60, Duration::ZERO, 8).await;
     assert!(most > 0, "one read fetched more than the one free slot");
-    assert!(most < 16, "never more than the batch: {most}");
+    assert!(most <= 8, "never more than the read-ahead: {most}");
     assert_eq!(handled.len(), 300);
     assert!(handled.values().all(|&n| n == 1), "each item handled once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_told_not_to_read_ahead_does_not() {
+    let env = TestEnv::new().await;
+    let (most, _) = run_one(&env, "none", 100, 0, 60, Duration::ZERO, 0).await;
+    assert_eq!(most, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +142,7 @@ async fn a_slow_handler_against_its_timeout_is_not_read_ahead_of() {
     let env = TestEnv::new().await;
     // 300 ms per item against a 1 s timeout: an item read ahead would wait
     // longer than a quarter of the timeout, so none is.
-    let (most, handled) = run_one(&env, "slow", 5, 0, 1, Duration::from_millis(300)).await;
+    let (most, handled) = run_one(&env, "slow", 5, 0, 1, Duration::from_millis(300), 8).await;
     assert_eq!(most, 0);
     assert!(handled.values().all(|&n| n == 1), "{handled:?}");
 }
@@ -142,7 +151,7 @@ async fn a_slow_handler_against_its_timeout_is_not_read_ahead_of() {
 async fn a_bounded_job_is_never_read_ahead_of() {
     let env = TestEnv::new().await;
     // Parallelism counts every item held: a worker holds only what it runs.
-    let (most, _) = run_one(&env, "bounded", 100, 10, 60, Duration::ZERO).await;
+    let (most, _) = run_one(&env, "bounded", 100, 10, 60, Duration::ZERO, 8).await;
     assert_eq!(most, 0);
 }
 
