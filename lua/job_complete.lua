@@ -50,10 +50,13 @@ local function id_parts(entry_id)
   local gen, idx = string.match(entry_id, '^(%d+)%-(%d+)$')
   return tonumber(gen), tonumber(idx)
 end
+-- Each pair's item index (nil: not an item of this job).
+local idx_of = {}
 local lo, hi, valid = nil, nil, 0
 for i = 8, #ARGV - 1, 2 do
   local gen, idx = id_parts(ARGV[i])
   if gen and idx < total then
+    idx_of[i] = idx
     valid = valid + 1
     if not lo or gen < lo[1] or (gen == lo[1] and idx < lo[2]) then lo = {gen, idx, ARGV[i]} end
     if not hi or gen > hi[1] or (gen == hi[1] and idx > hi[2]) then hi = {gen, idx, ARGV[i]} end
@@ -74,30 +77,47 @@ local function pending_since(entry_id)
 end
 
 local ts = now_ms()
-local out = {}
-local completed, acks, durations = 0, {}, {}
+-- Whether each item's entry is pending; pending ones are acknowledged.
+local pending_of, idle_of_pair, acks, bits = {}, {}, {}, {'BITFIELD', K_DONE}
 for i = 8, #ARGV - 1, 2 do
-  local entry_id, output = ARGV[i], ARGV[i + 1]
-  local idx = item_index(entry_id)
+  local idx = idx_of[i]
+  if idx then
+    local pending, idle_ms = pending_since(ARGV[i])
+    if pending then
+      pending_of[i], idle_of_pair[i] = true, idle_ms
+      acks[#acks + 1] = ARGV[i]
+      -- One BITFIELD sets the done bit of every pending item and answers
+      -- each old bit, in order: 1 means another delivery completed it
+      -- first (an item twice in the batch sees its own first set).
+      bits[#bits + 1] = 'SET'
+      bits[#bits + 1] = 'u1'
+      bits[#bits + 1] = idx
+      bits[#bits + 1] = 1
+    end
+  end
+end
+local was_done = #acks > 0 and redis.call(unpack(bits)) or {}
+
+local out = {}
+local completed, durations, n = 0, {}, 0
+for i = 8, #ARGV - 1, 2 do
+  local idx = idx_of[i]
   local outcome
-  if not idx or idx >= total then
+  if not idx then
     outcome = 'invalid'
+  elseif not pending_of[i] then
+    outcome = redis.call('GETBIT', K_DONE, idx) == 1 and 'duplicate' or 'stale'
   else
-    local pending, idle_ms = pending_since(entry_id)
-    if not pending then
-      outcome = redis.call('GETBIT', K_DONE, idx) == 1 and 'duplicate' or 'stale'
+    n = n + 1
+    if was_done[n] == 1 then
+      outcome = 'duplicate'
     else
-      acks[#acks + 1] = entry_id
-      -- SETBIT answers the old bit: 1 means another delivery completed it first.
-      if redis.call('SETBIT', K_DONE, idx, 1) == 1 then
-        outcome = 'duplicate'
-      else
-        redis.call('XADD', K_RESULTS, '*', 'idx', idx, 'ts', ts, 'output', output)
-        if agg then aggregate_output(agg, agg_field, idx, output) end
-        durations[#durations + 1] = idle_ms
-        completed = completed + 1
-        outcome = 'completed'
-      end
+      local output = ARGV[i + 1]
+      redis.call('XADD', K_RESULTS, '*', 'idx', idx, 'ts', ts, 'output', output)
+      if agg then aggregate_output(agg, agg_field, idx, output) end
+      durations[#durations + 1] = idle_of_pair[i]
+      completed = completed + 1
+      outcome = 'completed'
     end
   end
   out[#out + 1] = outcome

@@ -16,8 +16,8 @@
 //! entry before it answers, so its client reads its own change next.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -43,12 +43,19 @@ enum Slot {
 }
 
 pub struct BalanceCache {
-    entries: Mutex<HashMap<String, Slot>>,
+    /// Shared with the tracking connection, which applies each
+    /// invalidation the moment it reads it.
+    state: Arc<State>,
     /// The tracking connection while it is up (and the cache live).
     conn: Mutex<Option<MultiplexedConnection>>,
+    ttl: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    entries: Mutex<HashMap<String, Slot>>,
     live: AtomicBool,
     tickets: AtomicU64,
-    ttl: Duration,
 }
 
 impl std::fmt::Debug for BalanceCache {
@@ -64,17 +71,15 @@ impl BalanceCache {
     /// A cache trusting a balance for at most `ttl`; zero never caches.
     pub fn new(ttl: Duration) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            state: Arc::default(),
             conn: Mutex::new(None),
-            live: AtomicBool::new(false),
-            tickets: AtomicU64::new(0),
             ttl,
         }
     }
 
     /// Whether balances may be served from the cache now.
     pub fn is_live(&self) -> bool {
-        self.live.load(Ordering::SeqCst)
+        self.state.live.load(Ordering::SeqCst)
     }
 
     /// A fresh balance of `key`, when the cache may be trusted.
@@ -82,12 +87,38 @@ impl BalanceCache {
         if !self.is_live() {
             return None;
         }
-        match self.entries.lock().ok()?.get(key)? {
+        match self.state.entries.lock().ok()?.get(key)? {
             Slot::Ready(balance, at) if at.elapsed() < self.ttl => Some(*balance),
             _ => None,
         }
     }
 
+    fn begin(&self, key: &str) -> Option<u64> {
+        self.state.begin(key)
+    }
+
+    fn put(&self, key: &str, ticket: u64, balance: Balance) {
+        self.state.put(key, ticket, balance)
+    }
+
+    /// Drops `key` (this process changed it).
+    pub fn forget(&self, key: &str) {
+        self.state.forget(key)
+    }
+
+    fn set_live(&self, conn: Option<MultiplexedConnection>) {
+        if let Ok(mut slot) = self.conn.lock() {
+            self.state.reset(conn.is_some());
+            *slot = conn;
+        }
+    }
+
+    fn tracking_conn(&self) -> Option<MultiplexedConnection> {
+        self.conn.lock().ok()?.clone()
+    }
+}
+
+impl State {
     /// Marks `key` as being read; the ticket goes back to [`Self::put`].
     fn begin(&self, key: &str) -> Option<u64> {
         let mut entries = self.entries.lock().ok()?;
@@ -110,7 +141,7 @@ impl BalanceCache {
     }
 
     /// Drops `key` (Redis said it changed, or this process changed it).
-    pub fn forget(&self, key: &str) {
+    fn forget(&self, key: &str) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.remove(key);
         }
@@ -122,21 +153,16 @@ impl BalanceCache {
         }
     }
 
-    fn set_live(&self, conn: Option<MultiplexedConnection>) {
+    /// Empties the cache and trusts it (or not) from here.
+    fn reset(&self, live: bool) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.clear();
-            self.live.store(conn.is_some(), Ordering::SeqCst);
-            if let Ok(mut slot) = self.conn.lock() {
-                *slot = conn;
-            }
+            self.live.store(live, Ordering::SeqCst);
         }
     }
 
-    fn tracking_conn(&self) -> Option<MultiplexedConnection> {
-        self.conn.lock().ok()?.clone()
-    }
-
-    /// Applies one push from the tracking connection.
+    /// Applies one push from the tracking connection; false when it says
+    /// the connection is gone (the cache is then no longer trusted).
     fn on_push(&self, push: &PushInfo) -> bool {
         match push.kind {
             PushKind::Invalidate => {
@@ -154,7 +180,10 @@ impl BalanceCache {
                 }
                 true
             }
-            PushKind::Disconnection => false,
+            PushKind::Disconnection => {
+                self.reset(false);
+                false
+            }
             _ => true,
         }
     }
@@ -222,9 +251,18 @@ pub async fn run(bus: AgentBus, shutdown: CancellationToken) {
     }
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        let (tx, mut rx) = mpsc::unbounded_channel::<PushInfo>();
+        // Invalidations are applied by the connection as it reads them (no
+        // hop through another task); losing it is told to this loop.
+        let (lost, mut gone) = mpsc::unbounded_channel::<()>();
+        let state = cache.state.clone();
+        let apply = move |push: PushInfo| -> std::result::Result<(), ()> {
+            if !state.on_push(&push) {
+                let _ = lost.send(());
+            }
+            Ok(())
+        };
         let opened: Result<Option<MultiplexedConnection>> = async {
-            let Some(mut conn) = bus.redis().tracking(tx).await? else {
+            let Some(mut conn) = bus.redis().tracking(apply).await? else {
                 return Ok(None);
             };
             redis::cmd("CLIENT")
@@ -252,15 +290,11 @@ pub async fn run(bus: AgentBus, shutdown: CancellationToken) {
         };
         backoff = Duration::from_millis(100);
         cache.set_live(Some(conn));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                push = rx.recv() => match push {
-                    Some(push) if cache.on_push(&push) => {}
-                    // Disconnected: invalidations may be lost from here.
-                    _ => break,
-                },
-            }
+        // Until shutdown or the connection is lost (invalidations may be
+        // lost from there: the push handler already stopped trusting).
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = gone.recv() => {}
         }
         cache.set_live(None);
     }
@@ -275,7 +309,7 @@ mod tests {
     }
 
     fn live(cache: &BalanceCache) {
-        cache.live.store(true, Ordering::SeqCst);
+        cache.state.live.store(true, Ordering::SeqCst);
     }
 
     #[test]
@@ -331,18 +365,19 @@ mod tests {
             kind: PushKind::Invalidate,
             data: vec![Value::Array(vec![Value::BulkString(b"a".to_vec())])],
         };
-        assert!(cache.on_push(&keys));
+        assert!(cache.state.on_push(&keys));
         assert!(cache.get("a").is_none() && cache.get("b").is_some());
         let all = PushInfo {
             kind: PushKind::Invalidate,
             data: vec![Value::Nil],
         };
-        assert!(cache.on_push(&all));
+        assert!(cache.state.on_push(&all));
         assert!(cache.get("b").is_none());
         let gone = PushInfo {
             kind: PushKind::Disconnection,
             data: vec![],
         };
-        assert!(!cache.on_push(&gone));
+        assert!(!cache.state.on_push(&gone));
+        assert!(!cache.is_live());
     }
 }

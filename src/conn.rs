@@ -224,7 +224,7 @@ impl Redis {
     /// on many nodes (client-side caching is not used there).
     pub async fn tracking(
         &self,
-        push: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+        push: impl redis::aio::AsyncPushSender,
     ) -> Result<Option<redis::aio::MultiplexedConnection>> {
         let Backend::Single { client, .. } = &self.backend else {
             return Ok(None);

@@ -38,6 +38,10 @@ use crate::keys::{self, TenantId};
 /// 15 saved 0.7 µs more for twice that p99 (bench/RESULTS.md).
 pub const DEFAULT_READ_AHEAD: usize = 3;
 
+/// Longest an item read ahead should wait for a slot (at the handlers'
+/// measured pace): handlers slower than this are not read ahead of.
+const READ_AHEAD_WAIT: Duration = Duration::from_millis(5);
+
 /// Most completions sent in one script call.
 const MAX_COMPLETE_BATCH: usize = 256;
 
@@ -230,7 +234,8 @@ impl Worker {
     /// quick handlers cost fewer reads per item, and each item read ahead
     /// waits in the worker (claim-to-completion latency grows with it).
     /// Only for a job without a parallelism bound, and only as many as the
-    /// handlers' measured pace starts within a quarter of `timeout_per_item`.
+    /// handlers' measured pace starts within 5 ms (and a quarter of
+    /// `timeout_per_item`): slow handlers are never read ahead of.
     pub fn read_ahead(mut self, n: usize) -> Self {
         self.read_ahead = n;
         self
@@ -499,18 +504,20 @@ impl Worker {
     }
 }
 
-/// How far a worker reads ahead of its free slots. An item read ahead
-/// waits in the worker while its delivery ages toward `timeout_per_item`
-/// (after which it is re-delivered), so the queue is kept to what the
-/// handlers, at their measured pace, start within a quarter of that
-/// timeout; until a handler has finished, or for a bounded job (whose
-/// parallelism counts every item held), nothing is read ahead.
+/// How far a worker reads ahead of its free slots. Reading ahead saves
+/// reads only where handlers are about as quick as a read; an item read
+/// ahead waits in the worker (while another worker may be idle) and its
+/// delivery ages toward `timeout_per_item`, after which it is re-delivered.
+/// So the queue is kept to what the handlers, at their measured pace,
+/// start within [`READ_AHEAD_WAIT`] (and a quarter of that timeout);
+/// until a handler has finished, or for a bounded job (whose parallelism
+/// counts every item held), nothing is read ahead.
 struct Pace {
     concurrency: u64,
     batch: usize,
     /// Most items held beyond the free slots.
     most_ahead: usize,
-    /// A quarter of the job's `timeout_per_item`, in µs (0: no read-ahead).
+    /// Longest an item read ahead should wait, in µs (0: no read-ahead).
     budget_us: u64,
     /// Mean handler time in µs (moving average; 0 until one finished).
     mean_us: AtomicU64,
@@ -522,7 +529,9 @@ impl Pace {
             concurrency: concurrency as u64,
             batch,
             most_ahead,
-            budget_us: timeout.map_or(0, |t| t.as_micros() as u64 / 4),
+            budget_us: timeout.map_or(0, |t| {
+                (t.as_micros() as u64 / 4).min(READ_AHEAD_WAIT.as_micros() as u64)
+            }),
             mean_us: AtomicU64::new(0),
         }
     }
@@ -640,4 +649,34 @@ where
         }
     }
     op().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ahead_only_of_quick_handlers_of_an_unbounded_job() {
+        let pace = Pace::new(1, 16, 3, Some(Duration::from_secs(60)));
+        assert_eq!(pace.read_count(1), 1, "no handler measured yet");
+        pace.record(Duration::from_micros(20));
+        assert_eq!(pace.read_count(1), 4, "quick: up to the read-ahead");
+        assert_eq!(pace.read_count(15), 16, "never past the batch");
+        assert_eq!(pace.read_count(16), 16);
+        // Handlers slower than the wait allowed: none read ahead.
+        let slow = Pace::new(1, 16, 3, Some(Duration::from_secs(60)));
+        slow.record(READ_AHEAD_WAIT + Duration::from_millis(1));
+        assert_eq!(slow.read_count(1), 1);
+        // 2 ms handlers: two start within 5 ms.
+        let medium = Pace::new(1, 16, 3, Some(Duration::from_secs(60)));
+        medium.record(Duration::from_millis(2));
+        assert_eq!(medium.read_count(1), 3);
+        // A short timeout bounds it too (a quarter of 1 s against 300 ms).
+        let short = Pace::new(1, 16, 3, Some(Duration::from_secs(1)));
+        short.record(Duration::from_millis(300));
+        assert_eq!(short.read_count(1), 1);
+        let bounded = Pace::new(1, 16, 3, None);
+        bounded.record(Duration::from_micros(1));
+        assert_eq!(bounded.read_count(1), 1, "a bounded job");
+    }
 }
