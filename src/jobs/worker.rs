@@ -33,10 +33,11 @@ use crate::jobs::{ClaimedItem, CompleteOutcome, FailOutcome};
 use crate::keys::{self, TenantId};
 
 /// Items a worker reads ahead of its free slots unless told: on the
-/// 100,000-item load at concurrency 1, 3 took Redis from 18.1 to ~11.3 µs
-/// per item (a read per 4 items) at a claim-to-completion p99 of ~9 ms;
-/// 15 saved 0.7 µs more for twice that p99 (bench/RESULTS.md).
-pub const DEFAULT_READ_AHEAD: usize = 3;
+/// 100,000-item load at concurrency 1 (bench/RESULTS.md), Redis CPU per
+/// item was 20.1 µs without, 12.3 µs with 3, 11.4 µs with 7 and 15; the
+/// claim-to-completion p99 ~6, ~12, ~17 and ~23 ms (more items in flight
+/// at the same throughput).
+pub const DEFAULT_READ_AHEAD: usize = 7;
 
 /// Longest an item read ahead should wait for a slot (at the handlers'
 /// measured pace): handlers slower than this are not read ahead of.
@@ -229,7 +230,7 @@ impl Worker {
         self
     }
 
-    /// Most items read ahead of the free slots (default 3; 0: none): each
+    /// Most items read ahead of the free slots (default 7; 0: none): each
     /// read then fetches up to this many more than it has slots for, so
     /// quick handlers cost fewer reads per item, and each item read ahead
     /// waits in the worker (claim-to-completion latency grows with it).
