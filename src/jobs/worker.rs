@@ -2,7 +2,7 @@
 //! `lua/job_claim.lua`, so within the job's `parallelism`, waiting with
 //! `XREAD BLOCK` when nothing is new; a job without a bound is read with
 //! `XREADGROUP` directly, and read ahead of the free slots while handlers
-//! are quick against `timeout_per_item`), runs a handler with bounded
+//! are quick), runs a handler with bounded
 //! concurrency, and completes or fails items for it in batches.
 //!
 //! Each worker is one consumer with a stable name, reading on a connection of
@@ -295,6 +295,12 @@ impl Worker {
             job.filter(|_| unbounded)
                 .map(|job| Duration::from_secs(job.timeout_per_item.max(0) as u64)),
         ));
+        let dispatcher = Dispatcher {
+            handler,
+            tx: completer.tx.clone(),
+            tally: tally.clone(),
+            pace,
+        };
         // Items read ahead of a free slot, oldest first, with when each was read.
         let mut queued: VecDeque<(StreamEntry, Instant)> = VecDeque::new();
 
@@ -314,15 +320,13 @@ impl Worker {
                 let take = permits.len().min(queued.len());
                 let ready: Vec<_> = queued.drain(..take).collect();
                 for ((entry, claimed_at), permit) in ready.into_iter().zip(permits) {
-                    self.dispatch(
-                        &entry, claimed_at, permit, &handler, &completer, &tally, &pace,
-                    )?;
+                    dispatcher.dispatch(&entry, claimed_at, permit)?;
                 }
                 continue;
             }
             // With quick handlers one read fetches more than the free slots
             // (fewer reads per item); the rest waits here, briefly.
-            let count = pace.read_count(permits.len());
+            let count = dispatcher.pace.read_count(permits.len());
             let reply = match (&pending_after, unbounded) {
                 // New items of a bounded job only through the claim script.
                 (None, false) => tokio::select! {
@@ -398,9 +402,7 @@ impl Worker {
             let mut entries = entries.into_iter();
             for permit in permits {
                 match entries.next() {
-                    Some(entry) => self.dispatch(
-                        &entry, claimed_at, permit, &handler, &completer, &tally, &pace,
-                    )?,
+                    Some(entry) => dispatcher.dispatch(&entry, claimed_at, permit)?,
                     None => break,
                 }
             }
@@ -413,6 +415,7 @@ impl Worker {
             .acquire_many(self.concurrency as u32)
             .await
             .map_err(|_| Error::protocol("worker slots closed"))?;
+        drop(dispatcher);
         drop(completer);
         tally.wait_answered().await;
         // Whatever this consumer still holds was never handed to a handler
@@ -434,29 +437,49 @@ impl Worker {
         Ok(tally.report(&self.consumer))
     }
 
-    /// Runs the handler on one claimed entry in a task of its own, holding
-    /// `permit` (a slot) until it is done, and hands its outcome to the
-    /// completer.
-    #[allow(clippy::too_many_arguments)]
-    fn dispatch<H, F>(
+    async fn job_running(&self) -> Result<bool> {
+        match self.bus.job(&self.tenant, &self.job).await {
+            Ok(job) => Ok(!job.status.is_finished()),
+            Err(Error::NotFound(_)) => Ok(false),
+            // Unknowable while Redis is away: keep going, the next read retries.
+            Err(e) if e.is_transient() => {
+                e.count_failure();
+                tracing::warn!(error = %e, consumer = %self.consumer, "cannot read the job's state; carrying on");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What a worker hands each claimed item to: its handler, in a task of its
+/// own, and then the completer.
+struct Dispatcher<H> {
+    handler: Arc<H>,
+    tx: mpsc::Sender<Outcome>,
+    tally: Arc<Tally>,
+    pace: Arc<Pace>,
+}
+
+impl<H, F> Dispatcher<H>
+where
+    H: Fn(ClaimedItem) -> F + Send + Sync + 'static,
+    F: Future<Output = std::result::Result<serde_json::Value, ItemError>> + Send + 'static,
+{
+    /// Runs the handler on one claimed entry, holding `permit` (a slot)
+    /// until it is done, and hands its outcome to the completer.
+    fn dispatch(
         &self,
         entry: &StreamEntry,
         claimed_at: Instant,
         permit: OwnedSemaphorePermit,
-        handler: &Arc<H>,
-        completer: &Completer,
-        tally: &Arc<Tally>,
-        pace: &Arc<Pace>,
-    ) -> Result<()>
-    where
-        H: Fn(ClaimedItem) -> F + Send + Sync + 'static,
-        F: Future<Output = std::result::Result<serde_json::Value, ItemError>> + Send + 'static,
-    {
+    ) -> Result<()> {
         let item = ClaimedItem::from_entry(entry)?;
-        let handler = handler.clone();
-        let tx = completer.tx.clone();
-        let tally = tally.clone();
-        let pace = pace.clone();
+        let handler = self.handler.clone();
+        let tx = self.tx.clone();
+        let tally = self.tally.clone();
+        let pace = self.pace.clone();
         tokio::spawn(async move {
             let item_id = item.item_id.clone();
             let started = Instant::now();
@@ -487,21 +510,6 @@ impl Worker {
             drop(permit);
         });
         Ok(())
-    }
-
-    async fn job_running(&self) -> Result<bool> {
-        match self.bus.job(&self.tenant, &self.job).await {
-            Ok(job) => Ok(!job.status.is_finished()),
-            Err(Error::NotFound(_)) => Ok(false),
-            // Unknowable while Redis is away: keep going, the next read retries.
-            Err(e) if e.is_transient() => {
-                e.count_failure();
-                tracing::warn!(error = %e, consumer = %self.consumer, "cannot read the job's state; carrying on");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                Ok(true)
-            }
-            Err(e) => Err(e),
-        }
     }
 }
 
