@@ -2,10 +2,12 @@
 -- consumer, never putting more than the job's `parallelism` in flight
 -- (delivered and not yet finished, failed or released: the group's pending
 -- entries). Checking the status here means a claim never reaches a job that
--- is not running. Every delivery of a new item goes through this script, so
--- the bound holds however many workers claim at once; a worker with nothing
--- to claim waits outside it (XREAD BLOCK after `empty`'s id, or a pause
--- after `full`) and claims again. It writes no ledger or outbox: it takes
+-- is not running. Every delivery of a new item of a bounded job goes
+-- through this script, so the bound holds however many workers claim at
+-- once; a worker with nothing to claim waits outside it (XREAD BLOCK after
+-- `empty`'s id, or a pause after `full`) and claims again. A job without a
+-- bound may be waited on with XREADGROUP BLOCK itself (`bounded` 0), which
+-- the job's end wakes. It writes no ledger or outbox: it takes
 -- only the two keys it reads and one small helper, since it runs once per
 -- read of a bounded job's workers (the hot path).
 -- @include group
@@ -14,7 +16,7 @@
 -- @arg consumer the worker instance id
 -- @arg count most items (1..1000)
 -- @reply ok(entries:rest) each {id, {field, value, ...}} (at least one)
--- @reply empty(after:text) nothing new: new items will have ids after this one
+-- @reply empty(after:text, bounded:int) nothing new: new items will have ids after this one; bounded 1 when the job has a parallelism
 -- @reply full(in_flight:int) `parallelism` items are in flight: none until one finishes
 -- @reply missing
 -- @reply not_running(status:text)
@@ -39,7 +41,7 @@ if most and most > 0 then
 end
 
 local r = redis.call('XREADGROUP', 'GROUP', 'workers', ARGV[1], 'COUNT', want, 'STREAMS', KEYS[2], '>')
-if not r or #r[1][2] == 0 then return {'empty', last} end
+if not r or #r[1][2] == 0 then return {'empty', last, (most and most > 0) and 1 or 0} end
 local out = {'ok'}
 for _, entry in ipairs(r[1][2]) do out[#out + 1] = entry end
 return out

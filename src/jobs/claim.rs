@@ -1,8 +1,10 @@
 //! Handing out new items of a job, never more than its `parallelism` in
-//! flight: every delivery of a new item is `lua/job_claim.lua`. A claimer
-//! with nothing to take waits outside the script — on the items stream
-//! (`XREAD BLOCK`, which delivers nothing) when nothing is new, or a short
-//! pause when the job is at its parallelism — then claims again.
+//! flight: a claim is `lua/job_claim.lua`. A claimer with nothing to take
+//! waits outside the script — on the items stream (`XREAD BLOCK`, which
+//! delivers nothing) when nothing is new, or a short pause when the job is
+//! at its parallelism — then claims again. A job without a bound is waited
+//! on with `XREADGROUP BLOCK`, which delivers what comes and is woken by
+//! the job's end (its stream deleted), where `XREAD` waits out its slice.
 
 use std::time::Duration;
 
@@ -31,8 +33,9 @@ const MOST_FULL_PAUSE: Duration = Duration::from_millis(200);
 enum Claim {
     /// Delivered entries (at least one).
     Items(Vec<StreamEntry>),
-    /// Nothing new: new items will have ids after `after`.
-    Empty { after: String },
+    /// Nothing new: new items will have ids after `after`; `bounded` when
+    /// the job has a parallelism (deliveries must go through the script).
+    Empty { after: String, bounded: bool },
     /// `parallelism` items are in flight.
     Full,
 }
@@ -66,7 +69,19 @@ impl Claimer {
                 Ok(entries)
             }
             _ if wait.is_zero() => Ok(Vec::new()),
-            Claim::Empty { after } => {
+            Claim::Empty {
+                bounded: false,
+                after: _,
+            } => {
+                let wait = wait.min(WAIT_SLICE);
+                self.bus
+                    .read_new_items(&mut self.conn, tenant, job, consumer, count, wait)
+                    .await
+            }
+            Claim::Empty {
+                after,
+                bounded: true,
+            } => {
                 let wait = wait.min(WAIT_SLICE);
                 self.bus
                     .wait_for_items(&mut self.conn, tenant, job, &after, wait)
@@ -119,6 +134,7 @@ impl AgentBus {
             )),
             "empty" => Ok(Claim::Empty {
                 after: reply.text("after")?.to_string(),
+                bounded: reply.int("bounded")? != 0,
             }),
             "full" => Ok(Claim::Full),
             _ => Err(job_state_error(&reply, job)?),
@@ -146,6 +162,42 @@ impl AgentBus {
             .arg(after)
             .to_owned();
         conn.query::<Value>(&read, wait).await.map(drop)
+    }
+
+    /// Waits (at most `wait`) for new items of a job without a
+    /// parallelism bound and delivers up to `count` to `consumer`. The
+    /// job's end deletes its stream, which ends the wait at once (nothing
+    /// delivered; the next claim finds the job's state).
+    async fn read_new_items(
+        &self,
+        conn: &mut BlockingConn,
+        tenant: &TenantId,
+        job: &Uuid,
+        consumer: &str,
+        count: usize,
+        wait: Duration,
+    ) -> Result<Vec<StreamEntry>> {
+        let read = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("workers")
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count.clamp(1, MAX_CLAIM_PER_CALL))
+            .arg("BLOCK")
+            .arg(wait.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(self.keys(tenant).job_items(job))
+            .arg(">")
+            .to_owned();
+        match conn.query::<Value>(&read, wait).await {
+            Ok(v) => StreamEntry::from_read_reply(&v),
+            Err(crate::error::Error::Redis(e))
+                if matches!(e.code(), Some("NOGROUP" | "UNBLOCKED")) =>
+            {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Delivers up to `count` new items to `consumer`, within the job's

@@ -89,6 +89,79 @@ async fn parallelism_zero_is_no_bound() {
     );
 }
 
+/// A REST claim waiting on a job without a bound is woken by what comes:
+/// an item given back is delivered to it at once, and the job's end ends
+/// the wait at once (409), where a bounded job's waiter claims again only
+/// at its next one-second slice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_waiting_on_an_unbounded_job_is_woken_by_its_end() {
+    let env = TestEnv::new().await;
+    let app = env.app();
+    let token = env.token("wake").await;
+    env.grant(&env.tenant("wake"), 1000).await;
+    let body = json!({"orchestrator_agent": "o", "worker_agent": "w", "task": "t",
+                      "items": [1], "parallelism": 0});
+    let (status, job) = call(&app, "POST", "/api/v1/jobs", Some(&token), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let claim_uri =
+        |w: &str| format!("/api/v1/jobs/{id}/claim?worker_instance_id={w}&count=10&wait_ms=20000");
+    let (_, held) = call(&app, "POST", &claim_uri("a"), Some(&token), None).await;
+    let item = held["items"][0]["item_id"].as_str().unwrap().to_string();
+    let wait = |w: &'static str| {
+        let (app, token, uri) = (app.clone(), token.clone(), claim_uri(w));
+        tokio::spawn(async move {
+            let r = call(&app, "POST", &uri, Some(&token), None).await;
+            (r, Instant::now())
+        })
+    };
+
+    // Given back: the waiter gets it (a new delivery), well within a slice.
+    let waiting = wait("b");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "nothing to take: the claim waits");
+    let released = Instant::now();
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/items/{item}/release?worker_instance_id=a"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let ((status, got), at) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["items"].as_array().unwrap().len(), 1, "{got}");
+    assert!(
+        at - released < Duration::from_millis(500),
+        "{:?}",
+        at - released
+    );
+
+    // The job ends while another claim waits: 409 at once.
+    let waiting = wait("c");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished());
+    let cancelled = Instant::now();
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/cancel"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let ((status, resp), at) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{resp}");
+    assert!(
+        at - cancelled < Duration::from_millis(500),
+        "answered {:?} after the cancel",
+        at - cancelled
+    );
+}
+
 #[tokio::test]
 async fn a_waiting_rest_claim_at_parallelism_gets_the_room_a_completion_makes() {
     let env = TestEnv::new().await;
