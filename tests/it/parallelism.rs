@@ -139,9 +139,11 @@ async fn a_claim_waiting_on_an_unbounded_job_is_woken_by_its_end() {
         at - released
     );
 
-    // The job ends while another claim waits: 409 at once.
+    // The job ends while another claim waits: 409 at once. (Cancelled just
+    // past a one-second slice, a waiter woken only by its slices would
+    // answer ~900 ms later.)
     let waiting = wait("c");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(!waiting.is_finished());
     let cancelled = Instant::now();
     let (status, _) = call(
