@@ -69,24 +69,18 @@ impl Claimer {
                 Ok(entries)
             }
             _ if wait.is_zero() => Ok(Vec::new()),
-            Claim::Empty {
-                bounded: false,
-                after: _,
-            } => {
+            Claim::Empty { after, bounded } => {
                 let wait = wait.min(WAIT_SLICE);
-                self.bus
-                    .read_new_items(&mut self.conn, tenant, job, consumer, count, wait)
-                    .await
-            }
-            Claim::Empty {
-                after,
-                bounded: true,
-            } => {
-                let wait = wait.min(WAIT_SLICE);
-                self.bus
-                    .wait_for_items(&mut self.conn, tenant, job, &after, wait)
-                    .await?;
-                Ok(Vec::new())
+                if bounded {
+                    self.bus
+                        .wait_for_items(&mut self.conn, tenant, job, &after, wait)
+                        .await?;
+                    Ok(Vec::new())
+                } else {
+                    self.bus
+                        .read_new_items(&mut self.conn, tenant, job, consumer, count, wait)
+                        .await
+                }
             }
             Claim::Full => {
                 tokio::time::sleep(self.pause.min(wait)).await;
@@ -164,6 +158,34 @@ impl AgentBus {
         conn.query::<Value>(&read, wait).await.map(drop)
     }
 
+    /// `XREADGROUP` of up to `count` entries of a job's items stream
+    /// (`items`) for `consumer`: new ones (`from` `>`, blocking up to `block` when given)
+    /// or its own pending ones after the id `from`. Errors as Redis gives
+    /// them (`NOGROUP`, `UNBLOCKED` once the job's stream is deleted).
+    pub(crate) async fn read_group(
+        conn: &mut BlockingConn,
+        items: &str,
+        consumer: &str,
+        count: usize,
+        from: &str,
+        block: Option<Duration>,
+    ) -> Result<Vec<StreamEntry>> {
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg("workers")
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count.clamp(1, MAX_CLAIM_PER_CALL));
+        if let Some(block) = block {
+            read.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        }
+        read.arg("STREAMS").arg(items).arg(from);
+        let value = conn
+            .query::<Value>(&read, block.unwrap_or_default())
+            .await?;
+        StreamEntry::from_read_reply(&value)
+    }
+
     /// Waits (at most `wait`) for new items of a job without a
     /// parallelism bound and delivers up to `count` to `consumer`. The
     /// job's end deletes its stream, which ends the wait at once (nothing
@@ -177,26 +199,14 @@ impl AgentBus {
         count: usize,
         wait: Duration,
     ) -> Result<Vec<StreamEntry>> {
-        let read = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("workers")
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(count.clamp(1, MAX_CLAIM_PER_CALL))
-            .arg("BLOCK")
-            .arg(wait.as_millis().max(1) as u64)
-            .arg("STREAMS")
-            .arg(self.keys(tenant).job_items(job))
-            .arg(">")
-            .to_owned();
-        match conn.query::<Value>(&read, wait).await {
-            Ok(v) => StreamEntry::from_read_reply(&v),
+        let items = self.keys(tenant).job_items(job);
+        match Self::read_group(conn, &items, consumer, count, ">", Some(wait)).await {
             Err(crate::error::Error::Redis(e))
                 if matches!(e.code(), Some("NOGROUP" | "UNBLOCKED")) =>
             {
                 Ok(Vec::new())
             }
-            Err(e) => Err(e),
+            other => other,
         }
     }
 

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use redis::Value;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,9 +33,9 @@ use crate::keys::{self, TenantId};
 
 /// Items a worker reads ahead of its free slots unless told: on the
 /// 100,000-item load at concurrency 1 (bench/RESULTS.md), Redis CPU per
-/// item was 20.1 µs without, 12.3 µs with 3, 11.4 µs with 7 and 15; the
-/// claim-to-completion p99 ~6, ~12, ~17 and ~23 ms (more items in flight
-/// at the same throughput).
+/// item was 12.3 µs with 3, 11.4 µs with 7 and 15 (~20 µs on the build
+/// before read-ahead); the claim-to-completion p99 ~12, ~17 and ~23 ms
+/// (~6 ms before): more items in flight at the same throughput.
 pub const DEFAULT_READ_AHEAD: usize = 7;
 
 /// Longest an item read ahead should wait for a slot (at the handlers'
@@ -333,25 +332,15 @@ impl Worker {
                     _ = self.shutdown.cancelled() => break,
                     r = claimer.claim(&self.tenant, &self.job, &self.consumer, permits.len(), self.block) => r,
                 },
+                // Its own pending entries after `after`, or new ones (blocking).
                 (after, _) => {
-                    let mut read = redis::cmd("XREADGROUP");
-                    read.arg("GROUP")
-                        .arg("workers")
-                        .arg(&self.consumer)
-                        .arg("COUNT")
-                        .arg(count);
-                    match after {
-                        Some(after) => read.arg("STREAMS").arg(&items_key).arg(after),
-                        None => read
-                            .arg("BLOCK")
-                            .arg(self.block.as_millis() as u64)
-                            .arg("STREAMS")
-                            .arg(&items_key)
-                            .arg(">"),
+                    let (from, block) = match after {
+                        Some(after) => (after.as_str(), None),
+                        None => (">", Some(self.block)),
                     };
                     tokio::select! {
                         _ = self.shutdown.cancelled() => break,
-                        r = conn.query::<Value>(&read, self.block) => r.and_then(|v| StreamEntry::from_read_reply(&v)),
+                        r = AgentBus::read_group(&mut conn, &items_key, &self.consumer, count, from, block) => r,
                     }
                 }
             };

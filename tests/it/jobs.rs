@@ -1066,3 +1066,32 @@ async fn a_worker_that_stops_gives_back_what_it_holds_unhandled() {
         "given back at once, with the one never claimed"
     );
 }
+
+#[tokio::test]
+async fn a_thousand_completions_in_one_call_are_each_charged_once() {
+    // The most one job_complete call takes: its done bits go in one
+    // BITFIELD of 4,000 arguments, its acknowledgements in one XACK.
+    let env = TestEnv::new().await;
+    let t = env.tenant("thousand");
+    env.grant(&t, 10_000).await;
+    let job = env.bus.spawn_job(&t, &spec(1000)).await.unwrap();
+    let claimed = env
+        .bus
+        .claim_items(&t, &job.id, "w", 1000, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1000);
+    let outputs: Vec<(String, serde_json::Value)> = claimed
+        .iter()
+        .map(|c| (c.item_id.clone(), json!(c.item_index)))
+        .collect();
+    let outcomes = env.bus.complete_items(&t, &job.id, &outputs).await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == CompleteOutcome::Completed));
+    // Again: the job has ended, so the call is refused and charges nothing.
+    let again = env.bus.complete_items(&t, &job.id, &outputs).await;
+    assert!(matches!(again, Err(Error::Conflict { .. })), "{again:?}");
+    let job = env.bus.job(&t, &job.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.progress.completed, 1000);
+    assert_job_credits(&job);
+}
